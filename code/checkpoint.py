@@ -1,0 +1,162 @@
+"""Safe loading and atomic saving of checkpoints.
+
+The published MinD-Vis `.pth` files pickle objects of the original code's classes
+(`config.Config_MBM_fMRI`, `config.Config_MBM_finetune`, `config.Config_Generative_Model`,
+sometimes a pytorch_lightning logger). `torch.load(weights_only=True)` refuses them and a
+plain `torch.load` would run whatever a malicious file asks for. `load_checkpoint` unpickles
+with an allow-list instead: tensors, numpy arrays and scalars, containers and primitive
+types; the config and logger classes come back as inert `PickledObject`s (attributes only,
+no code of theirs runs); any other global is refused with an error naming it and the file.
+
+Every stage loads through `load_checkpoint` and writes through `save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import types
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint asked for a class or function outside the allow-list."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or does not hold what a stage expects."""
+
+
+class PickledObject(types.SimpleNamespace):
+    """Inert stand-in for a pickled object of a class we do not import (e.g. `config.Config_MBM_fMRI`)."""
+
+    _pickled_class: str = ""
+
+    def __setstate__(self, state: Any) -> None:
+        # Objects pickled with a (dict, slots) state tuple, or a plain dict; nothing else is accepted.
+        if isinstance(state, tuple) and len(state) == 2:
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise UnsafeCheckpointError(f"unexpected state of type {type(state).__name__} for {self._pickled_class}")
+        self.__dict__.update(state)
+
+    def to_dict(self) -> dict:
+        """The object's attributes as a plain dict."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _stand_in(module: str, name: str) -> type:
+    return type(name, (PickledObject,), {"_pickled_class": f"{module}.{name}", "__module__": "checkpoint"})
+
+
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
+_ALLOWED = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("copyreg", "_reconstructor"),
+    ("builtins", "object"),
+    ("_codecs", "encode"),  # protocol-2 pickles store bytes (numpy buffers) this way
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")),
+}
+# Classes whose instances carry only data: returned as PickledObject stand-ins.
+_STAND_IN_MODULES = ("config", "pytorch_lightning.loggers", "lightning.pytorch.loggers")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return getattr(__import__(module, fromlist=[name]), name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith("numpy.dtypes") and name.endswith("DType"):
+            return getattr(__import__(module, fromlist=[name]), name)
+        if any(module == m or module.startswith(m + ".") for m in _STAND_IN_MODULES):
+            return _stand_in(module, name)
+        raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': not on the checkpoint allow-list")
+
+
+# torch.load accepts any module-like object with `Unpickler` and `load`.
+_restricted_pickle = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler,
+    load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
+    __name__="restricted_pickle",
+)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a torch checkpoint without executing code from it; published config objects become PickledObject."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """Write `obj` with torch.save atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def as_config_dict(config: Any) -> dict:
+    """A checkpoint's `config` entry (our dict or a published PickledObject) as a plain dict."""
+    if isinstance(config, dict):
+        return dict(config)
+    if isinstance(config, PickledObject):
+        return config.to_dict()
+    raise CheckpointError(f"unexpected config entry of type {type(config).__name__}")
+
+
+def get_rng_state() -> dict:
+    """Every RNG a training run draws from (Python, numpy, torch CPU and, when present, CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states captured by `get_rng_state`."""
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(_as_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    # pickle returns the nested tuples as saved; lists appear only if a state passed through JSON/YAML.
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x

@@ -1,0 +1,107 @@
+"""Safe checkpoint loading: published config objects load, anything that would run code is refused."""
+
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import (
+    CheckpointError,
+    PickledObject,
+    UnsafeCheckpointError,
+    as_config_dict,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def _published_config_module(tmp_name: str = "config"):
+    """A throw-away module named like the original code's `config`, holding a class of the published name."""
+    mod = types.ModuleType(tmp_name)
+
+    class Config_MBM_fMRI:  # noqa: N801 - the published class name
+        def __init__(self):
+            self.lr = 2.5e-4
+            self.mask_ratio = 0.75
+            self.focus_range = None
+            self.roi = "VC"
+
+    Config_MBM_fMRI.__module__ = tmp_name
+    Config_MBM_fMRI.__qualname__ = "Config_MBM_fMRI"
+    mod.Config_MBM_fMRI = Config_MBM_fMRI
+    return mod
+
+
+def test_published_layout_loads_with_config_object(tmp_path, monkeypatch):
+    mod = _published_config_module()
+    monkeypatch.setitem(sys.modules, "config", mod)
+    path = tmp_path / "fmri_encoder.pth"
+    torch.save(
+        {"model": {"w": torch.arange(4.0)}, "epoch": 3, "config": mod.Config_MBM_fMRI(), "np": np.arange(3)},
+        path,
+    )
+    monkeypatch.delitem(sys.modules, "config")  # loading must not need the original class
+
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["model"]["w"], torch.arange(4.0))
+    assert ckpt["epoch"] == 3
+    np.testing.assert_array_equal(ckpt["np"], np.arange(3))
+    cfg = ckpt["config"]
+    assert isinstance(cfg, PickledObject)
+    assert cfg._pickled_class == "config.Config_MBM_fMRI"
+    assert as_config_dict(cfg) == {"lr": 2.5e-4, "mask_ratio": 0.75, "focus_range": None, "roi": "VC"}
+
+
+class _Exploit:
+    """Unpickling this would call os.system."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/mindvis_pwned",))
+
+
+def test_code_executing_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "config": _Exploit()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth.*(os|posix)\.system"):
+        load_checkpoint(path)
+
+
+def test_raw_pickle_with_builtin_eval_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(types.SimpleNamespace(x=1)))
+    with pytest.raises(UnsafeCheckpointError, match="types.SimpleNamespace"):
+        load_checkpoint(path)
+
+
+def test_missing_and_corrupt_files_name_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
+        load_checkpoint(tmp_path / "nope.pth")
+    good = save_checkpoint({"a": torch.ones(1000)}, tmp_path / "good.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=r"bad\.pth"):
+        load_checkpoint(bad)
+
+
+def test_atomic_save_leaves_no_temporary_files_and_keeps_old_file_on_failure(tmp_path):
+    path = save_checkpoint({"v": 1}, tmp_path / "ckpt.pth")
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        save_checkpoint({"v": lambda: 0}, path)
+    assert load_checkpoint(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    state = get_rng_state()
+    save_checkpoint({"rng": state}, tmp_path / "r.pth")
+    expected = (np.random.rand(), torch.rand(3))
+    set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
+    got = (np.random.rand(), torch.rand(3))
+    assert expected[0] == got[0] and torch.equal(expected[1], got[1])

@@ -1,0 +1,99 @@
+"""Stage configs: published defaults, generated command line, YAML overrides, validation, published objects."""
+
+import pytest
+import yaml
+
+from checkpoint import PickledObject
+from config import (
+    ConfigError,
+    GenEvalConfig,
+    StageA1Config,
+    StageA2Config,
+    StageBConfig,
+    from_dict,
+    parse_config,
+    save_config,
+)
+
+
+def test_published_defaults():
+    a1 = StageA1Config()
+    assert (a1.lr, a1.weight_decay, a1.num_epoch, a1.warmup_epochs, a1.batch_size) == (2.5e-4, 0.05, 500, 40, 100)
+    assert (a1.mask_ratio, a1.embed_dim, a1.depth, a1.num_heads, a1.mlp_ratio, a1.clip_grad) == (
+        0.75, 1024, 24, 16, 1.0, 0.8,
+    )
+    assert a1.hcp_path.endswith("data/HCP/npz") and a1.output_path.endswith("results")
+    a2 = StageA2Config()
+    assert (a2.lr, a2.num_epoch, a2.batch_size, a2.warmup_epochs, a2.kam_subs) == (5.3e-5, 15, 16, 2, ["sbj_3"])
+    assert a2.pretrain_mbm_path.endswith("pretrains/GOD/fmri_encoder.pth")
+    assert StageA2Config(dataset="BOLD5000").batch_size == 4
+    b = StageBConfig()
+    assert (b.lr, b.num_epoch, b.batch_size, b.clip_grad, b.crop_ratio, b.ddim_steps, b.num_samples) == (
+        5.3e-5, 500, 5, 0.5, 0.2, 250, 5,
+    )
+    assert StageBConfig(dataset="BOLD5000").batch_size == 25
+    assert b.use_time_cond and not b.global_pool
+    g = GenEvalConfig()
+    assert (g.num_samples, g.ddim_steps, g.sampler, g.n_way, g.num_trials) == (5, 250, "plms", 50, 1000)
+
+
+def test_command_line_types_booleans_lists_and_none():
+    cfg = parse_config(
+        StageA1Config,
+        ["--mask_ratio", "0.65", "--num_epoch", "800", "--no-include_kam", "--focus_range", "0", "1500",
+         "--num_sub_limit", "None", "--seed", "7"],
+    )
+    assert cfg.mask_ratio == 0.65 and cfg.num_epoch == 800 and isinstance(cfg.num_epoch, int)
+    assert cfg.include_kam is False and cfg.include_hcp is True  # defect #1: "--include_hcp False" was True
+    assert cfg.focus_range == [0, 1500] and cfg.num_sub_limit is None
+    assert cfg.seed == 7 and isinstance(cfg.seed, int)  # defect #9: the seed was a string
+    b = parse_config(StageBConfig, ["--kam_subs", "sbj_1", "sbj_3", "--global_pool", "--dataset", "GOD"])
+    assert b.kam_subs == ["sbj_1", "sbj_3"] and b.global_pool is True
+
+
+def test_yaml_overrides_and_flags_win(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"batch_size": 32, "lr": 1e-3, "include_kam": False}))
+    cfg = parse_config(StageA1Config, ["--config", str(path), "--batch_size", "8"])
+    assert (cfg.batch_size, cfg.lr, cfg.include_kam) == (8, 1e-3, False)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = StageBConfig(kam_subs=["sbj_1", "sbj_2"], img_size=64, ddim_steps=10)
+    path = save_config(cfg, tmp_path)
+    assert parse_config(StageBConfig, ["--config", str(path)]) == cfg
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--embed_dim", "100", "--num_heads", "16"], "embed_dim .100. must be divisible by num_heads .16."),
+        (["--mask_ratio", "1.5"], "mask_ratio must be in"),
+        (["--precision", "fp8"], "precision must be one of"),
+        (["--focus_range", "10", "5"], "focus_range"),
+        (["--no-include_hcp", "--no-include_kam"], "include_hcp / include_kam"),
+    ],
+)
+def test_invalid_values_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(StageA1Config, argv)
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+
+
+def test_unknown_yaml_field_and_bad_type_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown StageA1Config field.*not_a_field"):
+        from_dict(StageA1Config, {"not_a_field": 1})
+    with pytest.raises(ConfigError, match="include_kam must be true or false"):
+        from_dict(StageA1Config, {"include_kam": "False"})
+    with pytest.raises(ConfigError, match="dataset must be one of"):
+        StageA2Config(dataset="NSD")
+
+
+def test_published_config_object_maps_onto_ours():
+    published = PickledObject(
+        seed=2022, root_path=".", dataset="GOD", kam_subs=["sbj_3"], img_size=256, batch_size=5, lr=5.3e-5,
+        num_epoch=500, precision=32, global_pool=False, use_time_cond=True, num_samples=5, ddim_steps=250,
+        HW=None, model_meta=None, checkpoint_path=None, logger=None,
+    )
+    cfg = from_dict(StageBConfig, published.to_dict(), strict=False)
+    assert cfg.precision == "fp32" and cfg.ddim_steps == 250 and cfg.batch_size == 5
