@@ -1,0 +1,185 @@
+"""The diffusion UNet: reference numbers, published key sets, config.yaml, bf16 autocast, checkpointing."""
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, load_fixture, rel_err
+from dc_ldm.modules.diffusionmodules.util import GroupNorm32
+from dc_ldm.modules.encoders.modules import ClassEmbedder
+from dc_ldm.util import instantiate_from_config
+
+CONFIG_YAML = ROOT / "pretrains" / "ldm" / "label2img" / "config.yaml"
+UNET_PREFIX = "model.diffusion_model."
+
+
+def _fixture_unet(**overrides):
+    """The reference UNet (fixture config, overridden params) with the fixture weights and inputs."""
+    config, tensors = load_fixture("unet")
+    config = copy.deepcopy(config)
+    config["params"].update(overrides)
+    model = instantiate_from_config(config)
+    model.load_state_dict(tensors["state_dict"], strict=True)
+    return model, tensors
+
+
+def test_unet_matches_reference():
+    model, t = _fixture_unet()
+    with torch.no_grad():
+        out = model.eval()(t["x"], t["t"], context=t["context"])
+    assert out.shape == t["out"].shape
+    assert rel_err(out, t["out"]) <= 1e-4
+
+
+@pytest.mark.parametrize("schema_name", ["label2img_ckpt", "finetuned_fmri_ldm"])
+def test_published_unet_keys_and_shapes(schemas, schema_name):
+    """Both published checkpoints carry time_embed_condtion (the config has use_time_cond true)."""
+    unet_config = OmegaConf.load(CONFIG_YAML).model.params.unet_config
+    with torch.device("meta"):
+        model = instantiate_from_config(unet_config)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    want = {k[len(UNET_PREFIX) :]: v for k, v in schemas[schema_name]["keys"].items() if k.startswith(UNET_PREFIX)}
+    assert got == want
+
+    unet_config.params.use_time_cond = False
+    with torch.device("meta"):
+        plain = instantiate_from_config(unet_config)
+    assert set(plain.state_dict()) == {k for k in want if not k.startswith("time_embed_condtion.")}
+
+
+PUBLISHED_UNET = dict(
+    image_size=64,
+    in_channels=3,
+    out_channels=3,
+    model_channels=192,
+    attention_resolutions=[8, 4, 2],
+    num_res_blocks=2,
+    channel_mult=[1, 2, 3, 5],
+    num_heads=1,
+    use_spatial_transformer=True,
+    transformer_depth=1,
+    context_dim=512,
+    cond_scale=1.0,
+    use_time_cond=True,
+    global_pool=False,
+)
+PUBLISHED_VQ_DDCONFIG = dict(
+    double_z=False,
+    z_channels=3,
+    resolution=256,
+    in_channels=3,
+    out_ch=3,
+    ch=128,
+    ch_mult=[1, 2, 4],
+    num_res_blocks=2,
+    attn_resolutions=[],
+    dropout=0.0,
+)
+PUBLISHED_LDM = dict(
+    linear_start=0.0015,
+    linear_end=0.0195,
+    num_timesteps_cond=1,
+    log_every_t=200,
+    timesteps=1000,
+    first_stage_key="image",
+    cond_stage_key="fmri",
+    image_size=64,
+    channels=3,
+    cond_stage_trainable=True,
+    conditioning_key="crossattn",
+    monitor="val/loss",
+    use_ema=False,
+    unet_config={"target": "dc_ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": PUBLISHED_UNET},
+    first_stage_config={
+        "target": "dc_ldm.models.autoencoder.VQModelInterface",
+        "params": {
+            "embed_dim": 3,
+            "n_embed": 8192,
+            "ddconfig": PUBLISHED_VQ_DDCONFIG,
+            "lossconfig": {"target": "torch.nn.Identity"},
+        },
+    },
+    cond_stage_config={
+        "target": "dc_ldm.modules.encoders.modules.ClassEmbedder",
+        "params": {"n_classes": 1001, "embed_dim": 512, "key": "class_label"},
+    },
+)
+
+
+def test_config_yaml_has_published_values():
+    cfg = OmegaConf.load(CONFIG_YAML)
+    assert OmegaConf.to_container(cfg) == {
+        "model": {
+            "base_learning_rate": 1e-4,
+            "target": "dc_ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": PUBLISHED_LDM,
+        }
+    }
+    with torch.device("meta"):
+        embedder = instantiate_from_config(cfg.model.params.cond_stage_config)
+    assert embedder.embedding.weight.shape == (1001, 512)
+
+
+def test_bf16_autocast_forward_backward():
+    model, t = _fixture_unet()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(t["x"], t["t"], context=t["context"])
+        loss = out.float().square().mean()
+    loss.backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_group_norm_runs_in_float32_under_autocast():
+    norm, x = GroupNorm32(2, 4), torch.randn(2, 4, 3, 3).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, norm(x.float()).to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_activation_checkpointing_is_exact():
+    results = []
+    for use_checkpoint in (False, True):
+        model, t = _fixture_unet(use_checkpoint=use_checkpoint)
+        context = t["context"].clone().requires_grad_(True)
+        out = model.train()(t["x"], t["t"], context=context)
+        out.square().mean().backward()
+        results.append((out, context.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (out0, ctx0, grads0), (out1, ctx1, grads1) = results
+    torch.testing.assert_close(out1, out0)
+    torch.testing.assert_close(ctx1, ctx0)
+    torch.testing.assert_close(grads1, grads0)
+
+
+@pytest.mark.parametrize("use_time_cond, global_pool", [(False, False), (True, True)])
+def test_conditioning_variants(use_time_cond, global_pool):
+    config, t = load_fixture("unet")
+    config = copy.deepcopy(config)
+    config["params"].update(use_time_cond=use_time_cond, global_pool=global_pool)
+    model = instantiate_from_config(config)
+    context = t["context"][:, :1] if global_pool else t["context"]  # pooled: one token
+    assert isinstance(getattr(model, "time_embed_condtion", None), torch.nn.Linear) == global_pool
+    assert model(t["x"], t["t"], context=context).shape == t["out"].shape
+
+
+def test_class_embedder_shapes():
+    embedder = ClassEmbedder(embed_dim=8, n_classes=5, key="class_label")
+    labels = torch.tensor([0, 4, 2])
+    assert embedder({"class_label": labels}).shape == (3, 1, 8)
+    torch.testing.assert_close(embedder(labels)[:, 0], embedder.embedding.weight[labels])
+
+
+def test_instantiate_from_config_errors():
+    with pytest.raises(KeyError, match="target"):
+        instantiate_from_config({"params": {"embed_dim": 4}})
+    with pytest.raises(ImportError, match="dc_ldm.modules.nowhere.Model"):
+        instantiate_from_config({"target": "dc_ldm.modules.nowhere.Model"})
+    with pytest.raises(ImportError, match="NoSuchEmbedder"):
+        instantiate_from_config({"target": "dc_ldm.modules.encoders.modules.NoSuchEmbedder"})
+    with pytest.raises(NotImplementedError, match="num_classes"):
+        _fixture_unet(num_classes=10)
