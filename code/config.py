@@ -225,6 +225,7 @@ class StageBConfig(_TrainFields, _TargetDataFields):
     num_samples: int = 5
     ddim_steps: int = 250
     HW: list[int] | None = None
+    model_meta: dict | None = None  # the Stage A encoder architecture, stored so gen_eval can rebuild it
     clip_grad: float = 0.5
     val_every: int = 5  # epochs between validation runs that sample images
     num_val_items: int = 5  # test fMRI sampled at each validation
@@ -336,6 +337,8 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of field values; flags override it")
     defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     for name, (tp, is_list, optional) in _field_types(cls).items():
+        if tp is dict:  # structured values (e.g. model_meta) come from files and checkpoints, not flags
+            continue
         help_text = f"default: {defaults.get(name, 'see docs')}"
         if tp is bool and not is_list:
             parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=help_text)
