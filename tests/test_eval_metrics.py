@@ -1,0 +1,276 @@
+"""eval_metrics: vectorised scores equal the published loop definitions; sane extremes; offline skipping."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from skimage.metrics import structural_similarity
+from torch import nn
+
+import eval_metrics
+from eval_metrics import (
+    PAIRWISE,
+    draw_n_way_trials,
+    evaluate,
+    identification_accuracy,
+    n_way_top_k_accuracy,
+    score_matrix,
+)
+
+N, SIZE, SETS = 6, 16, 2
+
+
+def _images(*shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (*shape, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _conv(in_ch, out_ch, seed):
+    conv = nn.Conv2d(in_ch, out_ch, 3)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.3)
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.1)
+    return conv
+
+
+class TinyLPIPS(nn.Module):
+    """LPIPS-like: unit-normalised conv features, squared distance averaged over space -> (B,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _conv(3, 4, seed=1)
+
+    def forward(self, x, y):
+        fx, fy = F.normalize(self.conv(x), dim=1), F.normalize(self.conv(y), dim=1)
+        return (fx - fy).square().sum(1).mean((1, 2))
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self, num_classes=20):
+        super().__init__()
+        self.conv, self.head = _conv(3, 8, seed=2), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+
+class RandomLogits(nn.Module):
+    """Ignores its input: classes on the reconstructions are unrelated to the ground truth."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes, self.generator = num_classes, torch.Generator().manual_seed(3)
+
+    def forward(self, x):
+        return torch.randn(len(x), self.num_classes, generator=self.generator)
+
+
+class TinyFeatures(nn.Module):
+    num_features = 3
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _conv(3, self.num_features, seed=4)
+
+    def forward(self, x):
+        return self.conv(x.float() / 255).mean((2, 3))
+
+
+def _preprocess(x):
+    return x.float() / 255
+
+
+# ---- the published definitions, pair by pair (numpy / skimage / one LPIPS call per pair) ----
+
+
+def _published_score(metric, pred, gt, lpips_model=None):
+    if metric == "mse":
+        return np.square(pred.astype(np.float64) - gt.astype(np.float64)).mean()
+    if metric == "mse_uint8":
+        return np.square(pred - gt).mean()  # uint8 arithmetic, as the published arrays were
+    if metric == "pcc":
+        return np.corrcoef(pred.reshape(-1), gt.reshape(-1))[0, 1]
+    if metric == "ssim":
+        return structural_similarity(pred, gt, data_range=255, channel_axis=-1)
+    x, y = (torch.FloatTensor(np.expand_dims(im.transpose(2, 0, 1) / 127.5 - 1.0, 0)) for im in (pred, gt))
+    with torch.no_grad():
+        return lpips_model(x, y).item()
+
+
+def _published_pair_wise(metric, preds, gts, lpips_model=None):
+    lower = PAIRWISE[metric]
+    scores = np.array([[_published_score(metric, p, g, lpips_model) for g in gts] for p in preds])
+    corrects = []
+    for i in range(len(preds)):
+        rest = [scores[i, j] for j in range(len(gts)) if j != i]
+        wins = sum((scores[i, i] < c) if lower else (scores[i, i] > c) for c in rest)
+        corrects.append(wins / len(rest))
+    return scores, corrects
+
+
+@pytest.mark.parametrize("metric", ["mse", "mse_uint8", "pcc", "ssim", "lpips"])
+def test_pair_wise_matches_published_loop(metric):
+    gt, samples = _images(N), _images(SETS, N, seed=1)
+    samples[:, :3] = gt[:3] // 2 + samples[:, :3] // 2  # some reconstructions resemble their ground truth
+    lpips_model = TinyLPIPS() if metric == "lpips" else None
+    ref = [_published_pair_wise(metric, s, gt, lpips_model) for s in samples]
+
+    scores = score_matrix(metric, torch.from_numpy(samples).flatten(0, 1), torch.from_numpy(gt), lpips_model, 7)
+    ref_scores = np.concatenate([r[0] for r in ref])
+    tol = 1e-6 if metric == "lpips" else 1e-10
+    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=tol, atol=tol)
+    accuracy = identification_accuracy(scores.view(SETS, N, N), PAIRWISE[metric])
+    np.testing.assert_array_equal(accuracy.numpy(), np.array([r[1] for r in ref]))
+
+    result = evaluate(gt, samples, metrics=[metric], lpips_model=lpips_model, device="cpu", batch_size=5)
+    assert result["skipped"] == {}
+    assert result["scores"][metric] == pytest.approx(np.mean([np.mean(r[1]) for r in ref]), abs=1e-12)
+
+
+def test_float_images_give_the_same_scores():
+    gt, samples = _images(N), _images(SETS, N, seed=1)
+    as_uint8 = evaluate(gt, samples, metrics=["mse", "pcc", "ssim"])
+    as_float = evaluate(gt.astype(np.float32), torch.from_numpy(samples).double(), ["mse", "pcc", "ssim"])
+    assert as_float == as_uint8
+
+
+def test_perfect_reconstruction_scores_one():
+    gt = _images(N)
+    result = evaluate(gt, np.stack([gt, gt]), metrics=["mse", "pcc", "ssim", "lpips"], lpips_model=TinyLPIPS())
+    assert result["scores"] == {"mse": 1.0, "pcc": 1.0, "ssim": 1.0, "lpips": 1.0}
+
+
+def test_n_way_draws_are_distinct_reproducible_and_chunk_independent(monkeypatch):
+    picks = draw_n_way_trials(5, 12, 4, 30, seed=7)
+    assert picks.shape == (5, 30, 3) and picks.min() >= 0 and picks.max() < 11
+    assert (picks.sort(-1).values.diff(dim=-1) > 0).all()  # n - 1 distinct classes per trial
+    assert torch.equal(picks, draw_n_way_trials(5, 12, 4, 30, seed=7))
+    assert not torch.equal(picks, draw_n_way_trials(5, 12, 4, 30, seed=8))
+    monkeypatch.setattr(eval_metrics, "TRIAL_KEYS_PER_CHUNK", 2 * 30 * 11)  # 2 items per chunk
+    assert torch.equal(picks, draw_n_way_trials(5, 12, 4, 30, seed=7))
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_n_way_matches_published_loop_with_the_same_draws(top_k):
+    m, c, n_way, trials = 8, 15, 5, 40
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randn(m, c, generator=g).mul(2).softmax(-1)
+    gt_class = torch.randint(0, c, (m,), generator=g)
+    accuracy = n_way_top_k_accuracy(probs, gt_class, n_way, trials, top_k, seed=5)
+
+    picks = draw_n_way_trials(m, c, n_way, trials, seed=5)
+    expected = []
+    for item in range(m):
+        own = int(gt_class[item])
+        pick_range = [k for k in range(c) if k != own]
+        hits = []
+        for t in range(trials):
+            picked = [pick_range[int(o)] for o in picks[item, t]]
+            pred_picked = torch.cat([probs[item, own : own + 1], probs[item, picked]])
+            hits.append(float(0 in pred_picked.topk(top_k).indices.tolist()))
+        expected.append(np.mean(hits))
+    np.testing.assert_array_equal(accuracy.numpy(), np.array(expected))
+
+
+def test_n_way_identical_images_score_one_and_is_reproducible():
+    gt = _images(10)
+    classifier = (TinyClassifier(num_classes=20), _preprocess)
+    result = evaluate(gt, np.stack([gt, gt]), ["n_way"], classifier=classifier, n_way=5, num_trials=50, batch_size=4)
+    assert result["scores"] == {"top-1-class": 1.0, "top-1-class (max)": 1.0}
+
+    samples = _images(3, 10, seed=1)
+    first = evaluate(gt, samples, ["n_way"], classifier=classifier, n_way=5, num_trials=50, top_k=2, seed=3)
+    again = evaluate(gt, samples, ["n_way"], classifier=classifier, n_way=5, num_trials=50, top_k=2, seed=3)
+    assert first == again
+    assert 0.0 < first["scores"]["top-2-class"] <= first["scores"]["top-2-class (max)"] <= 1.0
+
+
+def test_n_way_random_classifier_is_chance():
+    n_way = 10
+    gt, samples = _images(128), _images(2, 128, seed=1)
+    classifier = (RandomLogits(num_classes=100), _preprocess)
+    result = evaluate(gt, samples, ["n_way"], classifier=classifier, n_way=n_way, num_trials=200, batch_size=64)
+    assert result["scores"]["top-1-class"] == pytest.approx(1 / n_way, abs=0.04)
+
+
+def test_fid_with_a_feature_module_matches_scipy():
+    gt, samples = _images(12), _images(2, 12, seed=1)
+    result = evaluate(gt, samples, ["fid"], fid_model=TinyFeatures(), device="cpu", batch_size=5)
+
+    features = TinyFeatures()
+
+    def feats(images):
+        with torch.no_grad():
+            return features(torch.from_numpy(images).permute(0, 3, 1, 2)).double().numpy()
+
+    def frechet(a, b):
+        covmean = scipy.linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False)).real
+        diff = a.mean(0) - b.mean(0)
+        return diff @ diff + np.trace(np.cov(a, rowvar=False) + np.cov(b, rowvar=False) - 2 * covmean)
+
+    expected = np.mean([frechet(feats(gt), feats(s)) for s in samples])
+    assert result["scores"]["fid"] == pytest.approx(expected, rel=1e-4)
+    same = evaluate(gt, gt[None], ["fid"], fid_model=TinyFeatures(), device="cpu")
+    assert abs(same["scores"]["fid"]) < 1e-4
+
+
+def test_missing_weights_are_skipped_with_the_expected_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("eval_metrics must not download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    gt = _images(3)
+    result = evaluate(gt, gt[None], metrics=["mse", "lpips", "n_way", "fid"], device="cpu")
+    assert result["scores"] == {"mse": 1.0}
+    skipped = result["skipped"]
+    assert set(skipped) == {"lpips", "top-1-class", "top-1-class (max)", "fid"}
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    assert str(checkpoints / "alexnet-owt-7be5be79.pth") in skipped["lpips"]
+    assert str(checkpoints / "vit_h_14_swag-80465313.pth") in skipped["top-1-class"]
+    assert "weights-inception-2015-12-05-6726825d.pth" in skipped["fid"]
+    assert not any(tmp_path.rglob("*.pth"))
+
+
+def test_vit_classifier_loads_from_the_cache_and_preprocesses_like_pil(tmp_path, monkeypatch):
+    import torchvision
+    from PIL import Image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1
+    path = eval_metrics.cached_weights_path(weights.url)
+    path.parent.mkdir(parents=True)
+    path.touch()
+    built = []
+    monkeypatch.setattr(torchvision.models, "vit_h_14", lambda weights: built.append(weights) or TinyClassifier())
+    model, preprocess = eval_metrics.load_vit_h14_classifier("cpu")
+    assert built == [weights] and not model.training
+    images = _images(2)
+    out = preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))
+    expected = torch.stack([weights.transforms()(Image.fromarray(img)) for img in images])
+    assert out.shape == (2, 3, 518, 518) and torch.equal(out, expected)
+
+
+def test_too_few_images_are_skipped():
+    gt = _images(1)
+    result = evaluate(gt, gt[None], metrics=["mse", "n_way"], classifier=(TinyClassifier(), _preprocess))
+    assert result["scores"] == {}
+    assert "at least 2" in result["skipped"]["mse"] and "at least 2" in result["skipped"]["top-1-class"]
+
+
+def test_bad_input_raises_clear_errors():
+    gt = _images(4)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate(gt, gt[None], metrics=["psnr"])
+    with pytest.raises(ValueError, match="samples must be"):
+        evaluate(gt, _images(1, 3), metrics=["mse"])
+    with pytest.raises(ValueError, match="gt_images must be"):
+        evaluate(gt[..., 0], gt[None], metrics=["mse"])
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        evaluate(gt / 255.0 - 0.5, gt[None], metrics=["mse"])
+    with pytest.raises(ValueError, match="needs uint8"):
+        evaluate(gt.astype(np.float32), gt[None], metrics=["mse_uint8"])
+    with pytest.raises(ValueError, match="n_way must be"):
+        evaluate(gt, gt[None], metrics=["n_way"], classifier=(TinyClassifier(num_classes=4), _preprocess), n_way=5)
