@@ -1,0 +1,109 @@
+"""The knobs of the simulation and the three preset sizes (`tiny`, `demo`, `full`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from simulation.stimuli import ATTRIBUTE_SIZES
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """Dimensions and signal settings of one simulated data set (defaults: `full`, the published dimensions)."""
+
+    image_size: int = 256  # stimuli are image_size x image_size RGB (a multiple of 64)
+    train_categories: int = 150  # GOD: training categories ...
+    images_per_category: int = 8  # ... with this many images each, one trial per image
+    test_categories: int = 50  # GOD: test categories (disjoint from training), one image each
+    test_repeats: int = 35  # trials per test image
+    god_subjects: int = 5  # sbj_1 ... sbj_<n>
+    voxel_scale: float = 1.0  # voxel counts relative to the published ones (GOD VC ~4,600, HCP V1-V4 ~3,600)
+    hcp_subjects: int = 50  # HCP resting-state subjects (the published release has ~1,200)
+    hcp_frames: int = 1200  # frames per HCP series (TR 0.75 s)
+    bold_subjects: int = 4  # CSI1 ... CSI<n>; the 4th sees only the first 60% of the sessions, as CSI4 did
+    bold_categories: int = 300  # BOLD5000: categories (ImageNet-like objects, COCO-like groups, scenes)
+    bold_images: int = 4803  # BOLD5000: images shown once
+    bold_repeated: int = 113  # BOLD5000: images shown `bold_repeats` times (the test set)
+    bold_repeats: int = 4
+    bold_sessions: int = 15
+    bold_runs: int = 10  # runs per session
+    snr: float = 0.3  # median single-trial signal variance / noise variance of visual-cortex voxels
+    structured_noise: float = 0.3  # share of the trial noise that is spontaneous, spatially correlated activity
+    rest_noise: float = 0.4  # share of white noise in the HCP series (the rest is spontaneous activity)
+    embed_dim: int = 48  # dimension of the category embedding space
+    progress: bool = True  # tqdm bars
+
+    def validate(self) -> SimSpec:
+        """Raise ValueError naming the first setting that cannot be simulated; return self."""
+        n_combos = int(np.prod(ATTRIBUTE_SIZES))
+        checks = [
+            (self.image_size >= 64 and self.image_size % 64 == 0, "image_size must be a positive multiple of 64"),
+            (
+                self.train_categories + self.test_categories <= n_combos,
+                f"train_categories + test_categories must be at most {n_combos}",
+            ),
+            (self.bold_categories <= n_combos, f"bold_categories must be at most {n_combos}"),
+            (
+                min(
+                    self.train_categories,
+                    self.images_per_category,
+                    self.test_categories,
+                    self.test_repeats,
+                    self.god_subjects,
+                    self.bold_subjects,
+                    self.bold_categories,
+                    self.bold_images,
+                    self.bold_repeated,
+                    self.bold_sessions,
+                    self.bold_runs,
+                )
+                >= 1,
+                "counts must be >= 1",
+            ),
+            (self.bold_repeats >= 2, "bold_repeats must be >= 2 (the test set averages repeats)"),
+            (self.hcp_subjects >= 0 and self.hcp_frames >= 10, "hcp_subjects >= 0 and hcp_frames >= 10"),
+            (self.voxel_scale > 0 and self.snr > 0 and self.embed_dim >= 1, "voxel_scale, snr, embed_dim > 0"),
+            (0 <= self.structured_noise < 1 and 0 < self.rest_noise < 1, "noise shares must lie in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"simulation settings: {message} ({self})")
+        return self
+
+    def with_overrides(self, **overrides) -> SimSpec:
+        """A copy with some fields replaced (unknown names raise TypeError listing the known ones)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown simulation setting(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **overrides).validate()
+
+
+SIZES = {
+    "tiny": SimSpec(
+        image_size=64,
+        train_categories=30,
+        images_per_category=4,
+        test_categories=20,
+        voxel_scale=0.07,
+        hcp_subjects=3,
+        bold_categories=12,
+        bold_images=48,
+        bold_repeated=12,
+        bold_sessions=3,
+        bold_runs=2,
+        progress=False,
+    ),
+    "demo": SimSpec(
+        voxel_scale=0.3,
+        hcp_subjects=10,
+        bold_categories=60,
+        bold_images=480,
+        bold_repeated=24,
+        bold_sessions=4,
+        bold_runs=4,
+    ),
+    "full": SimSpec(),
+}

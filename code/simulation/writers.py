@@ -1,0 +1,285 @@
+"""Write the simulated world in the published layouts (docs/formats.md): GOD/Kamitani, BOLD5000 and HCP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from simulation import brain, stimuli
+from simulation.spec import SimSpec
+
+log = logging.getLogger("mindvis.simulation")
+Rng = Callable[..., np.random.Generator]  # rng_for(*tags): an independent, seeded stream per tag tuple
+
+# published-scale voxel counts (voxel_scale 1); subjects vary by about +-12%
+GOD_VOXELS = {
+    "V1": 860,
+    "V2": 760,
+    "V3": 620,
+    "V4": 360,
+    "LOC": 820,
+    "FFA": 400,
+    "PPA": 460,
+    "HVC": 380,
+    "other": 1400,
+}  # HVC: the rest of the HVC region; other: voxels outside visual cortex
+HCP_VOXELS = {"V1": 1150, "V2": 1050, "V3": 880, "V4": 560}
+BOLD_VOXELS = {"EarlyVis": (210, 285), "LOC": (152, 190), "OPA": (101, 187), "PPA": (131, 200), "RSC": (86, 143)}
+BOLD_FILE = "{sub}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_{hemi}{roi}.npy"
+HCP_FILE = "HCP_visual_voxel.npz"
+
+
+def _bump_until(counts: dict[str, int], groups: dict[str, list[str]], taken: set[int], distinct: str) -> None:
+    """Add voxels until no ROI or ROI group holds a multiple of 16 and group `distinct` differs from `taken`."""
+    for _ in range(1000):
+        sums = {g: sum(counts[r] for r in members) for g, members in groups.items()}
+        bad = [r for r in counts if counts[r] % 16 == 0]
+        bad += [groups[g][0] for g, n in sums.items() if n % 16 == 0 or (g == distinct and n in taken)]
+        if not bad:
+            taken.add(sums[distinct])
+            return
+        counts[bad[0]] += 1
+    raise RuntimeError("could not choose voxel counts")  # unreachable for any sane scale
+
+
+def _pieces(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """Split n into k positive parts at random."""
+    cuts = np.sort(rng.choice(np.arange(1, n), k - 1, replace=False))
+    return np.diff(np.r_[0, cuts, n]).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
+# GOD / Kamitani
+# ----------------------------------------------------------------------------------------------------
+
+
+def god_blocks(rng: np.random.Generator, scale: float, taken: set[int]) -> list[tuple[str, int]]:
+    """One GOD subject's ROI blocks along the voxel axis; non-visual voxels sit in three runs between them."""
+    n = {roi: max(8, round(base * scale * rng.uniform(0.88, 1.12))) for roi, base in GOD_VOXELS.items()}
+    visual = ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC"]
+    groups = {
+        "LVC": ["V1", "V2", "V3"],
+        "HVCall": ["HVC", "LOC", "FFA", "PPA"],
+        "VC": ["V4", *visual],
+        "all": ["other", *visual],
+    }
+    _bump_until(n, groups, taken, "VC")
+    a, b, c = _pieces(rng, n["other"], 3)
+    return [
+        ("V1", n["V1"]),
+        ("V2", n["V2"]),
+        ("V3", n["V3"]),
+        ("other", a),
+        ("V4", n["V4"]),
+        ("LOC", n["LOC"]),
+        ("FFA", n["FFA"]),
+        ("other", b),
+        ("PPA", n["PPA"]),
+        ("HVC", n["HVC"]),
+        ("other", c),
+    ]
+
+
+def god_masks(roi: np.ndarray) -> dict[str, np.ndarray]:
+    """The published ROI masks (V_all,) bool from per-voxel labels (LVC = V1-V3, HVC = LOC+FFA+PPA+rest)."""
+    m = {r: roi == r for r in ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA")}
+    m["LVC"] = m["V1"] | m["V2"] | m["V3"]
+    m["HVC"] = m["LOC"] | m["FFA"] | m["PPA"] | (roi == "HVC")
+    m["VC"] = m["LVC"] | m["V4"] | m["HVC"]
+    return m
+
+
+def _wordnet_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n distinct fake WordNet offsets (7 digits, so ids read n0xxxxxxx), sorted like ImageNet's class index."""
+    return np.sort(rng.choice(np.arange(1_000_000, 10_000_000), n, replace=False))
+
+
+def god_categories(spec: SimSpec, rng_for: Rng) -> tuple[stimuli.Categories, np.random.Generator]:
+    """The GOD categories in class-index order, and the stream that goes on to draw the rest of the GOD world."""
+    rng = rng_for("god", "world")
+    return stimuli.sample_categories(rng, spec.train_categories + spec.test_categories, layout=0), rng
+
+
+def write_god(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_for: Rng) -> None:
+    """Kamitani/npz: sbj_<k>.npz, images_256.npz, imagenet_class_index.json and the two label csv files."""
+    root.mkdir(parents=True)
+    cats, rng = god_categories(spec, rng_for)
+    n_cat = len(cats)
+    own = rng.normal(0, 1, (n_cat, spec.embed_dim))  # each category's own part of its embedding
+    # classes sorted by WordNet id as in ImageNet; some classes own a second id that their images carry
+    numbers = _wordnet_numbers(rng, 2 * n_cat)
+    primary, extra = numbers[::2], numbers[1::2]
+    has_extra = rng.random(n_cat) < 0.1
+    image_wnid = np.where(has_extra, extra, primary)
+    is_test = np.zeros(n_cat, dtype=bool)
+    is_test[rng.choice(n_cat, spec.test_categories, replace=False)] = True
+    names = cats.names()
+    index = {
+        str(c): [f"n{primary[c]:08d}", *([f"n{extra[c]:08d}"] if has_extra[c] else []), names[c]] for c in range(n_cat)
+    }
+    (root / "imagenet_class_index.json").write_text(json.dumps(index, indent=0))
+
+    train_cat = np.repeat(np.flatnonzero(~is_test), spec.images_per_category)
+    test_cat = np.flatnonzero(is_test)
+    category = np.r_[train_cat, test_cat]
+    image_no = np.concatenate(
+        [
+            np.sort(rng.choice(np.arange(1, 20000), spec.images_per_category, replace=False))
+            for _ in range(spec.train_categories)
+        ]
+        + [rng.integers(1, 20000, len(test_cat))]
+    )
+    rows = [f"{image_wnid[c]}.{k:06d},n{image_wnid[c]:08d}_{k}.JPEG" for c, k in zip(category, image_no, strict=True)]
+    n_train = len(train_cat)
+    (root / "imagenet_training_label.csv").write_text("\n".join(rows[:n_train]) + "\n")
+    (root / "imagenet_testing_label.csv").write_text("\n".join(rows[n_train:]) + "\n")
+
+    log.info("GOD: drawing %d stimuli (%d px)", len(category), spec.image_size)
+    images = stimuli.render(cats, stimuli.sample_images(rng, cats, category), spec.image_size)
+    np.savez(root / "images_256.npz", train_images=images[:n_train], test_images=images[n_train:])
+    feats = brain.low_level_features(images)
+    fit = np.arange(len(category)) < n_train
+
+    taken: set[int] = set()
+    for k in tqdm(range(1, spec.god_subjects + 1), desc="GOD subjects", disable=not spec.progress):
+        rng = rng_for("god", "subject", k)
+        pop = brain.build_population(rng, god_blocks(rng, spec.voxel_scale, taken), spec.snr, spec.embed_dim)
+        drive = brain.stimulus_drive(pop, feats, cats.attrs[category], own[category], space, fit)
+        order = rng.permutation(n_train)  # presentation order of the training images
+        shown = np.r_[order, n_train + np.repeat(np.arange(len(test_cat)), spec.test_repeats)]
+        x = brain.trial_responses(pop, drive, shown, rng, spec.structured_noise)
+        mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
+        x = ((x - mu) / sd).astype(np.float32)  # voxels z-scored over the training trials, as preprocessed
+        test = x[n_train:]
+        np.savez(
+            root / f"sbj_{k}.npz",
+            arr_0=x[:n_train],
+            arr_1=test,
+            arr_2=test.reshape(len(test_cat), spec.test_repeats, -1).mean(1),
+            arr_3=order.astype(np.int64),
+            **god_masks(pop.roi),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# BOLD5000
+# ----------------------------------------------------------------------------------------------------
+
+
+def _bold_names(rng: np.random.Generator, cats: stimuli.Categories, category: np.ndarray) -> list[str]:
+    """Published-style stimulus names: ImageNet 'n0xxxxxxx_k.JPEG', COCO 'COCO_train2014_<12 digits>.jpg', scenes."""
+    wnid = _wordnet_numbers(rng, len(cats))
+    coco = rng.choice(np.arange(1, 600_000), len(category), replace=False)
+    scene = [n.replace(" on ", " ").replace(" ", "") for n in cats.names()]  # like 'airplanecabin1.jpg'
+    counter = np.zeros(len(cats), dtype=int)
+    names = []
+    for i, c in enumerate(category):
+        counter[c] += 1
+        if cats.layout[c] == 0:
+            names.append(f"n{wnid[c]:08d}_{counter[c]}.JPEG")
+        elif cats.layout[c] == 1:
+            names.append(f"COCO_train2014_{coco[i]:012d}.jpg")
+        else:
+            names.append(f"{scene[c]}{counter[c]}.jpg")
+    if len(set(names)) != len(names):
+        raise RuntimeError("simulated BOLD5000 stimulus names collide")  # a bug, never a user error
+    return names
+
+
+def _presentation(
+    rng: np.random.Generator, spec: SimSpec, n_images: int, repeated: np.ndarray, sessions: int
+) -> list[list[np.ndarray]]:
+    """Image indices per session and run: every image once, repeated ones `bold_repeats` times, shuffled."""
+    trials = np.r_[np.setdiff1d(np.arange(n_images), repeated), np.repeat(repeated, spec.bold_repeats)]
+    runs = np.array_split(rng.permutation(trials), spec.bold_sessions * spec.bold_runs)
+    return [runs[s * spec.bold_runs : (s + 1) * spec.bold_runs] for s in range(sessions)]
+
+
+def write_bold5000(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_for: Rng) -> None:
+    """BOLD5000: GLMsingle ROI betas per subject and hemisphere, the stimuli dict and presentation lists."""
+    betas = root / "BOLD5000_GLMsingle_ROI_betas" / "py"
+    stim = root / "BOLD5000_Stimuli"
+    for folder in (betas, stim / "Scene_Stimuli" / "Presented_Stimuli", stim / "Image_Labels"):
+        folder.mkdir(parents=True)
+    rng = rng_for("bold5000", "world")
+    layout = rng.choice(3, spec.bold_categories, p=[0.4, 0.4, 0.2])
+    cats = stimuli.sample_categories(rng, spec.bold_categories, layout=layout)
+    own = rng.normal(0, 1, (len(cats), spec.embed_dim))
+    n_images = spec.bold_images + spec.bold_repeated
+    category = rng.integers(0, len(cats), n_images)
+    names = _bold_names(rng, cats, category)
+    log.info("BOLD5000: drawing %d stimuli (%d px)", n_images, spec.image_size)
+    images = stimuli.render(cats, stimuli.sample_images(rng, cats, category), spec.image_size)
+    np.save(
+        stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy",
+        dict(zip(names, images, strict=True)),
+        allow_pickle=True,
+    )
+    repeated = np.sort(rng.choice(n_images, spec.bold_repeated, replace=False))
+    (stim / "Scene_Stimuli" / "repeated_stimuli_113_list.txt").write_text("\n".join(names[i] for i in repeated) + "\n")
+    labels = {0: "imagenet_final_labels.txt", 1: "coco_final_labels.txt", 2: "scene_final_labels.txt"}
+    cat_names = cats.names()
+    for lay, file in labels.items():
+        rows = [f"{n}\t{cat_names[c]}" for n, c in zip(names, category, strict=True) if cats.layout[c] == lay]
+        (stim / "Image_Labels" / file).write_text("\n".join(rows) + "\n")
+
+    feats = brain.low_level_features(images)
+    fit = np.ones(n_images, dtype=bool)
+    taken: set[int] = set()
+    for k in tqdm(range(1, spec.bold_subjects + 1), desc="BOLD5000 subjects", disable=not spec.progress):
+        sub, rng = f"CSI{k}", rng_for("bold5000", "subject", k)
+        sessions = spec.bold_sessions if k < 4 else max(1, round(0.6 * spec.bold_sessions))  # CSI4 stopped early
+        plan = _presentation(rng, spec, n_images, repeated, sessions)
+        seen: set[int] = set()
+        for s, runs in enumerate(plan, start=1):
+            folder = stim / "Stimuli_Presentation_Lists" / sub / f"{sub}_sess{s:02d}"
+            folder.mkdir(parents=True)
+            for r, run in enumerate(runs, start=1):
+                lines = []
+                for i in run:  # a repeated image's later presentations carry the rep_ prefix
+                    lines.append(("rep_" if i in seen else "") + names[i])
+                    seen.add(int(i))
+                (folder / f"{sub}_sess{s:02d}_run{r:02d}.txt").write_text("\n".join(lines) + "\n")
+        shown = np.concatenate([run for runs in plan for run in runs])
+        counts = {
+            (h, roi): max(5, round(n * spec.voxel_scale * rng.uniform(0.85, 1.15)))
+            for roi, pair in BOLD_VOXELS.items()
+            for h, n in zip(("LH", "RH"), pair, strict=True)
+        }
+        _bump_until(counts, {"all": list(counts)}, taken, "all")
+        pop = brain.build_population(rng, [(h + roi, n) for (h, roi), n in counts.items()], spec.snr, spec.embed_dim)
+        drive = brain.stimulus_drive(pop, feats, cats.attrs[category], own[category], space, fit)
+        x = brain.trial_responses(pop, drive, shown, rng, spec.structured_noise)
+        x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+        start = 0
+        for (h, roi), n in counts.items():  # files in the readers' concatenation order: ROI, then LH before RH
+            np.save(betas / BOLD_FILE.format(sub=sub, hemi=h, roi=roi), x[:, start : start + n])
+            start += n
+
+
+# ----------------------------------------------------------------------------------------------------
+# HCP
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_hcp(root: Path, spec: SimSpec, rng_for: Rng) -> None:
+    """HCP/npz/<subject>/HCP_visual_voxel.npz: V1..V4 resting-state series (frames, n_roi_voxels).
+
+    All subjects share one template organisation (as surface data in a common space do), each with
+    its receptive fields shifted a little and its own spontaneous activity.
+    """
+    root.mkdir(parents=True)
+    counts = {roi: max(8, round(n * spec.voxel_scale)) for roi, n in HCP_VOXELS.items()}
+    _bump_until(counts, {"VC": list(counts)}, set(), "VC")
+    template = brain.build_population(rng_for("hcp", "template"), list(counts.items()), spec.snr, spec.embed_dim)
+    for i in tqdm(range(spec.hcp_subjects), desc="HCP subjects", disable=not spec.progress):
+        rng = rng_for("hcp", "subject", i)
+        x = brain.resting_state(brain.jittered(template, rng), rng, spec.hcp_frames, spec.rest_noise)
+        folder = root / f"{100206 + 101 * i}"
+        folder.mkdir()
+        np.savez(folder / HCP_FILE, **{roi: x[:, template.roi == roi] for roi in counts})
