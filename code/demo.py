@@ -10,26 +10,28 @@ folder (`data/synthetic/<size>`), never over real data in `data/`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
 
 from dataset import create_bold5000_dataset, create_god_dataset, create_hcp_dataset
-from make_synthetic_data import make_synthetic_data
+from make_synthetic_data import MARKER, make_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("mindvis.demo")
 
 
 def simulate(data_dir: Path, size: str, seed: int) -> Path:
-    """Simulate the data set once; later runs reuse it."""
-    done = data_dir / ".complete"
-    if done.exists():
-        log.info("[data] reusing simulated %s data in %s", size, data_dir)
-        return data_dir
+    """Simulate the data set once; later runs reuse it (the simulator marks a finished set in simulation.json)."""
+    marker = data_dir / MARKER
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info.get("complete") and info.get("size") == size and info.get("seed") == seed:
+            log.info("[data] reusing simulated %s data in %s", size, data_dir)
+            return data_dir
     log.info("[data] simulating the %s data set in %s ...", size, data_dir)
     make_synthetic_data(data_dir, size=size, seed=seed, overwrite=True)
-    done.touch()
     return data_dir
 
 
