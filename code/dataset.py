@@ -1,34 +1,46 @@
-"""Readers for the published HCP, GOD (Kamitani) and BOLD5000 layouts, and the transforms of the method.
+"""Readers for the published HCP, GOD (Kamitani) and BOLD5000 data, and the image/fMRI transforms of the method.
 
-Layouts and semantics: `data/README.md` (and `docs/formats.md` of the project). Every reader
-returns torch datasets of dicts with `fmri` (1, V) float32; GOD/BOLD5000 also `image`, `label`
-and `naive_label`. The whole set is processed with vectorised numpy at load time; per-item
-work happens only in `__getitem__` (transforms).
+The on-disk layouts are those of the MinD-Vis data release (`data/README.md` shows them and says where to
+get them or how to simulate them; `docs/formats.md` is the specification):
 
-Deliberate differences from the published readers (each reproducing the published numbers where
-the fixtures pin them): HCP subjects are read in sorted order; BOLD5000 subjects with different
-voxel counts are wrap-padded to the longest; with `include_nonavg_test` the test images line up
-with the test fMRI (averaged trials first, then the 35 repeats of each image).
+    HCP/npz/<subject>/HCP_visual_voxel.npz          V1..V4 (T, n) resting-state series -> 8 s window means
+    Kamitani/npz/sbj_<k>.npz, images_256.npz, ...   arr_0 train trials, arr_1 / arr_2 single / averaged test
+                                                    trials, arr_3 train trial -> image, bool ROI masks
+    BOLD5000/BOLD5000_GLMsingle_ROI_betas/py/*.npy  per hemisphere and ROI (n_trials, n); stimuli and
+    BOLD5000/BOLD5000_Stimuli/...                   presentation lists; the repeated images are the test set
+
+Every array is wrap-padded on the voxel axis by `patch - V % patch` and z-scored with scalar statistics;
+several subjects are wrap-padded to the longest. Readers return datasets of dicts with `fmri` (1, V)
+float32, and for GOD/BOLD5000 the `image` seen, `label` and `naive_label`. All of it is vectorised numpy at
+load time; only the transforms run per item. Bad input raises `DataFormatError` naming the file and key.
+
+Deliberate differences from the published readers (`docs/method.md`, known defects): HCP subjects are read
+in sorted order (#10); BOLD5000 subjects with different voxel counts are padded to the longest (#11); with
+`include_nonavg_test` every test fMRI row has its own image (#12); `RandomVoxelDropout` really drops (#2).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-HCP_ROIS = ("V1", "V2", "V3", "V4")
+log = logging.getLogger(__name__)
+
+HCP_ROIS = ("V1", "V2", "V3", "V4")  # ROI "VC" = all four, concatenated in this order
 GOD_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC")
 BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
 HCP_FILE = "HCP_visual_voxel.npz"
 HCP_TR = 0.75  # seconds per HCP frame
+HCP_WINDOW = 8.0  # seconds averaged into one pre-training sample
 
 
 class DataFormatError(ValueError):
@@ -42,52 +54,47 @@ def _missing(path: Path, what: str = "file") -> DataFormatError:
     )
 
 
-def _require_dir(path: Path) -> Path:
-    if not path.is_dir():
-        raise _missing(path, "folder")
+def _require(path: Path, folder: bool = False) -> Path:
+    if not (path.is_dir() if folder else path.is_file()):
+        raise _missing(path, "folder" if folder else "file")
     return path
 
 
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise _missing(path)
-    with np.load(path) as npz:
+    with np.load(_require(path)) as npz:
         absent = [k for k in keys if k not in npz.files]
         if absent:
             raise DataFormatError(f"{path}: missing key(s) {absent}; found {sorted(npz.files)}")
         return {k: npz[k] for k in keys}
 
 
-def _check_fmri(x: np.ndarray, path: Path, key: str, ndim: int = 2) -> np.ndarray:
-    if x.ndim != ndim or x.dtype.kind != "f":
-        raise DataFormatError(f"{path}: key '{key}' must be a {ndim}-D float array, got {x.dtype} {x.shape}")
+def _check_fmri(x: np.ndarray, path: Path, key: str | None = None, rows: int | None = None) -> np.ndarray:
+    where = f"{path}: key '{key}'" if key else f"{path}:"
+    if x.ndim != 2 or x.dtype.kind != "f" or (rows is not None and len(x) != rows):
+        want = f"({rows}, n_voxels)" if rows is not None else "(n, n_voxels)"
+        raise DataFormatError(f"{where} must be a float array {want}, got {x.dtype} {x.shape}")
     if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise DataFormatError(f"{path}: key '{key}' holds {bad} NaN/inf value(s)")
+        raise DataFormatError(f"{where} holds {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
     return x
 
 
-# ----------------------------------------------------------------------------------------------------
-# Array operations shared by all readers
-# ----------------------------------------------------------------------------------------------------
+def _check_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise DataFormatError(f"{path}: key '{key}' must be uint8 (n, H, W, 3), got {x.dtype} {x.shape}")
+    return x
 
 
-def pad_to_patch_size(x: np.ndarray, patch_size: int) -> np.ndarray:
-    """Wrap-pad the voxel (last) axis by `patch - V % patch`: a length already divisible gains a full patch."""
-    return pad_to_length(x, x.shape[-1] + patch_size - x.shape[-1] % patch_size)
+# ---- Array operations shared by the readers -------------------------------------------------------------------------
 
 
 def pad_to_length(x: np.ndarray, length: int) -> np.ndarray:
-    """Wrap-pad the voxel (last) axis up to `length`."""
-    widths = [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])]
-    return np.pad(x, widths, mode="wrap")
+    """Wrap-pad the voxel (last) axis up to `length`: (..., V) -> (..., length)."""
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])], mode="wrap")
 
 
-def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
-    """Scalar z-score (one mean and std over the whole array), by default with the array's own statistics."""
-    mean = np.mean(x) if mean is None else mean
-    std = np.std(x) if std is None else std
-    return ((x - mean) / std).astype(np.float32)
+def pad_to_patch_size(x: np.ndarray, patch_size: int) -> np.ndarray:
+    """Wrap-pad the voxel axis by `patch - V % patch`, so a length already divisible gains a full patch (published)."""
+    return pad_to_length(x, x.shape[-1] + patch_size - x.shape[-1] % patch_size)
 
 
 def pad_all_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -96,18 +103,38 @@ def pad_all_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [pad_to_length(a, longest) for a in arrays]
 
 
+def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
+    """Scalar z-score (one mean and one std for the whole array), by default with the array's own statistics."""
+    mean = np.mean(x) if mean is None else mean
+    std = np.std(x) if std is None else std
+    return ((x - mean) / std).astype(np.float32)
+
+
 def chunk_mean(v: np.ndarray, num_chunks: int) -> np.ndarray:
-    """Average consecutive frames in `num_chunks` chunks, split like np.array_split: (T, V) -> (num_chunks, V)."""
-    size, extra = divmod(len(v), num_chunks)
-    lengths = np.full(num_chunks, size)
-    lengths[:extra] += 1
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.add.reduceat(v, starts, axis=0) / lengths[:, None]
+    """Means of `num_chunks` consecutive chunks, split as np.array_split does: (T, V) -> (num_chunks, V)."""
+    size, extra = divmod(len(v), num_chunks)  # the first `extra` chunks have one frame more
+    cut = extra * (size + 1)
+    longer = v[:cut].reshape(extra, size + 1, v.shape[1]).mean(1)
+    return np.concatenate([longer, v[cut:].reshape(num_chunks - extra, size, v.shape[1]).mean(1)])
 
 
-# ----------------------------------------------------------------------------------------------------
-# Datasets
-# ----------------------------------------------------------------------------------------------------
+def _group_mean(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Means of the row groups x[start : start + count], bit for bit as np.mean: (n, V) -> (n_groups, V)."""
+    out = np.empty((len(starts), x.shape[1]), x.dtype)
+    for k in np.unique(counts):  # one vectorised mean per group size
+        out[counts == k] = x[starts[counts == k, None] + np.arange(k)].mean(1)
+    return out
+
+
+def interpolate_augment(data: np.ndarray, aug_times: int, rng: np.random.Generator) -> np.ndarray:
+    """Append (aug_times - 1) * N midpoints of two randomly chosen samples: (N, V) -> (aug_times * N, V)."""
+    if aug_times <= 1:
+        return data
+    a, b = rng.integers(0, len(data), size=(2, (aug_times - 1) * len(data)))
+    return np.concatenate([data, 0.5 * (data[a] + data[b])]).astype(np.float32)
+
+
+# ---- Datasets -------------------------------------------------------------------------------------------------------
 
 
 class FMRIDataset(Dataset):
@@ -132,8 +159,9 @@ class FMRIDataset(Dataset):
 class FMRIImageDataset(FMRIDataset):
     """fMRI paired with the image seen: items {'fmri', 'image', 'label', 'naive_label'}.
 
-    Images are stored once (`images`, uint8 (M, H, W, 3)); `image_index` (N,) says which image each
-    fMRI row saw. `labels`, `naive_labels`, `class_names` are per image (-1 / '' when unknown).
+    Images are stored once (`images`, uint8 (M, H, W, 3)) and `image_index` (N,) says which one each fMRI row
+    saw. `labels`, `naive_labels` and `class_names` are per image (-1 / '' where unknown, as for BOLD5000);
+    `item_labels()` and `item_class_names()` give them per fMRI row.
     """
 
     def __init__(
@@ -162,42 +190,40 @@ class FMRIImageDataset(FMRIDataset):
         """Class index of every fMRI row, (N,)."""
         return self.labels[self.image_index]
 
+    def item_class_names(self) -> list[str]:
+        """Class name of every fMRI row."""
+        return np.asarray(self.class_names)[self.image_index].tolist()
+
     def resized_images(self, size: int) -> np.ndarray:
-        """All images resized to size x size, uint8 (M, size, size, 3) (ground truth for the metrics)."""
+        """All images resized like the model input, uint8 (M, size, size, 3) (the ground truth of the metrics)."""
         if self.images.shape[1:3] == (size, size):
             return self.images
-        x = torch.from_numpy(self.images).permute(0, 3, 1, 2)
-        x = TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        return x.permute(0, 2, 3, 1).contiguous().numpy()
+        batches = np.split(self.images, np.arange(64, len(self.images), 64))  # bounded float memory
+        out = [_resize(torch.from_numpy(b).permute(0, 3, 1, 2).float(), size) for b in batches]
+        return torch.cat(out).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
         j = self.image_index[i]
-        image = self.images[j]
-        item["image"] = self.image_transform(image) if self.image_transform else image
+        item["image"] = self.image_transform(self.images[j]) if self.image_transform else self.images[j]
         item["label"] = int(self.labels[j])
         item["naive_label"] = int(self.naive_labels[j])
         return item
 
 
-# ----------------------------------------------------------------------------------------------------
-# HCP (Stage A1)
-# ----------------------------------------------------------------------------------------------------
+def _make_sets(train: list, test: list, views: list, **transforms) -> tuple[FMRIImageDataset, FMRIImageDataset]:
+    """Train and test sets from per-subject (fMRI, image index) pairs, all wrap-padded to the longest."""
+    fmri = pad_all_to_longest([f for f, _ in train + test])
+    sets = []
+    for part, arrays, (images, labels) in zip(
+        (train, test), (fmri[: len(train)], fmri[len(train) :]), views, strict=True
+    ):
+        index = np.concatenate([i for _, i in part])
+        sets.append(FMRIImageDataset(np.concatenate(arrays)[:, None], images, index, *labels, **transforms))
+    return sets[0], sets[1]
 
 
-def hcp_subject_samples(v: np.ndarray, patch_size: int, window_s: float = 8.0) -> np.ndarray:
-    """One subject's (T, V) series -> (T // frames_per_window, V') window means, wrap-padded and z-scored."""
-    samples = chunk_mean(v, len(v) // int(window_s / HCP_TR))
-    return zscore(pad_to_patch_size(samples, patch_size))
-
-
-def interpolate_augment(data: np.ndarray, aug_times: int, rng: np.random.Generator) -> np.ndarray:
-    """Append (aug_times - 1) * N samples, each the midpoint of two randomly chosen samples."""
-    if aug_times <= 1:
-        return data
-    n = len(data)
-    a, b = rng.integers(0, n, size=(2, (aug_times - 1) * n))
-    return np.concatenate([data, 0.5 * (data[a] + data[b])], axis=0).astype(np.float32)
+# ---- HCP (Stage A1) -------------------------------------------------------------------------------------------------
 
 
 def create_hcp_dataset(
@@ -212,63 +238,128 @@ def create_hcp_dataset(
     include_hcp: bool = True,
     seed: int = 0,
 ) -> FMRIDataset:
-    """HCP resting-state samples (N, 1, V) for pre-training, optionally with the GOD training fMRI appended."""
+    """HCP resting-state window means (N, 1, V) for pre-training, optionally followed by all GOD training fMRI.
+
+    Subjects are read in sorted order (at most `num_sub_limit`); folders without the file are skipped.
+    `aug_times` > 1 appends interpolated HCP samples (drawn from `seed`) before GOD is appended, as published.
+    """
     if roi != "VC" and roi not in HCP_ROIS:
         raise ValueError(f"HCP roi must be 'VC' or one of {HCP_ROIS}, got {roi!r}")
+    if num_sub_limit is not None and num_sub_limit < 1:
+        raise ValueError(f"num_sub_limit must be None or at least 1, got {num_sub_limit}")
+    keys = HCP_ROIS if roi == "VC" else (roi,)
     arrays = []
     if include_hcp:
-        root = _require_dir(Path(path))
+        root = _require(Path(path), folder=True)
         files = [root / s / HCP_FILE for s in sorted(os.listdir(root)) if (root / s / HCP_FILE).is_file()]
         if not files:
             raise _missing(root / "<subject>" / HCP_FILE)
         for file in files[:num_sub_limit]:
-            keys = HCP_ROIS if roi == "VC" else (roi,)
             npz = _load_npz(file, keys)
-            v = np.concatenate([_check_fmri(npz[k], file, k) for k in keys], axis=-1)
-            arrays.append(hcp_subject_samples(v, patch_size))
+            v = np.concatenate([_check_fmri(npz[k], file, k, rows=len(npz[keys[0]])) for k in keys], axis=-1)
+            num_windows = len(v) // int(HCP_WINDOW / HCP_TR)
+            if num_windows == 0:
+                raise DataFormatError(f"{file}: {len(v)} frames, fewer than one {HCP_WINDOW:g} s window")
+            arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size)))
+        log.info("HCP: %d subjects from %s", len(arrays), root)
+        arrays = pad_all_to_longest(arrays)
+        arrays = [interpolate_augment(np.concatenate(arrays), aug_times, np.random.default_rng(seed))]
     if include_kam:
-        subjects = sorted(p.stem for p in _require_dir(Path(kam_path)).glob("sbj_*.npz"))
-        train, _ = create_god_dataset(kam_path, roi, patch_size, subjects=subjects)
+        kam = _require(Path(kam_path), folder=True)
+        subjects = sorted((p.stem for p in kam.glob("sbj_*.npz")), key=lambda s: (len(s), s))
+        if not subjects:
+            raise _missing(kam / "sbj_<k>.npz")
+        train, _ = create_god_dataset(kam, roi, patch_size, subjects=subjects)
         arrays.append(train.fmri[:, 0])
     if not arrays:
         raise ValueError("create_hcp_dataset: include_hcp and include_kam are both off")
-    fmri = np.concatenate(pad_all_to_longest(arrays), axis=0)
-    fmri = interpolate_augment(fmri, aug_times, np.random.default_rng(seed))
-    return FMRIDataset(fmri[:, None, :], transform)
+    return FMRIDataset(np.concatenate(pad_all_to_longest(arrays))[:, None], transform)
 
 
-# ----------------------------------------------------------------------------------------------------
-# GOD / Kamitani
-# ----------------------------------------------------------------------------------------------------
+# ---- GOD / Kamitani -------------------------------------------------------------------------------------------------
 
 
-def read_god_labels(path: Path, class_index: dict, naive: dict[int, int]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(class index, class name, order-of-first-appearance label) per row of a GOD label csv.
+def _read_stimulus_ids(path: Path) -> np.ndarray:
+    """WordNet number of every row of a GOD label csv: the integer before the first '.' of the first column."""
+    with open(_require(path), newline="") as f:
+        first = np.array([row[0].strip() for row in csv.reader(f) if row and row[0].strip()])
+    head = np.char.partition(first, ".")[:, 0] if len(first) else first
+    bad = ~np.char.isdigit(head)
+    if bad.any():
+        raise DataFormatError(f"{path}: expected stimulus ids like 1518878.005958, got {first[bad][:3].tolist()}")
+    return head.astype(np.int64)
 
-    `naive` maps WordNet numbers to their order of first appearance and is extended in place, so
-    test labels continue the numbering of the training labels (as published).
+
+def read_god_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """{'train'|'test': (class index, naive label, class name) per image} from the GOD label files.
+
+    A WordNet id listed under several classes belongs to the first. The naive label numbers the WordNet ids
+    in order of first appearance, the test images continuing the numbering of the training images.
     """
-    if not path.is_file():
-        raise _missing(path)
-    wnid_to_class = {int(w[1:]): (int(c), v[-1]) for c, v in class_index.items() for w in v[:-1]}
-    classes, names, naive_labels = [], [], []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or not row[0].strip():
-                continue
-            try:
-                wnid = int(row[0].split(".")[0])
-            except ValueError:
-                msg = f"{path}:{line}: expected a stimulus id like 1518878.005958, got {row[0]!r}"
-                raise DataFormatError(msg) from None
-            if wnid not in wnid_to_class:
-                raise DataFormatError(f"{path}:{line}: WordNet id n{wnid:08d} is not in imagenet_class_index.json")
-            naive.setdefault(wnid, len(naive))
-            c, name = wnid_to_class[wnid]
-            classes.append(c)
-            names.append(name)
-            naive_labels.append(naive[wnid])
-    return np.array(classes, dtype=np.int64), names, np.array(naive_labels, dtype=np.int64)
+    class_file = _require(folder / "imagenet_class_index.json")
+    entries = json.loads(class_file.read_text())  # {"<class index>": [wnid, ..., name]}
+    class_index = np.array([int(c) for c in entries], dtype=np.int64)
+    class_name = np.array([v[-1] for v in entries.values()])
+    wnids = np.array([int(w[1:]) for v in entries.values() for w in v[:-1]], dtype=np.int64)
+    owner = np.repeat(np.arange(len(entries)), [len(v) - 1 for v in entries.values()])  # entry of each wnid
+    wnids, first = np.unique(wnids, return_index=True)  # sorted; a shared id keeps its first entry
+    owner = owner[first]
+
+    files = {"train": folder / "imagenet_training_label.csv", "test": folder / "imagenet_testing_label.csv"}
+    ids = {split: _read_stimulus_ids(f) for split, f in files.items()}
+    both = np.concatenate([ids["train"], ids["test"]])
+    unique, first_row, inverse = np.unique(both, return_index=True, return_inverse=True)
+    naive = np.argsort(np.argsort(first_row))[inverse]  # rank of each id's first appearance
+    out, start = {}, 0
+    for split, wn in ids.items():
+        pos = np.minimum(np.searchsorted(wnids, wn), len(wnids) - 1)
+        unknown = wnids[pos] != wn
+        if unknown.any():
+            missing = [f"n{w:08d}" for w in wn[unknown][:3]]
+            raise DataFormatError(f"{files[split]}: WordNet id(s) {missing} are not in {class_file}")
+        out[split] = (class_index[owner[pos]], naive[start : start + len(wn)], class_name[owner[pos]].tolist())
+        start += len(wn)
+    return out
+
+
+def _read_god_subject(file: Path, roi: str, patch_size: int, n_train: int, n_test: int, test_norm: str):
+    """One subject's (train fMRI, test fMRI averaged, test fMRI single trials, train image index)."""
+    npz = _load_npz(file, ("arr_0", "arr_1", "arr_2", "arr_3", roi))
+    mask, order = npz[roi], npz["arr_3"]
+    v_all = _check_fmri(npz["arr_0"], file, "arr_0").shape[1]
+    if mask.dtype != bool or mask.shape != (v_all,) or not mask.any():
+        raise DataFormatError(
+            f"{file}: key '{roi}' must be a non-empty bool mask ({v_all},), got {mask.dtype} {mask.shape}"
+        )
+    tr = npz["arr_0"][:, mask]
+    avg = _check_fmri(npz["arr_2"], file, "arr_2", rows=n_test)[:, mask]
+    rep = _check_fmri(npz["arr_1"], file, "arr_1")[:, mask]
+    if order.dtype.kind not in "iu" or order.shape != (len(tr),) or order.min() < 0 or order.max() >= n_train:
+        raise DataFormatError(
+            f"{file}: key 'arr_3' must be ({len(tr)},) ints < {n_train}, got {order.dtype} {order.shape}"
+        )
+    if len(rep) % n_test or not tr.shape[1] == avg.shape[1] == rep.shape[1]:
+        raise DataFormatError(
+            f"{file}: key 'arr_1' must be (k * {n_test}, {v_all}) single test trials, got {rep.shape}"
+        )
+    tr, avg, rep = (pad_to_patch_size(x, patch_size) for x in (tr, avg, rep))
+    # Published: the test fMRI is z-scored with the mean/std of the *normalised* training fMRI (about 0 and 1).
+    mean, std = (tr.mean(), tr.std()) if test_norm == "train" else (None, None)
+    tr = zscore(tr)
+    mean, std = (tr.mean(), tr.std()) if mean is None else (mean, std)
+    return tr, zscore(avg, mean, std), zscore(rep, mean, std), order.astype(np.int64)
+
+
+def _pick_held_out(naive: np.ndarray, categories: Sequence[int], seed: int) -> np.ndarray:
+    """One training image of each category (naive label), drawn from `seed`: (len(categories),) image indices."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in categories:
+        candidates = np.flatnonzero(naive == c)
+        if not len(candidates):
+            raise ValueError(f"test_category {c} is not a training category (0 .. {naive.max()})")
+        picks.append(rng.choice(candidates))
+    return np.array(picks, dtype=np.int64)
 
 
 def create_god_dataset(
@@ -279,102 +370,87 @@ def create_god_dataset(
     fmri_transform: Callable | None = None,
     image_transform: Callable | None = None,
     include_nonavg_test: bool = False,
+    test_category: Sequence[int] | None = None,
     test_norm: str = "published",
+    seed: int = 0,
 ) -> tuple[FMRIImageDataset, FMRIImageDataset]:
-    """GOD train and test sets of the given subjects (fMRI wrap-padded to the longest, then concatenated).
+    """GOD train and test sets of the given subjects (wrap-padded to the longest, then concatenated).
 
-    `test_norm="published"` z-scores the test fMRI with the mean/std of the *normalised* training fMRI
-    (about 0 and 1), i.e. keeps its scale, exactly as the published reader and checkpoints do;
-    `"train"` uses the raw training statistics instead.
+    Test rows are the averaged trials, followed with `include_nonavg_test` by all single trials (35 per image).
+    `test_norm="published"` z-scores the test fMRI with the statistics of the normalised training fMRI, as
+    the published reader and checkpoints do; `"train"` uses the raw training statistics.
+    `test_category` (training categories, numbered by naive label): one image of each, drawn from `seed`, is
+    held out as the test set; all other training trials and the original test trials form the training set.
     """
     if roi not in GOD_ROIS:
         raise ValueError(f"GOD roi must be one of {GOD_ROIS}, got {roi!r}")
     if test_norm not in ("published", "train"):
         raise ValueError(f"test_norm must be 'published' or 'train', got {test_norm!r}")
-    root = _require_dir(Path(path))
-    class_file = root / "imagenet_class_index.json"
-    if not class_file.is_file():
-        raise _missing(class_file)
-    class_index = json.loads(class_file.read_text())
-    naive: dict[int, int] = {}
-    train_cls, train_names, train_naive = read_god_labels(root / "imagenet_training_label.csv", class_index, naive)
-    test_cls, test_names, test_naive = read_god_labels(root / "imagenet_testing_label.csv", class_index, naive)
-    images = _load_npz(root / "images_256.npz", ("train_images", "test_images"))
-    n_train_img, n_test_img = len(images["train_images"]), len(images["test_images"])
-    for key, n_labels in (("train_images", len(train_cls)), ("test_images", len(test_cls))):
-        if len(images[key]) != n_labels:
-            raise DataFormatError(f"{root / 'images_256.npz'}: '{key}' has {len(images[key])} images "
-                                  f"but its label csv has {n_labels} rows")
+    root = _require(Path(path), folder=True)
+    labels = read_god_labels(root)
+    image_file = root / "images_256.npz"
+    images = _load_npz(image_file, ("train_images", "test_images"))
+    for split, key in (("train", "train_images"), ("test", "test_images")):
+        if len(_check_images(images[key], image_file, key)) != len(labels[split][0]):
+            raise DataFormatError(
+                f"{image_file}: key '{key}' has {len(images[key])} images, its csv {len(labels[split][0])}"
+            )
+    n_train, n_test = len(images["train_images"]), len(images["test_images"])
+    held = None if test_category is None else _pick_held_out(labels["train"][1], test_category, seed)
 
-    train_fmri, test_fmri, train_idx, test_idx = [], [], [], []
+    train, test = [], []  # (fMRI, image index) per subject
     for sub in subjects:
-        file = root / f"{sub}.npz"
-        npz = _load_npz(file, ("arr_0", "arr_1", "arr_2", "arr_3", roi))
-        mask = npz[roi]
-        if mask.dtype != bool or mask.shape != (npz["arr_0"].shape[-1],):
-            raise DataFormatError(f"{file}: ROI mask '{roi}' must be bool of shape ({npz['arr_0'].shape[-1]},), "
-                                  f"got {mask.dtype} {mask.shape}")
-        tr = _check_fmri(npz["arr_0"], file, "arr_0")[:, mask]
-        avg = _check_fmri(npz["arr_2"], file, "arr_2")[:, mask]
-        rep = _check_fmri(npz["arr_1"], file, "arr_1")[:, mask]
-        order = npz["arr_3"].astype(np.int64)
-        if len(order) != len(tr) or order.min() < 0 or order.max() >= n_train_img:
-            raise DataFormatError(f"{file}: 'arr_3' must index the {n_train_img} training images, one per arr_0 row")
-        if len(avg) != n_test_img or len(rep) % n_test_img:
-            raise DataFormatError(f"{file}: 'arr_2' must hold one row per test image ({n_test_img}) and 'arr_1' "
-                                  f"a whole number of repeats of them, got {len(avg)} and {len(rep)} rows")
-        tr = pad_to_patch_size(tr, patch_size)
-        tr_mean, tr_std = tr.mean(), tr.std()
-        tr = zscore(tr)
-        tt = np.concatenate([avg, rep]) if include_nonavg_test else avg
-        tt = pad_to_patch_size(tt, patch_size)
-        tt = zscore(tt, tr.mean(), tr.std()) if test_norm == "published" else zscore(tt, tr_mean, tr_std)
-        train_fmri.append(tr)
-        test_fmri.append(tt)
-        train_idx.append(order)
-        index = np.arange(n_test_img)
-        # averaged trials pair with the test images in order; the repeats with each image repeated in turn
-        test_idx.append(np.concatenate([index, np.repeat(index, len(rep) // n_test_img)]) if include_nonavg_test
-                        else index)
+        tr, avg, rep, order = _read_god_subject(root / f"{sub}.npz", roi, patch_size, n_train, n_test, test_norm)
+        tt, tt_index = avg, np.arange(n_test)
+        if include_nonavg_test:  # averaged rows pair with the images in order, single trials with each 35 times
+            tt = np.concatenate([avg, rep])
+            tt_index = np.concatenate([tt_index, np.repeat(tt_index, len(rep) // n_test)])
+        if held is None:
+            train.append((tr, order))
+            test.append((tt, tt_index))
+        else:  # indices into the training images followed by the test images
+            out = np.isin(order, held)
+            train.append((np.concatenate([tr[~out], tt]), np.concatenate([order[~out], n_train + tt_index])))
+            test.append((tr[out], order[out]))
 
-    fmri = pad_all_to_longest(train_fmri + test_fmri)
-    train = FMRIImageDataset(
-        np.concatenate(fmri[: len(subjects)])[:, None], images["train_images"], np.concatenate(train_idx),
-        train_cls, train_naive, train_names, fmri_transform, image_transform,
-    )
-    test = FMRIImageDataset(
-        np.concatenate(fmri[len(subjects):])[:, None], images["test_images"], np.concatenate(test_idx),
-        test_cls, test_naive, test_names, fmri_transform, image_transform,
-    )
-    return train, test
+    views = [(images["train_images"], labels["train"]), (images["test_images"], labels["test"])]
+    if held is not None:  # both sets index the training images followed by the test images
+        (tr_img, (tr_cls, tr_naive, tr_names)), (tt_img, (tt_cls, tt_naive, tt_names)) = views
+        both = (
+            np.concatenate([tr_img, tt_img]),
+            (np.r_[tr_cls, tt_cls], np.r_[tr_naive, tt_naive], tr_names + tt_names),
+        )
+        views = [both, both]
+    return _make_sets(train, test, views, fmri_transform=fmri_transform, image_transform=image_transform)
 
 
-# ----------------------------------------------------------------------------------------------------
-# BOLD5000
-# ----------------------------------------------------------------------------------------------------
+# ---- BOLD5000 -------------------------------------------------------------------------------------------------------
 
 
-def read_bold5000_presentation(stimuli_root: Path, subject: str) -> list[str]:
+def read_bold5000_presentation(stimuli_root: Path, subject: str) -> np.ndarray:
     """Image names in presentation order (session folders sorted, then run files sorted; `rep_` stripped)."""
-    root = _require_dir(stimuli_root / "Stimuli_Presentation_Lists" / subject)
+    root = _require(stimuli_root / "Stimuli_Presentation_Lists" / subject, folder=True)
     names = []
-    for session in sorted(p for p in root.iterdir() if p.is_dir()):
+    for session in sorted(p for p in root.iterdir() if p.is_dir()):  # stray files beside the sessions are no runs
         for run in sorted(session.glob("*.txt")):
-            names += [n.strip() for n in run.read_text().split() if n.strip()]
-    return [n.removeprefix("rep_") for n in names]
+            names += run.read_text().split()
+    names = np.array(names, dtype=str)
+    if len(names):  # np.char.replace fails on empty arrays
+        names = np.where(np.char.startswith(names, "rep_"), np.char.replace(names, "rep_", "", count=1), names)
+    return names
 
 
 def _bold5000_subject_fmri(fmri_dir: Path, subject: str) -> np.ndarray:
-    files = sorted(f for f in os.listdir(fmri_dir) if f.endswith(".npy") and f.startswith(subject + "_"))
+    """All ROI files of a subject concatenated on the voxel axis, ROI by ROI, files in name order: (n_trials, V)."""
+    files = sorted(f for f in os.listdir(fmri_dir) if f.startswith(subject + "_") and f.endswith(".npy"))
     parts = []
     for roi in BOLD5000_ROIS:
         roi_files = [f for f in files if f.removesuffix(".npy").endswith(roi)]
         if not roi_files:
             raise _missing(fmri_dir / f"{subject}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_<LH|RH>{roi}.npy")
-        parts += [_check_fmri(np.load(fmri_dir / f), fmri_dir / f, "array") for f in roi_files]
-    lengths = {len(p) for p in parts}
-    if len(lengths) != 1:
-        raise DataFormatError(f"{fmri_dir}: {subject}'s ROI files have different trial counts {sorted(lengths)}")
+        parts += [
+            _check_fmri(np.load(fmri_dir / f), fmri_dir / f, rows=len(parts[0]) if parts else None) for f in roi_files
+        ]
     return np.concatenate(parts, axis=-1)
 
 
@@ -386,103 +462,103 @@ def create_bold5000_dataset(
     image_transform: Callable | None = None,
     include_nonavg_test: bool = False,
 ) -> tuple[FMRIImageDataset, FMRIImageDataset]:
-    """BOLD5000 train/test: the repeated images form the test set (trials averaged per image)."""
-    root = _require_dir(Path(path))
-    fmri_dir = _require_dir(root / "BOLD5000_GLMsingle_ROI_betas" / "py")
+    """BOLD5000 train/test: the repeated images are the test set (their trials averaged per image), the rest train.
+
+    Test rows are in the order of the repeated-image list (images a subject never saw are left out), followed
+    with `include_nonavg_test` by their single trials grouped the same way. Labels are unknown (-1).
+    """
+    root = _require(Path(path), folder=True)
+    fmri_dir = _require(root / "BOLD5000_GLMsingle_ROI_betas" / "py", folder=True)
     stim = root / "BOLD5000_Stimuli"
-    dict_file = stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy"
-    list_file = stim / "Scene_Stimuli" / "repeated_stimuli_113_list.txt"
-    for f in (dict_file, list_file):
-        if not f.is_file():
-            raise _missing(f)
-    img_dict = np.load(dict_file, allow_pickle=True).item()  # a pickled dict of name -> uint8 image (published)
-    repeated = list_file.read_text().split()
+    dict_file = _require(stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy")
+    repeated = np.array(_require(stim / "Scene_Stimuli" / "repeated_stimuli_113_list.txt").read_text().split())
+    img_dict = np.load(dict_file, allow_pickle=True).item()  # a pickled dict name -> uint8 image (published)
 
-    names = sorted(img_dict)
-    name_to_image = {n: i for i, n in enumerate(names)}
-    images = np.stack([img_dict[n] for n in names])
-    train_fmri, test_fmri, train_idx, test_idx = [], [], [], []
-    for sub in subjects:
-        fmri = zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, sub), patch_size))
-        shown = read_bold5000_presentation(stim, sub)
-        if len(shown) != len(fmri):
-            raise DataFormatError(f"{fmri_dir}: {sub} has {len(fmri)} fMRI trials but its presentation lists "
-                                  f"name {len(shown)} images")
-        absent = sorted(set(shown) - set(name_to_image))
-        if absent:
-            raise DataFormatError(f"{dict_file}: no image for {absent[:3]}{'...' if len(absent) > 3 else ''}")
-        shown_idx = np.array([name_to_image[n] for n in shown])
-        trials = [np.flatnonzero(np.asarray(shown) == n) for n in repeated]
-        trials = [t for t in trials if len(t)]  # some subjects (CSI4) lack some repeated images
-        avg = np.stack([fmri[t].mean(axis=0) for t in trials])
-        is_test = np.zeros(len(fmri), dtype=bool)
-        flat = np.concatenate(trials)
-        is_test[flat] = True
-        first = shown_idx[[t[0] for t in trials]]
+    fmri = [zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size)) for s in subjects]
+    shown = [read_bold5000_presentation(stim, s) for s in subjects]
+    for sub, f, names in zip(subjects, fmri, shown, strict=True):
+        if len(f) != len(names):
+            lists = stim / "Stimuli_Presentation_Lists" / sub
+            raise DataFormatError(f"{fmri_dir}: {sub} has {len(f)} fMRI trials but {lists} lists {len(names)} images")
+    names, inverse = np.unique(np.concatenate(shown), return_inverse=True)  # the images any subject saw
+    absent = [n for n in names if n not in img_dict]
+    if absent:
+        raise DataFormatError(f"{dict_file}: no image for {absent[:3]}{' ...' if len(absent) > 3 else ''}")
+    kinds = {(np.shape(img_dict[n]), np.asarray(img_dict[n]).dtype) for n in names}
+    if len(kinds) != 1:
+        raise DataFormatError(f"{dict_file}: images must share one uint8 (H, W, 3) shape, got {sorted(kinds)[:3]}")
+    images = _check_images(np.stack([img_dict[n] for n in names]), dict_file, "<image>")
+    # rank of every seen image in the repeated list, -1 for training images
+    sorter = np.argsort(repeated, kind="stable")
+    pos = np.minimum(np.searchsorted(repeated[sorter], names), len(repeated) - 1)
+    rank = np.where(repeated[sorter][pos] == names, sorter[pos], -1) if len(repeated) else np.full(len(names), -1)
+
+    train, test = [], []  # (fMRI, image index) per subject
+    for sub, f, index in zip(subjects, fmri, np.split(inverse, np.cumsum([len(s) for s in shown])[:-1]), strict=True):
+        r = rank[index]
+        is_test = r >= 0
+        if not is_test.any():
+            raise DataFormatError(f"{stim / 'Stimuli_Presentation_Lists' / sub}: none of the repeated (test) images")
+        flat = np.flatnonzero(is_test)[np.argsort(r[is_test], kind="stable")]  # grouped per image, in list order
+        starts = np.flatnonzero(np.r_[True, np.diff(r[flat]) != 0])
+        avg, avg_index = _group_mean(f[flat], starts, np.diff(np.r_[starts, len(flat)])), index[flat[starts]]
         if include_nonavg_test:
-            test_fmri.append(np.concatenate([avg, fmri[flat]]))
-            test_idx.append(np.concatenate([first, shown_idx[flat]]))
-        else:
-            test_fmri.append(avg)
-            test_idx.append(first)
-        train_fmri.append(fmri[~is_test])
-        train_idx.append(shown_idx[~is_test])
+            avg, avg_index = np.concatenate([avg, f[flat]]), np.concatenate([avg_index, index[flat]])
+        train.append((f[~is_test], index[~is_test]))
+        test.append((avg, avg_index))
 
-    fmri = pad_all_to_longest(train_fmri + test_fmri)
-    n = len(subjects)
-    train = FMRIImageDataset(np.concatenate(fmri[:n])[:, None], images, np.concatenate(train_idx),
-                             fmri_transform=fmri_transform, image_transform=image_transform)
-    test = FMRIImageDataset(np.concatenate(fmri[n:])[:, None], images, np.concatenate(test_idx),
-                            fmri_transform=fmri_transform, image_transform=image_transform)
-    return train, test
+    views = [(images, ())] * 2  # labels unknown
+    # subjects of different sizes are padded to the longest (defect #11)
+    return _make_sets(train, test, views, fmri_transform=fmri_transform, image_transform=image_transform)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Transforms (method.md) and the per-stage entry point
-# ----------------------------------------------------------------------------------------------------
+# ---- Transforms (docs/method.md) and the entry point of the target-data stages --------------------------------------
 
 
-class ToModelImage:
-    """uint8 (H, W, 3) -> float (3, size, size) in [-1, 1]."""
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear antialiased resize (torchvision's default, as published): (..., 3, H, W) -> (..., 3, size, size)."""
+    batched = x if x.ndim == 4 else x[None]
+    out = F.interpolate(batched, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out if x.ndim == 4 else out[0]
+
+
+class ImageToTensor:
+    """uint8 (H, W, 3) image -> float (3, H, W) in [-1, 1]."""
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+class ResizeImage:
+    """float (3, H, W) -> (3, size, size)."""
 
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
-        if x.shape[1:] != (self.size, self.size):
-            x = TF.resize(x, [self.size, self.size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        return x.float() / 127.5 - 1.0
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[-2:] == (self.size, self.size) else _resize(x, self.size)
 
 
 class RandomCropResize:
-    """With probability p, a random square crop of side `size - crop_ratio * size`, resized back to `size`."""
+    """With probability p, a random square crop of side `s - int(crop_ratio * s)`, resized back to s: (3, s, s)."""
 
-    def __init__(self, size: int, crop_ratio: float = 0.2, p: float = 0.5):
-        self.size, self.crop, self.p = size, int(size - crop_ratio * size), p
+    def __init__(self, crop_ratio: float = 0.2, p: float = 0.5):
+        self.crop_ratio, self.p = crop_ratio, p
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (3, size, size)
+    def crop_size(self, size: int) -> int:
+        return size - int(self.crop_ratio * size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) >= self.p:
             return x
-        top, left = (int(v) for v in torch.randint(0, self.size - self.crop + 1, (2,)))
-        x = x[:, top : top + self.crop, left : left + self.crop]
-        return TF.resize(x, [self.size, self.size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-
-
-class Compose:
-    """Apply callables in turn."""
-
-    def __init__(self, *fns: Callable):
-        self.fns = fns
-
-    def __call__(self, x):
-        for fn in self.fns:
-            x = fn(x)
-        return x
+        size = x.shape[-1]
+        crop = self.crop_size(size)
+        top, left = torch.randint(0, size - crop + 1, (2,)).tolist()
+        return _resize(x[:, top : top + crop, left : left + crop], size)
 
 
 class RandomVoxelDropout:
-    """Zero each voxel with probability `rate` (rate 0 = the published, no-op "sparse" augmentation)."""
+    """Zero each voxel with probability `rate`; rate 0 is the published (no-op) "sparse" augmentation, defect #2."""
 
     def __init__(self, rate: float = 0.0):
         if not 0.0 <= rate < 1.0:
@@ -495,25 +571,42 @@ class RandomVoxelDropout:
         return fmri * (torch.rand_like(fmri) >= self.rate)
 
 
-def load_target_dataset(cfg, img_size: int | None = None, train_augment: bool = False, include_nonavg_test=None):
-    """GOD or BOLD5000 train/test sets as a stage config (A2, B, a published B config) describes them.
+class Compose:
+    """Apply callables in turn (picklable, for DataLoader workers)."""
 
-    Images become (3, img_size, img_size) in [-1, 1]; with `train_augment`, training images get the
-    random crop and training fMRI the voxel dropout of `cfg.fmri_dropout`.
+    def __init__(self, *fns: Callable):
+        self.fns = fns
+
+    def __call__(self, x):
+        for fn in self.fns:
+            x = fn(x)
+        return x
+
+
+def model_image_transform(img_size: int, crop_ratio: float = 0.0) -> Compose:
+    """uint8 (H, W, 3) -> (3, img_size, img_size) in [-1, 1], with the random crop when `crop_ratio` > 0."""
+    steps = [ImageToTensor(), ResizeImage(img_size)] + ([RandomCropResize(crop_ratio)] if crop_ratio > 0 else [])
+    return Compose(*steps)
+
+
+def load_target_dataset(cfg, img_size: int | None = None, train_augment: bool = False, include_nonavg_test=None):
+    """GOD or BOLD5000 train/test sets as a stage config (A2, B, or a published B config) describes them.
+
+    Images become (3, img_size, img_size) in [-1, 1]; with `train_augment`, training images get the random
+    crop of `cfg.crop_ratio` and training fMRI the voxel dropout of `cfg.fmri_dropout`.
     """
     img_size = img_size or getattr(cfg, "img_size", 256)
-    to_model = ToModelImage(img_size)
-    train_image = Compose(to_model, RandomCropResize(img_size, cfg.crop_ratio)) if train_augment else to_model
-    train_fmri = RandomVoxelDropout(getattr(cfg, "fmri_dropout", 0.0)) if train_augment else None
     nonavg = getattr(cfg, "include_nonavg_test", False) if include_nonavg_test is None else include_nonavg_test
     if cfg.dataset == "GOD":
-        train, test = create_god_dataset(cfg.kam_path, cfg.roi, cfg.patch_size, cfg.kam_subs,
-                                         include_nonavg_test=nonavg)
+        held_out = getattr(cfg, "test_category", None)
+        train, test = create_god_dataset(
+            cfg.kam_path, cfg.roi, cfg.patch_size, cfg.kam_subs, None, None, nonavg, held_out
+        )
     elif cfg.dataset == "BOLD5000":
-        train, test = create_bold5000_dataset(cfg.bold5000_path, cfg.patch_size, cfg.bold5000_subs,
-                                              include_nonavg_test=nonavg)
+        train, test = create_bold5000_dataset(cfg.bold5000_path, cfg.patch_size, cfg.bold5000_subs, None, None, nonavg)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}: expected 'GOD' or 'BOLD5000'")
-    train.image_transform, train.transform = train_image, train_fmri
-    test.image_transform = to_model
+    train.image_transform = model_image_transform(img_size, cfg.crop_ratio if train_augment else 0.0)
+    train.transform = RandomVoxelDropout(getattr(cfg, "fmri_dropout", 0.0)) if train_augment else None
+    test.image_transform = model_image_transform(img_size)
     return train, test
