@@ -1,0 +1,138 @@
+"""Stage B and gen_eval end to end on the tiny simulated data with tiny models (random weights)."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import gen_eval
+import stageB_ldm_finetune
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from config import GenEvalConfig, StageBConfig
+from conftest import REFERENCE_DIR
+from dc_ldm.ldm_for_fmri import load_finetuned
+from dc_ldm.util import instantiate_from_config
+from make_synthetic_data import make_synthetic_data
+from sc_mbm.mae_for_fmri import MAEforFMRI
+
+MAE = {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.0}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny simulated data, a tiny label2img LDM folder (config.yaml, no weights) and a Stage A checkpoint."""
+    root = tmp_path_factory.mktemp("stageB")
+    data = make_synthetic_data(root / "data", size="tiny", seed=0)
+    ldm_dir = root / "ldm"
+    ldm_dir.mkdir()
+    ldm_config = json.loads((REFERENCE_DIR / "ldm.json").read_text())["model"]  # 32x32 images, 8x8 latents
+    (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": ldm_config}))
+    torch.manual_seed(0)
+    label2img = instantiate_from_config(ldm_config)  # the "pretrained" label-conditioned LDM, random weights
+    torch.save({"state_dict": label2img.state_dict(), "epoch": 3}, ldm_dir / "model.ckpt")
+    from dataset import create_god_dataset
+
+    num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
+    mae = MAEforFMRI(num_voxels=num_voxels, decoder_embed_dim=16, decoder_num_heads=4, **MAE)
+    stage_a = root / "fmri_encoder.pth"
+    save_checkpoint({"model": mae.state_dict(), "config": {**MAE, "num_voxels": num_voxels}, "epoch": 0}, stage_a)
+    return types.SimpleNamespace(root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a,
+                                 label2img=label2img.state_dict())
+
+
+def _stage_b_config(world, **overrides) -> StageBConfig:
+    values = dict(
+        root_path=str(world.root), output_path=str(world.root / "results"), kam_path=str(world.data / "Kamitani/npz"),
+        pretrain_gm_path=str(world.ldm_dir), pretrain_mbm_path=str(world.stage_a), img_size=32, batch_size=8,
+        num_epoch=2, val_every=1, num_val_items=3, num_samples=2, ddim_steps=4, seed=1,
+    )
+    values.update(overrides)
+    return StageBConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finetuned(world):
+    run_dir = stageB_ldm_finetune.main(_stage_b_config(world))
+    return run_dir
+
+
+def test_stage_b_writes_the_published_layout(world, finetuned):
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "finetuned.pth", "last.ckpt", "val_epoch0000.png"):
+        assert (finetuned / name).is_file(), name
+    epochs = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1] and "val/ssim" in epochs[0]
+    ckpt = load_checkpoint(finetuned / "finetuned.pth")
+    assert set(ckpt) == {"model_state_dict", "config", "state"}
+    assert ckpt["config"]["model_meta"]["embed_dim"] == MAE["embed_dim"]
+    assert ckpt["state"].dtype == torch.uint8
+
+
+def test_stage_b_trains_only_the_conditioning_path(world, finetuned):
+    after = load_checkpoint(finetuned / "finetuned.pth")["model_state_dict"]
+    cond_path = ("attn2", "norm2", "time_embed_condtion")
+    changed = {k for k, v in world.label2img.items() if k in after and not torch.equal(v, after[k])}
+    assert changed, "nothing was trained"
+    assert all(k.startswith("model.diffusion_model.") and any(s in k for s in cond_path) for k in changed), changed
+    stage_a = load_checkpoint(world.stage_a)["model"]
+    assert not torch.equal(stage_a["blocks.0.attn.qkv.weight"], after["cond_stage_model.mae.blocks.0.attn.qkv.weight"])
+
+
+def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
+    def run():
+        cfg = GenEvalConfig(dataset="GOD", root=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
+                            output_path=str(world.root / "results"), num_samples=2, ddim_steps=4, batch_size=5,
+                            seed=7, limit=4, n_way=3, num_trials=10, metrics=["mse", "pcc", "ssim", "n_way"])
+        return gen_eval.main(cfg)
+
+    a, b = run(), run()
+    for name in ("grid.png", "metrics.json", "samples/000_0.png", "samples/003_1.png"):
+        assert (a / name).is_file(), name
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert {"mse", "pcc", "ssim"} <= set(metrics["scores"])
+    assert "top-1-class" in metrics["skipped"] or "top-1-class" in metrics["scores"]  # ViT-H/14 absent here
+    assert np.array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
+
+
+def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_path, monkeypatch):
+    """A finetuned.pth as the original writes it: the config is a pickled config.Config_Generative_Model."""
+    ours = load_checkpoint(finetuned / "finetuned.pth")
+    mod = types.ModuleType("config")
+
+    class Config_Generative_Model:  # noqa: N801 - the published class name
+        pass
+
+    Config_Generative_Model.__module__ = "config"
+    Config_Generative_Model.__qualname__ = "Config_Generative_Model"
+    mod.Config_Generative_Model = Config_Generative_Model
+    published = Config_Generative_Model()
+    published.__dict__.update({k: v for k, v in ours["config"].items() if k != "model_meta"}, model_meta=None,
+                              precision=32, logger=None)
+    monkeypatch.setitem(sys.modules, "config", mod)
+    torch.save({"model_state_dict": ours["model_state_dict"], "config": published, "state": ours["state"]},
+               tmp_path / "finetuned.pth")
+    monkeypatch.undo()
+    model, cfg = load_finetuned(tmp_path / "finetuned.pth", root=world.root)
+    assert cfg.dataset == "GOD" and cfg.precision == "fp32"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ours["model_state_dict"].items())
+
+
+def test_bad_inputs(world, finetuned, tmp_path):
+    with pytest.raises(CheckpointError, match="Stage A checkpoint not found: .*nope.pth"):
+        stageB_ldm_finetune.main(_stage_b_config(world, pretrain_mbm_path=str(tmp_path / "nope.pth")))
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        stageB_ldm_finetune.main(_stage_b_config(world, pretrain_gm_path=str(tmp_path)))
+    with pytest.raises(ValueError, match="expects .* voxels"):
+        gen_eval.main(_mismatched(world, finetuned, tmp_path))
+
+
+def _mismatched(world, finetuned, tmp_path):
+    """gen_eval on a data set whose voxel count differs from the checkpoint's (ROI HVC instead of VC)."""
+    ckpt = load_checkpoint(finetuned / "finetuned.pth")
+    ckpt["config"]["roi"] = "HVC"
+    save_checkpoint(ckpt, tmp_path / "hvc.pth")
+    return GenEvalConfig(root=str(world.root), checkpoint=str(tmp_path / "hvc.pth"), output_path=str(tmp_path),
+                         num_samples=1, ddim_steps=4, limit=2)
