@@ -136,3 +136,11 @@ def _mismatched(world, finetuned, tmp_path):
     save_checkpoint(ckpt, tmp_path / "hvc.pth")
     return GenEvalConfig(root=str(world.root), checkpoint=str(tmp_path / "hvc.pth"), output_path=str(tmp_path),
                          num_samples=1, ddim_steps=4, limit=2)
+
+
+def test_resume_continues_from_last_checkpoint(world, finetuned):
+    run_dir = stageB_ldm_finetune.main(_stage_b_config(world, resume=str(finetuned / "last.ckpt"), num_epoch=3,
+                                                      val_every=5))
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [2]  # epochs 0 and 1 came from the resumed run
+    assert (run_dir / "finetuned.pth").is_file()
