@@ -121,6 +121,11 @@ class StageA1Config(_TrainFields, _ModelFields):
     local_rank: int = 0  # published field; the rank is read from LOCAL_RANK (torchrun)
     num_voxels: int | None = None  # set after pre-training from the data
     ckpt_every: int = 20
+    # Held-out fMRI reconstructed after every epoch (loss, correlation, masked-patch correlation in metrics.jsonl):
+    # an HCP folder of subjects not in hcp_path, and/or GOD subjects whose averaged test fMRI (never used in
+    # pre-training) is scored. None: no held-out evaluation.
+    val_hcp_path: str | None = None
+    val_kam_subs: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.output_path = _data_path(self.root_path, self.output_path, "results")
@@ -139,6 +144,7 @@ class StageA1Config(_TrainFields, _ModelFields):
             f"focus_range must be two increasing voxel indices or None, got {self.focus_range}",
         )
         _check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
+        _check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
 
 
 @dataclass
