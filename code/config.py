@@ -237,6 +237,7 @@ class StageBConfig(_TrainFields, _TargetDataFields):
     num_val_items: int = 5  # test fMRI sampled at each validation
     fmri_dropout: float = 0.0  # voxel dropout rate; 0 reproduces the published training (defect #2)
     include_nonavg_test: bool = False
+    classifier: str | None = None  # n-way classifier checkpoint (demo_classifier); None: ViT-H/14 from the cache
 
     def __post_init__(self) -> None:
         self._resolve_data()
@@ -278,6 +279,7 @@ class GenEvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["mse", "pcc", "ssim", "lpips", "n_way", "fid"])
     precision: str = "auto"
     device: str = "auto"
+    classifier: str | None = None  # n-way classifier checkpoint (demo_classifier); None: ViT-H/14 from the cache
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")

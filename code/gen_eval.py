@@ -28,6 +28,7 @@ import eval_metrics
 from config import GenEvalConfig, format_config, parse_config, save_config
 from dataset import load_target_dataset
 from dc_ldm.ldm_for_fmri import load_finetuned, num_voxels_of, sample_images
+from demo_classifier import load_classifier
 from runtime import autocast, is_interactive, make_run_dir, pick_device, resolve_precision, setup_logging
 
 
@@ -109,6 +110,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     log.info("gen_eval config:\n%s", format_config(cfg))
 
     model, stage_b = load_finetuned(cfg.checkpoint, root=cfg.root, device=device)
+    if classifier is None and cfg.classifier is not None:
+        classifier = load_classifier(cfg.classifier, device)
     if stage_b.dataset != cfg.dataset:
         raise ValueError(f"{cfg.checkpoint} was finetuned on {stage_b.dataset}, not {cfg.dataset}")
     _, test_set = load_target_dataset(stage_b, img_size=stage_b.img_size)
@@ -132,6 +135,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
 
     metrics = eval_metrics.evaluate(gt, samples, metrics=cfg.metrics, classifier=classifier, n_way=cfg.n_way,
                                     num_trials=cfg.num_trials, seed=cfg.seed, device=device)
+    metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
     log.info("wrote %s", run_dir)

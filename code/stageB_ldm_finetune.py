@@ -28,6 +28,7 @@ from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import load_target_dataset
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, mae_meta_from_checkpoint, sample_images
+from demo_classifier import load_classifier
 from gen_eval import save_grid
 from runtime import (
     append_jsonl,
@@ -162,6 +163,8 @@ def main(cfg: StageBConfig, classifier=None) -> Path:
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                               drop_last=len(train_set) > cfg.batch_size)
     val_loader = DataLoader(test_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    if classifier is None and cfg.classifier is not None:
+        classifier = load_classifier(cfg.classifier, device)
     callback = ValidateAndCheckpoint(cfg, run_dir, test_set, classifier)
     wandb = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), is_main)
     trainer = pl.Trainer(

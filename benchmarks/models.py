@@ -1,0 +1,94 @@
+"""The models the Stage B, generation and VQ-decode benchmarks run: the published label2img LDM with the fMRI
+conditioner, at the published size (random weights) or at toy sizes for --tiny, and the sizes each mode uses."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+import common
+from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
+from dc_ldm.models.diffusion.ddpm import LatentDiffusion
+from dc_ldm.util import instantiate_from_config
+
+LDM_DIR = common.ROOT / "pretrains" / "ldm" / "label2img"
+
+# The Stage A encoder inside the conditioner (published: ViT-1024 x 24 over GOD sbj_3's 4656 voxels).
+MAE_META = {
+    "published": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0),
+    "tiny": dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, mlp_ratio=1.0),
+}
+NUM_VOXELS = {"published": 4656, "tiny": 256}
+
+# Toy overrides of the published config.yaml for --tiny (GroupNorm needs widths divisible by 32).
+TINY_UNET = dict(model_channels=32, channel_mult=[1, 2], attention_resolutions=[2], num_res_blocks=1,
+                 context_dim=32, image_size=8)  # fmt: skip
+TINY_VQ = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16)
+TINY_N_EMBED = 64
+
+# Image side per mode: the published 256 (64^2 latents); --quick halves it (the CPU budget, see README);
+# --tiny uses the toy first stage's 16 (8^2 latents).
+IMAGE_SIZE = {"full": 256, "quick": 128, "tiny": 16}
+
+
+def size_name(args: Any) -> str:
+    return "tiny" if args.mode == "tiny" else "published"
+
+
+def ldm_config(tiny: bool) -> dict:
+    """The published label2img config.yaml as a dict, with toy sizes when `tiny`."""
+    config = OmegaConf.to_container(OmegaConf.load(LDM_DIR / "config.yaml"), resolve=True)
+    if tiny:
+        params = config["model"]["params"]
+        params["unet_config"]["params"].update(TINY_UNET)
+        params["first_stage_config"]["params"]["ddconfig"].update(TINY_VQ)
+        params["first_stage_config"]["params"]["n_embed"] = TINY_N_EMBED
+        params["cond_stage_config"]["params"]["embed_dim"] = TINY_UNET["context_dim"]
+        params["image_size"] = TINY_UNET["image_size"]
+    return config
+
+
+def build_ldm(args: Any, meta: bool = False) -> LatentDiffusion:
+    """The Stage B model (published or toy size, random weights) on `args.device`, or on the meta device."""
+    name = size_name(args)
+    with tempfile.TemporaryDirectory() as folder:
+        ldm_dir = LDM_DIR
+        if name == "tiny":
+            ldm_dir = Path(folder)
+            OmegaConf.save(OmegaConf.create(ldm_config(True)), ldm_dir / "config.yaml")
+        torch.manual_seed(0)
+        device = torch.device("meta") if meta else args.device
+        with device:  # built in place, no host copy of 600M weights; the schedule buffers are made on the CPU
+            return build_ldm_for_fmri(ldm_dir, MAE_META[name], NUM_VOXELS[name], load_ldm_weights=False).to(device)
+
+
+def build_vq(args: Any) -> torch.nn.Module:
+    """The VQ first stage (`VQModelInterface`, random weights) in eval mode on `args.device`."""
+    first_stage = copy.deepcopy(ldm_config(size_name(args) == "tiny")["model"]["params"]["first_stage_config"])
+    torch.manual_seed(0)
+    return instantiate_from_config(first_stage).to(args.device).eval()
+
+
+def latent_side(args: Any) -> int:
+    """Side of the diffusion latents: the image side over the first stage's downsampling (4 published, 2 toy)."""
+    ddconfig = ldm_config(size_name(args) == "tiny")["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
+    return IMAGE_SIZE[args.mode] // 2 ** (len(ddconfig["ch_mult"]) - 1)
+
+
+def set_memory_format(model: torch.nn.Module, channels_last: bool) -> None:
+    """Convert the 4-D weights in place (the optimiser keeps its references); a no-op when already there."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+
+
+def stage_b_batch(args: Any, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
+    """Random Stage B inputs: images (B, 3, H, W) in [-1, 1] and fMRI (B, 1, V)."""
+    side = IMAGE_SIZE[args.mode]
+    image = torch.rand(batch, 3, side, side, device=device, dtype=dtype) * 2 - 1
+    fmri = torch.randn(batch, 1, NUM_VOXELS[size_name(args)], device=device, dtype=dtype)
+    return {"image": image, "fmri": fmri}

@@ -1,0 +1,78 @@
+"""The benchmark scripts run (--tiny: toy sizes, seconds) and write complete JSON; the original's way is really
+the original's (explicit-softmax attention reached the model code, and computes what SDPA computes)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+
+
+def test_explicit_attention_equals_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 7, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    mask = torch.rand(2, 1, 7, 5) > 0.3
+    mask[..., 0] = True  # every query keeps one key
+    for m in (None, mask):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        torch.testing.assert_close(common.explicit_attention(q, k, v, attn_mask=m), want)
+
+
+def test_original_attention_patch_is_scoped():
+    fused = F.scaled_dot_product_attention
+    before = common.original_attention_calls()
+    with common.original_attention():
+        assert F.scaled_dot_product_attention is not fused
+        F.scaled_dot_product_attention(*(torch.randn(1, 1, 3, 4) for _ in range(3)))
+    assert F.scaled_dot_product_attention is fused
+    assert common.original_attention_calls() == before + 1
+    with pytest.raises(RuntimeError, match="never ran"):
+        common.check_patch_reached(common.original_attention_calls())
+
+
+def test_climb_keeps_a_lever_only_when_it_helps():
+    import time
+
+    slow = {"bf16"}  # pretend bf16 is slower here; channels-last faster
+
+    def call(v: common.Variant) -> None:
+        time.sleep(0.004 * v.batch * (2.0 if v.attention == "explicit" else 1.0) * (1.5 if v.dtype in slow else 1.0)
+                   * (0.5 if v.channels_last else 1.0))  # fmt: skip
+
+    rungs = [common.Variant(1, "fp32", "explicit"), common.Variant(1)]
+    measured, ours = common.climb(rungs, [{"channels_last": True}, {"dtype": "bf16"}], call, torch.device("cpu"),
+                                  warmup=0, runs=3)  # fmt: skip
+    assert ours == common.Variant(1, channels_last=True)
+    assert measured[0].speedup == 1.0
+    assert 2.5 < next(m.speedup for m in reversed(measured) if m.variant == ours) < 6
+
+
+@pytest.mark.parametrize("script", ["bench_stageA", "bench_stageB", "bench_generation", "bench_vq_decode"])
+def test_benchmark_runs_tiny(script, tmp_path, capsys):
+    module = __import__(script)
+    path = module.main(["--tiny", "--device", "cpu", "--runs", "1", "--warmup", "0", "--out", str(tmp_path)])
+    record = json.loads(Path(path).read_text())
+    assert path.name == f"{script}-cpu-tiny.json"
+    assert record["mode"] == "tiny" and record["device"]["type"] == "cpu" and record["commit"]
+    for workload in record["workloads"]:
+        names = [v["name"] for v in workload["variants"]]
+        assert workload["original"] == names[0] and "explicit" in names[0]
+        assert workload["ours"] in names and "sdpa" in workload["ours"]
+        assert workload["ratio"] > 0 and workload["flops_per_item"] > 0
+        for v in workload["variants"]:
+            assert v["time_s_median"] > 0 and v["peak_memory_bytes"] > 0 and v["achieved_flops"] > 0
+    if script == "bench_generation":
+        protocol = record["protocol"]
+        assert protocol["images"] == 250 and protocol["unet_calls_per_image"] == 251
+        assert protocol["floor"]["flops"] > 1e15  # the published-size protocol, counted on meta
+    if script == "bench_stageB":
+        estimate = record["memory"]["estimate"]
+        assert {(r["dtype"], r["checkpointing"]) for r in estimate} >= {("fp32", False), ("bf16", True)}
+    assert "ours =" in capsys.readouterr().out
