@@ -23,4 +23,4 @@ demo: $(STAMP)
 	$(PY) code/demo.py
 
 clean-demo:
-	rm -rf results/demo data/synthetic/demo
+	rm -rf results/demo data/synthetic/demo pretrains/demo
