@@ -161,6 +161,8 @@ def test_bf16_autocast_forward_is_finite(build):
 def test_bad_options_fail_clearly(caplog):
     with pytest.raises(ValueError, match="unsupported keys \\['resamp_with_conv'\\]"):
         _tiny_vq(resamp_with_conv=False)
+    with pytest.raises(ValueError, match="num_res_blocks must be >= 1"):
+        _tiny_vq(num_res_blocks=0)
     with pytest.raises(ValueError, match="remap"):
         VQModelInterface(4, 16, {**TINY, "z_channels": 4, "double_z": False}, IDENTITY_LOSS, remap="codes.npy")
     with pytest.raises(ValueError, match="double_z"):
