@@ -23,21 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint
 from config import ConfigError, StageA1Config, config_to_dict, format_config, parse_config, save_config
 from dataset import HCP_FILE, create_god_dataset, create_hcp_dataset
 from runtime import (
     append_jsonl,
-    barrier,
-    cleanup_distributed,
     init_distributed,
     init_wandb,
     make_run_dir,
     seed_everything,
     setup_logging,
 )
+from sc_mbm.loop import fit, make_optimizer
 from sc_mbm.trainer import (
     ARCH_FIELDS,
     AmpScaler,
@@ -45,14 +43,10 @@ from sc_mbm.trainer import (
     evaluate,
     make_loader,
     match_voxels,
-    param_groups_weight_decay,
     resume_training,
     stage_a_config_from_checkpoint,
-    train_one_epoch,
-    training_state,
-    write_debug_dump,
 )
-from sc_mbm.visualize import pick_examples, save_reconstruction_figure
+from sc_mbm.visualize import pick_examples
 
 
 def check_same_architecture(cfg: StageA1Config, ckpt: dict, path: str) -> None:
@@ -134,10 +128,7 @@ def main(cfg: StageA1Config) -> Path:
 
     # ---- model and optimiser
     model = build_mae(cfg, cfg.focus_range, cfg.focus_rate).to(device)
-    train_model = model  # the unwrapped model is the one saved and evaluated
-    if dist_info.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = make_optimizer(model, cfg)
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
 
     # ---- resume (restores the RNG streams last, just before the loop)
@@ -154,31 +145,8 @@ def main(cfg: StageA1Config) -> Path:
         log.info("held-out fMRI before training: %s", "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         append_jsonl(run_dir / "metrics.jsonl", {"epoch": -1, **scores})
 
-    # ---- loop
-    for epoch in range(start_epoch, cfg.num_epoch):
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, cfg, dist_info.is_main, wandb_run)
-        if dist_info.is_main:
-            stats.update(score_held_out(model, val_sets, cfg, amp))
-            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, **stats})
-            log.info("epoch %d done: %s", epoch, "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
-            if wandb_run is not None:
-                wandb_run.log({f"epoch/{k}": v for k, v in stats.items()} | {"epoch": epoch})
-        if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
-            if dist_info.is_main:
-                figure, title = run_dir / f"recon_epoch{epoch}.png", f"Stage A1, epoch {epoch}"
-                save_reconstruction_figure(model, examples, cfg.mask_ratio, amp, figure, title, seed=cfg.seed)
-            state = training_state(model, optimizer, amp, epoch, config_to_dict(cfg))
-            if dist_info.is_main:
-                save_checkpoint(state, run_dir / "checkpoint.pth")
-                log.info("checkpoint written: %s", run_dir / "checkpoint.pth")
-            barrier()
-
-    # ---- final artefacts
-    write_debug_dump(model, loader, range(start_epoch, cfg.num_epoch), dist_info)
-    if wandb_run is not None:
-        wandb_run.finish()
-    cleanup_distributed()
+    fit(model, loader, optimizer, amp, cfg, dist_info, run_dir, start_epoch, wandb_run, examples, "Stage A1",
+        (config_to_dict(cfg), {}), score=lambda: score_held_out(model, val_sets, cfg, amp))  # fmt: skip
     return run_dir
 
 

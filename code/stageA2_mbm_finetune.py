@@ -19,36 +19,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 from config import StageA2Config, config_to_dict, format_config, parse_config, save_config
 from dataset import FMRIDataset, load_target_dataset
 from runtime import (
-    append_jsonl,
-    barrier,
-    cleanup_distributed,
     init_distributed,
     init_wandb,
     make_run_dir,
     seed_everything,
     setup_logging,
 )
+from sc_mbm.loop import fit, make_optimizer
 from sc_mbm.trainer import (
     AmpScaler,
     build_mae,
     load_model_state,
     make_loader,
     match_voxels,
-    param_groups_weight_decay,
     resume_training,
     stage_a_config_from_checkpoint,
-    train_one_epoch,
-    training_state,
-    write_debug_dump,
 )
-from sc_mbm.visualize import pick_examples, save_reconstruction_figure
+from sc_mbm.visualize import pick_examples
 
 
 def main(cfg: StageA2Config) -> Path:
@@ -80,18 +72,15 @@ def main(cfg: StageA2Config) -> Path:
     if dist_info.is_main:
         save_config(cfg, run_dir)
         log.info("Stage A2 config:\n%s", format_config(cfg))
-        fit = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - arch.num_voxels))]
+        how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - arch.num_voxels))]
         data = f"{cfg.dataset} {cfg.subjects}, {len(dataset)} test fMRI of {test_set.num_voxels} voxels"
         where = f"{dist_info.world_size} process(es), {amp.precision} on {device}"
-        log.info("data: %s, %s to %d (pre-trained); %s", data, fit, arch.num_voxels, where)
+        log.info("data: %s, %s to %d (pre-trained); %s", data, how, arch.num_voxels, where)
 
     # ---- model and optimiser
     model = build_mae(arch).to(device)
     load_model_state(model, ckpt["model"], source)
-    train_model = model  # the unwrapped model is the one saved
-    if dist_info.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = make_optimizer(model, cfg)
 
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
@@ -101,32 +90,8 @@ def main(cfg: StageA2Config) -> Path:
     wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
     examples = pick_examples(dataset.fmri)
 
-    # ---- loop
-    for epoch in range(start_epoch, cfg.num_epoch):
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, cfg, dist_info.is_main, wandb_run)
-        if dist_info.is_main:
-            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, **stats})
-            log.info("epoch %d done: %s", epoch, "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
-            if wandb_run is not None:
-                wandb_run.log({f"epoch/{k}": v for k, v in stats.items()} | {"epoch": epoch})
-        if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
-            if dist_info.is_main:
-                figure, title = run_dir / f"recon_epoch{epoch}.png", f"Stage A2 ({cfg.dataset}), epoch {epoch}"
-                save_reconstruction_figure(model, examples, cfg.mask_ratio, amp, figure, title, seed=cfg.seed)
-            state = training_state(
-                model, optimizer, amp, epoch, config_to_dict(arch), finetune_config=config_to_dict(cfg)
-            )
-            if dist_info.is_main:
-                save_checkpoint(state, run_dir / "checkpoint.pth")
-                log.info("checkpoint written: %s", run_dir / "checkpoint.pth")
-            barrier()
-
-    # ---- final artefacts
-    write_debug_dump(model, loader, range(start_epoch, cfg.num_epoch), dist_info)
-    if wandb_run is not None:
-        wandb_run.finish()
-    cleanup_distributed()
+    fit(model, loader, optimizer, amp, cfg, dist_info, run_dir, start_epoch, wandb_run, examples,
+        f"Stage A2 ({cfg.dataset})", (config_to_dict(arch), config_to_dict(cfg)))  # fmt: skip
     return run_dir
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import sc_mbm.loop as stage_a_loop
 import stageA1_mbm_pretrain as a1
 import stageA2_mbm_finetune as a2
 from checkpoint import CheckpointError, load_checkpoint
@@ -68,16 +69,16 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def kill_at(module, monkeypatch, epoch: int) -> None:
+def kill_at(monkeypatch, epoch: int) -> None:
     """Make the stage script die when it starts `epoch` (after the checkpoint of the epoch before)."""
-    real = module.train_one_epoch
+    real = stage_a_loop.train_one_epoch
 
     def train_or_die(model, loader, optimizer, amp, e, *args, **kwargs):
         if e == epoch:
             raise Killed
         return real(model, loader, optimizer, amp, e, *args, **kwargs)
 
-    monkeypatch.setattr(module, "train_one_epoch", train_or_die)
+    monkeypatch.setattr(stage_a_loop, "train_one_epoch", train_or_die)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
@@ -126,7 +127,7 @@ def test_stageA1_writes_the_run_folder(a1_run):
 
 def test_stageA1_resumes_exactly_where_it_was_killed(tiny, tmp_path, monkeypatch):
     whole = a1.main(a1_config(tiny, tmp_path / "whole", num_epoch=3, ckpt_every=2))
-    kill_at(a1, monkeypatch, epoch=2)
+    kill_at(monkeypatch, epoch=2)
     with pytest.raises(Killed):
         a1.main(a1_config(tiny, tmp_path / "killed", num_epoch=3, ckpt_every=2))
     monkeypatch.undo()
@@ -141,7 +142,7 @@ def test_stageA1_resumes_exactly_where_it_was_killed(tiny, tmp_path, monkeypatch
     }
 
     # a longer target: the schedule follows the new num_epoch (6 steps per epoch, lr of the last step)
-    kill_at(a1, monkeypatch, epoch=3)
+    kill_at(monkeypatch, epoch=3)
     with pytest.raises(Killed):
         a1.main(a1_config(tiny, tmp_path / "longer", num_epoch=4, resume=str(killed / "checkpoint.pth")))
     (longer,) = (tmp_path / "longer/stageA1").iterdir()
@@ -149,7 +150,7 @@ def test_stageA1_resumes_exactly_where_it_was_killed(tiny, tmp_path, monkeypatch
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    real = a1.train_one_epoch
+    real = stage_a_loop.train_one_epoch
 
     def poison_at_epoch_1(model, loader, optimizer, amp, epoch, *args, **kwargs):
         if epoch == 1:
@@ -157,7 +158,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, 
                 model.decoder_pred.bias.fill_(float("nan"))
         return real(model, loader, optimizer, amp, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(a1, "train_one_epoch", poison_at_epoch_1)
+    monkeypatch.setattr(stage_a_loop, "train_one_epoch", poison_at_epoch_1)
     with pytest.raises(RuntimeError, match=r"non-finite loss \(nan\) at epoch 1, step 0 of 6"):
         a1.main(a1_config(tiny, tmp_path, num_epoch=3))
     (run,) = (tmp_path / "stageA1").iterdir()
@@ -272,7 +273,7 @@ def test_stageA2_loads_a_published_checkpoint_and_cuts_the_voxels(tiny, tmp_path
 def test_stageA2_resumes_exactly(tiny, a1_run, tmp_path, monkeypatch):
     small = dict(num_epoch=2, include_nonavg_test=False, batch_size=8)  # 20 averaged test fMRI, 3 steps per epoch
     whole = a2.main(a2_config(tiny, tmp_path / "whole", a1_run / "checkpoint.pth", ckpt_every=2, **small))
-    kill_at(a2, monkeypatch, epoch=1)
+    kill_at(monkeypatch, epoch=1)
     with pytest.raises(Killed):
         a2.main(a2_config(tiny, tmp_path / "killed", a1_run / "checkpoint.pth", **small))
     monkeypatch.undo()
