@@ -166,10 +166,12 @@ class Variant:
     attention: str = "sdpa"  # sdpa | explicit (the original's)
     channels_last: bool = False
     compiled: bool = False
+    all_grads: bool = False  # training: weight gradients for every unfrozen module, not only the trained ones
 
     @property
     def name(self) -> str:
         extra = (", channels-last" if self.channels_last else "") + (", compiled" if self.compiled else "")
+        extra += ", all weight grads" if self.all_grads else ""
         return f"{self.dtype}, {self.attention}, batch {self.batch}{extra}"
 
     def context(self, device: torch.device) -> contextlib.ExitStack:

@@ -25,7 +25,8 @@ def rows(path: Path) -> list[str]:
     """One table row per workload of one JSON file, plus the GOD protocol for the generation benchmark."""
     run = json.loads(path.read_text())
     device = run["device"]["name"] + (f" ({run['device']['threads']} threads)" if "threads" in run["device"] else "")
-    context = f"{device} | {run['mode']} | {run['date'][:10]} | `{run['commit'][:7]}`"
+    commit = run["commit"][:7] + ("-dirty" if run["commit"].endswith("-dirty") else "")
+    context = f"{device} | {run['mode']} | {run['date'][:10]} | `{commit}`"
     out = []
     for w in run["workloads"]:
         ours = _ours(w)
