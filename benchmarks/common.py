@@ -167,11 +167,13 @@ class Variant:
     channels_last: bool = False
     compiled: bool = False
     all_grads: bool = False  # training: weight gradients for every unfrozen module, not only the trained ones
+    host_metric: bool = False  # training: the original's per-step metric, sample by sample on the host
 
     @property
     def name(self) -> str:
         extra = (", channels-last" if self.channels_last else "") + (", compiled" if self.compiled else "")
         extra += ", all weight grads" if self.all_grads else ""
+        extra += ", per-step host metric" if self.host_metric else ""
         return f"{self.dtype}, {self.attention}, batch {self.batch}{extra}"
 
     def context(self, device: torch.device) -> contextlib.ExitStack:

@@ -78,7 +78,7 @@ class ValidateAndCheckpoint(pl.Callback):
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             module.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         tmp = self.run_dir / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: --resume continues exactly
         if trainer.is_global_zero:
             os.replace(tmp, self.run_dir / "last.ckpt")
 

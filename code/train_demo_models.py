@@ -256,11 +256,44 @@ def normalise_latents(vq: VQModelInterface, images: torch.Tensor) -> VQModelInte
     return vq
 
 
+def class_names(data_dir: Path) -> list[str]:
+    """The name of every GOD class, in class-index order (the last entry of `imagenet_class_index.json`)."""
+    entries = json.loads((data_dir / "Kamitani" / "npz" / "imagenet_class_index.json").read_text())
+    return [entries[str(c)][-1] for c in range(len(entries))]
+
+
+@torch.no_grad()
+def init_from_names(embedding: torch.nn.Embedding, names: list[str]) -> None:
+    """Start each class's row as the sum of random word vectors of its name ('red striped star on sky horizon').
+
+    A table of independent random rows (nn.Embedding's default) gives related classes unrelated embeddings, and
+    a few minutes of training leave it so; the model then renders classes it was not trained on in Stage B from
+    blends that mean nothing to it. Embedding a class by the words of its name, as text-conditioned generators do,
+    puts classes that share words near each other, the structure an ImageNet model learns from its data. Each
+    row keeps unit variance per coordinate; rows past `names` (the unconditional class) stay as they are. The word
+    vectors come from torch's global generator (seeded by `main`).
+    """
+    vocabulary = sorted({w for name in names for w in name.split()})
+    words = torch.randn(len(vocabulary), embedding.embedding_dim, device=embedding.weight.device)
+    index = {w: i for i, w in enumerate(vocabulary)}
+    for c, name in enumerate(names):
+        tokens = name.split()
+        embedding.weight[c] = words[[index[w] for w in tokens]].sum(0) / len(tokens) ** 0.5
+
+
 def train_ldm(
-    config: dict, vq: VQModelInterface, images: torch.Tensor, labels: torch.Tensor, sizes: DemoSizes, deadline, device
+    config: dict,
+    vq: VQModelInterface,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    sizes: DemoSizes,
+    deadline: float,
+    device,
 ) -> tuple[LatentDiffusion, int]:
     """ε-prediction on the VQ latents of all images, labels dropped to the unconditional class at p_uncond."""
     ldm = build_ldm(config, use_time_cond=False).to(device)
+    init_from_names(ldm.cond_stage_model.embedding, names)
     ldm.first_stage_model.load_state_dict(vq.state_dict())
     with torch.no_grad():
         z = torch.cat([ldm.encode_first_stage(_as_input(b.to(device))) for b in images.split(64)])  # (N, 3, s, s)
@@ -458,7 +491,8 @@ def main(args: argparse.Namespace) -> dict:
         vq = instantiate_from_config(load_checkpoint(vq_path)["config"])
         vq.load_state_dict(load_checkpoint(vq_path)["state_dict"])
         start = time.time()
-        ldm, steps = train_ldm(config, vq.to(device), images, labels, sizes, deadline("ldm"), device)
+        ldm, steps = train_ldm(config, vq.to(device), images, labels, class_names(data_dir), sizes,
+                               deadline("ldm"), device)  # fmt: skip
         write_label2img(ldm, config, ldm_dir, steps)
         seconds["ldm"] = time.time() - start
         trained.append("ldm")

@@ -1,0 +1,32 @@
+"""The simulated world's models: the class embedding starts from the classes' names."""
+
+import json
+
+import torch
+
+from train_demo_models import class_names, init_from_names
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def test_classes_that_share_words_start_near_each_other():
+    names = ["red striped star on sky horizon", "red striped star on sky clouds", "blue plain ring on sand flat"]
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(len(names) + 1, 4096)  # + the unconditional class, left as it is
+    uncond = embedding.weight[-1].detach().clone()
+    init_from_names(embedding, names)
+    w = embedding.weight.detach()
+    assert _cosine(w[0], w[1]) > 0.75  # five of six words shared
+    assert abs(_cosine(w[0], w[2]) - 1 / 6) < 0.06  # only "on" shared
+    assert torch.allclose(w[:3].std(dim=1), torch.ones(3), atol=0.05)  # unit variance per coordinate, as N(0, 1)
+    assert torch.equal(w[-1], uncond)
+
+
+def test_class_names_follow_the_class_index(tmp_path):
+    folder = tmp_path / "Kamitani" / "npz"
+    folder.mkdir(parents=True)
+    index = {"1": ["n00000002", "blue plain ring on sand flat"], "0": ["n00000001", "n00000003", "red dotted bar on sky flat"]}
+    (folder / "imagenet_class_index.json").write_text(json.dumps(index))
+    assert class_names(tmp_path) == ["red dotted bar on sky flat", "blue plain ring on sand flat"]
