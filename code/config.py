@@ -54,7 +54,6 @@ class _ModelFields:
     num_heads: int = 16
     decoder_num_heads: int = 16
     mlp_ratio: float = 1.0
-    decoder_depth: int = 8  # published: fixed at 8 in the model, not a config field (its checkpoints lack it)
 
     def _validate_model(self) -> None:
         _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
@@ -68,8 +67,7 @@ class _ModelFields:
             f"decoder_embed_dim ({self.decoder_embed_dim}) must be divisible by "
             f"decoder_num_heads ({self.decoder_num_heads})",
         )
-        _check(self.depth > 0 and self.decoder_depth > 0 and self.mlp_ratio > 0,
-               "depth, decoder_depth and mlp_ratio must be positive")
+        _check(self.depth > 0 and self.mlp_ratio > 0, "depth and mlp_ratio must be positive")
 
 
 @dataclass

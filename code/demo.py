@@ -64,7 +64,7 @@ class Preset:
 PRESETS = {
     "tiny": Preset(img_size=32, a1_epochs=1, a2_epochs=1, a2_lr=5e-4, b_epochs=1, b_batch=8, b_lr=1e-3,
                    ddim_steps=5, num_samples=1, limit=6),
-    "demo": Preset(img_size=32, a1_epochs=6, a2_epochs=30, a2_lr=5e-4, b_epochs=16, b_batch=25, b_lr=1e-3,
+    "demo": Preset(img_size=32, a1_epochs=6, a2_epochs=30, a2_lr=5e-4, b_epochs=24, b_batch=25, b_lr=1e-3,
                    ddim_steps=50, num_samples=5, limit=None),
 }
 MAE = dict(embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_num_heads=4, mlp_ratio=1.0)

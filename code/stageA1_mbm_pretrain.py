@@ -52,7 +52,7 @@ from sc_mbm.visualize import pick_examples
 def check_same_architecture(cfg: StageA1Config, ckpt: dict, path: str) -> None:
     """A resumed run must build the model it resumes: same architecture and voxel count."""
     saved = stage_a_config_from_checkpoint(ckpt, path)
-    fields = (*ARCH_FIELDS, "decoder_depth", "num_voxels")
+    fields = (*ARCH_FIELDS, "num_voxels")
     diff = [
         f"{k} {getattr(saved, k)} there, {getattr(cfg, k)} here"
         for k in fields

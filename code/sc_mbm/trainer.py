@@ -288,7 +288,6 @@ def build_mae(cfg: StageA1Config, focus_range: list[int] | None = None, focus_ra
         depth=cfg.depth,
         num_heads=cfg.num_heads,
         decoder_embed_dim=cfg.decoder_embed_dim,
-        decoder_depth=cfg.decoder_depth,
         decoder_num_heads=cfg.decoder_num_heads,
         mlp_ratio=cfg.mlp_ratio,
         focus_range=focus_range,
