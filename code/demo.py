@@ -1,13 +1,13 @@
 """`make demo`: the whole method on the simulated brain, on a laptop CPU.
 
-    python code/demo.py                 # data/synthetic/demo -> results/demo (about a quarter of an hour)
+    python code/demo.py                 # data/synthetic/demo -> results/demo (about 12 minutes on 2 CPU cores)
     python code/demo.py --size tiny     # the same pipeline at test size, in about a minute
 
 Steps, each cached (a second run reuses what is done; delete results/demo to start over):
   1. simulate the brain (`data/synthetic/<size>`, never over real data in `data/`);
   2. train the simulated world's own "ImageNet" models: a label-conditioned LDM in the published label2img
      layout and an image classifier for the n-way metric (`pretrains/demo/<size>`);
-  3. Stage A1 pre-training on the simulated HCP resting state;
+  3. Stage A1 pre-training on the simulated HCP resting state and the GOD training fMRI (published include_kam);
   4. Stage A2 finetuning on the GOD test fMRI of sbj_3;
   5. Stage B finetuning of the LDM on sbj_3's training pairs;
   6. gen_eval on the 50 held-out test fMRI, and the same model fed *shuffled* test fMRI (a control that

@@ -56,7 +56,7 @@ log = logging.getLogger("mindvis.demo_models")
 class DemoSizes:
     """Model sizes and training lengths.
 
-    The `demo` steps take about 8.5 minutes on 2 CPU cores. `--minutes` is a guard, not the schedule: a part that
+    The `demo` steps take about 4 minutes on 2 CPU cores. `--minutes` is a guard, not the schedule: a part that
     runs past its share stops early with a warning, and its result then depends on the machine's speed.
     """
 

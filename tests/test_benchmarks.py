@@ -37,6 +37,16 @@ def test_original_attention_patch_is_scoped():
         common.check_patch_reached(common.original_attention_calls())
 
 
+def test_the_original_training_metric_computes_ours():
+    import bench_stageA
+    from sc_mbm.utils import batch_pearson
+
+    torch.manual_seed(0)
+    pred, fmri = torch.randn(3, 4, 16), torch.randn(3, 1, 64)  # (N, L, p) patches of V = L * p voxels
+    want = batch_pearson(pred.flatten(1), fmri.flatten(1)).mean().item()
+    assert bench_stageA.original_correlation(pred, fmri) == pytest.approx(want, abs=1e-6)
+
+
 def test_climb_keeps_a_lever_only_when_it_helps():
     import time
 

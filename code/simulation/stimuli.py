@@ -84,7 +84,7 @@ def sample_categories(rng: np.random.Generator, n: int, layout: np.ndarray | int
         raise ValueError(f"at most {n_combos} distinct categories, asked for {n}")
     attrs = np.stack(np.unravel_index(rng.choice(n_combos, n, replace=False), ATTRIBUTE_SIZES), axis=1)
     layout = np.broadcast_to(np.asarray(layout, dtype=np.int64), (n,)).copy()
-    # an ImageNet-like object fills about half the picture (at the demo's 32 px it still spans 15-20 pixels)
+    # an ImageNet-like object spans about half the picture's width (13-19 pixels at the demo's 32 px)
     lo, hi = np.array([0.42, 0.16, 0.12])[layout], np.array([0.60, 0.26, 0.20])[layout]
     return Categories(
         attrs=attrs.astype(np.int64),
