@@ -42,7 +42,8 @@ MASK_RATIO, CLIP_GRAD = 0.75, 0.8
 def original_correlation(pred: torch.Tensor, fmri: torch.Tensor) -> float:
     """The original's per-step metric: pred (N, L, p) and fmri (N, 1, V) to the host, corrcoef per sample, mean."""
     pred, fmri = pred.detach().flatten(1).cpu(), fmri.flatten(1).cpu()
-    return torch.stack([torch.corrcoef(torch.stack([p, s]))[0, 1] for p, s in zip(pred, fmri)]).mean().item()
+    cors = [torch.corrcoef(torch.stack([p, s]))[0, 1] for p, s in zip(pred, fmri, strict=True)]
+    return torch.stack(cors).mean().item()
 
 
 def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> dict:
