@@ -7,10 +7,11 @@
 One step is what `sc_mbm.trainer.train_one_epoch` does per batch: masked forward (mask ratio 0.75), the MSE on
 the masked patches, backward, gradient clipping at 0.8, an AdamW update (through the trainer's `AmpScaler`) and
 the reconstruction's Pearson correlation, the training metric. The original's way: fp32, explicit-softmax
-attention and its metric as it computed it every step (prediction and input copied to the host, `torch.corrcoef`
-sample by sample, `.item()`), at the same batch (the original trained in batches of 100 too). Ours: SDPA and the
-trainer's metric (one batched correlation on the device, read back once per log line, so not inside a step),
-then bf16 autocast and torch.compile where each helps. Random fMRI and weights.
+attention and its loop, which computed the metric every step (prediction and input copied to the host,
+`torch.corrcoef` sample by sample, `.item()`), at the same batch (the original trained in batches of 100 too).
+Ours: the trainer's loop (one batched correlation on the device, read back once per log line, so not inside a
+step), SDPA, then bf16 autocast and torch.compile where each helps. Both update with `sc_mbm.loop.make_optimizer`'s
+AdamW. Random fMRI and weights.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import common
+from sc_mbm.loop import make_optimizer
 from sc_mbm.mae_for_fmri import MAEforFMRI
-from sc_mbm.trainer import AmpScaler, param_groups_weight_decay
+from sc_mbm.trainer import AmpScaler
 from sc_mbm.utils import batch_pearson
 
 ARCH = {
@@ -53,7 +56,7 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     arch = ARCH[name]
     model = MAEforFMRI(**arch).to(device).train()
     fmri = torch.randn(batch, 1, arch["num_voxels"], device=device)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=2.5e-4, betas=(0.9, 0.95))
+    optimizer = make_optimizer(model, SimpleNamespace(weight_decay=0.05, lr=2.5e-4))
     params = [p for p in model.parameters() if p.requires_grad]
     amp = AmpScaler("fp32", device)  # autocast comes from the variant; the scaler is off for fp32 and bf16
     compiled: dict[str, torch.nn.Module] = {}
@@ -64,19 +67,19 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
         x = fmri[: v.batch]
         loss, pred, _ = net(x, mask_ratio=MASK_RATIO)
         amp.backward(loss, optimizer, params, CLIP_GRAD, update=True)
-        if v.host_metric:
+        if v.original_loop:
             original_correlation(pred, x)
         else:
             with torch.no_grad():
                 cor_sum.add_(batch_pearson(pred.detach().float().flatten(1), x.flatten(1)).sum())
 
-    original = common.Variant(batch, "fp32", "explicit", host_metric=True)
+    original = common.Variant(batch, "fp32", "explicit", original_loop=True)
     with torch.device("meta"):  # FLOPs per sample without real compute
         meta_model = MAEforFMRI(**arch).train()
     flops = common.count_flops(lambda: meta_model(fmri[:1].to("meta"), mask_ratio=MASK_RATIO)[0].backward())
     levers, notes = common.optional_levers(args, info, conv=False)
     calls_before = common.original_attention_calls()
-    rungs = [original, replace(original, host_metric=False), common.Variant(batch)]  # metric, then attention
+    rungs = [original, replace(original, original_loop=False), common.Variant(batch)]  # the loop, then attention
     measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs)
     common.check_patch_reached(calls_before)
     if args.mode == "quick":

@@ -8,11 +8,11 @@ The model is the published label2img LDM (`pretrains/ldm/label2img/config.yaml`:
 fMRI conditioner (ViT-1024 x 24 over 4656 voxels), random weights. One step is what Lightning runs in
 `stageB_ldm_finetune.py`: `shared_step` (VQ-encode the images, noise them, predict the noise conditioned on the
 fMRI), backward, gradient clipping at 0.5 and AdamW over the conditioning path only (`configure_optimizers` with
-`train_cond_only`). The original's way: fp32 with explicit-softmax attention, and the whole UNet left trainable
-(the original calls `unfreeze_whole_model()` before fitting and only narrows the optimiser's parameter list, so
-backward computes the weight gradients of every UNet layer and never uses them); ours: SDPA, then only the
-conditioning path requires gradients, then channels-last, bf16 autocast and torch.compile where each helps. All at
-the same batch (5, the published GOD batch).
+`train_cond_only`). The original's way: fp32 with explicit-softmax attention and its loop, the whole UNet left
+trainable (the original calls `unfreeze_whole_model()` before fitting and only narrows the optimiser's parameter
+list, so backward computes the weight gradients of every UNet layer and never uses them). Ours: SDPA, then our
+loop (only the conditioning path requires gradients), then channels-last, bf16 autocast and torch.compile where
+each helps. All at the same batch (5, the published GOD batch).
 
 Memory: on a GPU, the largest batch that fits in 24 GB and 80 GB for fp32 / bf16, with and without activation
 checkpointing (the UNet's `use_checkpoint`), measured; everywhere, an estimate from the meta device (memory.py).
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def prepare(v: common.Variant) -> None:
         models.set_memory_format(model, v.channels_last)
-        if v.all_grads:  # the original: UNet and conditioner trainable, the optimiser over the cond path only
+        if v.original_loop:  # the original: UNet and conditioner trainable, the optimiser over the cond path only
             model.unfreeze_whole_model()
         else:
             model.freeze_whole_model()
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> Path:
     levers, notes = common.optional_levers(args, info, conv=True)
     calls = common.original_attention_calls()
     rungs = [
-        common.Variant(batch, "fp32", "explicit", all_grads=True),
-        common.Variant(batch, all_grads=True),
+        common.Variant(batch, "fp32", "explicit", original_loop=True),
+        common.Variant(batch, original_loop=True),
         common.Variant(batch),
     ]
     measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs, prepare)

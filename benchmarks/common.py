@@ -166,14 +166,14 @@ class Variant:
     attention: str = "sdpa"  # sdpa | explicit (the original's)
     channels_last: bool = False
     compiled: bool = False
-    all_grads: bool = False  # training: weight gradients for every unfrozen module, not only the trained ones
-    host_metric: bool = False  # training: the original's per-step metric, sample by sample on the host
+    # training: the original's loop around the model (Stage A: the per-step metric on the host; Stage B: the
+    # whole UNet trainable, so backward computes unused weight gradients)
+    original_loop: bool = False
 
     @property
     def name(self) -> str:
         extra = (", channels-last" if self.channels_last else "") + (", compiled" if self.compiled else "")
-        extra += ", all weight grads" if self.all_grads else ""
-        extra += ", per-step host metric" if self.host_metric else ""
+        extra += ", original loop" if self.original_loop else ""
         return f"{self.dtype}, {self.attention}, batch {self.batch}{extra}"
 
     def context(self, device: torch.device) -> contextlib.ExitStack:
