@@ -477,10 +477,14 @@ def workload_record(
 
 
 def git_commit() -> str:
-    """HEAD's hash, with `-dirty` when the working tree differs from it ("unknown" outside a git checkout)."""
+    """HEAD's hash, with `-dirty` when the code differs from it ("unknown" outside a git checkout).
+
+    The results folder does not count: the scripts of one session each rewrite a file there.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        code = [".", f":(exclude){RESULTS_DIR.relative_to(ROOT)}"]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *code], cwd=ROOT, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
