@@ -60,7 +60,7 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     params = [p for p in model.parameters() if p.requires_grad]
     amp = AmpScaler("fp32", device)  # autocast comes from the variant; the scaler is off for fp32 and bf16
     compiled: dict[str, torch.nn.Module] = {}
-    cor_sum = torch.zeros((), device=device)
+    cor_sum = torch.zeros((), device=device)  # ours: summed on the device, as the trainer reads it once per log line
 
     def step(v: common.Variant) -> None:
         net = compiled.setdefault("model", torch.compile(model)) if v.compiled else model

@@ -290,15 +290,20 @@ def _read_stimulus_ids(path: Path) -> np.ndarray:
     return head.astype(np.int64)
 
 
+def read_class_index(folder: Path) -> dict[int, list[str]]:
+    """A GOD folder's `imagenet_class_index.json`: {class index: [wnid, ..., class name]}."""
+    return {int(c): v for c, v in json.loads(_require(folder / "imagenet_class_index.json").read_text()).items()}
+
+
 def read_god_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
     """{'train'|'test': (class index, naive label, class name) per image} from the GOD label files.
 
     A WordNet id listed under several classes belongs to the first. The naive label numbers the WordNet ids
     in order of first appearance, the test images continuing the numbering of the training images.
     """
-    class_file = _require(folder / "imagenet_class_index.json")
-    entries = json.loads(class_file.read_text())  # {"<class index>": [wnid, ..., name]}
-    class_index = np.array([int(c) for c in entries], dtype=np.int64)
+    class_file = folder / "imagenet_class_index.json"
+    entries = read_class_index(folder)
+    class_index = np.array(list(entries), dtype=np.int64)
     class_name = np.array([v[-1] for v in entries.values()])
     wnids = np.array([int(w[1:]) for v in entries.values() for w in v[:-1]], dtype=np.int64)
     owner = np.repeat(np.arange(len(entries)), [len(v) - 1 for v in entries.values()])  # entry of each wnid

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import eval_metrics
 from checkpoint import load_checkpoint, save_checkpoint
-from dataset import read_god_labels
+from dataset import read_class_index, read_god_labels
 from dc_ldm.models.autoencoder import VQModelInterface
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
@@ -257,9 +257,9 @@ def normalise_latents(vq: VQModelInterface, images: torch.Tensor) -> VQModelInte
 
 
 def class_names(data_dir: Path) -> list[str]:
-    """The name of every GOD class, in class-index order (the last entry of `imagenet_class_index.json`)."""
-    entries = json.loads((data_dir / "Kamitani" / "npz" / "imagenet_class_index.json").read_text())
-    return [entries[str(c)][-1] for c in range(len(entries))]
+    """The name of every GOD class of a simulated data set, in class-index order."""
+    entries = read_class_index(data_dir / "Kamitani" / "npz")
+    return [entries[c][-1] for c in sorted(entries)]
 
 
 @torch.no_grad()
