@@ -290,9 +290,12 @@ def _read_stimulus_ids(path: Path) -> np.ndarray:
     return head.astype(np.int64)
 
 
+GOD_CLASS_INDEX = "imagenet_class_index.json"
+
+
 def read_class_index(folder: Path) -> dict[int, list[str]]:
     """A GOD folder's `imagenet_class_index.json`: {class index: [wnid, ..., class name]}."""
-    return {int(c): v for c, v in json.loads(_require(folder / "imagenet_class_index.json").read_text()).items()}
+    return {int(c): v for c, v in json.loads(_require(folder / GOD_CLASS_INDEX).read_text()).items()}
 
 
 def read_god_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -301,7 +304,7 @@ def read_god_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, lis
     A WordNet id listed under several classes belongs to the first. The naive label numbers the WordNet ids
     in order of first appearance, the test images continuing the numbering of the training images.
     """
-    class_file = folder / "imagenet_class_index.json"
+    class_file = folder / GOD_CLASS_INDEX
     entries = read_class_index(folder)
     class_index = np.array(list(entries), dtype=np.int64)
     class_name = np.array([v[-1] for v in entries.values()])

@@ -52,7 +52,6 @@ class Preset:
     img_size: int  # side of the simulated world's models and of Stage B's images
     a1_epochs: int
     a2_epochs: int
-    a2_lr: float
     b_epochs: int
     b_batch: int
     b_lr: float
@@ -62,9 +61,9 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(img_size=32, a1_epochs=1, a2_epochs=1, a2_lr=5e-4, b_epochs=1, b_batch=8, b_lr=1e-3,
+    "tiny": Preset(img_size=32, a1_epochs=1, a2_epochs=1, b_epochs=1, b_batch=8, b_lr=1e-3,
                    ddim_steps=5, num_samples=1, limit=6),
-    "demo": Preset(img_size=32, a1_epochs=6, a2_epochs=30, a2_lr=5e-4, b_epochs=24, b_batch=25, b_lr=1e-3,
+    "demo": Preset(img_size=32, a1_epochs=6, a2_epochs=30, b_epochs=24, b_batch=25, b_lr=1e-3,
                    ddim_steps=50, num_samples=5, limit=None),
 }
 MAE = dict(embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_num_heads=4, mlp_ratio=1.0)
@@ -190,7 +189,7 @@ def run(size: str, seed: int, root: Path) -> Path:
     )) / "checkpoint.pth")
     a2 = step("stage A2", out / "fmri_encoder.pth", lambda: stageA2_mbm_finetune.main(StageA2Config(
         kam_path=kam, pretrain_mbm_path=str(a1), output_path=str(work), num_epoch=p.a2_epochs,
-        warmup_epochs=min(1, p.a2_epochs), lr=p.a2_lr, seed=seed, ckpt_every=p.a2_epochs,
+        warmup_epochs=min(1, p.a2_epochs), lr=5e-4, seed=seed, ckpt_every=p.a2_epochs,
     )) / "checkpoint.pth")
     classifier_path = models / "classifier.pth"
     b = step("stage B", out / "finetuned.pth", lambda: stageB_ldm_finetune.main(StageBConfig(
