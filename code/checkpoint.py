@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from errors import UserError
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint asked for a class or function outside the allow-list."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or does not hold what a stage expects."""
 
 

@@ -27,13 +27,15 @@ from typing import Any
 
 import yaml
 
+from errors import UsageError
+
 DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Lightning's and the published configs' spellings (Stage B used `precision = 32`).
 _PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "16": "fp16", "16-mixed": "fp16", "bf16-mixed": "bf16"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration value is invalid; the message names the field."""
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 HCP_ROIS = ("V1", "V2", "V3", "V4")  # ROI "VC" = all four, concatenated in this order
@@ -43,7 +45,7 @@ HCP_TR = 0.75  # seconds per HCP frame
 HCP_WINDOW = 8.0  # seconds averaged into one pre-training sample
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file is missing or does not hold what the published layout specifies."""
 
 
