@@ -16,6 +16,7 @@ from config import GenEvalConfig, StageBConfig
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
 from dc_ldm.util import instantiate_from_config
+from errors import UserError
 from make_synthetic_data import make_synthetic_data
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
@@ -123,7 +124,7 @@ def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_pa
 def test_bad_inputs(world, finetuned, tmp_path):
     with pytest.raises(CheckpointError, match="Stage A checkpoint not found: .*nope.pth"):
         stageB_ldm_finetune.main(_stage_b_config(world, pretrain_mbm_path=str(tmp_path / "nope.pth")))
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    with pytest.raises(UserError, match="LDM config not found: .*config.yaml"):
         stageB_ldm_finetune.main(_stage_b_config(world, pretrain_gm_path=str(tmp_path)))
     with pytest.raises(ValueError, match="expects .* voxels"):
         gen_eval.main(_mismatched(world, finetuned, tmp_path))

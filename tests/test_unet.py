@@ -4,12 +4,14 @@ import copy
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
-from conftest import ROOT, load_fixture, rel_err
+from conftest import REFERENCE_DIR, ROOT, load_fixture, rel_err
+from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
 from dc_ldm.modules.diffusionmodules.util import GroupNorm32
 from dc_ldm.modules.encoders.modules import ClassEmbedder
-from dc_ldm.util import instantiate_from_config
+from dc_ldm.util import UnsafeConfigError, instantiate_from_config, load_ldm_config, resolve_target
 
 CONFIG_YAML = ROOT / "pretrains" / "ldm" / "label2img" / "config.yaml"
 UNET_PREFIX = "model.diffusion_model."
@@ -177,9 +179,31 @@ def test_class_embedder_shapes():
 def test_instantiate_from_config_errors():
     with pytest.raises(KeyError, match="target"):
         instantiate_from_config({"params": {"embed_dim": 4}})
-    with pytest.raises(ImportError, match="dc_ldm.modules.nowhere.Model"):
+    with pytest.raises(UnsafeConfigError, match="refused config target 'dc_ldm.modules.nowhere.Model'"):
         instantiate_from_config({"target": "dc_ldm.modules.nowhere.Model"})
-    with pytest.raises(ImportError, match="NoSuchEmbedder"):
+    with pytest.raises(UnsafeConfigError, match="NoSuchEmbedder"):
         instantiate_from_config({"target": "dc_ldm.modules.encoders.modules.NoSuchEmbedder"})
+    published = "ldm.models.diffusion.ddpm.LatentDiffusion"  # CompVis configs name their own package
+    assert resolve_target(published) == "dc_" + published
+
+
+def test_malicious_ldm_config_runs_nothing(tmp_path):
+    """A config.yaml whose target is os.system must be refused before anything is imported or called."""
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "label2img"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(
+        "model:\n  target: os.system\n  params:\n    command: touch " + str(marker) + "\n"
+    )
+    with pytest.raises(UnsafeConfigError, match=r"config\.yaml: key 'model\.target': refused .* 'os\.system'"):
+        build_ldm_for_fmri(folder, {}, 32)
+    nested = yaml.safe_load((REFERENCE_DIR / "ldm.json").read_text())["model"]
+    nested["params"]["first_stage_config"] = {"target": "builtins.exec", "params": {"source": "open('x','w')"}}
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": nested}))
+    with pytest.raises(UnsafeConfigError, match=r"key 'model\.params\.first_stage_config\.target'.*builtins\.exec"):
+        load_ldm_config(folder / "config.yaml")
+    with pytest.raises(UnsafeConfigError):
+        instantiate_from_config({"target": "os.system", "params": {"command": f"touch {marker}"}})
+    assert not marker.exists()
     with pytest.raises(NotImplementedError, match="num_classes"):
         _fixture_unet(num_classes=10)

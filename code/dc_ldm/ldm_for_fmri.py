@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from omegaconf import OmegaConf
 
 from checkpoint import CheckpointError, as_config_dict, load_checkpoint
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
-from dc_ldm.util import instantiate_from_config
+from dc_ldm.util import instantiate_from_config, load_ldm_config
 from sc_mbm.mae_for_fmri import FMRIEncoder
 
 log = logging.getLogger("mindvis")
@@ -122,11 +121,8 @@ def build_ldm_for_fmri(
     output width is the UNet's `context_dim`; double conditioning follows `use_time_cond`.
     """
     ldm_dir = Path(ldm_dir)
-    config_path, ckpt_path = ldm_dir / "config.yaml", ldm_dir / "model.ckpt"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"LDM config not found: {config_path} (see pretrains/README.md)")
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    model_cfg = config.get("model", config)
+    ckpt_path = ldm_dir / "model.ckpt"
+    model_cfg = load_ldm_config(ldm_dir / "config.yaml")  # every target checked against the allow-list
     params = model_cfg["params"]
     params["unet_config"]["params"].update(use_time_cond=use_time_cond, global_pool=global_pool)
     params.update(cond_stage_trainable=True, cond_stage_key="fmri", use_ema=False, ckpt_path=None)

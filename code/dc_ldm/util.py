@@ -1,31 +1,64 @@
-"""Build objects from LDM `config.yaml` sections (`{target: import.path.Class, params: {...}}`).
+"""Build objects from LDM `config.yaml` sections (`{target: import.path.Class, params: {...}}`), safely.
 
-Only the published config files need this; our own code constructs objects directly.
+Only the published config files need this; our own code constructs objects directly. A config file is data
+from the internet, so `target` may name only the classes of this package that a published LDM config uses
+(the CompVis `ldm.*` paths map onto ours); anything else is refused before any import happens.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
+
+from errors import UserError
+
+# Every class a published LDM config may instantiate, by the import path written in the file.
+TARGETS = frozenset(
+    {
+        "dc_ldm.models.diffusion.ddpm.LatentDiffusion",
+        "dc_ldm.modules.diffusionmodules.openaimodel.UNetModel",
+        "dc_ldm.models.autoencoder.VQModel",
+        "dc_ldm.models.autoencoder.VQModelInterface",
+        "dc_ldm.models.autoencoder.AutoencoderKL",
+        "dc_ldm.modules.encoders.modules.ClassEmbedder",
+        "torch.nn.Identity",
+    }
+)
+# The sections of a LatentDiffusion config that are instantiated (a first stage's `lossconfig` is ignored).
+MODEL_SECTIONS = ("unet_config", "first_stage_config", "cond_stage_config")
+
+
+class UnsafeConfigError(UserError):
+    """A config names a `target` outside the allow-list."""
+
+
+def resolve_target(path: str) -> str:
+    """The allow-listed import path for `path` (CompVis `ldm.*` -> our `dc_ldm.*`); refuses anything else."""
+    name = "dc_" + path if path.startswith("ldm.") else path
+    if name not in TARGETS:
+        raise UnsafeConfigError(
+            f"refused config target {path!r}: only these classes can be built from a config file: {sorted(TARGETS)}"
+        )
+    return name
 
 
 def get_obj_from_str(path: str) -> Any:
-    """Return the object named by a dotted import path such as 'torch.nn.Identity'."""
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"target {path!r} is not a dotted import path like 'package.module.Class'")
+    """The allow-listed class named by a dotted import path such as 'torch.nn.Identity'."""
+    module, _, name = resolve_target(path).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError) as e:  # an allow-listed name that this version lacks: a bug here
         raise ImportError(f"cannot resolve config target {path!r}: {e}") from e
 
 
 def instantiate_from_config(config: Mapping | DictConfig) -> Any:
-    """Instantiate `config["target"]` with keyword arguments `config["params"]` (dict or OmegaConf).
+    """Instantiate `config["target"]` (allow-listed) with keyword arguments `config["params"]`.
 
     OmegaConf input is resolved to plain dicts and lists first, so constructors receive ordinary Python containers.
     """
@@ -37,6 +70,32 @@ def instantiate_from_config(config: Mapping | DictConfig) -> Any:
     return get_obj_from_str(config["target"])(**(config.get("params") or {}))
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters of `model`."""
-    return sum(p.numel() for p in model.parameters())
+def load_ldm_config(path: str | Path) -> dict:
+    """Read an LDM `config.yaml` as plain containers and check every target it would build, naming file and key.
+
+    Returns the `model` section ({target, params}); nothing is imported or built here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LDM config not found: {path} (see pretrains/README.md)")
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (YAMLError, OmegaConfBaseException, ValueError) as e:
+        raise UserError(f"{path}: not a readable LDM config.yaml: {' '.join(str(e).split())}") from None
+    model = config.get("model", config) if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("params"), dict) or "target" not in model:
+        raise UserError(f"{path}: expected a 'model' section with 'target' and 'params' (the label2img layout)")
+    _check_target(path, "model.target", model["target"])
+    for key in MODEL_SECTIONS:
+        section = model["params"].get(key)
+        if not isinstance(section, dict) or "target" not in section:
+            raise UserError(f"{path}: 'model.params.{key}' must be a section with a 'target'")
+        _check_target(path, f"model.params.{key}.target", section["target"])
+    return model
+
+
+def _check_target(path: Path, key: str, target: Any) -> None:
+    try:
+        resolve_target(str(target))
+    except UnsafeConfigError as e:
+        raise UnsafeConfigError(f"{path}: key '{key}': {e}") from None
