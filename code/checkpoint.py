@@ -95,6 +95,52 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': not on the checkpoint allow-list")
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """For pickled numpy data files: arrays, dtypes, scalars and plain containers; nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _DATA_ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
+            return getattr(__import__(module, fromlist=[name]), name)
+        raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': a data file holds only arrays")
+
+
+_DATA_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    *((m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")),
+}
+
+
+def load_pickled_npy(path: str | os.PathLike) -> Any:
+    """The object in a `.npy` file of an object array (e.g. BOLD5000's `img_dict.npy`), read without running code.
+
+    `np.load(allow_pickle=True)` would execute whatever the pickle asks; here only numpy arrays, dtypes,
+    scalars and plain containers are rebuilt. A 0-d object array gives its single element.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0  # fmt: skip
+            shape, fortran, dtype = read_header(f)
+            if not dtype.hasobject:
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            array = _DataUnpickler(f).load()
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"file not found: {path}") from None
+    except (ValueError, pickle.UnpicklingError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable .npy file (truncated or corrupt?): {e}") from None
+    if not isinstance(array, np.ndarray) or array.shape != shape:
+        raise CheckpointError(f"{path}: the pickled object is not the {shape} array its header announces")
+    return array.item() if array.shape == () else array
+
+
 # torch.load accepts any module-like object with `Unpickler` and `load`.
 _restricted_pickle = types.SimpleNamespace(
     Unpickler=_RestrictedUnpickler,

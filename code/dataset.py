@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from checkpoint import load_pickled_npy
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -482,7 +483,9 @@ def create_bold5000_dataset(
     stim = root / "BOLD5000_Stimuli"
     dict_file = _require(stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy")
     repeated = np.array(_require(stim / "Scene_Stimuli" / "repeated_stimuli_113_list.txt").read_text().split())
-    img_dict = np.load(dict_file, allow_pickle=True).item()  # a pickled dict name -> uint8 image (published)
+    img_dict = load_pickled_npy(dict_file)  # a pickled dict name -> uint8 image (published), read without code
+    if not isinstance(img_dict, dict):
+        raise DataFormatError(f"{dict_file}: expected a pickled dict of image name -> uint8 image")
 
     fmri = [zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size)) for s in subjects]
     shown = [read_bold5000_presentation(stim, s) for s in subjects]

@@ -15,6 +15,7 @@ from checkpoint import (
     as_config_dict,
     get_rng_state,
     load_checkpoint,
+    load_pickled_npy,
     save_checkpoint,
     set_rng_state,
 )
@@ -105,3 +106,33 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
     got = (np.random.rand(), torch.rand(3))
     assert expected[0] == got[0] and torch.equal(expected[1], got[1])
+
+
+class _Pwn:
+    """Unpickling it runs a shell command: what a malicious data file would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickled_npy_reads_arrays_and_refuses_code(tmp_path):
+    images = {"a.jpg": np.arange(12, dtype=np.uint8).reshape(2, 2, 3), "b.png": np.zeros((2, 2, 3), np.uint8)}
+    np.save(tmp_path / "img_dict.npy", images, allow_pickle=True)
+    loaded = load_pickled_npy(tmp_path / "img_dict.npy")
+    assert loaded.keys() == images.keys() and all(np.array_equal(loaded[k], images[k]) for k in images)
+    np.save(tmp_path / "plain.npy", np.ones((3, 2)))
+    assert np.array_equal(load_pickled_npy(tmp_path / "plain.npy"), np.ones((3, 2)))
+
+    marker = tmp_path / "pwned"
+    np.save(tmp_path / "evil.npy", np.array({"a.jpg": _Pwn(marker)}, dtype=object), allow_pickle=True)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.npy: refused to load global '(os|posix)\.system'"):
+        load_pickled_npy(tmp_path / "evil.npy")
+    assert not marker.exists()
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "img_dict.npy").read_bytes()[:150])
+    with pytest.raises(CheckpointError, match=r"cut\.npy: not a readable \.npy file"):
+        load_pickled_npy(tmp_path / "cut.npy")
