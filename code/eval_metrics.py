@@ -1,8 +1,8 @@
-"""The reconstruction metrics of MinD-Vis: pair-wise identification, n-way top-k classification, FID.
+"""The reconstruction metrics: MinD-Vis's (pair-wise identification, n-way top-k, FID) and MindEye's suite.
 
 Images are (N, H, W, 3), uint8 or float in [0, 255], numpy or torch; the ground truth is the test stimuli
-and `samples` (S, N, H, W, 3) holds S reconstructions of each. Definitions follow the published
-`eval_metrics.py`, computed without its per-pair Python loops:
+and `samples` (S, N, H, W, 3) holds S reconstructions of each. Scores over several sample sets are means over
+the sets. MinD-Vis's definitions follow its published `eval_metrics.py`, without its per-pair Python loops:
 
 - pair-wise identification (MSE, PCC, SSIM, LPIPS): the full (S, N, N) score matrix of every
   reconstruction against every ground truth, in float64 and batched through networks, then for each
@@ -13,40 +13,66 @@ and `samples` (S, N, H, W, 3) holds S reconstructions of each. Definitions follo
 - FID: torchmetrics' Frechet distance on 2048-d Inception features (torch-fidelity's extractor) of each
   sample set against the ground truth, averaged over sets (the published wrapper used 64-d features).
 
-Networks load only from the local torch hub cache (`torch.hub.get_dir()/checkpoints`); a metric whose
-weights (or package) are missing is reported under `skipped` with the reason, and nothing is downloaded.
+MindEye's eight (`MINDEYE_METRICS`, group name "mindeye"; MedARC-AI/fMRI-reconstruction-NSD
+`src/Reconstruction_Metrics.py`, MindEyeV2 `src/final_evaluations.ipynb`) see every image as MindEye does
+(`mindeye_view`: 256x256, then the metric's side, bilinear without antialiasing, values in [0, 1]):
+
+- pixcorr: Pearson correlation of each reconstruction's pixels with its own image's, at 425x425;
+- ssim_mindeye: SSIM of each reconstruction with its own image, greyscale (skimage's rgb2gray) at 425x425,
+  Gaussian window (sigma 1.5, 11 taps), population covariance, data range 1 (skimage's settings);
+- alexnet2, alexnet5, inception, clip: two-way identification on network features (`feature_nets.FEATURES`):
+  for each reconstruction, the fraction of other images whose features correlate less with its features
+  than its own image's do (chance 0.5);
+- effnet, swav: mean correlation distance (1 - Pearson r) between the features of each reconstruction and
+  of its own image (lower is better).
+
+Networks load only from the local caches (`feature_nets`); a metric whose weights (or package) are missing is
+reported under `skipped` with the reason and the path it expected, and nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import re
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
+
+from feature_nets import (
+    FEATURES,
+    Classifier,
+    FeatureSpec,
+    MetricUnavailable,
+    load_feature_net,
+    load_fid_metric,
+    load_lpips_alex,
+    load_vit_h14_classifier,
+)
 
 log = logging.getLogger("mindvis.eval_metrics")
 
 Images = np.ndarray | torch.Tensor
-# (model, preprocess): preprocess maps uint8 (B, 3, H, W) on the evaluation device to the model's input,
-# the model (in eval mode) returns logits (B, C)
-Classifier = tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 # Pair-wise scores and whether lower is better. "mse_uint8" is the published MSE as it actually ran:
 # `np.square(a - b).mean()` on uint8 arrays wraps around modulo 256 (kept to reproduce published numbers).
 PAIRWISE = {"mse": True, "pcc": False, "ssim": False, "lpips": True, "mse_uint8": True}
-METRICS = (*PAIRWISE, "n_way", "fid")
+MINDEYE_METRICS = ("pixcorr", "ssim_mindeye", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")
+METRICS = (*PAIRWISE, "n_way", "fid", *MINDEYE_METRICS)
 DEFAULT_METRICS = ("mse", "pcc", "ssim", "lpips", "n_way", "fid")
-FID_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-)
+METRIC_GROUPS = {"mindeye": MINDEYE_METRICS}
+TWO_WAY = ("alexnet2", "alexnet5", "inception", "clip")  # feature correlations, identification as PAIRWISE
+DISTANCES = ("effnet", "swav")  # feature correlation distance to the own image only
+LOWER_IS_BETTER = frozenset({"fid", *DISTANCES})  # every other score is an accuracy or a similarity
 SSIM_WIN = 7  # skimage's default window (uniform filter, sample covariance)
 TRIAL_KEYS_PER_CHUNK = 2**24  # bounds the memory of the random keys behind the n-way draws
+MINDEYE_SIZE = 256  # both MindEye notebooks bring every image to 256x256 before any metric
+MINDEYE_PIXEL_SIZE = 425  # PixCorr and SSIM compare images at NSD's stimulus size
+MINDEYE_SSIM_SIGMA, MINDEYE_SSIM_TRUNCATE = 1.5, 3.5  # skimage's gaussian_weights=True: an 11-tap window
+GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 
 
 class EvalResult(TypedDict):
@@ -56,69 +82,21 @@ class EvalResult(TypedDict):
     skipped: dict[str, str]
 
 
-class MetricUnavailable(RuntimeError):
-    """A metric cannot run here: weights not in the local cache, a package missing, too few images."""
+def expand_metrics(names: Sequence[str]) -> list[str]:
+    """Metric names with group names ("mindeye") expanded, in order, each once; ValueError names unknown ones."""
+    unknown = [m for m in names if m not in METRICS and m not in METRIC_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; expected names from {METRICS} or groups {tuple(METRIC_GROUPS)}")
+    expanded = [m for name in names for m in METRIC_GROUPS.get(name, (name,))]
+    return list(dict.fromkeys(expanded))
 
 
-def cached_weights_path(url: str) -> Path:
-    """Where torch hub keeps the file downloaded from `url`: `torch.hub.get_dir()/checkpoints/<file name>`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def _require_cached(url: str, what: str) -> Path:
-    path = cached_weights_path(url)
-    if not path.is_file():
-        raise MetricUnavailable(
-            f"{what} weights not found at {path}: nothing is downloaded here; fetch {url} into that folder "
-            "(or point TORCH_HOME at a folder whose hub/checkpoints holds it)"
-        )
-    return path
-
-
-def load_vit_h14_classifier(device: torch.device | str = "cpu") -> Classifier:
-    """torchvision ViT-H/14 (IMAGENET1K_SWAG_E2E_V1) in eval mode and its own preprocessing, from the local cache."""
-    from torchvision.models import ViT_H_14_Weights, vit_h_14
-
-    weights = ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1
-    _require_cached(weights.url, "ViT-H/14 SWAG classifier")
-    model = vit_h_14(weights=weights)  # torchvision reads the cached file and downloads only when it is absent
-    transform = weights.transforms()
-
-    def preprocess(batch: torch.Tensor) -> torch.Tensor:
-        # through PIL image by image, as the published code did: torchvision's tensor resize differs from
-        # PIL's bicubic by up to ~20 grey levels on sharp edges
-        images = [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in batch]  # uint8 (3, H, W) each
-        return torch.stack([transform(img) for img in images]).to(batch.device)  # (B, 3, 518, 518)
-
-    return model.eval().to(device), preprocess
-
-
-def load_lpips_alex(device: torch.device | str = "cpu") -> nn.Module:
-    """torchmetrics' LPIPS network (AlexNet; x, y (B, 3, H, W) in [-1, 1] -> (B, 1, 1, 1)), from the local cache."""
-    from torchvision.models import AlexNet_Weights
-
-    # the linear layers ship inside torchmetrics; only the torchvision backbone would be downloaded
-    _require_cached(AlexNet_Weights.DEFAULT.url, "LPIPS AlexNet backbone (torchvision)")
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-    return LearnedPerceptualImagePatchSimilarity(net_type="alex").net.to(device)
-
-
-def _fid_metric(fid_model: nn.Module | None) -> nn.Module:
-    """torchmetrics' FID on `fid_model` features, or on torch-fidelity's 2048-d InceptionV3 from the local cache."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    if fid_model is not None:
-        return FrechetInceptionDistance(feature=fid_model, reset_real_features=False)
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-    except ModuleNotFoundError as err:
-        raise MetricUnavailable(
-            "FID needs the torch-fidelity package (not installed; `pip install torch-fidelity`) and its "
-            f"InceptionV3 weights at {cached_weights_path(FID_WEIGHTS_URL)} ({FID_WEIGHTS_URL})"
-        ) from err
-    path = _require_cached(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)")
-    return FrechetInceptionDistance(feature=2048, reset_real_features=False, feature_extractor_weights_path=str(path))
+def chance_level(score: str, n_way: int = 50) -> float | None:
+    """A score's expected value for reconstructions unrelated to their images, where defined: 0.5 or k / n."""
+    if score in PAIRWISE or score in TWO_WAY:
+        return 0.5
+    top_k = re.fullmatch(r"top-(\d+)-class( \(max\))?", score)  # n-way top-k (the max over sets too)
+    return int(top_k[1]) / n_way if top_k else None
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -265,7 +243,7 @@ def class_probabilities(images: torch.Tensor, classifier: Classifier, batch_size
 @torch.no_grad()
 def fid(gt: torch.Tensor, samples: torch.Tensor, fid_model: nn.Module | None = None, batch_size: int = 64) -> float:
     """FID of each sample set (S, N, H, W, 3) against the ground truth (N, H, W, 3), averaged over sets."""
-    metric = _fid_metric(fid_model).to(gt.device)
+    metric = load_fid_metric(fid_model).to(gt.device)
 
     def add(images: torch.Tensor, real: bool) -> None:
         for batch in _as_uint8(images).permute(0, 3, 1, 2).split(batch_size):
@@ -278,6 +256,96 @@ def fid(gt: torch.Tensor, samples: torch.Tensor, fid_model: nn.Module | None = N
         values.append(metric.compute().item())
         metric.reset()  # keeps the real features (reset_real_features=False)
     return float(np.mean(values))
+
+
+def mindeye_view(images: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Images (B, H, W, 3) in [0, 255] -> (B, 3, size, size) in [0, 1], resized as MindEye's evaluation does."""
+    x = images.permute(0, 3, 1, 2).to(dtype) / 255
+    # first to 256x256, then to the metric's side, each as torchvision 0.16's tensor Resize (MindEyeV2's
+    # pinned version): bilinear, half-pixel centres, no antialiasing
+    for side in (MINDEYE_SIZE, size):
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=False)
+    return x
+
+
+def _pixcorr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of x[i] and y[i] over all their values, (B, ...) each -> (B,)."""
+    x, y = x.flatten(1), y.flatten(1)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))).clamp(-1.0, 1.0)  # np.corrcoef clips the same way
+
+
+def _gaussian_valid(x: torch.Tensor) -> torch.Tensor:
+    """scipy's gaussian_filter (sigma 1.5, truncate 3.5) of (..., H, W) where its window fits: (..., H-10, W-10)."""
+    radius = int(MINDEYE_SSIM_TRUNCATE * MINDEYE_SSIM_SIGMA + 0.5)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    w = torch.exp(-0.5 * taps.square() / MINDEYE_SSIM_SIGMA**2)
+    w = (w / w.sum()).tolist()
+    # skimage crops `radius` pixels off every border of the SSIM map, so the reflected border never counts;
+    # separable sums of shifted slices, in place: several times faster than a float64 conv2d on the CPU
+    for dim in (-1, -2):
+        size = x.shape[dim] - 2 * radius
+        out = x.narrow(dim, 0, size) * w[0]
+        for k in range(1, len(w)):
+            out.add_(x.narrow(dim, k, size), alpha=w[k])
+        x = out
+    return x
+
+
+def _gray_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """skimage's SSIM (Gaussian weights, population covariance, data range 1) of rgb2gray(x[i]), rgb2gray(y[i]).
+
+    x, y (B, 3, H, W) in [0, 1] -> (B,).
+    """
+    gray = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    gx, gy = (x * gray).sum(1), (y * gray).sum(1)  # (B, H, W)
+    # the five local moments in one pass: (5, B, h, w)
+    ux, uy, uxx, uyy, uxy = _gaussian_valid(torch.stack([gx, gy, gx * gx, gy * gy, gx * gy]))
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return ssim.mean((1, 2))
+
+
+@torch.no_grad()
+def mindeye_pixel_scores(metric: str, gt: torch.Tensor, samples: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """`metric` (pixcorr, ssim_mindeye) of each sample (S, N, H, W, 3) with its image (N, H, W, 3): float64 (S, N)."""
+    score = {"pixcorr": _pixcorr, "ssim_mindeye": _gray_ssim}[metric]
+    out = torch.empty(samples.shape[:2], dtype=torch.float64, device=gt.device)
+    step = min(batch_size, 16)  # ~30 MB of float64 intermediates per 425x425 image
+    for start in range(0, len(gt), step):
+        items = slice(start, start + step)
+        y = mindeye_view(gt[items], MINDEYE_PIXEL_SIZE, torch.float64)  # (b, 3, 425, 425)
+        for s, recon in enumerate(samples):
+            out[s, items] = score(mindeye_view(recon[items], MINDEYE_PIXEL_SIZE, torch.float64), y)
+    return out
+
+
+def _unit_features(images: torch.Tensor, net: nn.Module, spec: FeatureSpec) -> torch.Tensor:
+    """Images (B, H, W, 3) -> the spec's layer flattened, centred and scaled to unit norm: float64 (B, D)."""
+    x = mindeye_view(images, spec.size)  # (B, 3, size, size) float32
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+    out = net((x - mean) / std)
+    f = (out[spec.layer] if isinstance(out, dict) else out).flatten(1).double()
+    f = f - f.mean(1, keepdim=True)
+    return f / f.norm(dim=1, keepdim=True)  # a constant feature vector gives NaN, as np.corrcoef does
+
+
+@torch.no_grad()
+def feature_correlations(
+    recon: torch.Tensor, gt: torch.Tensor, net: nn.Module, spec: FeatureSpec, batch_size: int = 64
+) -> torch.Tensor:
+    """Pearson r of every reconstruction's (M, H, W, 3) features with every image's (N, H, W, 3) -> float64 (M, N)."""
+    y = torch.cat([_unit_features(batch, net, spec) for batch in gt.split(batch_size)])  # (N, D)
+    return torch.cat([_unit_features(batch, net, spec) @ y.T for batch in recon.split(batch_size)])
+
+
+def _mindeye_feature_score(metric: str, gt: torch.Tensor, samples: torch.Tensor, net: nn.Module, batch: int) -> float:
+    num_sets, n = samples.shape[:2]
+    r = feature_correlations(samples.flatten(0, 1), gt, net, FEATURES[metric], batch).view(num_sets, n, n)
+    if metric in DISTANCES:  # scipy.spatial.distance.correlation with the own image
+        return (1 - r.diagonal(dim1=-2, dim2=-1)).mean().item()
+    return identification_accuracy(r, lower_is_better=False).mean().item()
 
 
 def _check_images(gt_images: Images, samples: Images) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +375,7 @@ def evaluate(
     classifier: Classifier | None = None,
     lpips_model: nn.Module | None = None,
     fid_model: nn.Module | None = None,
+    feature_nets: Mapping[str, nn.Module] | None = None,
     n_way: int = 50,
     num_trials: int = 1000,
     top_k: int = 1,
@@ -314,19 +383,23 @@ def evaluate(
     device: torch.device | str | None = None,
     batch_size: int = 64,
 ) -> EvalResult:
-    """Score samples (S, N, H, W, 3) against gt_images (N, H, W, 3) -> {"scores": ..., "skipped": ...}."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; expected names from {METRICS}")
+    """Score samples (S, N, H, W, 3) against gt_images (N, H, W, 3) -> {"scores": ..., "skipped": ...}.
+
+    `classifier`, `lpips_model`, `fid_model` and `feature_nets` (network name of `feature_nets.FEATURES` ->
+    module) replace the networks otherwise loaded from the local caches.
+    """
+    metrics = expand_metrics(metrics)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     gt, samples = (t.to(device) for t in _check_images(gt_images, samples))
     num_sets, n = samples.shape[:2]
+    nets = dict(feature_nets or {})  # loaded once per call: alexnet2 and alexnet5 share AlexNet
     result = EvalResult(scores={}, skipped={})
     for metric in metrics:
         try:
-            if n < 2:
+            # pixcorr, SSIM and the distances compare a reconstruction with its own image only
+            if n < 2 and metric not in ("pixcorr", "ssim_mindeye", *DISTANCES):
                 raise MetricUnavailable(f"needs at least 2 test images, got {n}")
             if metric in PAIRWISE:
                 model = None
@@ -346,8 +419,14 @@ def evaluate(
                 per_set = accuracy.view(num_sets, n).mean(1)
                 result["scores"][f"top-{top_k}-class"] = per_set.mean().item()
                 result["scores"][f"top-{top_k}-class (max)"] = per_set.max().item()
-            else:
+            elif metric == "fid":
                 result["scores"]["fid"] = fid(gt, samples, fid_model, batch_size)
+            elif metric in FEATURES:
+                net = FEATURES[metric].net
+                nets[net] = nets[net].to(device) if net in nets else load_feature_net(net, device)
+                result["scores"][metric] = _mindeye_feature_score(metric, gt, samples, nets[net], batch_size)
+            else:
+                result["scores"][metric] = mindeye_pixel_scores(metric, gt, samples, batch_size).mean().item()
         except MetricUnavailable as err:
             log.warning("metric %s skipped: %s", metric, err)
             result["skipped"].update(dict.fromkeys(_score_names(metric, top_k), str(err)))

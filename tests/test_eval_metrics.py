@@ -9,6 +9,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import eval_metrics
+import feature_nets
 from eval_metrics import (
     PAIRWISE,
     draw_n_way_trials,
@@ -21,8 +22,8 @@ from eval_metrics import (
 N, SIZE, SETS = 6, 16, 2
 
 
-def _images(*shape, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (*shape, SIZE, SIZE, 3), dtype=np.uint8)
+def _images(*shape, seed=0, size=SIZE):
+    return np.random.default_rng(seed).integers(0, 256, (*shape, size, size, 3), dtype=np.uint8)
 
 
 def _conv(in_ch, out_ch, seed):
@@ -240,7 +241,7 @@ def test_vit_classifier_loads_from_the_cache_and_preprocesses_like_pil(tmp_path,
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     weights = torchvision.models.ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1
-    path = eval_metrics.cached_weights_path(weights.url)
+    path = feature_nets.cached_weights_path(weights.url)
     path.parent.mkdir(parents=True)
     path.touch()
     built = []
@@ -274,3 +275,244 @@ def test_bad_input_raises_clear_errors():
         evaluate(gt.astype(np.float32), gt[None], metrics=["mse_uint8"])
     with pytest.raises(ValueError, match="n_way must be"):
         evaluate(gt, gt[None], metrics=["n_way"], classifier=(TinyClassifier(num_classes=4), _preprocess), n_way=5)
+
+
+# ---- MindEye's suite: the definitions as MindEye's evaluation computes them, image by image ----
+
+
+class TinyFeatureNet(nn.Module):
+    """Random conv features pooled to 4x4; named layers (a dict, as AlexNet's extractor) or one tensor."""
+
+    def __init__(self, layers=(), seed=5):
+        super().__init__()
+        self.layers = layers
+        self.convs = nn.ModuleList(_conv(3, 4, seed + i) for i in range(max(1, len(layers))))
+
+    def forward(self, x):
+        outs = [F.adaptive_avg_pool2d(conv(x), 4) for conv in self.convs]  # (B, 4, 4, 4) each
+        return dict(zip(self.layers, outs, strict=True)) if self.layers else outs[0]
+
+
+def _tiny_feature_nets():
+    return {
+        "alexnet": TinyFeatureNet(("features.4", "features.11")),
+        "inception": TinyFeatureNet(seed=7),
+        "clip": TinyFeatureNet(seed=8),
+        "effnet": TinyFeatureNet(seed=9),
+        "swav": TinyFeatureNet(seed=10),
+    }
+
+
+def _mindeye_input(images, size, dtype=torch.float32):
+    """What MindEye's notebooks feed a metric: [0, 1] floats, Resize((256, 256)) then Resize(size), tensors."""
+    from torchvision import transforms
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(dtype) / 255
+    for side in ((256, 256), size):  # torchvision 0.16's tensor default: no antialiasing
+        x = transforms.Resize(side, interpolation=transforms.InterpolationMode.BILINEAR, antialias=False)(x)
+    return x
+
+
+def _mindeye_pixel_reference(metric, gt, samples):
+    from skimage.color import rgb2gray
+
+    per_set = []
+    for recon in samples:
+        real, fake = (_mindeye_input(x, 425, torch.float64).numpy() for x in (gt, recon))  # (N, 3, 425, 425)
+        if metric == "pixcorr":
+            scores = [np.corrcoef(real[i].reshape(-1), fake[i].reshape(-1))[0, 1] for i in range(len(gt))]
+        else:
+            real, fake = rgb2gray(real.transpose(0, 2, 3, 1)), rgb2gray(fake.transpose(0, 2, 3, 1))
+            scores = [
+                structural_similarity(
+                    fake[i], real[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+                )
+                for i in range(len(gt))
+            ]
+        per_set.append(np.mean(scores))
+    return np.mean(per_set)
+
+
+@pytest.mark.parametrize("metric", ["pixcorr", "ssim_mindeye"])
+def test_mindeye_pixel_metrics_match_the_per_image_reference(metric):
+    # larger than MindEye's 256x256, so its first resize shrinks (without antialiasing) and the second grows
+    gt, samples = _images(4, size=300), _images(SETS, 4, seed=1, size=300)
+    samples[:, :2] = gt[:2] // 2 + samples[:, :2] // 2
+    result = evaluate(gt, samples, metrics=[metric], device="cpu", batch_size=3)
+    assert result["skipped"] == {}
+    assert result["scores"][metric] == pytest.approx(_mindeye_pixel_reference(metric, gt, samples), abs=1e-10)
+    assert evaluate(gt[:2], gt[None, :2], metrics=[metric])["scores"][metric] == pytest.approx(1.0, abs=1e-12)
+
+
+def _mindeye_features(images, net, spec):
+    from torchvision import transforms
+
+    x = transforms.Normalize(spec.mean, spec.std)(_mindeye_input(images, spec.size))
+    with torch.no_grad():
+        out = net(x)
+    return (out[spec.layer] if isinstance(out, dict) else out).flatten(1).numpy()
+
+
+def _mindeye_feature_reference(metric, gt, samples, net):
+    """MindEye's two_way_identification / correlation distance, one reconstruction at a time."""
+    import scipy.spatial
+
+    spec = feature_nets.FEATURES[metric]
+    reals, n = _mindeye_features(gt, net, spec), len(gt)
+    per_set, matrices = [], []
+    for recon in samples:
+        preds = _mindeye_features(recon, net, spec)
+        r = np.corrcoef(reals, preds)[:n, n:]  # r[i, j]: image i against reconstruction j
+        matrices.append(r.T)
+        if metric in ("effnet", "swav"):
+            per_set.append(np.mean([scipy.spatial.distance.correlation(reals[j], preds[j]) for j in range(n)]))
+        else:
+            per_set.append(np.mean([sum(r[i, j] < r[j, j] for i in range(n)) / (n - 1) for j in range(n)]))
+    return np.mean(per_set), np.concatenate(matrices)
+
+
+@pytest.mark.parametrize("metric", ["alexnet2", "alexnet5", "inception", "clip", "effnet", "swav"])
+def test_mindeye_feature_metrics_match_the_per_image_reference(metric):
+    gt, samples = _images(N), _images(SETS, N, seed=1)
+    samples[:, :3] = gt[:3] // 2 + samples[:, :3] // 2
+    nets = _tiny_feature_nets()
+    spec = feature_nets.FEATURES[metric]
+    expected, expected_r = _mindeye_feature_reference(metric, gt, samples, nets[spec.net])
+
+    r = eval_metrics.feature_correlations(
+        torch.from_numpy(samples).flatten(0, 1), torch.from_numpy(gt), nets[spec.net], spec, batch_size=5
+    )
+    np.testing.assert_allclose(r.numpy(), expected_r, rtol=1e-9, atol=1e-9)
+    result = evaluate(gt, samples, metrics=[metric], feature_nets=nets, device="cpu", batch_size=4)
+    assert result["skipped"] == {}
+    assert result["scores"][metric] == pytest.approx(expected, abs=1e-9)
+
+
+def test_mindeye_group_on_perfect_reconstructions():
+    gt = _images(4)
+    result = evaluate(gt, gt[None], metrics=["mindeye"], feature_nets=_tiny_feature_nets())
+    assert list(result["scores"]) == list(eval_metrics.MINDEYE_METRICS) and result["skipped"] == {}
+    for metric, value in result["scores"].items():
+        assert value == pytest.approx(0.0 if metric in ("effnet", "swav") else 1.0, abs=1e-9), metric
+
+
+def test_metric_names_groups_and_chance_levels():
+    assert eval_metrics.expand_metrics(["mse", "mindeye", "pixcorr"]) == ["mse", *eval_metrics.MINDEYE_METRICS]
+    with pytest.raises(ValueError, match=r"unknown metrics \['alexnet'\]"):
+        eval_metrics.expand_metrics(["alexnet"])
+    chance = eval_metrics.chance_level
+    assert chance("ssim") == chance("clip") == 0.5
+    assert chance("top-1-class", n_way=50) == chance("top-1-class (max)", n_way=50) == 0.02
+    assert chance("top-5-class", n_way=10) == 0.5
+    assert chance("fid") is None and chance("pixcorr") is None and chance("swav") is None
+
+
+def test_mindeye_metrics_without_weights_are_skipped_naming_the_file(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("eval_metrics must not download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    gt = _images(3)
+    result = evaluate(gt, _images(1, 3, seed=1), metrics=["mindeye"], device="cpu")
+    assert set(result["scores"]) == {"pixcorr", "ssim_mindeye"}
+    skipped = result["skipped"]
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    expected = {
+        "alexnet2": checkpoints / "alexnet-owt-7be5be79.pth",
+        "alexnet5": checkpoints / "alexnet-owt-7be5be79.pth",
+        "inception": checkpoints / "inception_v3_google-0cc3c7bd.pth",
+        "effnet": checkpoints / "efficientnet_b1-c27df63c.pth",
+        "swav": checkpoints / "swav_800ep_pretrain.pth.tar",
+        "clip": tmp_path / "hf" / "hub" / "models--timm--vit_large_patch14_clip_224.openai",
+    }
+    assert set(skipped) == set(expected)
+    for metric, path in expected.items():
+        assert str(path) in skipped[metric] and "\n" not in skipped[metric], metric
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+class TinyTorchvisionNet(nn.Module):
+    """Has the nodes FEATURES reads from torchvision's nets: features.4, features.11, avgpool."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        self.features = nn.Sequential(_conv(3, 4, seed=11), *[nn.ReLU() for _ in range(11)])
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "net, builder, weights",
+    [
+        ("alexnet", "alexnet", "AlexNet_Weights"),
+        ("inception", "inception_v3", "Inception_V3_Weights"),
+        ("effnet", "efficientnet_b1", "EfficientNet_B1_Weights"),
+    ],
+)
+def test_torchvision_feature_nets_load_from_the_cache(tmp_path, monkeypatch, net, builder, weights):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected_weights = getattr(torchvision.models, weights).DEFAULT
+    path = feature_nets.cached_weights_path(expected_weights.url)
+    path.parent.mkdir(parents=True)
+    path.touch()
+    built = []
+    monkeypatch.setattr(torchvision.models, builder, lambda weights: built.append(weights) or TinyTorchvisionNet())
+    model = feature_nets.load_feature_net(net, "cpu")
+    assert built == [expected_weights] and not model.training
+    out = model(torch.rand(2, 3, 20, 20))
+    layers = {spec.layer for spec in feature_nets.FEATURES.values() if spec.net == net}
+    assert set(out) == layers and all(len(v) == 2 for v in out.values())
+
+
+def test_swav_loads_the_backbone_from_the_cached_state_dict(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = feature_nets.cached_weights_path(feature_nets.SWAV_URL)
+    path.parent.mkdir(parents=True)
+    source = TinyTorchvisionNet()
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    state["module.projection_head.0.weight"] = torch.zeros(2, 2)  # SwAV's head: not part of the ResNet
+    torch.save(state, path)
+    monkeypatch.setattr(torchvision.models, "resnet50", TinyTorchvisionNet)
+    model = feature_nets.load_feature_net("swav", "cpu")
+    x = torch.rand(2, 3, 20, 20)
+    torch.testing.assert_close(model(x)["avgpool"], source.avgpool(source.features(x)))
+
+    torch.save({"module.other.weight": torch.zeros(2)}, path)
+    with pytest.raises(feature_nets.MetricUnavailable, match="not SwAV's ResNet-50 checkpoint"):
+        feature_nets.load_feature_net("swav", "cpu")
+
+
+def test_clip_loads_open_clip_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--timm--vit_large_patch14_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    weights = repo / "snapshots" / "abc123" / "open_clip_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.touch()
+    calls = []
+
+    def create_model(name, pretrained, force_quick_gelu):
+        calls.append((name, pretrained, force_quick_gelu))
+        return types.SimpleNamespace(visual=TinyFeatureNet())
+
+    monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(create_model=create_model))
+    model = feature_nets.load_feature_net("clip", "cpu")
+    assert calls == [("ViT-L-14", str(weights), True)] and not model.training
