@@ -63,6 +63,28 @@ def _require(path: Path, folder: bool = False) -> Path:
     return path
 
 
+SIMULATION_MARKER = "simulation.json"  # written by make_synthetic_data.py beside HCP/, Kamitani/, BOLD5000/
+
+
+def _data_root(path: Path) -> Path:
+    """A data folder that exists and is not part of a simulation left incomplete (its marker says so)."""
+    root = _require(path, folder=True)
+    for folder in [root, *root.resolve().parents][:4]:  # e.g. <sim>/Kamitani/npz -> <sim>/simulation.json
+        marker = folder / SIMULATION_MARKER
+        if marker.is_file():
+            try:
+                complete = json.loads(marker.read_text()).get("complete", False)
+            except (json.JSONDecodeError, AttributeError):
+                complete = False
+            if not complete:
+                raise DataFormatError(
+                    f"{marker}: the simulated data set is incomplete (interrupted?); simulate it again with "
+                    f"python code/make_synthetic_data.py --out {folder} --overwrite"
+                )
+            break
+    return root
+
+
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     with np.load(_require(path)) as npz:
         absent = [k for k in keys if k not in npz.files]
@@ -253,7 +275,7 @@ def create_hcp_dataset(
     keys = HCP_ROIS if roi == "VC" else (roi,)
     arrays = []
     if include_hcp:
-        root = _require(Path(path), folder=True)
+        root = _data_root(Path(path))
         files = [root / s / HCP_FILE for s in sorted(os.listdir(root)) if (root / s / HCP_FILE).is_file()]
         if not files:
             raise _missing(root / "<subject>" / HCP_FILE)
@@ -268,7 +290,7 @@ def create_hcp_dataset(
         arrays = pad_all_to_longest(arrays)
         arrays = [interpolate_augment(np.concatenate(arrays), aug_times, np.random.default_rng(seed))]
     if include_kam:
-        kam = _require(Path(kam_path), folder=True)
+        kam = _data_root(Path(kam_path))
         subjects = sorted((p.stem for p in kam.glob("sbj_*.npz")), key=lambda s: (len(s), s))
         if not subjects:
             raise _missing(kam / "sbj_<k>.npz")
@@ -397,7 +419,7 @@ def create_god_dataset(
         raise ValueError(f"GOD roi must be one of {GOD_ROIS}, got {roi!r}")
     if test_norm not in ("published", "train"):
         raise ValueError(f"test_norm must be 'published' or 'train', got {test_norm!r}")
-    root = _require(Path(path), folder=True)
+    root = _data_root(Path(path))
     labels = read_god_labels(root)
     image_file = root / "images_256.npz"
     images = _load_npz(image_file, ("train_images", "test_images"))
@@ -478,7 +500,7 @@ def create_bold5000_dataset(
     Test rows are in the order of the repeated-image list (images a subject never saw are left out), followed
     with `include_nonavg_test` by their single trials grouped the same way. Labels are unknown (-1).
     """
-    root = _require(Path(path), folder=True)
+    root = _data_root(Path(path))
     fmri_dir = _require(root / "BOLD5000_GLMsingle_ROI_betas" / "py", folder=True)
     stim = root / "BOLD5000_Stimuli"
     dict_file = _require(stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy")

@@ -14,7 +14,8 @@ describes the files and every knob (`simulation/spec.py`).
 
 `draw_class_images(out, per_class)` draws new images of every GOD class of a simulation (its "ImageNet").
 The same seed gives identical arrays. The script refuses to write where data already are unless
-`--overwrite`, and even then only replaces a folder it wrote itself (it leaves `simulation.json`).
+`--overwrite`, and even then deletes only the files its `simulation.json` lists, refusing when the folders
+hold anything else.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from errors import DEBUG_HELP, UserError, run_main
 from simulation import brain, stimuli, writers
 from simulation.spec import SIZES, SimSpec
 
@@ -48,30 +50,61 @@ def _seeded(seed: int) -> Callable[..., np.random.Generator]:
     return rng_for
 
 
+STAGING = ".simulating"  # written here first, moved into place when complete
+
+
+class SimulationExistsError(UserError, FileExistsError):
+    """The output folder holds data; replacing it needs --overwrite, and never touches files we did not write."""
+
+
+def _files_under(out: Path, names: tuple[str, ...]) -> set[str]:
+    """Every file below out/<name> for the given names, as paths relative to `out`."""
+    return {p.relative_to(out).as_posix() for n in names if (out / n).exists() for p in (out / n).rglob("*")
+            if not p.is_dir()}  # fmt: skip
+
+
 def _prepare(out: Path, overwrite: bool) -> None:
-    """Refuse to write over data unless `overwrite`; never delete data this script did not write."""
-    present = [name for name in (*LAYOUTS, MARKER) if (out / name).exists()]
+    """Refuse to write over data unless `overwrite`; then delete only the files the last simulation listed."""
+    present = [name for name in (*LAYOUTS, MARKER, STAGING) if (out / name).exists()]
     if not present:
         return
     if not overwrite:
-        raise FileExistsError(f"{out} already holds data ({', '.join(present)}); pass --overwrite to replace it")
+        raise SimulationExistsError(
+            f"{out} already holds data ({', '.join(present)}); pass --overwrite to replace a simulation"
+        )
     if not (out / MARKER).is_file():
-        raise FileExistsError(
+        raise SimulationExistsError(
             f"{out} holds data that make_synthetic_data.py did not write (no {MARKER}); "
             "refusing to delete it even with --overwrite: remove it yourself or choose another --out"
         )
-    for name in present:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    listed = set(json.loads((out / MARKER).read_text()).get("files", []))
+    foreign = sorted(_files_under(out, LAYOUTS) - listed)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise SimulationExistsError(
+            f"{out} holds files the simulation did not write: {', '.join(foreign[:5])}{more}; refusing to "
+            "replace it even with --overwrite: move them away or choose another --out"
+        )
+    for rel in listed:
+        (out / rel).unlink(missing_ok=True)
+    shutil.rmtree(out / STAGING, ignore_errors=True)  # an interrupted run's own scratch folder
+    for name in LAYOUTS:  # now-empty folders, deepest first
+        for folder in sorted((p for p in (out / name).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            folder.rmdir()
+        if (out / name).is_dir():
+            (out / name).rmdir()
+    (out / MARKER).unlink()
 
 
-def _write_marker(out: Path, size: str, seed: int, spec: SimSpec, complete: bool) -> None:
+def _write_marker(out: Path, size: str, seed: int, spec: SimSpec, files: list[str] | None) -> None:
+    """simulation.json: settings, and once every file is in place `"complete": true` and the list of files."""
     tmp = out / (MARKER + ".tmp")
     info = {
         "generator": "code/make_synthetic_data.py",
         "size": size,
         "seed": seed,
-        "complete": complete,
+        "complete": files is not None,
+        "files": files or [],
         "settings": asdict(spec),
     }
     tmp.write_text(json.dumps(info, indent=1) + "\n")
@@ -89,7 +122,8 @@ def make_synthetic_data(
     """Simulate HCP/, Kamitani/ and BOLD5000/ under `out` at a preset size; returns `out`.
 
     `overrides` replace settings of the preset (any SimSpec field, e.g. snr=0.5, voxel_scale=0.2).
-    `out/simulation.json` records the settings and, once everything is written, `"complete": true`.
+    `out/simulation.json` records the settings and, once everything is in place, `"complete": true` and the list
+    of files written (which is all that `overwrite` ever deletes).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -101,15 +135,20 @@ def make_synthetic_data(
     out = Path(out)
     _prepare(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _write_marker(out, size, int(seed), spec, complete=False)
+    _write_marker(out, size, int(seed), spec, files=None)
     rng_for = _seeded(int(seed))
     space = brain.SemanticSpace.sample(rng_for("semantic space"), spec.embed_dim)  # shared by every subject
     start = time.time()
     log.info("simulating the %s data set in %s (seed %d)", size, out, seed)
-    writers.write_god(out / "Kamitani" / "npz", spec, space, rng_for)
-    writers.write_bold5000(out / "BOLD5000", spec, space, rng_for)
-    writers.write_hcp(out / "HCP" / "npz", spec, rng_for)
-    _write_marker(out, size, int(seed), spec, complete=True)
+    staging = out / STAGING  # an interrupted run leaves only this folder and an incomplete marker
+    writers.write_god(staging / "Kamitani" / "npz", spec, space, rng_for)
+    writers.write_bold5000(staging / "BOLD5000", spec, space, rng_for)
+    writers.write_hcp(staging / "HCP" / "npz", spec, rng_for)
+    files = sorted(_files_under(staging, LAYOUTS))
+    for name in LAYOUTS:
+        (staging / name).replace(out / name)
+    staging.rmdir()
+    _write_marker(out, size, int(seed), spec, files=files)
     log.info("simulated %s data written to %s in %.1f s", size, out, time.time() - start)
     return out
 
@@ -144,6 +183,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace a simulation already in --out")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     knobs = parser.add_argument_group("settings (default: the preset of --size; see data/README.md)")
     for f in fields(SimSpec):
         if f.name != "progress":
@@ -153,9 +193,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         make_synthetic_data(args.out, args.size, args.seed, args.overwrite, **overrides)
-    except (FileExistsError, ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # settings that cannot be simulated
         parser.error(str(e))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset import create_bold5000_dataset, create_god_dataset, create_hcp_dataset
+from checkpoint import load_pickled_npy
+from dataset import DataFormatError, create_bold5000_dataset, create_god_dataset, create_hcp_dataset
 from make_synthetic_data import draw_class_images, make_synthetic_data
 from simulation.spec import SIZES
 from simulation.stimuli import ATTRIBUTE_SIZES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
@@ -26,6 +28,12 @@ def tiny(tmp_path_factory) -> Path:
     return make_synthetic_data(tmp_path_factory.mktemp("sim") / "tiny", size="tiny", seed=0)
 
 
+@pytest.fixture
+def tiny_copy(tiny, tmp_path) -> Path:
+    """A copy of the tiny simulation that a test may change."""
+    return Path(shutil.copytree(tiny, tmp_path / "copy"))
+
+
 def _contents(root: Path) -> dict[str, object]:
     """Every array (npz keys, npy files, img_dict images) and every text file under root, by relative path."""
     out: dict[str, object] = {}
@@ -35,7 +43,7 @@ def _contents(root: Path) -> dict[str, object]:
             with np.load(path) as npz:
                 out.update({f"{rel}:{k}": npz[k] for k in npz.files})
         elif path.name == "img_dict.npy":
-            out.update({f"{rel}:{k}": v for k, v in np.load(path, allow_pickle=True).item().items()})
+            out.update({f"{rel}:{k}": v for k, v in load_pickled_npy(path).items()})
         elif path.suffix == ".npy":
             out[rel] = np.load(path)
         elif path.is_file() and path.name != "simulation.json":
@@ -80,6 +88,25 @@ def test_overwrite_never_deletes_data_it_did_not_write(tmp_path):
     with pytest.raises(FileExistsError, match="did not write"):
         make_synthetic_data(tmp_path, size="tiny", overwrite=True)
     assert real.read_bytes() == b"a user's download"
+
+
+def test_overwrite_deletes_only_the_files_it_listed(tiny_copy):
+    """A user's file inside a simulated folder survives --overwrite, which then refuses and names it."""
+    mine = tiny_copy / "Kamitani" / "npz" / "my_notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"did not write: Kamitani/npz/my_notes\.txt"):
+        make_synthetic_data(tiny_copy, size="tiny", overwrite=True)
+    assert mine.read_text() == "keep me" and (tiny_copy / "Kamitani" / "npz" / "sbj_1.npz").is_file()
+    mine.unlink()
+    make_synthetic_data(tiny_copy, size="tiny", seed=1, overwrite=True)
+    assert json.loads((tiny_copy / "simulation.json").read_text())["complete"] is True
+
+
+def test_readers_refuse_an_incomplete_simulation(tiny_copy):
+    marker = tiny_copy / "simulation.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "complete": False}))
+    with pytest.raises(DataFormatError, match=r"simulation\.json.*incomplete"):
+        create_god_dataset(tiny_copy / "Kamitani" / "npz")
 
 
 def test_bad_settings_fail_before_writing(tmp_path):
