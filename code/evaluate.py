@@ -1,0 +1,207 @@
+"""Score any method's reconstructions against the images that were seen: MinD-Vis's metrics and MindEye's.
+
+    python code/evaluate.py --recon results/gen_eval/<run>/samples.npy --gt stimuli.npy
+    python code/evaluate.py --recon my_recons/ --gt test_images/ --metrics mindeye --out results/mine
+    python code/evaluate.py --recon my_recons/ --gt test_images/ --metrics mse pcc ssim n_way --n_way 50
+
+Accepted layouts (a folder and a .npy may be mixed):
+
+  --gt     a folder of PNG/JPG images, one per test image, taken in file-name order; or a .npy of
+           uint8 (N, H, W, 3)
+  --recon  a folder of PNG/JPG files named <gt-stem>_<k>.<ext>: sample k of the image <gt-stem>
+           (test_images/cat.png -> my_recons/cat_0.png, cat_1.png, ...; every image with the same k's,
+           sample set s = the s-th smallest k); or a .npy of uint8 (S, N, H, W, 3) or (N, H, W, 3), items in
+           the ground truth's order
+
+Images are read as RGB (greyscale and RGBA files are converted) and must all have the ground truth's size.
+Writes `metrics.json` (scores, the reasons of skipped metrics, chance levels) and `metrics.png` (a bar per
+metric, chance dashed) into --out, and prints a table. Metrics whose network weights are not in the local
+caches are skipped with the path they expect; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import eval_metrics
+from errors import DEBUG_HELP, UsageError, UserError, run_main
+from figures import metric_bar_chart
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_METRICS = (*eval_metrics.DEFAULT_METRICS, "mindeye")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit code 2 through run_main, not usage + message
+        raise UsageError(f"{message} (see --help)")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))  # uint8 (H, W, 3)
+    except OSError as err:
+        raise UserError(f"{path}: not a readable image ({err})") from err
+
+
+def _image_files(folder: Path, flag: str) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{flag} {folder}: the folder holds no PNG/JPG images")
+    return files
+
+
+def _stack(images: list[np.ndarray], files: list[Path], size: tuple[int, int], what: str) -> np.ndarray:
+    for img, path in zip(images, files, strict=True):
+        if img.shape[:2] != size:
+            raise UserError(f"{path}: {img.shape[1]}x{img.shape[0]} pixels, but {what} are {size[1]}x{size[0]}")
+    return np.stack(images)
+
+
+def _load_npy(path: Path, flag: str, shapes: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{flag} {path}: not a readable .npy file ({err})") from err
+    if array.dtype != np.uint8:
+        raise UserError(
+            f"{flag} {path}: expected uint8 {shapes}, got {array.dtype} (from floats in [0, 1]: "
+            "(x * 255).round().astype(np.uint8))"
+        )
+    if array.ndim not in (4, 5) or array.shape[-1] != 3:
+        raise UserError(f"{flag} {path}: expected uint8 {shapes}, got shape {array.shape}")
+    return array
+
+
+def _check_path(path: Path, flag: str) -> None:
+    if not path.exists():
+        raise UserError(f"{flag} {path}: no such file or folder")
+    if not path.is_dir() and path.suffix.lower() != ".npy":
+        raise UsageError(f"{flag} {path}: expected a folder of PNG/JPG images or a .npy file")
+
+
+def load_gt(path: Path) -> tuple[np.ndarray, list[str]]:
+    """The ground truth uint8 (N, H, W, 3) and the names of its items (file stems, or indices of a .npy)."""
+    _check_path(path, "--gt")
+    if path.is_dir():
+        files = _image_files(path, "--gt")
+        images = [_read_image(p) for p in files]
+        return _stack(images, files, images[0].shape[:2], f"{files[0].name} and the rest"), [p.stem for p in files]
+    gt = _load_npy(path, "--gt", "(N, H, W, 3)")
+    if gt.ndim != 4:
+        raise UserError(f"--gt {path}: expected uint8 (N, H, W, 3), got shape {gt.shape}")
+    return gt, [str(i) for i in range(len(gt))]
+
+
+def load_recon(path: Path, gt: np.ndarray, names: list[str]) -> np.ndarray:
+    """The reconstructions uint8 (S, N, H, W, 3), matched to the ground truth (N, H, W, 3) and its item names."""
+    _check_path(path, "--recon")
+    if path.is_dir():
+        samples = _match_recon_files(path, names)
+        files = [f for per_item in samples.values() for f in per_item]
+        images = _stack([_read_image(f) for f in files], files, gt.shape[1:3], "the ground truth images")
+        return images.reshape(len(names), -1, *gt.shape[1:]).swapaxes(0, 1)  # read item by item: (N, S) -> (S, N)
+    recon = _load_npy(path, "--recon", "(S, N, H, W, 3) or (N, H, W, 3)")
+    recon = recon[None] if recon.ndim == 4 else recon
+    if recon.shape[1] != len(gt):
+        raise UserError(f"--recon {path}: {recon.shape[1]} reconstructions per sample set, but --gt has {len(gt)}")
+    if recon.shape[2:] != gt.shape[1:]:
+        raise UserError(f"--recon {path}: images of shape {recon.shape[2:]}, but --gt's are {gt.shape[1:]}")
+    return recon
+
+
+def _match_recon_files(folder: Path, names: list[str]) -> dict[str, list[Path]]:
+    """Item name -> its sample files <name>_<k>.<ext> in order of k; every item must have the same k's."""
+    samples: dict[str, dict[int, Path]] = {name: {} for name in names}
+    for path in _image_files(folder, "--recon"):
+        stem, _, k = path.stem.rpartition("_")
+        if stem not in samples or not k.isdigit():
+            raise UserError(
+                f"--recon {path}: expected files named <gt-stem>_<k>.png|jpg for the --gt images "
+                f"(e.g. {names[0]}_0.png)"
+            )
+        if int(k) in samples[stem]:
+            raise UserError(f"--recon {path}: sample {int(k)} of {stem} appears twice ({samples[stem][int(k)].name})")
+        samples[stem][int(k)] = path
+    ks = sorted(samples[names[0]])
+    for name in names:
+        if sorted(samples[name]) != ks:
+            raise UserError(
+                f"--recon {folder}: {name} has {len(samples[name])} sample files (k = {sorted(samples[name])}) "
+                f"but {names[0]} has {len(ks)} (k = {ks}); every image needs the same samples"
+            )
+    return {name: [samples[name][k] for k in ks] for name in names}
+
+
+def format_table(result: dict, chance: dict[str, float]) -> str:
+    """The scores as an aligned table (metric, value, which way is better, chance), then the skipped ones."""
+    width = max([len("metric"), *map(len, result["scores"]), *map(len, result["skipped"])])
+    lines = [f"{'metric':<{width}}  {'value':>9}  better  chance"]
+    for name, value in result["scores"].items():
+        better = "lower" if name in eval_metrics.LOWER_IS_BETTER else "higher"
+        level = f"{chance[name]:.3f}" if name in chance else "-"
+        lines.append(f"{name:<{width}}  {value:>9.4f}  {better:<6}  {level}")
+    lines += [f"{name:<{width}}  skipped: {reason}" for name, reason in result["skipped"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line: load, score, write metrics.json and metrics.png, print the table."""
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recon", required=True, type=Path, help="reconstructions: a folder or a .npy (see above)")
+    parser.add_argument("--gt", required=True, type=Path, help="ground truth images: a folder or a .npy (see above)")
+    names = f"metrics: {', '.join(eval_metrics.METRICS)}; groups: {', '.join(eval_metrics.METRIC_GROUPS)}"
+    default = " ".join(DEFAULT_METRICS)
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                        help=f"metric or group names (default: {default}); {names}")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="output folder (default: results/evaluate/<time stamp>)")
+    parser.add_argument("--n_way", type=int, default=50, help="n of the n-way top-k classification (default: 50)")
+    parser.add_argument("--num_trials", type=int, default=1000, help="n-way trials per reconstruction")
+    parser.add_argument("--top_k", type=int, default=1, help="k of the n-way top-k classification (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the n-way trials")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per network call")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args()
+    try:
+        metrics = eval_metrics.expand_metrics(args.metrics)
+    except ValueError as err:
+        raise UsageError(f"--metrics: {err}") from err
+    for flag in ("n_way", "num_trials", "top_k", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    logging.getLogger("mindvis.eval_metrics").setLevel(logging.ERROR)  # the table gives skipped metrics' reasons
+
+    gt, names = load_gt(args.gt)
+    recon = load_recon(args.recon, gt, names)
+    print(f"{recon.shape[0]} x {recon.shape[1]} reconstructions of {len(gt)} images, {gt.shape[2]}x{gt.shape[1]}")
+    device = None if args.device == "auto" else args.device
+    settings = dict(n_way=args.n_way, num_trials=args.num_trials, top_k=args.top_k, seed=args.seed)
+    try:
+        result = eval_metrics.evaluate(gt, recon, metrics, **settings, device=device, batch_size=args.batch_size)
+    except ValueError as err:  # images the metrics cannot score (too small, fewer classes than --n_way, ...)
+        raise UserError(str(err)) from err
+    chance = {name: eval_metrics.chance_level(name, args.n_way) for name in result["scores"]}
+    chance = {name: level for name, level in chance.items() if level is not None}
+
+    out = args.out or Path("results") / "evaluate" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    lower = sorted(eval_metrics.LOWER_IS_BETTER & set(result["scores"]))
+    report = {**result, "chance": chance, "lower_is_better": lower, "gt": str(args.gt), "recon": str(args.recon),
+              "num_items": len(gt), "num_samples": recon.shape[0], **settings}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(format_table(result, chance))
+    if result["scores"]:
+        metric_bar_chart({args.recon.name: result["scores"]}, out / "metrics.png", chance, title=f"{args.recon}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

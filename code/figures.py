@@ -1,0 +1,53 @@
+"""Figures of evaluation results shared by the evaluator, gen_eval and the demo's summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's global state alone
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+
+def metric_bar_chart(
+    series: dict[str, dict[str, float]], path: str | Path, chance: dict[str, float] | None = None, title: str = ""
+) -> Path:
+    """One panel per metric with a bar per series (label -> metric -> value), chance levels dashed where given.
+
+    Each metric gets its own panel and y scale because the scores differ in range (accuracies, distances,
+    FID); a series without a value for a metric (skipped, or NaN) has no bar there.
+    """
+    metrics = list(dict.fromkeys(m for scores in series.values() for m in scores))
+    if not metrics:
+        raise ValueError("metric_bar_chart needs at least one value")
+    chance = chance or {}
+    cols = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(2.4 * cols + 0.4, 2.2 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for i, label in enumerate(series):
+            value = series[label].get(metric)
+            if value is None or not math.isfinite(value):
+                continue
+            ax.bar(i, value, width=0.8, color=f"C{i}")
+            ax.annotate(f"{value:.3g}", (i, value), xytext=(0, 2 if value >= 0 else -2), textcoords="offset points",
+                        ha="center", va="bottom" if value >= 0 else "top", fontsize=7)  # fmt: skip
+        if metric in chance:
+            ax.axhline(chance[metric], color="k", ls="--", lw=0.8)
+        ax.set_xlim(-0.6, len(series) - 0.4)
+        ax.margins(y=0.15)  # room for the value labels
+        ax.set_xticks([])
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    handles = [Patch(color=f"C{i}", label=label) for i, label in enumerate(series)]
+    if chance.keys() & set(metrics):
+        handles.append(Line2D([], [], color="k", ls="--", lw=0.8, label="chance"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+    return Path(path)
