@@ -142,7 +142,9 @@ def _layers(model: nn.Module, net: str) -> nn.Module:
     from torchvision.models.feature_extraction import create_feature_extractor
 
     nodes = sorted({spec.layer for spec in FEATURES.values() if spec.net == net})
-    return create_feature_extractor(model.eval(), return_nodes=nodes).eval().requires_grad_(False)
+    # only eval mode runs, so InceptionV3's train graph (its auxiliary head) differing does not matter
+    extractor = create_feature_extractor(model.eval(), return_nodes=nodes, suppress_diff_warning=True)
+    return extractor.eval().requires_grad_(False)
 
 
 def _torchvision_net(net: str, what: str) -> nn.Module:

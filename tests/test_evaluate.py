@@ -132,3 +132,16 @@ def test_help_shows_the_layouts():
     done = _run("--help")
     assert done.returncode == 0
     assert "<gt-stem>_<k>" in done.stdout and "(S, N, H, W, 3)" in done.stdout and "mindeye" in done.stdout
+
+
+def test_bar_chart_of_two_series_with_gaps(tmp_path):
+    from figures import metric_bar_chart
+
+    decoded = {"mse": 0.67, "top-1-class": 0.09, "pixcorr": 0.2, "fid": 120.0}
+    control = {"mse": 0.5, "top-1-class": 0.029, "pixcorr": -0.03, "fid": float("nan")}  # NaN: no bar
+    path = metric_bar_chart({"decoded": decoded, "shuffled control": control}, tmp_path / "bars.png",
+                            chance={"mse": 0.5, "top-1-class": 0.02}, title="demo")  # fmt: skip
+    with Image.open(path) as chart:
+        assert chart.format == "PNG"
+    with pytest.raises(ValueError, match="at least one value"):
+        metric_bar_chart({"decoded": {}}, tmp_path / "empty.png")
