@@ -163,11 +163,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
-    """Write `obj` with torch.save atomically: a temporary file in the same folder, then a rename."""
+    """Write `obj` with torch.save atomically: a temporary file in the same folder, then a rename.
+
+    The file gets the permissions of any new file (0666 less the umask), so a shared results folder stays
+    readable; a temporary file left by a save that was killed is removed by the next save to the same path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -179,18 +186,55 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that were killed (`.<name>.*.tmp`) in `folder`; returns them."""
+    stale = list(Path(folder).glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise CheckpointError naming the tensors of a state dict that hold NaN or inf values."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]  # fmt: skip
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path}: weights hold NaN or inf values in {bad[:3]}{more}; the file is damaged or "
+                              "comes from a diverged run")  # fmt: skip
+
+
 def as_config_dict(config: Any) -> dict:
-    """A checkpoint's `config` entry (our dict or a published PickledObject) as a plain dict."""
+    """A checkpoint's `config` entry (a dict, or a published config object as PickledObject) as a plain dict."""
     if isinstance(config, dict):
         return dict(config)
     if isinstance(config, PickledObject):
         return config.to_dict()
+    if hasattr(config, "__dict__"):  # our own published-layout config object, not yet through pickle
+        return dict(vars(config))
     raise CheckpointError(f"unexpected config entry of type {type(config).__name__}")
+
+
+# ---- RNG state --------------------------------------------------------------------------------------------------
+# Stored as tensors and plain numbers: a numpy array would pickle numpy 2's `numpy._core` path, which numpy 1
+# (the original code's environment) cannot unpickle.
 
 
 def get_rng_state() -> dict:
     """Every RNG a training run draws from (Python, numpy, torch CPU and, when present, CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -199,7 +243,12 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore the RNG states captured by `get_rng_state`."""
     random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(_as_tuple(state["numpy"]))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        keys = numpy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    else:  # an ndarray tuple, as checkpoints of earlier versions stored it
+        np.random.set_state(_as_tuple(numpy))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

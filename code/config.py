@@ -1,16 +1,16 @@
 """Configuration: one dataclass per stage, with the published MinD-Vis defaults and field names.
 
 Field names follow the published config classes (`Config_MBM_fMRI`, `Config_MBM_finetune`,
-`Config_Generative_Model`) so that a config object pickled in a published checkpoint maps onto
-ours (`from_dict`). Fields added here (precision, logging, resume, ...) come after the published
-ones. The command line is generated from the fields:
+`Config_Generative_Model`) so that a config pickled in a published checkpoint maps onto ours (`from_dict`), and
+ours are written back in that form (`published_config`) so the original code reads our checkpoints. Every field
+carries its one-line help and its group; the command line is generated from them:
 
     python code/stageA1_mbm_pretrain.py --mask_ratio 0.65 --num_epoch 800 --no-include_kam
     python code/stageA1_mbm_pretrain.py --config run.yaml --batch_size 64   # the flag wins
 
-Booleans are real `--flag/--no-flag` switches, lists take several values (`--kam_subs sbj_1 sbj_3`),
-and `None` is spelled `None`. The resolved config is printed, saved as `config.yaml` in every run
-folder and stored as a plain dict in every checkpoint.
+Booleans are `--flag/--no-flag` switches, lists take several values (`--kam_subs sbj_1 sbj_3`) and `None` is
+spelled `None`. The resolved config is printed, saved as `config.yaml` in every run folder and stored in every
+checkpoint.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from typing import Any
 
 import yaml
 
-from errors import UsageError
+from errors import DEBUG_HELP, UsageError
 
 DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# Lightning's and the published configs' spellings (Stage B used `precision = 32`).
-_PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "16": "fp16", "16-mixed": "fp16", "bf16-mixed": "bf16"}
+# Lightning's and the published configs' spellings (the published Stage B stored `precision = 32`).
+PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "16": "fp16", "16-mixed": "fp16", "bf16-mixed": "bf16"}
+MIN_SAMPLER_STEPS = 4  # fewer start the sampler where the schedule still assumes signal in the start noise
+GROUPS = ("data", "model", "optimisation", "run")
 
 
 class ConfigError(UsageError, ValueError):
@@ -44,270 +46,332 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def arg(default: Any, help: str, group: str = "run", cli: bool = True) -> Any:
+    """A config field with its --help line and --help group; `cli=False` keeps it off the command line."""
+    meta = {"help": help, "group": group, "cli": cli}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _under(root: str, value: str | None, default: str) -> str:
+    """`value`, or `default` below the project root."""
+    return value if value is not None else os.path.join(root, default)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field groups shared by several stages
+# ----------------------------------------------------------------------------------------------------
+
+
 @dataclass
-class _ModelFields:
-    """The masked-autoencoder architecture (Stage A); Stage B reads it back from the Stage A checkpoint."""
+class _Architecture:
+    """The masked-autoencoder architecture; later stages read it back from the Stage A checkpoint."""
 
-    mask_ratio: float = 0.75
-    patch_size: int = 16
-    embed_dim: int = 1024
-    decoder_embed_dim: int = 512
-    depth: int = 24
-    num_heads: int = 16
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 1.0
+    patch_size: int = arg(16, "voxels per token (the patch embedding's kernel and stride)", "model")
+    embed_dim: int = arg(1024, "encoder width D (the paper's 'sparse coding' large embedding)", "model")
+    depth: int = arg(24, "encoder blocks", "model")
+    num_heads: int = arg(16, "encoder attention heads (must divide embed_dim)", "model")
+    decoder_embed_dim: int = arg(512, "decoder width", "model")
+    decoder_num_heads: int = arg(16, "decoder attention heads (must divide decoder_embed_dim)", "model")
+    decoder_depth: int = arg(8, "decoder blocks (8 in every published checkpoint)", "model")
+    mlp_ratio: float = arg(1.0, "MLP width / D in every block", "model")
 
-    def _validate_model(self) -> None:
-        _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+    def _validate_architecture(self) -> None:
         _check(self.patch_size > 0, f"patch_size must be positive, got {self.patch_size}")
-        _check(
-            self.embed_dim % self.num_heads == 0,
-            f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})",
-        )
-        _check(
-            self.decoder_embed_dim % self.decoder_num_heads == 0,
-            f"decoder_embed_dim ({self.decoder_embed_dim}) must be divisible by "
-            f"decoder_num_heads ({self.decoder_num_heads})",
-        )
-        _check(self.depth > 0 and self.mlp_ratio > 0, "depth and mlp_ratio must be positive")
+        for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+            w, h = getattr(self, width), getattr(self, heads)
+            _check(h > 0 and w % h == 0, f"{width} ({w}) must be divisible by {heads} ({h})")
+            _check(w % 2 == 0, f"{width} ({w}) must be even (sin-cos position embedding)")
+        _check(min(self.depth, self.decoder_depth) > 0 and self.mlp_ratio > 0,
+               "depth, decoder_depth and mlp_ratio must be positive")  # fmt: skip
+
+
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(_Architecture))
 
 
 @dataclass
-class _TrainFields:
-    """Run-time settings shared by the training stages (ours, not in the published configs)."""
+class _Run:
+    """Run-time settings of the training stages (ours; not in the published configs)."""
 
-    precision: str = "auto"  # auto: bf16 where supported, fp16 + scaler on older GPUs, fp32 on CPU
-    log_every: int = 20  # console/log line every N optimiser steps
-    num_workers: int = 0  # data live in memory; workers rarely help
-    resume: str | None = None  # checkpoint to continue from
-    use_wandb: bool = False
-    wandb_project: str = "mind-vis"
+    output_path: str | None = arg(None, "where run folders go (default: <root_path>/results)")
+    precision: str = arg("auto", f"one of {PRECISIONS}; auto: bf16 on GPUs that have it, else fp16, fp32 on CPU")
+    log_every: int = arg(20, "a log line every N optimiser steps")
+    num_workers: int = arg(0, "DataLoader workers (the data live in memory; workers rarely help)")
+    resume: str | None = arg(None, "continue a run: its run folder or its checkpoint.pth (same flags as the run)")
+    use_wandb: bool = arg(False, "log to Weights & Biases (never required, never by default)")
+    wandb_project: str = arg("mind-vis", "wandb project name")
 
-    def _validate_train(self) -> None:
-        self.precision = _PRECISION_ALIASES.get(str(self.precision), self.precision)
+    def _validate_run(self) -> None:
+        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.log_every > 0, f"log_every must be positive, got {self.log_every}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
 
 
-def _data_path(root: str, value: str | None, default: str) -> str:
-    return value if value is not None else os.path.join(root, default)
+@dataclass
+class _Optimisation:
+    """AdamW with a per-iteration schedule: linear warm-up, then half-cosine to min_lr (Stage A)."""
+
+    lr: float = arg(2.5e-4, "peak learning rate", "optimisation")
+    min_lr: float = arg(0.0, "learning rate at the end of the half-cosine", "optimisation")
+    weight_decay: float = arg(0.05, "AdamW weight decay (not on biases and 1-D parameters)", "optimisation")
+    num_epoch: int = arg(500, "epochs", "optimisation")
+    warmup_epochs: int = arg(40, "epochs of linear warm-up", "optimisation")
+    batch_size: int = arg(100, "samples per step and process", "optimisation")
+    clip_grad: float | None = arg(0.8, "gradient-norm clipping (None: off)", "optimisation")
+    accum_iter: int = arg(1, "steps accumulated per optimiser update", "optimisation")
+    mask_ratio: float = arg(0.75, "share of patches masked, in (0, 1)", "optimisation")
+    ckpt_every: int = arg(20, "epochs between checkpoints (and reconstruction figures)", "run")
+    allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr / min_lr / num_epoch / warmup_epochs "
+                                   "(the learning-rate schedule changes mid-run)")  # fmt: skip
+
+    def _validate_optimisation(self) -> None:
+        _check(self.lr > 0 and self.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
+        _check(0 <= self.warmup_epochs <= self.num_epoch, f"warmup_epochs must be in [0, num_epoch={self.num_epoch}]")
+        _check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
+        _check(self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
+        # 0 would learn nothing (no patch to predict), 1 would leave the encoder nothing to see
+        _check(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
 
 @dataclass
-class StageA1Config(_TrainFields, _ModelFields):
-    """Stage A1: SC-MBM pre-training on HCP (+ GOD training fMRI). Published class `Config_MBM_fMRI`."""
-
-    lr: float = 2.5e-4
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    num_epoch: int = 500
-    warmup_epochs: int = 40
-    batch_size: int = 100
-    clip_grad: float = 0.8
-    root_path: str = "."
-    output_path: str | None = None  # default <root_path>/results
-    hcp_path: str | None = None  # default <root_path>/data/HCP/npz
-    kam_path: str | None = None  # default <root_path>/data/Kamitani/npz
-    seed: int = 2022
-    roi: str = "VC"
-    aug_times: int = 1
-    num_sub_limit: int | None = None
-    include_hcp: bool = True
-    include_kam: bool = True
-    accum_iter: int = 1
-    use_nature_img_loss: bool = False
-    img_recon_weight: float = 0.5
-    focus_range: list[int] | None = None  # e.g. 0 1500; None disables focused masking
-    focus_rate: float = 0.6
-    local_rank: int = 0  # published field; the rank is read from LOCAL_RANK (torchrun)
-    num_voxels: int | None = None  # set after pre-training from the data
-    ckpt_every: int = 20
-    # Held-out fMRI reconstructed after every epoch (loss, correlation, masked-patch correlation in metrics.jsonl):
-    # an HCP folder of subjects not in hcp_path, and/or GOD subjects whose averaged test fMRI (never used in
-    # pre-training) is scored. None: no held-out evaluation.
-    val_hcp_path: str | None = None
-    val_kam_subs: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.output_path = _data_path(self.root_path, self.output_path, "results")
-        self.hcp_path = _data_path(self.root_path, self.hcp_path, "data/HCP/npz")
-        self.kam_path = _data_path(self.root_path, self.kam_path, "data/Kamitani/npz")
-        self.validate()
-
-    def validate(self) -> None:
-        self._validate_model()
-        self._validate_train()
-        _validate_optim(self)
-        _check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
-        _check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
-        _check(
-            self.focus_range is None or (len(self.focus_range) == 2 and self.focus_range[0] < self.focus_range[1]),
-            f"focus_range must be two increasing voxel indices or None, got {self.focus_range}",
-        )
-        _check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
-        _check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
-
-
-@dataclass
-class _TargetDataFields:
+class TargetData:
     """The target data set of Stages A2, B and gen_eval (GOD or BOLD5000)."""
 
-    root_path: str = "."
-    output_path: str | None = None
-    kam_path: str | None = None
-    bold5000_path: str | None = None
-    dataset: str = "GOD"
-    kam_subs: list[str] = field(default_factory=lambda: ["sbj_3"])
-    bold5000_subs: list[str] = field(default_factory=lambda: ["CSI1"])
-    roi: str = "VC"
-    seed: int = 2022
+    root_path: str = arg(".", "project root: data/, pretrains/ and results/ are looked up below it", "data")
+    kam_path: str | None = arg(None, "GOD folder (default: <root_path>/data/Kamitani/npz)", "data")
+    bold5000_path: str | None = arg(None, "BOLD5000 folder (default: <root_path>/data/BOLD5000)", "data")
+    dataset: str = arg("GOD", f"target data set, one of {DATASETS}", "data")
+    kam_subs: list[str] = arg(["sbj_3"], "GOD subjects", "data")
+    bold5000_subs: list[str] = arg(["CSI1"], "BOLD5000 subjects", "data")
+    roi: str = arg("VC", "region of interest (GOD: V1..V4, LOC, FFA, PPA, LVC, HVC, VC; BOLD5000 always all)", "data")
+    test_category: list[int] | None = arg(None, "GOD: hold out one training image of each of these categories "
+                                          "as the test set", "data")  # fmt: skip
+    seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
 
     def _resolve_data(self) -> None:
+        from dataset import GOD_ROIS  # config is imported by dataset; the names are its to define
+
         _check(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        self.output_path = _data_path(self.root_path, self.output_path, "results")
-        self.kam_path = _data_path(self.root_path, self.kam_path, "data/Kamitani/npz")
-        self.bold5000_path = _data_path(self.root_path, self.bold5000_path, "data/BOLD5000")
-        subs = self.kam_subs if self.dataset == "GOD" else self.bold5000_subs
-        _check(len(subs) > 0, f"no subjects given for {self.dataset}")
+        _check(self.roi in GOD_ROIS, f"roi must be one of {GOD_ROIS}, got {self.roi!r}")
+        self.kam_path = _under(self.root_path, self.kam_path, "data/Kamitani/npz")
+        self.bold5000_path = _under(self.root_path, self.bold5000_path, "data/BOLD5000")
+        _check(len(self.subjects) > 0, f"no subjects given for {self.dataset}")
 
     @property
     def subjects(self) -> list[str]:
         return self.kam_subs if self.dataset == "GOD" else self.bold5000_subs
 
-    @property
-    def data_path(self) -> str:
-        return self.kam_path if self.dataset == "GOD" else self.bold5000_path
+
+# ----------------------------------------------------------------------------------------------------
+# The stages
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class StageA2Config(_TrainFields, _TargetDataFields):
+class StageA1Config(_Run, _Optimisation, _Architecture):
+    """Stage A1: SC-MBM pre-training on HCP (+ GOD training fMRI). Published class `Config_MBM_fMRI`."""
+
+    root_path: str = arg(".", "project root: data/ and results/ are looked up below it", "data")
+    hcp_path: str | None = arg(None, "HCP folder (default: <root_path>/data/HCP/npz)", "data")
+    kam_path: str | None = arg(None, "GOD folder for include_kam (default: <root_path>/data/Kamitani/npz)", "data")
+    include_hcp: bool = arg(True, "pre-train on the HCP resting state", "data")
+    include_kam: bool = arg(True, "add the GOD training fMRI of every subject", "data")
+    roi: str = arg("VC", "HCP region: V1, V2, V3, V4 or VC (all four)", "data")
+    num_sub_limit: int | None = arg(None, "read at most this many HCP subjects (sorted)", "data")
+    aug_times: int = arg(1, "> 1 adds (aug_times - 1) x N interpolated HCP samples", "data")
+    val_hcp_path: str | None = arg(None, "held-out HCP subjects scored after every epoch", "data")
+    val_kam_subs: list[str] | None = arg(None, "GOD subjects whose test fMRI is scored after every epoch", "data")
+    focus_range: list[int] | None = arg(None, "two voxel indices: mask patches in this range more often", "model")
+    focus_rate: float = arg(0.6, "with focus_range: masking weight inside the range (1 - rate outside)", "model")
+    num_voxels: int | None = arg(None, "set from the data (stored in checkpoints)", "model", cli=False)
+    seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
+
+    def __post_init__(self) -> None:
+        self.output_path = _under(self.root_path, self.output_path, "results")
+        self.hcp_path = _under(self.root_path, self.hcp_path, "data/HCP/npz")
+        self.kam_path = _under(self.root_path, self.kam_path, "data/Kamitani/npz")
+        self.validate()
+
+    def validate(self) -> None:
+        self._validate_architecture()
+        self._validate_run()
+        self._validate_optimisation()
+        _check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
+        _check(self.roi in ("VC", "V1", "V2", "V3", "V4"), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
+        _check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
+        _check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
+        focus = self.focus_range
+        _check(focus is None or (len(focus) == 2 and 0 <= focus[0] < focus[1]),
+               f"focus_range must be two increasing voxel indices or None, got {focus}")  # fmt: skip
+        _check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
+        _check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
+
+
+@dataclass
+class StageA2Config(_Run, _Optimisation, TargetData):
     """Stage A2: SC-MBM finetuning on the target data's test fMRI. Published class `Config_MBM_finetune`."""
 
-    pretrain_mbm_path: str | None = None  # default <root_path>/pretrains/<dataset>/fmri_encoder.pth
-    include_nonavg_test: bool = True
-    patch_size: int = 16
-    lr: float = 5.3e-5
-    weight_decay: float = 0.05
-    num_epoch: int = 15
-    batch_size: int | None = None  # default 16 (GOD) / 4 (BOLD5000)
-    mask_ratio: float = 0.75
-    accum_iter: int = 1
-    clip_grad: float = 0.8
-    warmup_epochs: int = 2
-    min_lr: float = 0.0
-    local_rank: int = 0
-    ckpt_every: int = 2
+    pretrain_mbm_path: str | None = arg(
+        None, "Stage A checkpoint to finetune (default: <root_path>/pretrains/<dataset>/fmri_encoder.pth)", "model"
+    )
+    include_nonavg_test: bool = arg(True, "train on the single test trials too, not only their averages", "data")
+    patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
+    lr: float = arg(5.3e-5, "peak learning rate", "optimisation")
+    num_epoch: int = arg(15, "epochs", "optimisation")
+    batch_size: int | None = arg(None, "samples per step and process (default: 16 for GOD, 4 for BOLD5000)",
+                                 "optimisation")  # fmt: skip
+    warmup_epochs: int = arg(2, "epochs of linear warm-up", "optimisation")
+    ckpt_every: int = arg(2, "epochs between checkpoints (and reconstruction figures)", "run")
 
     def __post_init__(self) -> None:
         self._resolve_data()
-        self.pretrain_mbm_path = _data_path(
-            self.root_path, self.pretrain_mbm_path, f"pretrains/{self.dataset}/fmri_encoder.pth"
-        )
+        self.output_path = _under(self.root_path, self.output_path, "results")
+        self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
+                                        f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
         if self.batch_size is None:
             self.batch_size = 16 if self.dataset == "GOD" else 4
         self.validate()
 
     def validate(self) -> None:
-        self._validate_train()
-        _validate_optim(self)
-        _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        self._validate_run()
+        self._validate_optimisation()
 
 
 @dataclass
-class StageBConfig(_TrainFields, _TargetDataFields):
+class StageBConfig(_Run, TargetData):
     """Stage B: DC-LDM finetuning on fMRI-image pairs. Published class `Config_Generative_Model`."""
 
-    patch_size: int = 16
-    pretrain_gm_path: str | None = None  # default <root_path>/pretrains/ldm/label2img
-    pretrain_mbm_path: str | None = None  # default <root_path>/pretrains/<dataset>/fmri_encoder.pth
-    img_size: int = 256
-    batch_size: int | None = None  # default 5 (GOD) / 25 (BOLD5000)
-    lr: float = 5.3e-5
-    num_epoch: int = 500
-    accumulate_grad: int = 1
-    crop_ratio: float = 0.2
-    global_pool: bool = False
-    use_time_cond: bool = True
-    eval_avg: bool = True
-    num_samples: int = 5
-    ddim_steps: int = 250
-    HW: list[int] | None = None
-    model_meta: dict | None = None  # the Stage A encoder architecture, stored so gen_eval can rebuild it
-    clip_grad: float = 0.5
-    val_every: int = 5  # epochs between validation runs that sample images
-    num_val_items: int = 5  # test fMRI sampled at each validation
-    fmri_dropout: float = 0.0  # voxel dropout rate; 0 reproduces the published training (defect #2)
-    include_nonavg_test: bool = False
-    classifier: str | None = None  # n-way classifier checkpoint (demo_classifier); None: ViT-H/14 from the cache
+    pretrain_gm_path: str | None = arg(
+        None, "label-conditioned LDM folder, config.yaml + model.ckpt (default: <root_path>/pretrains/ldm/label2img)",
+        "model",
+    )
+    pretrain_mbm_path: str | None = arg(
+        None, "Stage A checkpoint whose encoder conditions the LDM (default: <root_path>/pretrains/<dataset>/"
+        "fmri_encoder.pth)", "model",
+    )
+    global_pool: bool = arg(False, "condition on the mean encoder token instead of 77 mapped tokens", "model")
+    use_time_cond: bool = arg(True, "double conditioning: add the context to the timestep embedding too", "model")
+    cond_dropout: float = arg(0.0, "replace the fMRI context by a learned null context with this probability, "
+                              "for classifier-free guidance (0: the published method)", "model")  # fmt: skip
+    patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
+    model_meta: dict | None = arg(None, "the encoder architecture, stored for gen_eval", "model", cli=False)
+    img_size: int = arg(256, "image side the LDM sees (a multiple of 8)", "data")
+    crop_ratio: float = arg(0.2, "random crop (p = 0.5) removing this share of the side, resized back", "data")
+    fmri_dropout: float = arg(0.0, "voxel dropout of the training fMRI (0: as published, see docs/defects.md #2)",
+                              "data")  # fmt: skip
+    include_nonavg_test: bool = arg(False, "validate on single test trials too", "data")
+    lr: float = arg(5.3e-5, "AdamW learning rate (constant)", "optimisation")
+    num_epoch: int = arg(500, "epochs", "optimisation")
+    batch_size: int | None = arg(None, "pairs per step and process (default: 5 for GOD, 25 for BOLD5000)",
+                                 "optimisation")  # fmt: skip
+    accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
+    clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
+    val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
+    num_val_items: int = arg(5, "test fMRI sampled at each validation", "run")
+    num_samples: int = arg(5, "images per fMRI (validation here, the default of gen_eval)", "run")
+    ddim_steps: int = arg(250, f"PLMS steps per image (at least {MIN_SAMPLER_STEPS})", "run")
+    guidance_scale: float = arg(1.0, "classifier-free guidance at validation (needs cond_dropout > 0)", "run")
+    classifier: str | None = arg(None, "n-way classifier file (a torch.export program, see docs/formats.md); "
+                                 "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
 
     def __post_init__(self) -> None:
         self._resolve_data()
-        self.pretrain_gm_path = _data_path(self.root_path, self.pretrain_gm_path, "pretrains/ldm/label2img")
-        self.pretrain_mbm_path = _data_path(
-            self.root_path, self.pretrain_mbm_path, f"pretrains/{self.dataset}/fmri_encoder.pth"
-        )
+        self.output_path = _under(self.root_path, self.output_path, "results")
+        self.pretrain_gm_path = _under(self.root_path, self.pretrain_gm_path, "pretrains/ldm/label2img")
+        self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
+                                        f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
         if self.batch_size is None:
             self.batch_size = 5 if self.dataset == "GOD" else 25
         self.validate()
 
     def validate(self) -> None:
-        self._validate_train()
+        self._validate_run()
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
+        _check(self.accumulate_grad >= 1, f"accumulate_grad must be >= 1, got {self.accumulate_grad}")
+        _check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
         _check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
         _check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")
+        _check(0.0 <= self.cond_dropout < 1.0, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         _check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
-        _check(self.num_samples > 0 and self.ddim_steps > 0, "num_samples and ddim_steps must be positive")
+        _check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
+        _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, self.cond_dropout)
 
 
 @dataclass
-class GenEvalConfig:
-    """gen_eval: decode every test fMRI into images with a finetuned model and score them."""
+class GenEvalConfig(TargetData):
+    """gen_eval: decode every test fMRI into images with a finetuned model and score them.
 
-    dataset: str = "GOD"
-    root: str = "."
-    checkpoint: str | None = None  # default <root>/pretrains/<dataset>/finetuned.pth
-    output_path: str | None = None  # default <root>/results
-    num_samples: int = 5
-    ddim_steps: int = 250
-    sampler: str = "plms"
-    eta: float = 0.0
-    batch_size: int = 25  # images per sampler call (test fMRI x samples are batched together)
-    seed: int = 2022
-    limit: int | None = None  # only the first N test fMRI
-    n_way: int = 50
-    num_trials: int = 1000
-    metrics: list[str] = field(default_factory=lambda: ["mse", "pcc", "ssim", "lpips", "n_way", "fid"])
-    precision: str = "auto"
-    device: str = "auto"
-    classifier: str | None = None  # n-way classifier checkpoint (demo_classifier); None: ViT-H/14 from the cache
+    The data set, subjects and ROI default to those stored in the checkpoint; every path given here wins over
+    the paths stored in it (relative stored paths are resolved against root_path).
+    """
+
+    checkpoint: str | None = arg(None, "Stage B checkpoint (default: <root_path>/pretrains/<dataset>/finetuned.pth)",
+                                 "model")  # fmt: skip
+    pretrain_gm_path: str | None = arg(None, "LDM folder whose config.yaml gives the architecture (default: the "
+                                       "checkpoint's, else <root_path>/pretrains/ldm/label2img)", "model")  # fmt: skip
+    pretrain_mbm_path: str | None = arg(None, "Stage A checkpoint giving the encoder architecture when the Stage B "
+                                        "checkpoint lacks it, as the original reads it (default: <root_path>/"
+                                        "pretrains/<dataset>/fmri_encoder.pth)", "model")  # fmt: skip
+    dataset: str | None = arg(None, f"one of {DATASETS} (default: the checkpoint's)", "data")
+    kam_subs: list[str] | None = arg(None, "GOD subjects (default: the checkpoint's)", "data")
+    bold5000_subs: list[str] | None = arg(None, "BOLD5000 subjects (default: the checkpoint's)", "data")
+    roi: str | None = arg(None, "region of interest (default: the checkpoint's)", "data")
+    output_path: str | None = arg(None, "where run folders go (default: <root_path>/results)", "run")
+    limit: int | None = arg(None, "decode only the first N test fMRI", "data")
+    shuffle_fmri: bool = arg(False, "control: decode each test image from another image's fMRI (a fixed "
+                             "derangement); scores should fall to chance", "data")  # fmt: skip
+    num_samples: int = arg(5, "images per fMRI", "run")
+    ddim_steps: int = arg(250, f"sampler steps per image (at least {MIN_SAMPLER_STEPS})", "run")
+    sampler: str = arg("plms", "plms (published) or ddim", "run")
+    eta: float = arg(0.0, "DDIM eta (0: deterministic)", "run")
+    guidance_scale: float = arg(1.0, "classifier-free guidance (needs a model trained with cond_dropout > 0)", "run")
+    batch_size: int = arg(25, "images per sampler call (test fMRI x samples are batched together)", "run")
+    n_way: int = arg(50, "n of the n-way top-1 accuracy", "run")
+    num_trials: int = arg(1000, "n-way trials per image", "run")
+    metrics: list[str] = arg(["mse", "pcc", "ssim", "lpips", "n_way", "fid"], "metrics to compute (see "
+                             "eval_metrics.METRICS)", "run")  # fmt: skip
+    baselines: bool = arg(False, "also score a ridge regression from the training fMRI to the images", "run")
+    precision: str = arg("auto", f"one of {PRECISIONS}; auto: bf16 on GPUs that have it, else fp16, fp32 on CPU",
+                         "run")  # fmt: skip
+    device: str = arg("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", "run")
+    classifier: str | None = arg(None, "n-way classifier file (a torch.export program, see docs/formats.md); "
+                                 "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        self.checkpoint = _data_path(self.root, self.checkpoint, f"pretrains/{self.dataset}/finetuned.pth")
-        self.output_path = _data_path(self.root, self.output_path, "results")
+        _check(self.dataset is None or self.dataset in DATASETS,
+               f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
+        from eval_metrics import METRICS  # the metric names are eval_metrics' to define
+
+        unknown = [m for m in self.metrics if m not in METRICS]
+        _check(not unknown, f"unknown metric(s) {unknown}; expected names from {list(METRICS)}")
+        self.output_path = _under(self.root_path, self.output_path, "results")
         _check(self.sampler in ("plms", "ddim"), f"sampler must be 'plms' or 'ddim', got {self.sampler!r}")
-        self.precision = _PRECISION_ALIASES.get(str(self.precision), self.precision)
+        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.num_samples > 0 and self.ddim_steps > 0, "num_samples and ddim_steps must be positive")
         _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
-        _check(self.limit is None or self.limit > 0, f"limit must be positive or None, got {self.limit}")
+        _check(self.limit is None or self.limit >= 2, f"limit must be at least 2 or None, got {self.limit}")
         _check(1 < self.n_way and self.num_trials > 0, "n_way must be > 1 and num_trials positive")
+        _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, None)
 
 
-def _validate_optim(cfg: Any) -> None:
-    _check(cfg.lr > 0 and cfg.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {cfg.lr}, {cfg.min_lr}")
-    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    _check(cfg.num_epoch > 0 and cfg.batch_size > 0, "num_epoch and batch_size must be positive")
-    _check(0 <= cfg.warmup_epochs <= cfg.num_epoch, f"warmup_epochs must be in [0, {cfg.num_epoch}]")
-    _check(cfg.clip_grad is None or cfg.clip_grad > 0, f"clip_grad must be positive, got {cfg.clip_grad}")
-    _check(cfg.accum_iter >= 1, f"accum_iter must be >= 1, got {cfg.accum_iter}")
-    _check(cfg.ckpt_every >= 1, f"ckpt_every must be >= 1, got {cfg.ckpt_every}")
+def _check_sampling(num_samples: int, ddim_steps: int, guidance_scale: float, cond_dropout: float | None) -> None:
+    _check(num_samples > 0, f"num_samples must be positive, got {num_samples}")
+    _check(ddim_steps >= MIN_SAMPLER_STEPS,
+           f"ddim_steps must be at least {MIN_SAMPLER_STEPS}, got {ddim_steps}: with fewer the first step starts "
+           "where the schedule still expects signal in the start noise, and the image stays noise (published: 250)")
+    _check(guidance_scale >= 1.0, f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
+    _check(cond_dropout is None or guidance_scale == 1.0 or cond_dropout > 0,
+           "guidance_scale > 1 needs a model trained with cond_dropout > 0 (it learns the null context)")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Command line, YAML files and published config objects
+# Command line and YAML files
 # ----------------------------------------------------------------------------------------------------
 
 _NONE = ("none", "null")
@@ -338,24 +402,35 @@ def _parse_scalar(tp: type, optional: bool):
     return parse
 
 
-def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one option per field of the dataclass `cls`, plus `--config FILE.yaml`."""
+def build_parser(cls: type, usage: str | None = None) -> argparse.ArgumentParser:
+    """One option per command-line field of `cls`, grouped, each with its help; `--config FILE.yaml`, `--debug`.
+
+    `usage` (the script's docstring: what it does and example commands) opens the help text.
+    """
     parser = argparse.ArgumentParser(
-        description=description or cls.__doc__,
+        description=usage or cls.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # only flags the user gives override the defaults / YAML
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of field values; flags override it")
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-    for name, (tp, is_list, optional) in _field_types(cls).items():
-        if tp is dict:  # structured values (e.g. model_meta) come from files and checkpoints, not flags
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    types_ = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
             continue
-        help_text = f"default: {defaults.get(name, 'see docs')}"
+        tp, is_list, optional = types_[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default})" if default is not None else f.metadata["help"]
+        group = groups[f.metadata.get("group", "run")]
         if tp is bool and not is_list:
-            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         elif is_list:
-            parser.add_argument(f"--{name}", nargs="*", type=_parse_scalar(tp, False), help=help_text + " (list)")
+            group.add_argument(f"--{f.name}", nargs="*", type=_parse_scalar(tp, False), metavar=tp.__name__.upper(),
+                               help=help_text)  # fmt: skip
         else:
-            parser.add_argument(f"--{name}", type=_parse_scalar(tp, optional), help=help_text)
+            group.add_argument(f"--{f.name}", type=_parse_scalar(tp, optional), metavar=tp.__name__.upper(),
+                               help=help_text)  # fmt: skip
     return parser
 
 
@@ -364,7 +439,10 @@ def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
     return data
@@ -373,8 +451,8 @@ def load_yaml(path: str | os.PathLike) -> dict:
 def from_dict(cls: type, values: dict, strict: bool = True):
     """Build `cls` from a dict of field values (ours, a YAML file, or a published config's attributes).
 
-    With `strict`, unknown keys are an error; otherwise they are ignored (published configs carry
-    fields such as `logger` or `model_meta` that have no meaning here).
+    With `strict`, unknown keys are an error; otherwise they are ignored (published configs carry fields such as
+    `logger` or `HW` that have no meaning here).
     """
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
@@ -382,10 +460,9 @@ def from_dict(cls: type, values: dict, strict: bool = True):
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     kwargs = {}
     for name, value in values.items():
-        if name not in types_:
-            continue
-        tp, is_list, optional = types_[name]
-        kwargs[name] = _coerce(name, value, tp, is_list, optional)
+        if name in types_:
+            tp, is_list, optional = types_[name]
+            kwargs[name] = _coerce(name, value, tp, is_list, optional)
     return cls(**kwargs)
 
 
@@ -399,28 +476,42 @@ def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> A
     if tp is bool:
         _check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
         return value
+    if tp is int:  # a float that is not a whole number would be truncated silently
+        _check(not isinstance(value, bool) and (not isinstance(value, float) or value.is_integer()),
+               f"{name} must be a whole number, got {value!r}")  # fmt: skip
     if tp is str and isinstance(value, int | float):  # e.g. the published `precision: 32`
         return str(value)
+    if tp is dict:
+        _check(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")
+        return dict(value)
     try:
         return tp(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r}") from None
 
 
-def parse_config(cls: type, argv: list[str] | None = None, description: str | None = None):
+def parse_config(cls: type, argv: list[str] | None = None, usage: str | None = None):
     """Defaults, then `--config FILE.yaml`, then command-line flags; validated. Exits with a message on error."""
-    parser = build_parser(cls, description)
+    parser = build_parser(cls, usage)
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
+    args.pop("debug", None)
     try:
+        values = _run_config(args["resume"]) if args.get("resume") else {}
+        values.update(load_yaml(args.pop("config")) if "config" in args else {})
+        values.update(args)
         return from_dict(cls, values)
     except ConfigError as e:
         parser.error(str(e))
 
 
+def _run_config(resume: str) -> dict:
+    """With `--resume RUN`: the run's own config.yaml, so that resuming needs no other flag (flags still win)."""
+    run = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    return load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+
+
 def config_to_dict(cfg: Any) -> dict:
-    """The config as a plain dict (what checkpoints store)."""
+    """The config as a plain dict (config.yaml, wandb)."""
     return dataclasses.asdict(cfg)
 
 
@@ -433,11 +524,53 @@ def save_config(cfg: Any, folder: str | os.PathLike) -> Path:
 
 def format_config(cfg: Any) -> str:
     """A readable multi-line listing of the config, for the log."""
-    width = max(len(k) for k in config_to_dict(cfg))
-    return "\n".join(f"  {k:<{width}} {v}" for k, v in config_to_dict(cfg).items())
+    values = config_to_dict(cfg)
+    width = max(len(k) for k in values)
+    return "\n".join(f"  {k:<{width}} {v}" for k, v in values.items())
 
 
-# The published class names, so that code written against the original still reads naturally.
-Config_MBM_fMRI = StageA1Config
-Config_MBM_finetune = StageA2Config
-Config_Generative_Model = StageBConfig
+# ----------------------------------------------------------------------------------------------------
+# The published config objects, as the original code pickles them into checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+
+class _PublishedConfig:
+    """A data-only object whose attributes are the original's config fields (no behaviour, nothing to run).
+
+    Pickled by reference as `config.<class name>`: the original code unpickles it as its own class (attributes
+    set, constructor not called) and our restricted loader as an inert `checkpoint.PickledObject`.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+class Config_MBM_fMRI(_PublishedConfig):  # noqa: N801 - the published class names
+    """The Stage A config of `fmri_encoder.pth` / A1 and A2 `checkpoint.pth`."""
+
+
+class Config_MBM_finetune(_PublishedConfig):  # noqa: N801
+    """The Stage A2 run's own settings."""
+
+
+class Config_Generative_Model(_PublishedConfig):  # noqa: N801
+    """The Stage B config of `finetuned.pth`."""
+
+
+# Fields the original reads that we do not use, with the values its classes set (docs/formats.md lists them all).
+PUBLISHED_EXTRAS = {
+    Config_MBM_fMRI: {"use_nature_img_loss": False, "img_recon_weight": 0.5, "local_rank": 0},
+    Config_MBM_finetune: {"local_rank": 0},
+    Config_Generative_Model: {"eval_avg": True, "HW": None, "checkpoint_path": None, "logger": None,
+                              "trainer": None},  # fmt: skip
+}
+_PUBLISHED_PRECISION = {"fp32": 32, "fp16": 16, "bf16": "bf16", "auto": 32}
+
+
+def published_config(cfg: Any, cls: type[_PublishedConfig]) -> _PublishedConfig:
+    """`cfg` (a config or a dict of fields) as the original's config object `cls`: every field it reads, in its
+    types (precision 32, not 'fp32')."""
+    values = {**PUBLISHED_EXTRAS[cls], **(cfg if isinstance(cfg, dict) else config_to_dict(cfg))}
+    if cls is Config_Generative_Model:
+        values["precision"] = _PUBLISHED_PRECISION[values["precision"]]
+    return cls(**values)

@@ -25,8 +25,10 @@ import csv
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,7 +38,10 @@ from torch.utils.data import Dataset
 from checkpoint import load_pickled_npy
 from errors import UserError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from config import TargetData
+
+log = logging.getLogger("mindvis.dataset")
 
 HCP_ROIS = ("V1", "V2", "V3", "V4")  # ROI "VC" = all four, concatenated in this order
 GOD_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC")
@@ -86,11 +91,21 @@ def _data_root(path: Path) -> Path:
 
 
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    with np.load(_require(path)) as npz:
-        absent = [k for k in keys if k not in npz.files]
-        if absent:
-            raise DataFormatError(f"{path}: missing key(s) {absent}; found {sorted(npz.files)}")
-        return {k: npz[k] for k in keys}
+    """The arrays `keys` of an .npz file; a missing, truncated or foreign file is one error naming it."""
+    _require(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DataFormatError(f"{path}: expected an .npz archive (numpy.savez), got a single array")
+            absent = [k for k in keys if k not in npz.files]
+            if absent:
+                raise DataFormatError(f"{path}: missing key(s) {absent}; found {sorted(npz.files)}")
+            return {k: npz[k] for k in keys}
+    except DataFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbage, object arrays
+        raise DataFormatError(f"{path}: not a readable .npz archive of arrays (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from None  # fmt: skip
 
 
 def _check_fmri(x: np.ndarray, path: Path, key: str | None = None, rows: int | None = None) -> np.ndarray:
@@ -117,9 +132,20 @@ def pad_to_length(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])], mode="wrap")
 
 
-def pad_to_patch_size(x: np.ndarray, patch_size: int) -> np.ndarray:
-    """Wrap-pad the voxel axis by `patch - V % patch`, so a length already divisible gains a full patch (published)."""
+def pad_to_patch_size(x: np.ndarray, patch_size: int, source: object = "fMRI") -> np.ndarray:
+    """Wrap-pad the voxel axis by `patch - V % patch`, so a length already divisible gains a full patch (published).
+
+    Data with fewer voxels than one patch would be repeated many times into it: DataFormatError naming `source`.
+    """
+    if x.shape[-1] < patch_size:
+        raise DataFormatError(f"{source}: {x.shape[-1]} voxels, fewer than one patch of {patch_size}; use a larger "
+                              "ROI or a smaller patch_size")  # fmt: skip
     return pad_to_length(x, x.shape[-1] + patch_size - x.shape[-1] % patch_size)
+
+
+def fit_voxels(fmri: np.ndarray, num_voxels: int) -> np.ndarray:
+    """Wrap-pad or cut the voxel (last) axis to `num_voxels`, a pre-trained model's count: (..., V) -> (..., n)."""
+    return pad_to_length(fmri, num_voxels) if fmri.shape[-1] < num_voxels else fmri[..., :num_voxels]
 
 
 def pad_all_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -128,10 +154,16 @@ def pad_all_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [pad_to_length(a, longest) for a in arrays]
 
 
-def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None) -> np.ndarray:
-    """Scalar z-score (one mean and one std for the whole array), by default with the array's own statistics."""
+def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None, source: object = "fMRI") -> np.ndarray:
+    """Scalar z-score (one mean and one std for the whole array), by default with the array's own statistics.
+
+    Constant data (std 0) cannot be normalised: DataFormatError naming `source`.
+    """
     mean = np.mean(x) if mean is None else mean
     std = np.std(x) if std is None else std
+    if not std > 0:
+        raise DataFormatError(f"{source}: the fMRI is constant (standard deviation 0), so it holds no signal to "
+                              "normalise or learn from")  # fmt: skip
     return ((x - mean) / std).astype(np.float32)
 
 
@@ -285,7 +317,7 @@ def create_hcp_dataset(
             num_windows = len(v) // int(HCP_WINDOW / HCP_TR)
             if num_windows == 0:
                 raise DataFormatError(f"{file}: {len(v)} frames, fewer than one {HCP_WINDOW:g} s window")
-            arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size)))
+            arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size, file), source=file))
         log.info("HCP: %d subjects from %s", len(arrays), root)
         arrays = pad_all_to_longest(arrays)
         arrays = [interpolate_augment(np.concatenate(arrays), aug_times, np.random.default_rng(seed))]
@@ -375,10 +407,10 @@ def _read_god_subject(file: Path, roi: str, patch_size: int, n_train: int, n_tes
         raise DataFormatError(
             f"{file}: key 'arr_1' must be (k * {n_test}, {v_all}) single test trials, got {rep.shape}"
         )
-    tr, avg, rep = (pad_to_patch_size(x, patch_size) for x in (tr, avg, rep))
+    tr, avg, rep = (pad_to_patch_size(x, patch_size, f"{file} (roi {roi})") for x in (tr, avg, rep))
     # Published: the test fMRI is z-scored with the mean/std of the *normalised* training fMRI (about 0 and 1).
     mean, std = (tr.mean(), tr.std()) if test_norm == "train" else (None, None)
-    tr = zscore(tr)
+    tr = zscore(tr, source=f"{file}: key 'arr_0'")
     mean, std = (tr.mean(), tr.std()) if mean is None else (mean, std)
     return tr, zscore(avg, mean, std), zscore(rep, mean, std), order.astype(np.int64)
 
@@ -509,7 +541,8 @@ def create_bold5000_dataset(
     if not isinstance(img_dict, dict):
         raise DataFormatError(f"{dict_file}: expected a pickled dict of image name -> uint8 image")
 
-    fmri = [zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size)) for s in subjects]
+    fmri = [zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size, f"{fmri_dir} ({s})"),
+                   source=f"{fmri_dir} ({s})") for s in subjects]  # fmt: skip
     shown = [read_bold5000_presentation(stim, s) for s in subjects]
     for sub, f, names in zip(subjects, fmri, shown, strict=True):
         if len(f) != len(names):
@@ -624,24 +657,14 @@ def model_image_transform(img_size: int, crop_ratio: float = 0.0) -> Compose:
     return Compose(*steps)
 
 
-def load_target_dataset(cfg, img_size: int | None = None, train_augment: bool = False, include_nonavg_test=None):
-    """GOD or BOLD5000 train/test sets as a stage config (A2, B, or a published B config) describes them.
+def load_target(data: TargetData, patch_size: int, include_nonavg_test: bool) -> tuple[FMRIImageDataset,
+                                                                                          FMRIImageDataset]:
+    """The train and test sets of a stage's target data (GOD or BOLD5000), without transforms.
 
-    Images become (3, img_size, img_size) in [-1, 1]; with `train_augment`, training images get the random
-    crop of `cfg.crop_ratio` and training fMRI the voxel dropout of `cfg.fmri_dropout`.
+    `data` is the target-data part of a stage config (A2, B, gen_eval); the stage sets the transforms.
     """
-    img_size = img_size or getattr(cfg, "img_size", 256)
-    nonavg = getattr(cfg, "include_nonavg_test", False) if include_nonavg_test is None else include_nonavg_test
-    if cfg.dataset == "GOD":
-        held_out = getattr(cfg, "test_category", None)
-        train, test = create_god_dataset(
-            cfg.kam_path, cfg.roi, cfg.patch_size, cfg.kam_subs, None, None, nonavg, held_out
-        )
-    elif cfg.dataset == "BOLD5000":
-        train, test = create_bold5000_dataset(cfg.bold5000_path, cfg.patch_size, cfg.bold5000_subs, None, None, nonavg)
-    else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}: expected 'GOD' or 'BOLD5000'")
-    train.image_transform = model_image_transform(img_size, cfg.crop_ratio if train_augment else 0.0)
-    train.transform = RandomVoxelDropout(getattr(cfg, "fmri_dropout", 0.0)) if train_augment else None
-    test.image_transform = model_image_transform(img_size)
-    return train, test
+    if data.dataset == "GOD":
+        return create_god_dataset(data.kam_path, data.roi, patch_size, data.kam_subs,
+                                  include_nonavg_test=include_nonavg_test, test_category=data.test_category)
+    return create_bold5000_dataset(data.bold5000_path, patch_size, data.bold5000_subs,
+                                   include_nonavg_test=include_nonavg_test)  # fmt: skip

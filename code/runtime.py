@@ -11,17 +11,25 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+
+from errors import UsageError, UserError
 
 log = logging.getLogger("mindvis")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,18 @@ class DistInfo:
 
 
 def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda:<local_rank> when CUDA is available, else cpu; anything else as given."""
-    if device != "auto":
-        return torch.device(device)
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """`auto` -> cuda:<local_rank> when CUDA is available, else cpu; anything else is checked to exist."""
+    if device == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible here; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -82,6 +98,20 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def check_output_folder(output_path: str | os.PathLike) -> Path:
+    """The folder run folders go into: created if needed, and checked to be a writable folder (before any work)."""
+    path = Path(output_path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output_path {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"--output_path {path} is not a writable folder: {e.strerror or e}") from None
+    return path
+
+
 def make_run_dir(output_path: str | os.PathLike, stage: str, dist_info: DistInfo | None = None) -> Path:
     """Create `<output_path>/<stage>/<timestamp>` on rank 0 and share its name with the other ranks."""
     name = [time.strftime("%Y%m%d-%H%M%S")]
@@ -97,12 +127,34 @@ def make_run_dir(output_path: str | os.PathLike, stage: str, dist_info: DistInfo
     return run_dir
 
 
+# What a run folder holds before it has produced anything; a run that fails leaves no folder of only these.
+_NO_RESULT = {"config.yaml", "log.txt", "metrics.jsonl"}
+
+
+@contextmanager
+def run_folder(run_dir: Path, is_main: bool = True) -> Iterator[Path]:
+    """Yield `run_dir`; if the run fails before writing a result (a checkpoint, figure, image), remove the folder."""
+    try:
+        yield run_dir
+    except BaseException:
+        if is_main and run_dir.is_dir() and all(p.name in _NO_RESULT for p in run_dir.iterdir()):
+            for handler in list(log.handlers):  # release log.txt before deleting it
+                if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir:
+                    log.removeHandler(handler)
+                    handler.close()
+            shutil.rmtree(run_dir)
+        raise
+
+
 def setup_logging(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
-    """Log to the console and `<run_dir>/log.txt` on rank 0; other ranks only report warnings."""
+    """Log to the console and `<run_dir>/log.txt` on rank 0 (appending, so a resumed run continues its log);
+    other ranks only report warnings. Every module logs under "mindvis.*", so all of it reaches both."""
+    for handler in log.handlers:
+        handler.close()
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
     log.addHandler(console)
@@ -126,8 +178,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise UsageError("--precision fp16 needs a CUDA device (its gradient scaler); use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or fp32")
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
@@ -142,11 +205,40 @@ def init_wandb(enabled: bool, project: str, run_dir: Path, config: dict, is_main
         return None
     try:
         import wandb
-    except ImportError as e:
-        raise RuntimeError("--use_wandb needs the wandb package: pip install wandb") from e
+    except ImportError:
+        raise UsageError("--use_wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config)
 
 
 def is_interactive() -> bool:
-    """Whether to draw tqdm bars (a terminal, not a log file or CI)."""
+    """Whether to draw tqdm bars (a terminal, not a log file, sbatch, nohup or CI)."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def format_seconds(seconds: float) -> str:
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def eta(done: float, total: float, elapsed: float) -> str:
+    """Time left at the rate so far, e.g. '3m05s' ('?' before any progress)."""
+    return format_seconds(elapsed / done * (total - done)) if done > 0 else "?"
+
+
+def progress(items: Iterable[T], total: int, desc: str, every_s: float = 30.0) -> Iterator[T]:
+    """Iterate `items` with progress: a tqdm bar on a terminal; otherwise a log line with the count, elapsed time
+    and ETA at most every `every_s` seconds, and at the end (readable in a log file, no carriage returns)."""
+    if is_interactive():
+        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return
+    start = last = time.time()
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.time()
+        if now - last >= every_s or i == total:
+            log.info("%s: %d/%d (%d%%), %s elapsed, ETA %s", desc, i, total, 100 * i // max(total, 1),
+                     format_seconds(now - start), eta(i, total, now - start))  # fmt: skip
+            last = now

@@ -3,97 +3,117 @@
     python code/stageA2_mbm_finetune.py --dataset GOD --pretrain_mbm_path results/stageA1/<run>/checkpoint.pth
     python code/stageA2_mbm_finetune.py --dataset BOLD5000 --bold5000_subs CSI1 --pretrain_mbm_path PATH
     torchrun --nproc_per_node=4 code/stageA2_mbm_finetune.py --dataset GOD --pretrain_mbm_path PATH
-    python code/stageA2_mbm_finetune.py --dataset GOD --resume results/stageA2/<run>/checkpoint.pth
+    python code/stageA2_mbm_finetune.py --resume results/stageA2/<run>     # continue the run in its folder
 
 Keeps training the masked-reconstruction objective on the test fMRI only (GOD: averaged and, with
-`include_nonavg_test`, single test trials of `kam_subs`; BOLD5000 likewise), wrap-padded or truncated to the
-pre-trained voxel count `(pos_embed.shape[1] - 1) * patch_size`. The architecture comes from the checkpoint's
-config (ours or a published `fmri_encoder.pth`), never from flags. Writes `<output_path>/stageA2/<timestamp>/`
-with config.yaml, log.txt, metrics.jsonl, recon_epoch<N>.png and checkpoint.pth, whose `config` is the Stage A
-architecture config (as in the published `fmri_encoder.pth`, so Stage B rebuilds the encoder from it) and
-`finetune_config` this run's settings. Stage B reads checkpoint.pth as its `--pretrain_mbm_path`.
+`include_nonavg_test`, single test trials of `kam_subs`; BOLD5000 likewise), wrap-padded or cut to the
+pre-trained voxel count `(pos_embed.shape[1] - 1) * patch_size`. The architecture and patch size come from the
+checkpoint's config (ours or a published `fmri_encoder.pth`), never from flags. Writes
+`<output_path>/stageA2/<timestamp>/` with config.yaml, log.txt, metrics.jsonl, recon_epoch<N>.png and
+checkpoint.pth, whose `config` is the Stage A architecture (as in the published `fmri_encoder.pth`, so Stage B
+rebuilds the encoder from it) and `finetune_config` this run's settings. Stage B reads checkpoint.pth as its
+`--pretrain_mbm_path`.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import as_config_dict, remove_stale_temporaries
 from config import StageA2Config, config_to_dict, format_config, parse_config, save_config
-from dataset import FMRIDataset, load_target_dataset
+from dataset import FMRIDataset, fit_voxels, load_target
+from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
+from errors import run_main
+from layouts import (
+    SCHEDULE_FIELDS,
+    check_resumable,
+    load_weights,
+    read_stage_a,
+    restore_training_state,
+    resume_checkpoint_path,
+)
 from runtime import (
+    check_output_folder,
+    cleanup_distributed,
     init_distributed,
     init_wandb,
     make_run_dir,
+    run_folder,
     seed_everything,
     setup_logging,
 )
-from sc_mbm.loop import fit, make_optimizer
-from sc_mbm.trainer import (
-    AmpScaler,
-    build_mae,
-    load_model_state,
-    make_loader,
-    match_voxels,
-    resume_training,
-    stage_a_config_from_checkpoint,
-)
-from sc_mbm.visualize import pick_examples
+from sc_mbm.mae_for_fmri import build_mae
+from sc_mbm.training import mae_step, pick_examples, save_stage_a
 
 
 def main(cfg: StageA2Config) -> Path:
     """Finetune a Stage A checkpoint on GOD or BOLD5000 test fMRI; returns the run folder."""
-    source = cfg.resume or cfg.pretrain_mbm_path  # the checkpoint we start from
-    if not Path(source).is_file():
-        raise CheckpointError(
-            f"Stage A checkpoint not found: {source}. Run stageA1_mbm_pretrain.py (or download the published "
-            f"pretrains/{cfg.dataset}/fmri_encoder.pth) and pass it with --pretrain_mbm_path"
-        )
+    # ---- checks that need no data: device, precision, output folder, the checkpoint we start from
     dist_info = init_distributed()
     device = dist_info.device
-    seed_everything(cfg.seed, dist_info.rank)
-    run_dir = make_run_dir(cfg.output_path, "stageA2", dist_info)
-    log = setup_logging(run_dir, dist_info.is_main)
     amp = AmpScaler(cfg.precision, device)
-
-    # ---- architecture and voxel count from the checkpoint's config
-    ckpt = load_checkpoint(source)
-    arch = stage_a_config_from_checkpoint(ckpt, source)
-    if cfg.patch_size != arch.patch_size:
-        log.warning("patch_size %d from the checkpoint replaces --patch_size %d", arch.patch_size, cfg.patch_size)
-        cfg.patch_size = arch.patch_size
+    check_output_folder(cfg.output_path)
+    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    source = read_stage_a(resume or cfg.pretrain_mbm_path)  # architecture, weights (and, resuming, its state)
+    cfg.patch_size = source.arch["patch_size"]
+    seed_everything(cfg.seed, dist_info.rank)
 
     # ---- data: the test fMRI, fitted to the pre-trained voxel count
-    _, test_set = load_target_dataset(cfg, include_nonavg_test=cfg.include_nonavg_test)
-    dataset = FMRIDataset(match_voxels(test_set.fmri, arch.num_voxels))
+    num_voxels = source.arch["num_voxels"]
+    _, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
+    dataset = FMRIDataset(fit_voxels(test_set.fmri, num_voxels))
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers)
-    if dist_info.is_main:
-        save_config(cfg, run_dir)
-        log.info("Stage A2 config:\n%s", format_config(cfg))
-        how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - arch.num_voxels))]
-        data = f"{cfg.dataset} {cfg.subjects}, {len(dataset)} test fMRI of {test_set.num_voxels} voxels"
-        where = f"{dist_info.world_size} process(es), {amp.precision} on {device}"
-        log.info("data: %s, %s to %d (pre-trained); %s", data, how, arch.num_voxels, where)
 
     # ---- model and optimiser
-    model = build_mae(arch).to(device)
-    load_model_state(model, ckpt["model"], source)
-    optimizer = make_optimizer(model, cfg)
+    model = build_mae(source.arch).to(device)
+    load_weights(model, source.model, source.path)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    train_model = wrap_ddp(model, dist_info)
+    schedule = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.num_epoch)
 
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
-    if cfg.resume:
-        start_epoch = resume_training(ckpt, cfg.resume, model, optimizer, amp, dist_info)
-    del ckpt
-    wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
-    examples = pick_examples(dataset.fmri)
+    if resume:
+        saved = as_config_dict(source.raw.get("finetune_config", {}))
+        check_resumable(saved, cfg, resume, int(source.raw.get("epoch", -1)), SCHEDULE_FIELDS)
+        start_epoch = restore_training_state(source.raw, resume, model, "model", optimizer, amp, dist_info.rank,
+                                             dist_info.world_size)  # fmt: skip
+    architecture = {**source.config, **source.arch}  # what Stage B rebuilds the encoder from
+    run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageA2", dist_info)
 
-    fit(model, loader, optimizer, amp, cfg, dist_info, run_dir, start_epoch, wandb_run, examples,
-        f"Stage A2 ({cfg.dataset})", (config_to_dict(arch), config_to_dict(cfg)))  # fmt: skip
+    with run_folder(run_dir, dist_info.is_main):
+        log = setup_logging(run_dir, dist_info.is_main)
+        if dist_info.is_main:
+            remove_stale_temporaries(run_dir)
+            save_config(cfg, run_dir)
+            log.info("Stage A2 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
+            how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - num_voxels))]
+            log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s",
+                     cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
+                     dist_info.world_size, amp.precision, device)  # fmt: skip
+        wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
+        examples = pick_examples(dataset.fmri)
+
+        # ---- the loop
+        started = time.time()
+        for epoch in range(start_epoch, cfg.num_epoch):
+            loader.sampler.set_epoch(epoch)
+            stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule,
+                                    cfg.accum_iter, cfg.clip_grad, cfg.log_every)  # fmt: skip
+            if dist_info.is_main:
+                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)
+            if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
+                save_stage_a(run_dir, model, optimizer, amp, epoch, architecture, config_to_dict(cfg), examples,
+                             f"Stage A2 ({cfg.dataset})", dist_info, cfg)  # fmt: skip
+
+        if wandb_run is not None:
+            wandb_run.finish()
+    cleanup_distributed()
     return run_dir
 
 
 if __name__ == "__main__":
-    main(parse_config(StageA2Config))
+    run_main(lambda: main(parse_config(StageA2Config, usage=__doc__)))

@@ -7,7 +7,7 @@ import torch
 
 from checkpoint import CheckpointError
 from conftest import load_fixture, rel_err
-from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI
+from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights
 from sc_mbm.utils import batch_pearson, get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
 
 FORWARD_TOL = 1e-4  # reference/README.md
@@ -128,21 +128,14 @@ def test_focus_range_masks_inside_the_range():
     assert mask.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]] * 2
 
 
-def test_nature_image_head_is_optional():
-    assert not any(k.startswith("nature_img") for k in tiny_mae().state_dict())
-    torch.manual_seed(0)
-    model = tiny_mae(use_nature_img_loss=True, img_feature_dim=5, img_recon_weight=2.0)
-    assert {"nature_img_head.weight", "nature_img_head.bias"} <= set(model.state_dict())
-    fmri, feats, noise = torch.randn(2, 1, 32), torch.randn(2, 5), torch.rand(2, 8)
-    base, _, _ = model(fmri, noise=noise)
-    with_img, _, _ = model(fmri, noise=noise, img_features=feats)
-    latent, _, _ = model.forward_encoder(fmri, 0.75, noise)
-    assert torch.allclose(with_img - base, 2.0 * model.forward_nature_img_loss(latent, feats))
-    with pytest.raises(ValueError, match=r"img_features must flatten"):
-        model(fmri, img_features=torch.randn(2, 7))
-    with pytest.raises(ValueError, match="use_nature_img_loss=False"):
-        tiny_mae()(fmri, img_features=feats)
-
+def test_architecture_is_read_off_the_weights():
+    model = MAEforFMRI(num_voxels=48, patch_size=8, embed_dim=16, depth=3, num_heads=2, decoder_embed_dim=12,
+                       decoder_depth=2, decoder_num_heads=3, mlp_ratio=2.0)
+    arch = architecture_from_weights(model.state_dict())
+    assert arch == {"patch_size": 8, "embed_dim": 16, "depth": 3, "mlp_ratio": 2.0, "num_voxels": 48,
+                    "decoder_embed_dim": 12, "decoder_depth": 2}  # never the head counts: not determinable
+    prefixed = {f"cond_stage_model.mae.{k}": v for k, v in model.state_dict().items() if not k.startswith("decoder")}
+    assert architecture_from_weights(prefixed, "cond_stage_model.mae.")["depth"] == 3
 
 def test_initialisation():
     model = tiny_mae()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -11,14 +12,13 @@ import pytest
 import torch
 import yaml
 
-import sc_mbm.loop as stage_a_loop
 import stageA1_mbm_pretrain as a1
 import stageA2_mbm_finetune as a2
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, as_config_dict, load_checkpoint
 from config import ConfigError, StageA1Config, StageA2Config, from_dict, parse_config
+from engine import NonFiniteLossError, Schedule
 from make_synthetic_data import make_synthetic_data
 from sc_mbm.mae_for_fmri import MAEforFMRI
-from sc_mbm.trainer import lr_at
 
 CODE = Path(__file__).resolve().parents[1] / "code"
 TINY_MODEL = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_num_heads=2)
@@ -69,16 +69,16 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def kill_at(monkeypatch, epoch: int) -> None:
+def kill_at(monkeypatch, epoch: int, script=a1) -> None:
     """Make the stage script die when it starts `epoch` (after the checkpoint of the epoch before)."""
-    real = stage_a_loop.train_one_epoch
+    real = script.train_one_epoch
 
     def train_or_die(model, loader, optimizer, amp, e, *args, **kwargs):
         if e == epoch:
             raise Killed
         return real(model, loader, optimizer, amp, e, *args, **kwargs)
 
-    monkeypatch.setattr(stage_a_loop, "train_one_epoch", train_or_die)
+    monkeypatch.setattr(script, "train_one_epoch", train_or_die)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
@@ -111,8 +111,8 @@ def test_stageA1_writes_the_run_folder(a1_run):
     cfg = from_dict(StageA1Config, yaml.safe_load((a1_run / "config.yaml").read_text()))
     ckpt = load_checkpoint(a1_run / "checkpoint.pth")
     assert set(ckpt) == CKPT_KEYS and ckpt["epoch"] == 1 and ckpt["scaler"] == {} and len(ckpt["rng"]) == 1
-    assert isinstance(ckpt["config"], dict) and ckpt["config"]["embed_dim"] == 32
-    assert ckpt["config"]["num_voxels"] == cfg.num_voxels == (ckpt["model"]["pos_embed"].shape[1] - 1) * 16
+    assert ckpt["config"]._pickled_class == "config.Config_MBM_fMRI" and ckpt["config"].embed_dim == 32
+    assert ckpt["config"].num_voxels == cfg.num_voxels == (ckpt["model"]["pos_embed"].shape[1] - 1) * 16
     assert set(ckpt["model"]) == set(MAEforFMRI(cfg.num_voxels, **TINY_MODEL).state_dict())
     assert {"recon_epoch0.png", "recon_epoch1.png", "log.txt"} <= {p.name for p in a1_run.iterdir()}
     rows = metrics(a1_run)
@@ -133,24 +133,31 @@ def test_stageA1_resumes_exactly_where_it_was_killed(tiny, tmp_path, monkeypatch
     monkeypatch.undo()
     (killed,) = (tmp_path / "killed/stageA1").iterdir()
     assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 1
-    resumed = a1.main(a1_config(tiny, tmp_path / "resumed", num_epoch=3, resume=str(killed / "checkpoint.pth")))
-    assert [r["epoch"] for r in metrics(resumed)] == [2]
+    longer = Path(shutil.copytree(killed, tmp_path / "longer"))
+    (killed / ".checkpoint.pth.x1.tmp").write_bytes(b"left by a save that was killed")
+    # the run's own config.yaml supplies the flags: --resume alone continues it, in its folder
+    resumed = a1.main(parse_config(StageA1Config, ["--resume", str(killed)]))
+    assert resumed == killed and [r["epoch"] for r in metrics(resumed)] == [0, 1, 2]
+    assert not (killed / ".checkpoint.pth.x1.tmp").exists()
     assert_same_training_state(load_checkpoint(whole / "checkpoint.pth"), load_checkpoint(resumed / "checkpoint.pth"))
-    assert metrics(resumed)[0] | {"samples_per_s": 0, "time_s": 0} == metrics(whole)[2] | {
+    assert metrics(resumed)[2] | {"samples_per_s": 0, "time_s": 0} == metrics(whole)[2] | {
         "samples_per_s": 0,
         "time_s": 0,
     }
+    with pytest.raises(ConfigError, match="already finished its 3 epochs"):
+        a1.main(a1_config(tiny, tmp_path, num_epoch=3, resume=str(killed)))
 
-    # a longer target: the schedule follows the new num_epoch (6 steps per epoch, lr of the last step)
+    # a longer target changes the schedule: refused unless asked for; then the lr follows the new num_epoch
+    with pytest.raises(ConfigError, match=r"schedule would change \(num_epoch 3 -> 4\).*--allow_new_schedule"):
+        a1.main(a1_config(tiny, tmp_path, num_epoch=4, resume=str(longer)))
     kill_at(monkeypatch, epoch=3)
     with pytest.raises(Killed):
-        a1.main(a1_config(tiny, tmp_path / "longer", num_epoch=4, resume=str(killed / "checkpoint.pth")))
-    (longer,) = (tmp_path / "longer/stageA1").iterdir()
-    assert metrics(longer)[0]["lr"] == pytest.approx(lr_at(2 + 5 / 6, 2.5e-4, 0.0, 1, 4))
+        a1.main(a1_config(tiny, tmp_path, num_epoch=4, resume=str(longer), allow_new_schedule=True))
+    assert metrics(longer)[-1]["lr"] == pytest.approx(Schedule(2.5e-4, 0.0, 1, 4)(2 + 5 / 6))
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    real = stage_a_loop.train_one_epoch
+    real = a1.train_one_epoch
 
     def poison_at_epoch_1(model, loader, optimizer, amp, epoch, *args, **kwargs):
         if epoch == 1:
@@ -158,8 +165,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, 
                 model.decoder_pred.bias.fill_(float("nan"))
         return real(model, loader, optimizer, amp, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(stage_a_loop, "train_one_epoch", poison_at_epoch_1)
-    with pytest.raises(RuntimeError, match=r"non-finite loss \(nan\) at epoch 1, step 0 of 6"):
+    monkeypatch.setattr(a1, "train_one_epoch", poison_at_epoch_1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 1, step 0 of 6"):
         a1.main(a1_config(tiny, tmp_path, num_epoch=3))
     (run,) = (tmp_path / "stageA1").iterdir()
     ckpt = load_checkpoint(run / "checkpoint.pth")
@@ -175,7 +182,7 @@ def test_torchrun_two_processes_agree_split_the_data_and_write_one_checkpoint(ti
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        str(CODE / "stageA1_mbm_pretrain.py"),
+        str(Path(__file__).parent / "torchrun_probe.py"),
         "--hcp_path",
         str(tiny / "HCP/npz"),
         "--output_path",
@@ -189,7 +196,7 @@ def test_torchrun_two_processes_agree_split_the_data_and_write_one_checkpoint(ti
         "1",
         *[f"--{k}={v}" for k, v in TINY_MODEL.items()],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MINDVIS_DEBUG_DUMP": str(dump)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_OUT": str(dump)}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads((dump / f"rank{r}.json").read_text()) for r in range(2)]
@@ -208,9 +215,10 @@ def test_stageA2_finetunes_on_god_test_fmri_padded_to_the_pretrained_count(tiny,
     pretrained = load_checkpoint(a1_run / "checkpoint.pth")
     assert set(ckpt) == CKPT_KEYS | {"finetune_config"} and ckpt["epoch"] == 1
     assert ckpt["model"]["pos_embed"].shape == pretrained["model"]["pos_embed"].shape
-    assert {k: ckpt["config"][k] for k in TINY_MODEL} == TINY_MODEL  # the architecture, for Stage B
-    assert ckpt["config"]["num_voxels"] == pretrained["config"]["num_voxels"] == 352
-    assert ckpt["finetune_config"]["dataset"] == "GOD" and ckpt["finetune_config"]["include_nonavg_test"]
+    config, finetune = as_config_dict(ckpt["config"]), as_config_dict(ckpt["finetune_config"])
+    assert {k: config[k] for k in TINY_MODEL} == TINY_MODEL  # the architecture, for Stage B
+    assert config["num_voxels"] == as_config_dict(pretrained["config"])["num_voxels"] == 352
+    assert finetune["dataset"] == "GOD" and finetune["include_nonavg_test"]
     assert not torch.equal(ckpt["model"]["blocks.0.attn.qkv.weight"], pretrained["model"]["blocks.0.attn.qkv.weight"])
     assert {"recon_epoch0.png", "recon_epoch1.png", "config.yaml"} <= {p.name for p in run.iterdir()}
     assert "720 test fMRI of 336 voxels, padded to 352" in (run / "log.txt").read_text()  # 20 averaged + 20 x 35
@@ -265,15 +273,14 @@ def test_stageA2_loads_a_published_checkpoint_and_cuts_the_voxels(tiny, tmp_path
     _published_checkpoint(tmp_path / "fmri_encoder.pth", monkeypatch, num_voxels=160)
     run = a2.main(a2_config(tiny, tmp_path, tmp_path / "fmri_encoder.pth", num_epoch=1, include_nonavg_test=False))
     assert "20 test fMRI of 336 voxels, cut to 160" in (run / "log.txt").read_text()
-    ckpt = load_checkpoint(run / "checkpoint.pth")
-    assert ckpt["config"]["embed_dim"] == 24 and ckpt["config"]["num_voxels"] == 160
-    assert ckpt["config"]["seed"] == 2022  # the published string seed (defect 9), read as an int
+    config = as_config_dict(load_checkpoint(run / "checkpoint.pth")["config"])
+    assert config["embed_dim"] == 24 and config["num_voxels"] == 160 and config["decoder_depth"] == 8
 
 
 def test_stageA2_resumes_exactly(tiny, a1_run, tmp_path, monkeypatch):
     small = dict(num_epoch=2, include_nonavg_test=False, batch_size=8)  # 20 averaged test fMRI, 3 steps per epoch
     whole = a2.main(a2_config(tiny, tmp_path / "whole", a1_run / "checkpoint.pth", ckpt_every=2, **small))
-    kill_at(monkeypatch, epoch=1)
+    kill_at(monkeypatch, epoch=1, script=a2)
     with pytest.raises(Killed):
         a2.main(a2_config(tiny, tmp_path / "killed", a1_run / "checkpoint.pth", **small))
     monkeypatch.undo()
@@ -282,6 +289,7 @@ def test_stageA2_resumes_exactly(tiny, a1_run, tmp_path, monkeypatch):
     resumed = a2.main(
         a2_config(tiny, tmp_path / "resumed", tmp_path / "absent.pth", resume=str(killed / "checkpoint.pth"), **small)
     )
+    assert resumed == killed
     assert_same_training_state(load_checkpoint(whole / "checkpoint.pth"), load_checkpoint(resumed / "checkpoint.pth"))
 
 
@@ -300,7 +308,10 @@ def test_stageA2_bad_checkpoints_fail_clearly(tiny, tmp_path, monkeypatch):
         a2.main(a2_config(tiny, tmp_path, path))
 
     _published_checkpoint(path, monkeypatch, num_heads=5)  # embed_dim 24 with 5 heads
-    with pytest.raises(ConfigError, match=r"embed_dim \(24\) must be divisible by num_heads \(5\)"):
+    with pytest.raises(CheckpointError, match=r"broken\.pth: its config says embed_dim = 24 with num_heads = 5"):
+        a2.main(a2_config(tiny, tmp_path, path))
+    _published_checkpoint(path, monkeypatch, embed_dim=32)  # the config contradicts the weights (24)
+    with pytest.raises(CheckpointError, match=r"its config says embed_dim = 32 but its weights were built with 24"):
         a2.main(a2_config(tiny, tmp_path, path))
 
     state = _published_checkpoint(path, monkeypatch)
@@ -315,8 +326,6 @@ def test_stageA1_refuses_to_resume_another_architecture_or_voxel_count(tiny, a1_
         a1.main(a1_config(tiny, tmp_path, resume=str(a1_run / "checkpoint.pth")))
     with pytest.raises(ConfigError, match=r"embed_dim 32 there, 64 here"):
         a1.main(a1_config(tiny, tmp_path, include_kam=True, embed_dim=64, resume=str(a1_run / "checkpoint.pth")))
-    with pytest.raises(ConfigError, match="use_nature_img_loss"):
-        a1.main(a1_config(tiny, tmp_path, use_nature_img_loss=True))
     val_hcp = held_out_hcp(tiny, tmp_path / "val_hcp")
     with pytest.raises(ConfigError, match=r"val_hcp_path shares subjects with hcp_path, so they are not held out"):
         a1.main(a1_config(tiny, tmp_path, val_hcp_path=str(val_hcp)))

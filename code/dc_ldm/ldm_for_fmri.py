@@ -22,7 +22,7 @@ from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from sc_mbm.mae_for_fmri import FMRIEncoder
 
-log = logging.getLogger("mindvis")
+log = logging.getLogger("mindvis.dc_ldm")
 
 NUM_CONTEXT_TOKENS = 77  # the published conditioner's context length (the UNet's cross-attention sees 77 tokens)
 

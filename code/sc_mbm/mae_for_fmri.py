@@ -16,7 +16,7 @@ from timm.models.vision_transformer import Block
 from checkpoint import CheckpointError
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mindvis.sc_mbm")
 
 # Keys of a Stage A checkpoint that the encoder does not use: the decoder, the nature-image head and the
 # decoder-width mask token.
@@ -119,9 +119,8 @@ class MAEforFMRI(_FMRIBackbone):
     start // p .. end // p - 1 and `1 - focus_rate` elsewhere. It applies to the noise the model draws itself; an
     explicit `noise` argument always decides the masking on its own.
 
-    `use_nature_img_loss` adds `nature_img_head`, a Linear from the token-averaged latent to `img_feature_dim`
-    image features, trained with MSE against `img_features` and weighted by `img_recon_weight` (the published
-    2-block image decoder is not reproduced; its checkpoints' `nature_img_*` keys are not loaded).
+    The published optional "nature image" loss (an image-feature head on the latent, off in every published run)
+    is not implemented; its checkpoint keys `nature_img_*` are ignored when an encoder is loaded.
     """
 
     def __init__(
@@ -137,9 +136,6 @@ class MAEforFMRI(_FMRIBackbone):
         mlp_ratio: float = 1.0,
         focus_range: Sequence[int] | None = None,
         focus_rate: float | None = None,
-        img_recon_weight: float = 1.0,
-        use_nature_img_loss: bool = False,
-        img_feature_dim: int = 512,
     ):
         widths = {"embed_dim": (embed_dim, num_heads), "decoder_embed_dim": (decoder_embed_dim, decoder_num_heads)}
         _check_sizes(num_voxels, patch_size, widths)
@@ -152,8 +148,6 @@ class MAEforFMRI(_FMRIBackbone):
         super().__init__(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio)
         self.focus_range = tuple(focus_range) if focus_range is not None else None
         self.focus_rate = focus_rate
-        self.img_recon_weight = img_recon_weight
-        self.use_nature_img_loss = use_nature_img_loss
 
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
@@ -163,8 +157,6 @@ class MAEforFMRI(_FMRIBackbone):
         self.decoder_blocks = _vit_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size)
-        if use_nature_img_loss:
-            self.nature_img_head = nn.Linear(embed_dim, img_feature_dim)
         self.initialize_weights()
 
     def masking_noise(self, batch: int, len_keep: int, device: torch.device) -> torch.Tensor:
@@ -236,31 +228,16 @@ class MAEforFMRI(_FMRIBackbone):
         # clamp instead of a branch on mask.sum(): same value (0 when nothing is masked), no host sync
         return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
-    def forward_nature_img_loss(self, latent: torch.Tensor, img_features: torch.Tensor) -> torch.Tensor:
-        """MSE between image features predicted from the mean latent token (N, 1 + K, D) and `img_features` (N, F)."""
-        target = img_features.reshape(img_features.shape[0], -1).float()  # (N, F)
-        expected = (latent.shape[0], self.nature_img_head.out_features)
-        if tuple(target.shape) != expected:
-            raise ValueError(f"img_features must flatten to (N, F) = {expected}, got {tuple(img_features.shape)}")
-        pred = self.nature_img_head(latent.mean(dim=1))  # (N, F)
-        return (pred.float() - target).pow(2).mean()
-
     def forward(
         self,
         fmri: torch.Tensor,
         mask_ratio: float = 0.75,
         noise: torch.Tensor | None = None,
-        img_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 1, V) fMRI -> (loss scalar, pred (N, L, p), mask (N, L) with 1 = masked)."""
         latent, mask, ids_restore = self.forward_encoder(fmri, mask_ratio, noise)  # (N, 1 + K, D)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p)
-        loss = self.forward_loss(fmri, pred, mask)
-        if img_features is not None:
-            if not self.use_nature_img_loss:
-                raise ValueError("img_features were given but the model was built with use_nature_img_loss=False")
-            loss = loss + self.img_recon_weight * self.forward_nature_img_loss(latent, img_features)
-        return loss, pred, mask
+        return self.forward_loss(fmri, pred, mask), pred, mask
 
 
 class FMRIEncoder(_FMRIBackbone):
@@ -336,3 +313,49 @@ def _listing(items: Sequence[str], limit: int = 8) -> str:
         return "none"
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return "[" + ", ".join(items[:limit]) + "]" + more
+
+
+# ---- construction from a Stage A architecture (a config, or what a checkpoint stores) ----------------------------
+
+
+def build_mae(arch: Mapping, focus_range: Sequence[int] | None = None, focus_rate: float = 0.6) -> MAEforFMRI:
+    """The masked autoencoder of an architecture mapping (the config.ARCH_FIELDS and num_voxels)."""
+    return MAEforFMRI(
+        num_voxels=arch["num_voxels"],
+        patch_size=arch["patch_size"],
+        embed_dim=arch["embed_dim"],
+        depth=arch["depth"],
+        num_heads=arch["num_heads"],
+        decoder_embed_dim=arch["decoder_embed_dim"],
+        decoder_depth=arch["decoder_depth"],
+        decoder_num_heads=arch["decoder_num_heads"],
+        mlp_ratio=arch["mlp_ratio"],
+        focus_range=focus_range,
+        focus_rate=focus_rate if focus_range is not None else None,
+    )
+
+
+def architecture_from_weights(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """What a (prefixed) MAE or encoder state dict tells of its architecture, and num_voxels.
+
+    Widths, depths, patch size and the MLP ratio are read off the tensors; the head counts cannot be (attention
+    weights have the same shapes for any number of heads), so they are never returned.
+    """
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise CheckpointError(f"no encoder weights (patch_embed.proj.weight, pos_embed) under '{prefix}'")
+    embed_dim, _, patch_size = state["patch_embed.proj.weight"].shape
+    if state["pos_embed"].ndim != 3 or state["pos_embed"].shape[1] < 2:
+        raise CheckpointError(f"pos_embed holds no patch positions (shape {list(state['pos_embed'].shape)})")
+    arch = {
+        "patch_size": int(patch_size),
+        "embed_dim": int(embed_dim),
+        "depth": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim if "blocks.0.mlp.fc1.weight" in state
+        else None,
+        "num_voxels": (state["pos_embed"].shape[1] - 1) * int(patch_size),
+    }
+    if "decoder_embed.weight" in state:
+        arch["decoder_embed_dim"] = int(state["decoder_embed.weight"].shape[0])
+        arch["decoder_depth"] = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
+    return {k: v for k, v in arch.items() if v is not None}

@@ -9,14 +9,9 @@ import torch
 from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's global state alone
 from torch import nn
 
-from sc_mbm.trainer import AmpScaler, masking_noise, reconstruct
+from engine import AmpScaler
+from sc_mbm.reconstruction import masking_noise, reconstruct
 from sc_mbm.utils import batch_pearson
-
-
-def pick_examples(fmri: np.ndarray, num: int = 4) -> torch.Tensor:
-    """`num` evenly spaced rows of an (N, 1, V) array, the same at every checkpoint: (num, 1, V)."""
-    rows = np.unique(np.linspace(0, len(fmri) - 1, num).round().astype(int))
-    return torch.from_numpy(np.ascontiguousarray(fmri[rows]))
 
 
 def plot_reconstructions(

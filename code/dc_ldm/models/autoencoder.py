@@ -18,7 +18,7 @@ from dc_ldm.modules.diffusionmodules.model import Decoder, Encoder
 from dc_ldm.modules.distributions import DiagonalGaussianDistribution
 from dc_ldm.modules.vqvae.quantize import VectorQuantizer
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("mindvis.dc_ldm")
 
 _SHARED_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "dropout")
 _ENCODER_KEYS = (*_SHARED_KEYS, "in_channels", "double_z")

@@ -27,7 +27,7 @@ from dc_ldm.modules.diffusionmodules.util import make_beta_schedule
 from dc_ldm.modules.ema import LitEma
 from dc_ldm.util import instantiate_from_config
 
-log = logging.getLogger("mindvis")
+log = logging.getLogger("mindvis.dc_ldm")
 
 # Registered in this order by the published model; every one is part of its state_dict.
 SCHEDULE_BUFFERS = (

@@ -1,4 +1,4 @@
-"""The SC-MBM training loop: schedule, parameter groups, accumulation, device-side metrics, evaluation, helpers."""
+"""The training engine with the Stage A step: schedule, parameter groups, accumulation, device-side sums."""
 
 import math
 from types import SimpleNamespace
@@ -9,23 +9,16 @@ import torch
 from torch import nn
 
 from checkpoint import CheckpointError
-from dataset import FMRIDataset
+from dataset import FMRIDataset, fit_voxels
+from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
+from errors import UsageError
+from layouts import load_weights
 from runtime import DistInfo
 from sc_mbm.mae_for_fmri import MAEforFMRI
-from sc_mbm.trainer import (
-    AmpScaler,
-    NonFiniteLossError,
-    adjust_learning_rate,
-    evaluate,
-    load_model_state,
-    lr_at,
-    make_loader,
-    match_voxels,
-    param_groups_weight_decay,
-    train_one_epoch,
-)
+from sc_mbm.reconstruction import score
+from sc_mbm.training import mae_step, pick_examples
 from sc_mbm.utils import batch_pearson
-from sc_mbm.visualize import pick_examples, save_reconstruction_figure
+from sc_mbm.visualize import save_reconstruction_figure
 
 CPU = torch.device("cpu")
 P, L = 4, 6  # patch size and patches of the toy model
@@ -67,39 +60,39 @@ def _single() -> DistInfo:
     return DistInfo(rank=0, local_rank=0, world_size=1, device=CPU)
 
 
+def _epoch(model, loader, optimizer, amp, epoch, cfg) -> dict:
+    schedule = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.num_epoch)
+    return train_one_epoch(model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule, cfg.accum_iter,
+                           cfg.clip_grad, cfg.log_every)
+
+
 def _train(model, data, batch_size, cfg, epochs=1) -> list[dict]:
     loader = make_loader(data, batch_size, seed=3, dist_info=_single())
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = make_optimizer(model, cfg.lr, 0.05)
     out = []
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
-        out.append(train_one_epoch(model, loader, optimizer, AmpScaler("fp32", CPU), epoch, cfg))
+        out.append(_epoch(model, loader, optimizer, AmpScaler("fp32", CPU), epoch, cfg))
     return out
 
 
 def test_lr_warms_up_linearly_then_follows_a_half_cosine_to_min_lr():
     lr, min_lr, warm, total = 1.0, 0.1, 4, 12
-    assert [lr_at(e, lr, min_lr, warm, total) for e in (0, 1, 2, 4)] == [0.0, 0.25, 0.5, 1.0]
-    assert lr_at(8, lr, min_lr, warm, total) == pytest.approx((lr + min_lr) / 2)
-    assert lr_at(total, lr, min_lr, warm, total) == pytest.approx(min_lr)
-    assert lr_at(0, lr, min_lr, 0, total) == lr  # no warm-up
-    later = [lr_at(e / 10, lr, min_lr, warm, total) for e in range(40, 121)]
+    schedule = Schedule(lr, min_lr, warm, total)
+    assert [schedule(e) for e in (0, 1, 2, 4)] == [0.0, 0.25, 0.5, 1.0]
+    assert schedule(8) == pytest.approx((lr + min_lr) / 2)
+    assert schedule(total) == pytest.approx(min_lr)
+    assert Schedule(lr, min_lr, 0, total)(0) == lr  # no warm-up
+    later = [schedule(e / 10) for e in range(40, 121)]
     assert all(a >= b for a, b in zip(later, later[1:], strict=False))
     # the schedule is a function of the run's target length (a resumed run with more epochs decays slower)
-    assert lr_at(6, lr, min_lr, warm, 20) > lr_at(6, lr, min_lr, warm, 12)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(nn.Linear(2, 2), 0.05), lr=1.0)
-    assert (
-        adjust_learning_rate(
-            optimizer, 2.0, SimpleNamespace(lr=lr, min_lr=min_lr, warmup_epochs=warm, num_epoch=total)
-        )
-        == 0.5
-    )
-    assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.5]
+    assert Schedule(lr, min_lr, warm, 20)(6) > schedule(6)
+    assert {Schedule(0.3, 0.3, 0, 5)(e) for e in (0, 1.5, 5)} == {0.3}  # Stage B: constant
 
 
 def test_no_weight_decay_on_biases_and_1d_parameters_and_frozen_ones_left_out():
     model = MAEforFMRI(64, patch_size=16, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2)
-    no_decay, decay = param_groups_weight_decay(model, 0.05)
+    no_decay, decay = make_optimizer(model, 1e-3, 0.05).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
@@ -151,14 +144,14 @@ def test_non_finite_loss_stops_with_epoch_and_step():
 def test_precision_choices_on_cpu():
     assert AmpScaler("auto", CPU).precision == "fp32"
     assert not AmpScaler("fp32", CPU).scaler.is_enabled()
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+    with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
         AmpScaler("fp16", CPU)
     bf16 = AmpScaler("bf16", CPU)
     torch.manual_seed(0)
     model = ToyMAE()
     loader = make_loader(_data(8), 4, 0, _single())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    stats = train_one_epoch(model, loader, optimizer, bf16, 0, _cfg(clip_grad=1.0))
+    stats = _epoch(model, loader, optimizer, bf16, 0, _cfg(clip_grad=1.0))
     assert math.isfinite(stats["loss"]) and bf16.state_dict() == {}
     bf16.load_state_dict({})  # published fp32 checkpoints store an empty scaler state
 
@@ -174,12 +167,12 @@ def test_evaluate_scores_masked_patches_with_fixed_masks_and_leaves_the_rng_alon
 
     model, fmri = AntiMasked(), torch.from_numpy(_data(6).fmri)
     state = torch.get_rng_state()
-    first = evaluate(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=1)
+    first = score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
     assert first["masked_cor"] == pytest.approx(-1.0, abs=1e-5)
     assert -1.0 < first["cor"] < 1.0
-    assert evaluate(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=6, seed=1) == pytest.approx(first)
-    assert evaluate(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=2)["cor"] != first["cor"]
+    assert score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=6, seed=1) == pytest.approx(first)
+    assert score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=2)["cor"] != first["cor"]
 
 
 def test_loader_order_depends_on_seed_and_epoch_and_ranks_get_disjoint_shares():
@@ -198,23 +191,27 @@ def test_loader_order_depends_on_seed_and_epoch_and_ranks_get_disjoint_shares():
     assert orders[0] == orders[2] != orders[1] and sorted(orders[0]) == list(range(11))
 
 
-def test_match_voxels_wrap_pads_or_truncates():
+def test_fit_voxels_wrap_pads_or_truncates():
     x = np.arange(10, dtype=np.float32).reshape(2, 1, 5)
-    np.testing.assert_array_equal(match_voxels(x, 7)[0, 0], [0, 1, 2, 3, 4, 0, 1])
-    np.testing.assert_array_equal(match_voxels(x, 3)[1, 0], [5, 6, 7])
-    np.testing.assert_array_equal(match_voxels(x, 5), x)
+    np.testing.assert_array_equal(fit_voxels(x, 7)[0, 0], [0, 1, 2, 3, 4, 0, 1])
+    np.testing.assert_array_equal(fit_voxels(x, 3)[1, 0], [5, 6, 7])
+    np.testing.assert_array_equal(fit_voxels(x, 5), x)
 
 
-def test_load_model_state_names_missing_keys(tmp_path):
+def test_load_weights_names_missing_keys_and_non_finite_values(tmp_path):
     model = MAEforFMRI(64, patch_size=16, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2)
     state = model.state_dict()
     del state["decoder_pred.weight"]
     with pytest.raises(CheckpointError, match=r"x\.pth: model state lacks 1 key\(s\): \['decoder_pred.weight'\]"):
-        load_model_state(model, state, tmp_path / "x.pth")
+        load_weights(model, state, tmp_path / "x.pth")
     state = model.state_dict()
     state["norm.weight"] = torch.ones(3)
     with pytest.raises(CheckpointError, match="do not fit the model"):
-        load_model_state(model, state, tmp_path / "x.pth")
+        load_weights(model, state, tmp_path / "x.pth")
+    state = model.state_dict()
+    state["norm.bias"][0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"x\.pth: weights hold NaN or inf values in \['norm.bias'\]"):
+        load_weights(model, state, tmp_path / "x.pth")
 
 
 def test_reconstruction_figure_is_written(tmp_path):

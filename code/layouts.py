@@ -1,0 +1,247 @@
+"""What each checkpoint file holds, written and read in one place (docs/formats.md describes them).
+
+- Stage A, `checkpoint.pth` of A1 and A2 and the published `fmri_encoder.pth`: `model`, `optimizer`, `epoch`,
+  `scaler`, `config` (a `config.Config_MBM_fMRI` object: the Stage A architecture and pre-training settings);
+  ours add `rng` (every rank's RNG state) and, after A2, `finetune_config` (`config.Config_MBM_finetune`).
+- Stage B, the published `finetuned.pth`: `model_state_dict`, `config` (`config.Config_Generative_Model`, with the
+  encoder architecture in `model_meta`) and `state` (the torch RNG state the original seeds sampling with).
+- Stage B, `checkpoint.pth` of a run: the `finetuned.pth` layout plus `optimizer`, `epoch`, `scaler`, `rng` and
+  `best` (the validation score of the kept `finetuned.pth`): what `--resume` continues from.
+
+Config objects are written as the original's classes so that its code reads our files; every read goes through
+the restricted loader (`checkpoint.load_checkpoint`), which returns them as plain attribute containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from checkpoint import CheckpointError, as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
+from config import (
+    ARCH_FIELDS,
+    Config_Generative_Model,
+    Config_MBM_finetune,
+    Config_MBM_fMRI,
+    ConfigError,
+    StageBConfig,
+    published_config,
+)
+from sc_mbm.mae_for_fmri import architecture_from_weights
+
+log = logging.getLogger("mindvis.layouts")
+
+ENCODER_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")  # what Stage B's encoder needs
+DEFAULT_DECODER_DEPTH = 8  # every published checkpoint; older configs do not store it
+
+
+# ---- the Stage A encoder architecture: the one reader -------------------------------------------------------
+
+
+def read_architecture(
+    config: Mapping, state: Mapping[str, torch.Tensor], path: str | os.PathLike, prefix: str = "",
+    fields: Sequence[str] = ARCH_FIELDS,
+) -> dict:  # fmt: skip
+    """`fields` of the architecture and `num_voxels`, from a checkpoint's config and its weights.
+
+    A field stored in the config must agree with the weights; a field the config lacks is read off the weights
+    where they tell it (widths, depths, patch size, MLP ratio; logged as such). The head counts cannot be read
+    off weights: a checkpoint whose config lacks them is refused rather than built with a guess.
+    """
+    try:
+        weights = architecture_from_weights(state, prefix)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    arch, assumed, unknown = {}, [], []
+    for name in fields:
+        if name in config and config[name] is not None:
+            arch[name] = config[name]
+            if name in weights and weights[name] != config[name]:
+                raise CheckpointError(f"{path}: its config says {name} = {config[name]} but its weights were built "
+                                      f"with {weights[name]}")  # fmt: skip
+        elif name in weights:
+            arch[name], assumed = weights[name], assumed + [name]
+        elif name == "decoder_depth":
+            arch[name], assumed = DEFAULT_DECODER_DEPTH, assumed + [name]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(
+            f"{path}: its config does not give {unknown} and the weights cannot tell them; pass the Stage A "
+            "checkpoint this model was trained from (--pretrain_mbm_path), whose config holds them"
+        )
+    if assumed:
+        log.info("%s: read off the weights (its config lacks them): %s", path,
+                 ", ".join(f"{k}={arch[k]}" for k in assumed))  # fmt: skip
+    arch["num_voxels"] = weights["num_voxels"]
+    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        if heads in arch and arch[width] % arch[heads]:
+            raise CheckpointError(f"{path}: its config says {width} = {arch[width]} with {heads} = {arch[heads]}, "
+                                  "which does not divide it; the file is inconsistent")  # fmt: skip
+    return arch
+
+
+# ---- Stage A ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageACheckpoint:
+    """A Stage A checkpoint as later stages use it."""
+
+    path: Path
+    arch: dict  # config.ARCH_FIELDS and num_voxels
+    model: dict  # the masked autoencoder's state dict
+    config: dict  # the stored Stage A config (architecture and pre-training settings)
+    raw: dict  # everything in the file (optimizer, epoch, rng, finetune_config, ...)
+
+
+def read_stage_a(path: str | os.PathLike, fields: Sequence[str] = ARCH_FIELDS) -> StageACheckpoint:
+    """Load a Stage A checkpoint (ours or published): its architecture, finite weights, and config."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Stage A checkpoint not found: {path}. Run stageA1_mbm_pretrain.py / stageA2_mbm_finetune.py (or "
+            "download the published pretrains/<dataset>/fmri_encoder.pth) and pass it with --pretrain_mbm_path"
+        )
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt or not isinstance(ckpt["model"], Mapping):
+        raise CheckpointError(f"{path}: not a Stage A checkpoint (expected keys 'model', 'optimizer', 'epoch', "
+                              "'config')")  # fmt: skip
+    check_finite(ckpt["model"], path)
+    config = as_config_dict(ckpt["config"]) if "config" in ckpt else {}
+    arch = read_architecture(config, ckpt["model"], path, fields=fields)
+    return StageACheckpoint(path, arch, ckpt["model"], config, dict(ckpt))
+
+
+def stage_a_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: int, config: Mapping,
+    finetune_config: Mapping | None = None,
+) -> dict:  # fmt: skip
+    """The published Stage A layout plus every rank's RNG state (a collective: every rank must call it)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "scaler": scaler_state,
+        "config": published_config(dict(config), Config_MBM_fMRI),
+    }
+    if finetune_config is not None:
+        state["finetune_config"] = published_config(dict(finetune_config), Config_MBM_finetune)
+    state["rng"] = gather_rng_states()
+    return state
+
+
+# ---- Stage B ------------------------------------------------------------------------------------------------
+
+
+def finetuned_checkpoint(model: nn.Module, cfg: StageBConfig) -> dict:
+    """The published Stage B layout: model_state_dict, config (the original's class), state (torch RNG)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"model_state_dict": weights, "config": published_config(cfg, Config_Generative_Model),
+            "state": torch.get_rng_state()}  # fmt: skip
+
+
+def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
+    """A Stage B checkpoint (published or ours) -> (model state dict, stored config as a dict); weights finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Stage B checkpoint not found: {path}; run stageB_ldm_finetune.py or download "
+                              "the published pretrains/<dataset>/finetuned.pth; pass it with --checkpoint")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, Mapping) or "model_state_dict" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not a Stage B checkpoint (expected keys 'model_state_dict' and 'config')")
+    check_finite(ckpt["model_state_dict"], path)
+    return ckpt["model_state_dict"], as_config_dict(ckpt["config"])
+
+
+# ---- resuming a run -----------------------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint.pth"  # every stage's training state in its run folder
+SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_epochs", "num_epoch")
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's RNG states (index = rank); a collective under torchrun, so every rank must call it."""
+    state = get_rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def training_state(optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: int, **extra: Any) -> dict:
+    """What a resume needs beside the weights: optimiser, scaler, epoch, every rank's RNG (a collective)."""
+    return {"optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler_state, **extra,
+            "rng": gather_rng_states()}  # fmt: skip
+
+
+def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
+    """`--resume` names a run folder or its checkpoint: the checkpoint's path."""
+    path = Path(resume)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"--resume {resume}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
+    return path
+
+
+def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_fields: Sequence[str] = ()) -> None:
+    """Refuse to resume a finished run, or one whose learning-rate schedule would change, unless asked to.
+
+    `saved` is the run's stored config, `epoch` the last epoch its checkpoint holds.
+    """
+    if epoch + 1 >= cfg.num_epoch:
+        raise ConfigError(f"--resume {path}: the run already finished its {epoch + 1} epochs; to train longer pass a "
+                          "larger --num_epoch" + (" and --allow_new_schedule" if schedule_fields else ""))  # fmt: skip
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in schedule_fields
+               if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+    if changed and not getattr(cfg, "allow_new_schedule", False):
+        raise ConfigError(f"--resume {path}: the learning-rate schedule would change ({'; '.join(changed)}); pass "
+                          "--allow_new_schedule to accept that, or resume with the run's own values")  # fmt: skip
+
+
+def restore_training_state(
+    ckpt: Mapping, path: Path, model: nn.Module, model_key: str, optimizer: torch.optim.Optimizer, amp: Any,
+    rank: int, world_size: int,
+) -> int:  # fmt: skip
+    """Load weights, optimiser, scaler and this rank's RNG from a training checkpoint; returns the next epoch."""
+    absent = [k for k in (model_key, "optimizer", "epoch") if k not in ckpt]
+    if absent:
+        raise CheckpointError(f"{path}: cannot resume, no {absent} entry")
+    load_weights(model, ckpt[model_key], path)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimiser state does not fit this model: {e}") from None
+    amp.load_state_dict(ckpt.get("scaler"))
+    states = ckpt.get("rng")
+    if isinstance(states, list) and len(states) == world_size:
+        set_rng_state(states[rank])
+    else:
+        log.warning("%s: no RNG state for %d process(es); the data order is reproduced, the random draws are not",
+                    path, world_size)  # fmt: skip
+    log.info("resumed from %s after epoch %d", path, ckpt["epoch"])
+    return int(ckpt["epoch"]) + 1
+
+
+def load_weights(model: nn.Module, state: Mapping, path: str | os.PathLike) -> None:
+    """Load a state dict; every model key must be present (extra keys are reported and ignored)."""
+    check_finite(dict(state), path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model built from its config: "
+                              f"{' '.join(str(e).split())[:500]}") from None  # fmt: skip
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        raise CheckpointError(f"{path}: model state lacks {len(missing)} key(s): {missing[:5]}{more}")
+    if unexpected:
+        log.warning("%s: ignoring %d unexpected key(s): %s", path, len(unexpected), unexpected[:5])

@@ -1,0 +1,48 @@
+"""Masked reconstruction of held-out fMRI with fixed masks: the Stage A scores and figures compare epochs on it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine import AmpScaler
+from sc_mbm.utils import batch_pearson
+
+
+def masking_noise(num_samples: int, model: nn.Module, seed: int) -> torch.Tensor:
+    """Fixed masking noise (num_samples, L), drawn from its own generator so the run's RNG streams are untouched."""
+    num_patches = model.pos_embed.shape[1] - 1
+    return torch.rand(num_samples, num_patches, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def reconstruct(
+    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, noise: torch.Tensor, amp: AmpScaler
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked reconstruction of fmri (N, 1, V): (loss, pred (N, V) float32, mask (N, V) bool, True = masked)."""
+    with amp.autocast():
+        loss, pred, mask = model(fmri, mask_ratio=mask_ratio, noise=noise.to(fmri.device))  # (N, L, p), (N, L)
+    patch_size = pred.shape[-1]
+    return loss.float(), pred.float().flatten(1), mask.bool().repeat_interleave(patch_size, dim=1)
+
+
+@torch.no_grad()
+def score(
+    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, amp: AmpScaler, batch_size: int, seed: int = 0
+) -> dict[str, float]:
+    """Loss, full-reconstruction and masked-patch Pearson correlation on fmri (N, 1, V), with fixed masks."""
+    was_training = model.training
+    model.eval()
+    noise = masking_noise(len(fmri), model, seed)
+    sums = torch.zeros(3, device=amp.device)  # loss * n, correlation, masked-patch correlation
+    for start in range(0, len(fmri), batch_size):
+        x = fmri[start : start + batch_size].to(amp.device)  # (n, 1, V)
+        loss, pred, mask = reconstruct(model, x, mask_ratio, noise[start : start + batch_size], amp)
+        target = x.flatten(1)  # (n, V)
+        sums[0] += loss * len(x)
+        sums[1] += batch_pearson(pred, target).sum()
+        # every sample has the same number of masked patches, so the masked voxels form an (n, V_masked) block
+        sums[2] += batch_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1)).sum()
+    model.train(was_training)
+    loss, cor, masked_cor = (sums / len(fmri)).tolist()
+    return {"loss": loss, "cor": cor, "masked_cor": masked_cor}
