@@ -346,10 +346,10 @@ class GenEvalConfig(TargetData):
     def __post_init__(self) -> None:
         _check(self.dataset is None or self.dataset in DATASETS,
                f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
-        from eval_metrics import METRICS  # the metric names are eval_metrics' to define
+        from eval_metrics import METRIC_GROUPS, METRICS  # the metric names are eval_metrics' to define
 
-        unknown = [m for m in self.metrics if m not in METRICS]
-        _check(not unknown, f"unknown metric(s) {unknown}; expected names from {list(METRICS)}")
+        unknown = [m for m in self.metrics if m not in METRICS and m not in METRIC_GROUPS]
+        _check(not unknown, f"unknown metric(s) {unknown}; expected names from {[*METRICS, *METRIC_GROUPS]}")
         self.output_path = _under(self.root_path, self.output_path, "results")
         _check(self.sampler in ("plms", "ddim"), f"sampler must be 'plms' or 'ddim', got {self.sampler!r}")
         self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)

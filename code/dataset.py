@@ -590,11 +590,22 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return out if x.ndim == 4 else out[0]
 
 
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0..255 float) images -> float in [-1, 1], the range the autoencoders and classifiers take."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """Model-range images (B, 3, H, W) in about [-1, 1] -> uint8 (B, H, W, 3) on the host (clamped, rounded)."""
+    x = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
 class ImageToTensor:
     """uint8 (H, W, 3) image -> float (3, H, W) in [-1, 1]."""
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+        return to_model_range(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
 
 
 class ResizeImage:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+import torch
 from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's global state alone
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from PIL import Image
+from torchvision.utils import make_grid
 
 
 def metric_bar_chart(
@@ -50,4 +54,14 @@ def metric_bar_chart(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def image_grid(gt: np.ndarray, samples: np.ndarray, path: str | Path, max_rows: int = 50) -> Path:
+    """One row per test item, the ground truth then its samples: uint8 (N, H, W, 3) and (S, N, H, W, 3) -> PNG."""
+    rows = min(len(gt), max_rows)
+    tiles = np.concatenate([gt[:rows, None], samples[:, :rows].swapaxes(0, 1)], axis=1)  # (rows, 1 + S, H, W, 3)
+    tiles = torch.from_numpy(np.ascontiguousarray(tiles)).flatten(0, 1).permute(0, 3, 1, 2)  # (rows (1 + S), 3, H, W)
+    grid = make_grid(tiles, nrow=1 + len(samples), padding=0)  # (3, rows * H, (1 + S) * W)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return Path(path)

@@ -1,17 +1,20 @@
 """Decode every test fMRI into images with a finetuned DC-LDM and score them as the paper does.
 
-    python code/gen_eval.py --dataset GOD                        # pretrains/GOD/finetuned.pth
-    python code/gen_eval.py --dataset BOLD5000 --root .
-    python code/gen_eval.py --dataset GOD --checkpoint results/stageB/<run>/finetuned.pth
-    python code/gen_eval.py --dataset GOD --ddim_steps 50 --limit 10   # a quick look
+    python code/gen_eval.py --dataset GOD                        # pretrains/GOD/finetuned.pth, the published protocol
+    python code/gen_eval.py --dataset BOLD5000 --root_path /data/mind-vis
+    python code/gen_eval.py --checkpoint results/stageB/<run>/finetuned.pth
+    python code/gen_eval.py --checkpoint CKPT --ddim_steps 50 --limit 10      # a quick look
+    python code/gen_eval.py --checkpoint CKPT --shuffle_fmri                  # control: scores must fall to chance
 
-The checkpoint may be a published `finetuned.pth` (its pickled `config.Config_Generative_Model`
-is read safely and mapped onto ours) or one of ours. All test fMRI x `num_samples` go through
-the sampler in batches of `batch_size` images; the same `--seed` gives the same images.
+The checkpoint may be a published `finetuned.pth` (its pickled `config.Config_Generative_Model` is read safely)
+or one of ours. The data set, subjects and ROI default to the checkpoint's; every data and model path given as
+a flag wins over the paths stored in the checkpoint, and stored relative paths are resolved against
+`--root_path`. All test fMRI x `num_samples` go through the sampler in batches of `batch_size` images; the same
+`--seed` gives the same images.
 
-Writes `<output_path>/gen_eval/<timestamp>/`: `grid.png` (ground truth first in each row),
-`samples/<item>_<sample>.png`, `metrics.json` (every metric, or the reason it was skipped),
-and prints a table.
+Writes `<output_path>/gen_eval/<timestamp>/`: `grid.png` (ground truth first in each row), `samples/`,
+`samples.npy`, `metrics.json` (every metric, or the reason it was skipped), `metrics.png` (a bar chart with
+chance levels) and prints a table. Metric names: eval_metrics.METRICS, or the group `mindeye`.
 """
 
 from __future__ import annotations
@@ -22,125 +25,118 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 import eval_metrics
-from config import GenEvalConfig, format_config, parse_config, save_config
-from dataset import load_target_dataset
-from dc_ldm.ldm_for_fmri import load_finetuned, num_voxels_of, sample_images
-from demo_classifier import load_classifier
-from runtime import autocast, is_interactive, make_run_dir, pick_device, resolve_precision, setup_logging
+from classifier_file import load_classifier_file
+from config import GenEvalConfig, TargetData, format_config, parse_config, save_config
+from dataset import load_target
+from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
+from errors import UserError, run_main
+from figures import image_grid, metric_bar_chart
+from layouts import read_finetuned, resolve_stored_path
+from runtime import check_output_folder, log, make_run_dir, pick_device, resolve_precision, run_folder, setup_logging
 
 
-@torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    fmri: torch.Tensor,
-    num_samples: int,
-    ddim_steps: int,
-    sampler: str = "plms",
-    eta: float = 0.0,
-    batch_size: int = 25,
-    seed: int = 0,
-    precision: str = "fp32",
-    progress: bool = False,
-) -> np.ndarray:
-    """Sample `num_samples` images per fMRI (N, 1, V) -> uint8 (S, N, H, W, 3), batched over items x samples.
-
-    Each (item, sample) pair draws its starting noise from its own generator, seeded from `seed`, so the
-    images do not depend on `batch_size` or on the device's batching.
-    """
-    device = next(model.parameters()).device
-    n = fmri.shape[0]
-    jobs = [(i, s) for s in range(num_samples) for i in range(n)]
-    shape = model.latent_shape  # (C, h, w)
-    out = None
-    steps = range(0, len(jobs), batch_size)
-    for start in tqdm(steps, desc="generating", disable=not progress):
-        chunk = jobs[start : start + batch_size]
-        items = torch.tensor([i for i, _ in chunk])
-        x_T = torch.stack([_start_noise(seed, i, s, shape) for i, s in chunk]).to(device)
-        with autocast(precision, device):
-            images = sample_images(model, fmri[items].to(device), ddim_steps, sampler, eta, x_T=x_T,
-                                   generator=torch.Generator(device).manual_seed(seed + start))  # (B, 3, H, W)
-        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        if out is None:
-            out = np.zeros((num_samples, n, *images.shape[1:]), dtype=np.uint8)
-        for (i, s), img in zip(chunk, images, strict=True):
-            out[s, i] = img
-    return out
+def target_data(cfg: GenEvalConfig, stored: dict) -> TargetData:
+    """The test data: the checkpoint's data set, subjects and ROI unless flags say otherwise; paths resolved."""
+    dataset = cfg.dataset or stored.get("dataset", "GOD")
+    if stored.get("dataset") and dataset != stored["dataset"]:
+        raise UserError(f"--dataset {dataset}: the checkpoint was finetuned on {stored['dataset']}")
+    root = cfg.root_path
+    return TargetData(
+        root_path=root,
+        kam_path=resolve_stored_path(cfg.kam_path, stored.get("kam_path"), "data/Kamitani/npz", root),
+        bold5000_path=resolve_stored_path(cfg.bold5000_path, stored.get("bold5000_path"), "data/BOLD5000", root),
+        dataset=dataset,
+        kam_subs=cfg.kam_subs or list(stored.get("kam_subs") or ["sbj_3"]),
+        bold5000_subs=cfg.bold5000_subs or list(stored.get("bold5000_subs") or ["CSI1"]),
+        roi=cfg.roi or stored.get("roi", "VC"),
+        test_category=cfg.test_category or stored.get("test_category"),
+        seed=cfg.seed,
+    )
 
 
-def _start_noise(seed: int, item: int, sample: int, shape: tuple[int, ...]) -> torch.Tensor:
-    # one CPU generator per (item, sample): the same images on any device and for any batch size
-    g = torch.Generator().manual_seed(seed * 1_000_003 + item * 1009 + sample)
-    return torch.randn(shape, generator=g)
-
-
-def save_grid(gt: np.ndarray, samples: np.ndarray, path: Path, max_rows: int = 50) -> None:
-    """One row per test item: ground truth, then its samples; uint8 (N, H, W, 3) and (S, N, H, W, 3)."""
-    rows = [np.concatenate([gt[i], *samples[:, i]], axis=1) for i in range(min(len(gt), max_rows))]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-
-
-def save_samples(samples: np.ndarray, folder: Path) -> None:
-    """Every sample as `<item>_<sample>.png`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for s, i in np.ndindex(samples.shape[:2]):
-        Image.fromarray(samples[s, i]).save(folder / f"{i:03d}_{s}.png")
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n) that moves every item (n >= 2)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    while np.any(perm == np.arange(n)):
+        perm = rng.permutation(n)
+    return perm
 
 
 def format_table(metrics: dict) -> str:
     """The metrics as an aligned two-column table, skipped ones with their reason."""
     lines = [f"{'metric':<24} value"]
-    for name, value in metrics["scores"].items():
-        lines.append(f"{name:<24} {value:.4f}")
-    for name, reason in metrics.get("skipped", {}).items():
-        lines.append(f"{name:<24} skipped: {reason}")
+    lines += [f"{name:<24} {value:.4f}" for name, value in metrics["scores"].items()]
+    lines += [f"{name:<24} skipped: {reason}" for name, reason in metrics.get("skipped", {}).items()]
     return "\n".join(lines)
 
 
 def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) -> Path:
-    """Generate, save and score; `classifier` replaces ViT-H/14 for the n-way metric (e.g. the demo's)."""
+    """Generate, save and score; `classifier` replaces ViT-H/14 (or cfg.classifier's file) for the n-way metric."""
+    # ---- checks before any work: device, precision, output folder, classifier, checkpoint, model files
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    run_dir = make_run_dir(cfg.output_path, "gen_eval")
-    log = setup_logging(run_dir)
-    save_config(cfg, run_dir)
-    log.info("gen_eval config:\n%s", format_config(cfg))
-
-    model, stage_b = load_finetuned(cfg.checkpoint, root=cfg.root, device=device)
+    check_output_folder(cfg.output_path)
     if classifier is None and cfg.classifier is not None:
-        classifier = load_classifier(cfg.classifier, device)
-    if stage_b.dataset != cfg.dataset:
-        raise ValueError(f"{cfg.checkpoint} was finetuned on {stage_b.dataset}, not {cfg.dataset}")
-    _, test_set = load_target_dataset(stage_b, img_size=stage_b.img_size)
-    expected = num_voxels_of(model.cond_stage_model.mae.state_dict(), "", stage_b.patch_size)
+        classifier = load_classifier_file(cfg.classifier, device)
+    path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / (cfg.dataset or "GOD") / "finetuned.pth")
+    state, stored = read_finetuned(path)
+    data = target_data(cfg, stored)
+    gm_path = resolve_stored_path(cfg.pretrain_gm_path, stored.get("pretrain_gm_path"), "pretrains/ldm/label2img",
+                                  cfg.root_path)  # fmt: skip
+    mbm_path = resolve_stored_path(cfg.pretrain_mbm_path, stored.get("pretrain_mbm_path"),
+                                   f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path)  # fmt: skip
+    model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
+    del state
+
+    # ---- the test set, checked against the model
+    img_size = int(stored.get("img_size", 256))
+    patch_size = stored["model_meta"]["patch_size"]
+    _, test_set = load_target(data, patch_size, bool(stored.get("include_nonavg_test", False)))
+    expected = model.cond_stage_model.mae.num_voxels
     if test_set.num_voxels != expected:
-        raise ValueError(
-            f"{cfg.checkpoint} expects {expected} voxels but the {cfg.dataset} test fMRI of "
-            f"{stage_b.subjects} (roi {stage_b.roi}) has {test_set.num_voxels}"
-        )
-    n = len(test_set.fmri) if cfg.limit is None else min(cfg.limit, len(test_set.fmri))
+        raise UserError(f"{path} expects {expected} voxels but the {data.dataset} test fMRI of {data.subjects} "
+                        f"(roi {data.roi}) has {test_set.num_voxels}: pass the subjects and --roi it was trained on")
+    n = len(test_set) if cfg.limit is None else min(cfg.limit, len(test_set))
+    if n < 2:
+        raise UserError(f"the {data.dataset} test set of {data.subjects} holds {n} item(s); scoring needs at least 2")
     fmri = torch.from_numpy(test_set.fmri[:n])
-    gt = test_set.resized_images(stage_b.img_size)[test_set.image_index[:n]]
-    log.info("decoding %d test fMRI x %d samples, %s %d steps, %s", n, cfg.num_samples, cfg.sampler,
-             cfg.ddim_steps, precision)
+    if cfg.shuffle_fmri:
+        fmri = fmri[derangement(n, cfg.seed)]
+    gt = test_set.resized_images(img_size)[test_set.image_index[:n]]
 
-    samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
-                       cfg.seed, precision, progress=is_interactive())
-    save_grid(gt, samples, run_dir / "grid.png")
-    save_samples(samples, run_dir / "samples")
-    np.save(run_dir / "samples.npy", samples)
+    run_dir = make_run_dir(cfg.output_path, "gen_eval")
+    with run_folder(run_dir):
+        setup_logging(run_dir)
+        save_config(cfg, run_dir)
+        log.info("gen_eval config:\n%s", format_config(cfg))
+        log.info("checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, %s on %s", path,
+                 gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "", cfg.num_samples,
+                 cfg.sampler, cfg.ddim_steps, precision, device)  # fmt: skip
 
-    metrics = eval_metrics.evaluate(gt, samples, metrics=cfg.metrics, classifier=classifier, n_way=cfg.n_way,
-                                    num_trials=cfg.num_trials, seed=cfg.seed, device=device)
-    metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
-    log.info("wrote %s", run_dir)
+        samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
+                           cfg.seed, precision)  # fmt: skip
+        image_grid(gt, samples, run_dir / "grid.png")
+        np.save(run_dir / "samples.npy", samples)
+        (run_dir / "samples").mkdir()
+        for s, i in np.ndindex(samples.shape[:2]):
+            Image.fromarray(samples[s, i]).save(run_dir / "samples" / f"{i:03d}_{s}.png")
+
+        metrics = eval_metrics.evaluate(gt, samples, metrics=cfg.metrics, classifier=classifier, n_way=cfg.n_way,
+                                        num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
+        metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps,
+                       shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if metrics["scores"]:
+            chance = {k: eval_metrics.chance_level(k, cfg.n_way) for k in metrics["scores"]}
+            metric_bar_chart({"decoded": metrics["scores"]}, run_dir / "metrics.png",
+                             {k: v for k, v in chance.items() if v is not None}, title=f"gen_eval: {path}")
+        log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
+        log.info("wrote %s", run_dir)
     return run_dir
 
 
 if __name__ == "__main__":
-    main(parse_config(GenEvalConfig))
+    run_main(lambda: main(parse_config(GenEvalConfig, usage=__doc__)))

@@ -162,6 +162,18 @@ def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
     return ckpt["model_state_dict"], as_config_dict(ckpt["config"])
 
 
+def resolve_stored_path(flag: str | None, stored: Any, default: str, root_path: str | os.PathLike) -> str:
+    """Where to find a file a checkpoint's config names: the flag if given; else the stored path (relative ones
+    below root_path, never the working folder) if it exists; else `default` below root_path."""
+    if flag:
+        return str(flag)
+    if isinstance(stored, str) and stored:
+        path = Path(stored) if Path(stored).is_absolute() else Path(root_path) / stored
+        if path.exists():
+            return str(path)
+    return str(Path(root_path) / default)
+
+
 # ---- resuming a run -----------------------------------------------------------------------------------------
 
 CHECKPOINT = "checkpoint.pth"  # every stage's training state in its run folder

@@ -35,6 +35,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from errors import DEBUG_HELP, UserError, run_main
+
 log = logging.getLogger("mindvis.preprocess_hcp")
 
 ROIS = ("V1", "V2", "V3", "V4")
@@ -44,7 +46,7 @@ MIN_FRAMES = 10  # one 8 s window at TR 0.75 s, the least the HCP reader accepts
 CHUNK_FRAMES = 64  # frames read at once from a volume series (bounded memory for 1,200-frame files)
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserError, ValueError):
     """An input file does not hold what the preprocessing needs; the message names the file."""
 
 
@@ -81,12 +83,20 @@ def parse_labels(specs: list[str]) -> dict[str, tuple[int, ...]]:
     return labels
 
 
+def _nib_load(path: Path, **kwargs):
+    """nibabel's image of `path`, or PreprocessError naming the file when it is not a readable NIfTI/CIFTI."""
+    try:
+        return nib.load(path, **kwargs)
+    except (nib.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as e:
+        raise PreprocessError(f"{path}: not a readable NIfTI/CIFTI file: {e}") from None
+
+
 def load_atlas(path: str | os.PathLike) -> Atlas:
     """Read a NIfTI label volume (3-D, or 4-D with one volume) or a CIFTI dlabel/dscalar map."""
     path = Path(path)
     if not path.is_file():
         raise PreprocessError(f"atlas not found: {path}")
-    img = nib.load(path)
+    img = _nib_load(path)
     if isinstance(img, nib.Cifti2Image):
         data = np.asarray(img.dataobj)
         if data.ndim != 2 or data.shape[0] != 1:
@@ -164,7 +174,7 @@ def extract_rois(fmri_path: str | os.PathLike, atlas: Atlas, labels: dict[str, t
     path = Path(fmri_path)
     index = roi_indices(atlas, labels)
     rows = np.concatenate([index[roi] for roi in ROIS])
-    img = nib.load(path, keep_file_open=True)  # chunks read forward through one open (gzip) stream
+    img = _nib_load(path, keep_file_open=True)  # chunks read forward through one open (gzip) stream
     if isinstance(img, nib.Cifti2Image):
         series = _read_cifti(img, path, atlas, rows)
     elif atlas.is_cifti:
@@ -210,7 +220,7 @@ def preprocess(
 ) -> list[Path]:
     """Write `<out>/<subject>/HCP_visual_voxel.npz` for every fMRI file; returns the files written."""
     if not fmri_paths:
-        raise PreprocessError("no fMRI files given (check --fmri_glob)")
+        raise PreprocessError("--fmri_glob: no fMRI files match it (quote the pattern so the shell leaves it alone)")
     atlas = load_atlas(atlas_path)
     labels = labels or DEFAULT_LABELS
     subjects = {}
@@ -241,6 +251,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--labels", nargs=4, metavar="ROI=v[,v]", default=None, help="default: V1=1 V2=2 V3=3 V4=4")
     parser.add_argument("--subject_pattern", default=r"\d{6}", help="regex finding the subject id in a path")
     parser.add_argument("--overwrite", action="store_true", help="replace existing npz files")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -254,8 +265,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.overwrite,
         )
     except PreprocessError as e:
-        parser.error(str(e))
+        if str(e).startswith("--"):  # a flag's value: a usage error
+            parser.error(str(e))
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,196 +3,178 @@
     python code/stageB_ldm_finetune.py --dataset GOD                       # sbj_3, the published defaults
     python code/stageB_ldm_finetune.py --dataset BOLD5000 --bold5000_subs CSI1 CSI2
     torchrun --nproc_per_node=8 code/stageB_ldm_finetune.py --dataset GOD  # DDP, one process per GPU
-    python code/stageB_ldm_finetune.py --resume results/stageB/<run>/last.ckpt
+    python code/stageB_ldm_finetune.py --resume results/stageB/<run>       # continue the run in its folder
 
-Starts from `pretrains/ldm/label2img` (config.yaml + model.ckpt) and the Stage A encoder
-(`--pretrain_mbm_path`, default `pretrains/<dataset>/fmri_encoder.pth`); trains only the conditioning
-path (the fMRI conditioner, and the UNet's cross-attention, the norms before it and the context
-projection into the time embedding). Every `val_every` epochs it decodes `num_val_items` test fMRI,
-writes a grid and the metrics, and keeps the best model by 50-way top-1 accuracy as `finetuned.pth`
-(the published layout: `model_state_dict`, `config`, `state`). `last.ckpt` resumes training.
+Starts from `pretrains/ldm/label2img` (config.yaml + model.ckpt) and the Stage A encoder (`--pretrain_mbm_path`,
+default `pretrains/<dataset>/fmri_encoder.pth`) and trains only the conditioning path: the fMRI conditioner, the
+UNet's cross-attention, the norms before it and the context projection into the timestep embedding (see
+docs/method.md). Every `val_every` epochs it decodes `num_val_items` test fMRI, writes `val_epoch<N>.png` and the
+scores, keeps the best model by n-way top-1 accuracy as `finetuned.pth` (the published layout) and writes
+`checkpoint.pth`, which `--resume` continues from.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 import eval_metrics
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
-from dataset import load_target_dataset
-from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, mae_meta_from_checkpoint, sample_images
-from demo_classifier import load_classifier
-from gen_eval import save_grid
+from dataset import RandomVoxelDropout, load_target, model_image_transform
+from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate
+from engine import AmpScaler, Schedule, make_loader, record_epoch, train_one_epoch, wrap_ddp
+from errors import run_main
+from figures import image_grid
+from layouts import (
+    CHECKPOINT,
+    ENCODER_FIELDS,
+    check_resumable,
+    finetuned_checkpoint,
+    read_stage_a,
+    restore_training_state,
+    resume_checkpoint_path,
+    training_state,
+)
 from runtime import (
-    append_jsonl,
+    barrier,
+    check_output_folder,
+    cleanup_distributed,
+    init_distributed,
     init_wandb,
-    is_interactive,
+    log,
     make_run_dir,
-    pick_device,
-    resolve_precision,
+    run_folder,
+    seed_everything,
     setup_logging,
 )
 
-LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+
+def ldm_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The engine's step: the ε-prediction loss of a batch of {image, fmri} (the latents come from the frozen VQ)."""
+    ldm = getattr(model, "module", model)  # DDP calls go through the wrapper, the frozen encoding need not
+    z, fmri = ldm.get_input(batch)  # (N, C, h, w), (N, 1, V)
+    return model(z, fmri), {}
 
 
-class ValidateAndCheckpoint(pl.Callback):
-    """Sample test items, score them, keep the best model as `finetuned.pth`, and write `last.ckpt`.
+class Validation:
+    """Decode the first test items, score them, keep the best model as `finetuned.pth` (rank 0 only)."""
 
-    Only rank 0 samples and writes; Lightning's `save_checkpoint` is called on every rank (it is collective).
-    """
-
-    def __init__(self, cfg: StageBConfig, run_dir: Path, test_set, classifier=None):
-        self.cfg, self.run_dir, self.test_set, self.classifier = cfg, run_dir, test_set, classifier
-        n = min(cfg.num_val_items, len(test_set.fmri))
+    def __init__(self, cfg: StageBConfig, test_set, classifier: eval_metrics.Classifier | None):
+        self.cfg, self.classifier = cfg, classifier
+        n = min(cfg.num_val_items, len(test_set))
         self.fmri = torch.from_numpy(test_set.fmri[:n])
         self.gt = test_set.resized_images(cfg.img_size)[test_set.image_index[:n]]
-        self.best = -float("inf")
         self.select_by = "top-1-class"
-        self.epoch_start = time.time()
+        self.best = -float("inf")
 
-    def state_dict(self) -> dict:
-        return {"best": self.best, "select_by": self.select_by}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.select_by = state["best"], state["select_by"]
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.epoch_start = time.time()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        record = {"epoch": epoch, "time_s": round(time.time() - self.epoch_start, 2)}
-        record.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train")})
-        validate = (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.num_epoch
-        if trainer.is_global_zero and validate:
-            record.update(self.validate(module, epoch))
-        if trainer.is_global_zero:
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            module.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        tmp = self.run_dir / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: --resume continues exactly
-        if trainer.is_global_zero:
-            os.replace(tmp, self.run_dir / "last.ckpt")
-
-    @torch.no_grad()
-    def validate(self, module: pl.LightningModule, epoch: int) -> dict:
-        """Decode the validation items, write `val_epoch<N>.png`, score; save finetuned.pth when best so far."""
-        was_training = module.training
-        module.eval()
-        fmri = self.fmri.to(module.device).repeat(self.cfg.num_samples, 1, 1)  # (S * n, 1, V)
-        images = sample_images(module, fmri, self.cfg.ddim_steps, generator=torch.Generator(module.device)
-                               .manual_seed(self.cfg.seed))
-        module.train(was_training)
-        samples = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        samples = samples.reshape(self.cfg.num_samples, len(self.fmri), *samples.shape[1:])
-        save_grid(self.gt, samples, self.run_dir / f"val_epoch{epoch:04d}.png")
-        n_classes = self.classifier_classes()
-        result = eval_metrics.evaluate(
-            self.gt, samples, metrics=["mse", "pcc", "ssim", "n_way"], classifier=self.classifier,
-            n_way=min(50, n_classes) if n_classes else 50, num_trials=100, seed=self.cfg.seed, device=module.device,
-        )
+    def __call__(self, model, epoch: int, run_dir: Path, precision: str) -> dict[str, float]:
+        cfg = self.cfg
+        model.eval()
+        samples = generate(model, self.fmri, cfg.num_samples, cfg.ddim_steps, batch_size=len(self.fmri),
+                           seed=cfg.seed, precision=precision, desc=f"validation, epoch {epoch}")  # fmt: skip
+        model.train()
+        image_grid(self.gt, samples, run_dir / f"val_epoch{epoch:04d}.png")
+        n_classes = getattr(self.classifier[0], "num_classes", None) if self.classifier else None
+        result = eval_metrics.evaluate(self.gt, samples, metrics=["mse", "pcc", "ssim", "n_way"],
+                                       classifier=self.classifier, n_way=min(50, n_classes or 50), num_trials=100,
+                                       seed=cfg.seed, device=next(model.parameters()).device)  # fmt: skip
         scores = {f"val/{k}": float(v) for k, v in result["scores"].items()}
         if "top-1-class" not in result["scores"] and self.select_by == "top-1-class":
             self.select_by = "ssim"  # no classifier available: keep the best by pair-wise SSIM instead
-            module.print(f"validation: n-way accuracy skipped ({result['skipped'].get('n_way')}); "
-                         "selecting the best model by pair-wise SSIM")
-        score = result["scores"][self.select_by]
-        if score > self.best:
-            self.best = score
-            save_finetuned(module, self.cfg, self.run_dir / "finetuned.pth")
+            log.info("validation: n-way accuracy skipped (%s); selecting the best model by pair-wise SSIM",
+                     result["skipped"].get("n_way"))  # fmt: skip
+        if result["scores"][self.select_by] > self.best:
+            self.best = result["scores"][self.select_by]
+            save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / "finetuned.pth")
             scores["val/best"] = 1.0
         return scores
 
-    def classifier_classes(self) -> int | None:
-        if self.classifier is None:
-            return None
-        out = getattr(self.classifier[0], "num_classes", None)
-        return int(out) if out is not None else None
 
-
-def save_finetuned(model: pl.LightningModule, cfg: StageBConfig, path: Path) -> None:
-    """Write the published Stage B layout: model_state_dict, config (a dict here), state (torch RNG)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint({"model_state_dict": state, "config": config_to_dict(cfg), "state": torch.get_rng_state()}, path)
-
-
-def load_stage_a(cfg: StageBConfig) -> tuple[dict, dict]:
-    """The Stage A checkpoint: (encoder architecture, model state dict); a clear error when it is missing."""
-    path = Path(cfg.pretrain_mbm_path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"Stage A checkpoint not found: {path}. Run stageA2_mbm_finetune.py (or download the published "
-            f"pretrains/{cfg.dataset}/fmri_encoder.pth) and pass it with --pretrain_mbm_path"
-        )
-    ckpt = load_checkpoint(path)
-    return mae_meta_from_checkpoint(ckpt, path), ckpt["model"]
-
-
-def main(cfg: StageBConfig, classifier=None) -> Path:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    device = pick_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
-    precision = resolve_precision(cfg.precision, device)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    run_dir = make_run_dir(cfg.output_path, "stageB") if is_main else Path(cfg.output_path) / "stageB" / "_"
-    log = setup_logging(run_dir if is_main else None, is_main)
-    train_set, test_set = load_target_dataset(cfg, img_size=cfg.img_size, train_augment=True)
-    mae_meta, mae_state = load_stage_a(cfg)
-    cfg.model_meta = mae_meta  # our checkpoints carry the encoder architecture (published field name)
-    if is_main:
-        save_config(cfg, run_dir)
-        log.info("Stage B config:\n%s", format_config(cfg))
-        log.info("data: %s %s, %d training pairs, %d test items, %d voxels", cfg.dataset, cfg.subjects,
-                 len(train_set), len(test_set), train_set.num_voxels)
-
-    model = build_ldm_for_fmri(cfg.pretrain_gm_path, mae_meta, train_set.num_voxels, cfg.global_pool,
-                               cfg.use_time_cond)
-    model.cond_stage_model.mae.load_checkpoint(mae_state)
-    model.learning_rate = cfg.lr
-
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                              drop_last=len(train_set) > cfg.batch_size)
-    val_loader = DataLoader(test_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -> Path:
+    """Finetune the conditioning path; returns the run folder. `classifier` replaces cfg.classifier's file."""
+    # ---- checks that need no data: device, precision, output folder, classifier, the Stage A and LDM files
+    dist_info = init_distributed()
+    device = dist_info.device
+    amp = AmpScaler(cfg.precision, device)
+    check_output_folder(cfg.output_path)
+    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    stage_a = read_stage_a(cfg.pretrain_mbm_path, ENCODER_FIELDS)
+    cfg.patch_size, cfg.model_meta = stage_a.arch["patch_size"], {k: stage_a.arch[k] for k in ENCODER_FIELDS}
     if classifier is None and cfg.classifier is not None:
-        classifier = load_classifier(cfg.classifier, device)
-    callback = ValidateAndCheckpoint(cfg, run_dir, test_set, classifier)
-    wandb = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), is_main)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=local_world,
-        num_nodes=max(1, world // local_world),
-        strategy="ddp" if world > 1 else "auto",
-        precision=LIGHTNING_PRECISION[precision],
-        max_epochs=cfg.num_epoch,
-        gradient_clip_val=cfg.clip_grad,
-        accumulate_grad_batches=cfg.accumulate_grad,
-        check_val_every_n_epoch=cfg.val_every,
-        num_sanity_val_steps=0,
-        logger=pl.loggers.WandbLogger(experiment=wandb) if wandb else False,
-        enable_checkpointing=False,
-        enable_progress_bar=is_interactive(),
-        enable_model_summary=False,
-        log_every_n_steps=cfg.log_every,
-        default_root_dir=run_dir,
-        callbacks=[callback],
-    )
-    trainer.fit(model, train_loader, val_loader, ckpt_path=cfg.resume)
-    if is_main and not (run_dir / "finetuned.pth").exists():
-        save_finetuned(model, cfg, run_dir / "finetuned.pth")
-    if is_main:
-        log.info("best %s %.4f; wrote %s", callback.select_by, callback.best, run_dir / "finetuned.pth")
+        classifier = load_classifier_file(cfg.classifier, device)
+    seed_everything(cfg.seed, dist_info.rank)
+
+    # ---- data: fMRI-image pairs (random crops, voxel dropout) and the test items that validation decodes
+    train_set, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
+    train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
+    train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
+    loader = make_loader(train_set, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
+                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
+
+    # ---- model: the LDM with the fMRI conditioner, the Stage A encoder loaded; optimiser over the cond path
+    model = build_ldm_for_fmri(cfg.pretrain_gm_path, stage_a.arch, train_set.num_voxels, cfg.global_pool,
+                               cfg.use_time_cond).to(device)  # fmt: skip
+    model.cond_stage_model.mae.load_checkpoint(stage_a.model)
+    optimizer = torch.optim.AdamW(model.set_trainable(cond_path_only=True), lr=cfg.lr)
+    train_model = wrap_ddp(model, dist_info)
+    validation = Validation(cfg, test_set, classifier)
+
+    # ---- resume (restores the RNG streams last, just before the loop)
+    start_epoch = 0
+    if resume:
+        ckpt = load_checkpoint(resume)
+        check_resumable({}, cfg, resume, int(ckpt.get("epoch", -1)))
+        start_epoch = restore_training_state(ckpt, resume, model, "model_state_dict", optimizer, amp,
+                                             dist_info.rank, dist_info.world_size)  # fmt: skip
+        validation.best, validation.select_by = ckpt.get("best", validation.best), ckpt.get("select_by", "top-1-class")
+        del ckpt
+    run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageB", dist_info)
+
+    with run_folder(run_dir, dist_info.is_main):
+        setup_logging(run_dir, dist_info.is_main)
+        if dist_info.is_main:
+            remove_stale_temporaries(run_dir)
+            save_config(cfg, run_dir)
+            log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("data: %s %s, %d training pairs, %d test items, %d voxels; %d process(es), %s on %s; "
+                     "training %.2fM of %.2fM parameters", cfg.dataset, cfg.subjects, len(train_set), len(test_set),
+                     train_set.num_voxels, dist_info.world_size, amp.precision, device, trained / 1e6,
+                     sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+        wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
+
+        # ---- the loop
+        schedule = Schedule(cfg.lr, cfg.lr, 0, cfg.num_epoch)  # constant, as published
+        started = time.time()
+        for epoch in range(start_epoch, cfg.num_epoch):
+            loader.sampler.set_epoch(epoch)
+            stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, ldm_step, schedule,
+                                    cfg.accumulate_grad, cfg.clip_grad, cfg.log_every)  # fmt: skip
+            last = epoch + 1 == cfg.num_epoch
+            if (epoch + 1) % cfg.val_every == 0 or last:
+                if dist_info.is_main:
+                    stats |= validation(model, epoch, run_dir, amp.precision)
+                state = training_state(optimizer, amp.state_dict(), epoch, best=validation.best,
+                                       select_by=validation.select_by)  # fmt: skip
+                if dist_info.is_main:
+                    save_checkpoint({**finetuned_checkpoint(model, cfg), **state}, run_dir / CHECKPOINT)
+                barrier()
+            if dist_info.is_main:
+                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)
+
+        if dist_info.is_main:
+            log.info("kept the model with the best validation %s (%.4f): %s", validation.select_by, validation.best,
+                     run_dir / "finetuned.pth")  # fmt: skip
+        if wandb_run is not None:
+            wandb_run.finish()
+    cleanup_distributed()
     return run_dir
 
 
 if __name__ == "__main__":
-    main(parse_config(StageBConfig))
+    run_main(lambda: main(parse_config(StageBConfig, usage=__doc__)))
+

@@ -1,12 +1,12 @@
 """Format semantics of the readers on small hand-made trees, the transforms, and clear errors on bad input."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from config import TargetData
 from dataset import (
     BOLD5000_ROIS,
     HCP_ROIS,
@@ -20,7 +20,7 @@ from dataset import (
     create_god_dataset,
     create_hcp_dataset,
     interpolate_augment,
-    load_target_dataset,
+    load_target,
     model_image_transform,
     pad_to_patch_size,
 )
@@ -337,11 +337,12 @@ def test_voxel_dropout():
         RandomVoxelDropout(1.0)
 
 
-def test_load_target_dataset_applies_the_transforms(tmp_path):
+def test_load_target_takes_a_stage_config_and_the_transforms_apply(tmp_path):
     root = write_god(tmp_path / "god")
-    cfg = SimpleNamespace(dataset="GOD", kam_path=root, roi="VC", patch_size=16, kam_subs=["sbj_1"], crop_ratio=0.2,
-                          fmri_dropout=0.5, include_nonavg_test=True)  # fmt: skip
-    train, test = load_target_dataset(cfg, img_size=16, train_augment=True)
+    data = TargetData(dataset="GOD", kam_path=str(root), roi="VC", kam_subs=["sbj_1"])
+    train, test = load_target(data, patch_size=16, include_nonavg_test=True)
+    train.image_transform, train.transform = model_image_transform(16, 0.2), RandomVoxelDropout(0.5)
+    test.image_transform = model_image_transform(16)
     assert train[0]["image"].shape == (3, 16, 16) and test[0]["image"].shape == (3, 16, 16)
     assert (train[0]["fmri"] == 0).any() and len(test) == N_TEST * (1 + REPEATS)
     assert test.resized_images(16).shape == (N_TEST, 16, 16, 3) and test.resized_images(8) is test.images
@@ -389,6 +390,22 @@ GOD_BREAKS = {  # name: (change to the tree, expected message)
     "malformed stimulus id": (
         lambda r: (r / "imagenet_training_label.csv").write_text("x.1\n" * N_TRAIN),
         r"imagenet_training_label\.csv: expected stimulus ids",
+    ),
+}
+
+
+GOD_BREAKS |= {
+    "truncated npz": (
+        lambda r: (r / "sbj_1.npz").write_bytes((r / "sbj_1.npz").read_bytes()[:300]),
+        r"sbj_1\.npz: not a readable \.npz archive of arrays \(truncated or corrupt\?\)",
+    ),
+    "garbage bytes": (
+        lambda r: (r / "images_256.npz").write_bytes(b"\x00garbage" * 50),
+        r"images_256\.npz: not a readable \.npz archive",
+    ),
+    "constant fMRI": (
+        lambda r: rewrite_npz(r / "sbj_1.npz", arr_0=np.ones((N_TRAIN, 20), np.float32)),
+        r"sbj_1\.npz: key 'arr_0': the fMRI is constant \(standard deviation 0\)",
     ),
 }
 

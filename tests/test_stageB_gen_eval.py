@@ -1,8 +1,10 @@
 """Stage B and gen_eval end to end on the tiny simulated data with tiny models (random weights)."""
 
 import json
+import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import yaml
 import gen_eval
 import stageB_ldm_finetune
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from config import GenEvalConfig, StageBConfig
+from classifier_file import build_sequential, save_classifier_file
+from config import ConfigError, GenEvalConfig, StageBConfig
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
 from dc_ldm.util import instantiate_from_config
@@ -40,7 +43,8 @@ def world(tmp_path_factory):
     num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
     mae = MAEforFMRI(num_voxels=num_voxels, decoder_embed_dim=16, decoder_num_heads=4, **MAE)
     stage_a = root / "fmri_encoder.pth"
-    save_checkpoint({"model": mae.state_dict(), "config": {**MAE, "num_voxels": num_voxels}, "epoch": 0}, stage_a)
+    config = {**MAE, "decoder_embed_dim": 16, "decoder_num_heads": 4, "num_voxels": num_voxels}
+    save_checkpoint({"model": mae.state_dict(), "config": config, "epoch": 0}, stage_a)
     return types.SimpleNamespace(root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a,
                                  label2img=label2img.state_dict())
 
@@ -62,14 +66,16 @@ def finetuned(world):
 
 
 def test_stage_b_writes_the_published_layout(world, finetuned):
-    for name in ("config.yaml", "log.txt", "metrics.jsonl", "finetuned.pth", "last.ckpt", "val_epoch0000.png"):
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "finetuned.pth", "checkpoint.pth", "val_epoch0000.png"):
         assert (finetuned / name).is_file(), name
     epochs = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1] and "val/ssim" in epochs[0]
     ckpt = load_checkpoint(finetuned / "finetuned.pth")
     assert set(ckpt) == {"model_state_dict", "config", "state"}
-    assert ckpt["config"]["model_meta"]["embed_dim"] == MAE["embed_dim"]
+    assert ckpt["config"]._pickled_class == "config.Config_Generative_Model"  # the original's class, as data
+    assert ckpt["config"].model_meta["embed_dim"] == MAE["embed_dim"] and ckpt["config"].precision == 32
     assert ckpt["state"].dtype == torch.uint8
+    assert "epoch 2/2 done: loss" in (finetuned / "log.txt").read_text()
 
 
 def test_stage_b_trains_only_the_conditioning_path(world, finetuned):
@@ -84,7 +90,7 @@ def test_stage_b_trains_only_the_conditioning_path(world, finetuned):
 
 def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
     def run():
-        cfg = GenEvalConfig(dataset="GOD", root=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
+        cfg = GenEvalConfig(dataset="GOD", root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
                             output_path=str(world.root / "results"), num_samples=2, ddim_steps=4, batch_size=5,
                             seed=7, limit=4, n_way=3, num_trials=10, metrics=["mse", "pcc", "ssim", "n_way"])
         return gen_eval.main(cfg)
@@ -99,7 +105,8 @@ def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
 
 
 def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_path, monkeypatch):
-    """A finetuned.pth as the original writes it: the config is a pickled config.Config_Generative_Model."""
+    """A finetuned.pth as the original writes it: a pickled config.Config_Generative_Model without model_meta, the
+    encoder architecture then read, as the original does, from the Stage A checkpoint's config."""
     ours = load_checkpoint(finetuned / "finetuned.pth")
     mod = types.ModuleType("config")
 
@@ -110,15 +117,18 @@ def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_pa
     Config_Generative_Model.__qualname__ = "Config_Generative_Model"
     mod.Config_Generative_Model = Config_Generative_Model
     published = Config_Generative_Model()
-    published.__dict__.update({k: v for k, v in ours["config"].items() if k != "model_meta"}, model_meta=None,
-                              precision=32, logger=None)
+    published.__dict__.update({**vars(ours["config"]), "model_meta": None, "precision": 32, "logger": None,
+                               "pretrain_gm_path": "/authors/machine/pretrains/ldm/label2img"})
     monkeypatch.setitem(sys.modules, "config", mod)
     torch.save({"model_state_dict": ours["model_state_dict"], "config": published, "state": ours["state"]},
                tmp_path / "finetuned.pth")
     monkeypatch.undo()
-    model, cfg = load_finetuned(tmp_path / "finetuned.pth", root=world.root)
-    assert cfg.dataset == "GOD" and cfg.precision == "fp32"
+    model, values = load_finetuned(tmp_path / "finetuned.pth", world.ldm_dir, world.stage_a)
+    assert values["model_meta"]["num_heads"] == MAE["num_heads"] and values["precision"] == 32
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours["model_state_dict"].items())
+    # without the Stage A checkpoint the head count cannot be known: refused, not guessed
+    with pytest.raises(CheckpointError, match=r"does not give \['num_heads'\].*--pretrain_mbm_path"):
+        load_finetuned(tmp_path / "finetuned.pth", world.ldm_dir, tmp_path / "absent.pth")
 
 
 def test_bad_inputs(world, finetuned, tmp_path):
@@ -126,22 +136,31 @@ def test_bad_inputs(world, finetuned, tmp_path):
         stageB_ldm_finetune.main(_stage_b_config(world, pretrain_mbm_path=str(tmp_path / "nope.pth")))
     with pytest.raises(UserError, match="LDM config not found: .*config.yaml"):
         stageB_ldm_finetune.main(_stage_b_config(world, pretrain_gm_path=str(tmp_path)))
-    with pytest.raises(ValueError, match="expects .* voxels"):
-        gen_eval.main(_mismatched(world, finetuned, tmp_path))
+    with pytest.raises(UserError, match="expects .* voxels.*--roi"):
+        gen_eval.main(GenEvalConfig(root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
+                                    output_path=str(tmp_path), roi="HVC", num_samples=1, ddim_steps=4, limit=2))
+    assert not (tmp_path / "gen_eval").exists() or not any((tmp_path / "gen_eval").iterdir())
 
 
-def _mismatched(world, finetuned, tmp_path):
-    """gen_eval on a data set whose voxel count differs from the checkpoint's (ROI HVC instead of VC)."""
-    ckpt = load_checkpoint(finetuned / "finetuned.pth")
-    ckpt["config"]["roi"] = "HVC"
-    save_checkpoint(ckpt, tmp_path / "hvc.pth")
-    return GenEvalConfig(root=str(world.root), checkpoint=str(tmp_path / "hvc.pth"), output_path=str(tmp_path),
-                         num_samples=1, ddim_steps=4, limit=2)
+def test_resume_continues_the_run_and_refuses_a_finished_one(world, finetuned, tmp_path):
+    run = Path(shutil.copytree(finetuned, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="already finished its 2 epochs"):
+        stageB_ldm_finetune.main(_stage_b_config(world, resume=str(run)))
+    resumed = stageB_ldm_finetune.main(_stage_b_config(world, resume=str(run), num_epoch=3))
+    assert resumed == run
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in losses] == [0, 1, 2] and losses[2]["loss"] != losses[1]["loss"]
 
 
-def test_resume_continues_from_last_checkpoint(world, finetuned):
-    run_dir = stageB_ldm_finetune.main(_stage_b_config(world, resume=str(finetuned / "last.ckpt"), num_epoch=3,
-                                                      val_every=5))
-    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [2]  # epochs 0 and 1 came from the resumed run
-    assert (run_dir / "finetuned.pth").is_file()
+def test_classifier_file_drives_the_n_way_metric(world, finetuned, tmp_path):
+    layers = [["Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1}], ["ReLU", {}],
+              ["AdaptiveAvgPool2d", {"output_size": 1}], ["Flatten", {}], ["Linear", {"in_features": 4,
+                                                                                       "out_features": 6}]]
+    torch.manual_seed(0)
+    model = build_sequential(layers)
+    save_classifier_file(tmp_path / "clf.pth", layers, model, 16, [0.5] * 3, [0.5] * 3)
+    run = gen_eval.main(GenEvalConfig(root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
+                                      output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=4, n_way=3,
+                                      num_trials=10, metrics=["n_way"], classifier=str(tmp_path / "clf.pth")))
+    assert "top-1-class" in json.loads((run / "metrics.json").read_text())["scores"]
+    assert (run / "metrics.png").is_file()

@@ -3,7 +3,7 @@
 `FMRICondStage` is what `LatentDiffusion.cond_stage_model` holds in a Stage B model; its state-dict keys are the
 `cond_stage_model.*` keys of published finetuned checkpoints. `build_ldm_for_fmri` puts it into the
 label-conditioned LDM of `pretrains/ldm/label2img`; `load_finetuned` rebuilds a Stage B model from its
-checkpoint alone; `sample_images` decodes fMRI into images.
+checkpoint; `sample_images` decodes fMRI into images and `generate` does so for a whole test set.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from checkpoint import CheckpointError, as_config_dict, load_checkpoint
+from dataset import to_uint8_images
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config, load_ldm_config
+from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
+from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder
 
 log = logging.getLogger("mindvis.dc_ldm")
@@ -78,35 +82,6 @@ class FMRICondStage(nn.Module):
 # Assembly: the label-conditioned LDM with the fMRI conditioner in place of its class embedder
 # ----------------------------------------------------------------------------------------------------
 
-MAE_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-
-
-def mae_meta_from_state_dict(state: Mapping[str, torch.Tensor], prefix: str = "", num_heads: int = 16) -> dict:
-    """Encoder architecture read off a state dict (`num_heads` cannot be, and defaults to the published 16)."""
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    embed_dim, _, patch_size = state["patch_embed.proj.weight"].shape
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    return {"patch_size": int(patch_size), "embed_dim": int(embed_dim), "depth": depth, "num_heads": num_heads,
-            "mlp_ratio": hidden / embed_dim}
-
-
-def mae_meta_from_checkpoint(ckpt: Mapping, path: str | Path) -> dict:
-    """The encoder architecture of a Stage A checkpoint (its config, or its tensors when the config lacks it)."""
-    if "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a Stage A checkpoint (expected keys 'model' and 'config')")
-    config = as_config_dict(ckpt["config"]) if "config" in ckpt else {}
-    if all(k in config for k in MAE_FIELDS):
-        return {k: config[k] for k in MAE_FIELDS}
-    log.warning("%s: config lacks the encoder architecture; reading it from the tensors (num_heads=16)", path)
-    return mae_meta_from_state_dict(ckpt["model"])
-
-
-def num_voxels_of(state: Mapping[str, torch.Tensor], prefix: str, patch_size: int) -> int:
-    """Voxel count an encoder state dict was built for: (pos_embed length - 1) x patch size."""
-    return (state[f"{prefix}pos_embed"].shape[1] - 1) * patch_size
-
-
 def build_ldm_for_fmri(
     ldm_dir: str | Path,
     mae_meta: Mapping,
@@ -134,40 +109,44 @@ def build_ldm_for_fmri(
                     ckpt_path)
     context_dim = params["unet_config"]["params"]["context_dim"]
     model.cond_stage_model = FMRICondStage(num_voxels=num_voxels, cond_dim=context_dim, global_pool=global_pool,
-                                           **{k: mae_meta[k] for k in MAE_FIELDS})
-    model.train_cond_only = True
+                                           **{k: mae_meta[k] for k in ENCODER_FIELDS})  # fmt: skip
     return model
 
 
-def load_finetuned(path: str | Path, root: str | Path = ".", device: torch.device | str = "cpu"):
-    """A Stage B checkpoint (published or ours) -> (LatentDiffusion in eval mode on `device`, StageBConfig).
+def load_finetuned(
+    path: str | Path, pretrain_gm_path: str | Path, pretrain_mbm_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[LatentDiffusion, dict]:  # fmt: skip
+    """A Stage B checkpoint (published or ours) -> (LatentDiffusion in eval mode on `device`, its stored config)."""
+    state, values = read_finetuned(path)
+    return model_from_finetuned(state, values, path, pretrain_gm_path, pretrain_mbm_path, device), values
 
-    The architecture comes from the checkpoint: the LDM config named by its `pretrain_gm_path`, the
-    encoder from `model_meta` (ours) or the tensors (published), the voxel count from `pos_embed`.
+
+def model_from_finetuned(
+    state: Mapping[str, torch.Tensor], values: dict, path: str | Path, pretrain_gm_path: str | Path,
+    pretrain_mbm_path: str | Path | None = None, device: torch.device | str = "cpu",
+) -> LatentDiffusion:  # fmt: skip
+    """The model of a Stage B checkpoint's weights `state` and stored config `values` (`model_meta` is filled in).
+
+    The LDM's architecture comes from `pretrain_gm_path/config.yaml`; the encoder's from the checkpoint's
+    `model_meta` (ours) or, as the original reads it, from the config of the Stage A checkpoint
+    `pretrain_mbm_path` (published files); what neither gives is read off the weights, and a head count that
+    cannot be is an error naming the file to pass. The voxel count comes from `pos_embed`.
     """
-    from config import StageBConfig, from_dict  # config imports nothing from dc_ldm; kept local for clarity
-
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, Mapping) or "model_state_dict" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path}: not a Stage B checkpoint (expected keys 'model_state_dict' and 'config')")
-    values = as_config_dict(ckpt["config"])
-    values["root_path"] = str(root)
-    if not values.get("pretrain_gm_path") or not Path(values["pretrain_gm_path"]).is_dir():
-        values["pretrain_gm_path"] = None  # published configs hold the authors' paths; use <root>/pretrains/...
-    cfg = from_dict(StageBConfig, values, strict=False)
-    state = ckpt["model_state_dict"]
     prefix = "cond_stage_model.mae."
     meta = values.get("model_meta")
-    meta = dict(meta) if isinstance(meta, Mapping) and all(k in meta for k in MAE_FIELDS) else \
-        mae_meta_from_state_dict(state, prefix)
-    num_voxels = num_voxels_of(state, prefix, meta["patch_size"])
-    model = build_ldm_for_fmri(cfg.pretrain_gm_path, meta, num_voxels, cfg.global_pool, cfg.use_time_cond,
-                               load_ldm_weights=False)
+    if not isinstance(meta, Mapping) and pretrain_mbm_path is not None and Path(pretrain_mbm_path).is_file():
+        stage_a = load_checkpoint(pretrain_mbm_path)
+        meta = as_config_dict(stage_a["config"]) if isinstance(stage_a, Mapping) and "config" in stage_a else None
+    arch = read_architecture(dict(meta) if isinstance(meta, Mapping) else {}, state, path, prefix, ENCODER_FIELDS)
+    values["model_meta"] = {k: arch[k] for k in ENCODER_FIELDS}
+    model = build_ldm_for_fmri(pretrain_gm_path, arch, arch["num_voxels"], bool(values.get("global_pool", False)),
+                               bool(values.get("use_time_cond", True)), load_ldm_weights=False)  # fmt: skip
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: does not match the model built from its config: missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return model.to(device).eval(), cfg
+        raise CheckpointError(f"{path}: does not match the LDM of {pretrain_gm_path}/config.yaml: missing "
+                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -180,10 +159,52 @@ def sample_images(
     x_T: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """fMRI (B, 1, V) -> one decoded image each, (B, 3, H, W) in [0, 1] (latents quantised before decoding)."""
+    """fMRI (B, 1, V) -> one decoded image each, (B, 3, H, W) about [-1, 1] (latents quantised before decoding)."""
     cls = {"plms": PLMSSampler, "ddim": DDIMSampler}[sampler]
     cond = model.get_learned_conditioning(fmri)  # (B, 77, context_dim)
     latents, _ = cls(model).sample(S=ddim_steps, batch_size=fmri.shape[0], shape=model.latent_shape,
                                    conditioning=cond, x_T=x_T, eta=eta, verbose=False, generator=generator)
-    images = model.decode_first_stage(latents.float())
-    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return model.decode_first_stage(latents.float()).float()  # (B, 3, H, W), about [-1, 1]
+
+
+@torch.no_grad()
+def generate(
+    model: LatentDiffusion,
+    fmri: torch.Tensor,
+    num_samples: int,
+    ddim_steps: int,
+    sampler: str = "plms",
+    eta: float = 0.0,
+    batch_size: int = 25,
+    seed: int = 0,
+    precision: str = "fp32",
+    desc: str = "sampling",
+) -> np.ndarray:
+    """Sample `num_samples` images per fMRI (N, 1, V) -> uint8 (S, N, H, W, 3), batched over items x samples.
+
+    Each (item, sample) pair draws its start noise from its own generator, seeded from `seed`, so the images do
+    not depend on `batch_size` or on the device. Progress (with an ETA) goes to the log.
+    """
+    device = next(model.parameters()).device
+    jobs = [(i, s) for s in range(num_samples) for i in range(len(fmri))]
+    out = None
+    starts = range(0, len(jobs), batch_size)
+    for start in progress(starts, len(starts), desc):
+        chunk = jobs[start : start + batch_size]
+        items = torch.tensor([i for i, _ in chunk])
+        x_T = torch.stack([start_noise(seed, i, s, model.latent_shape) for i, s in chunk]).to(device)
+        with autocast(precision, device):
+            images = sample_images(model, fmri[items].to(device), ddim_steps, sampler, eta, x_T=x_T,
+                                   generator=torch.Generator(device).manual_seed(seed + start))  # (B, 3, H, W)
+        images = to_uint8_images(images)  # (B, H, W, 3)
+        if out is None:
+            out = np.zeros((num_samples, len(fmri), *images.shape[1:]), dtype=np.uint8)
+        for (i, s), img in zip(chunk, images, strict=True):
+            out[s, i] = img
+    return out
+
+
+def start_noise(seed: int, item: int, sample: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The sampler's start latent for one (item, sample): its own CPU generator, the same on any device."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + item * 1009 + sample)
+    return torch.randn(shape, generator=g)

@@ -3,21 +3,20 @@
 `LatentDiffusion` reads the published LDM `config.yaml` (keyword names and import path) and the
 published `model.ckpt` unchanged: the UNet sits at `model.diffusion_model.*`, the frozen autoencoder at
 `first_stage_model.*`, the conditioner at `cond_stage_model.*`, the DDPM schedule as buffers, and the
-optional EMA of the UNet at `model_ema.*`. Stage B swaps the class embedder for the fMRI conditioner
-and trains only the conditioning path (`train_cond_only`).
+optional EMA of the UNet at `model_ema.*` (kept for the key layout; updating it is the training loop's
+business). Stage B swaps the class embedder for the fMRI conditioner and trains only the conditioning path
+(`set_trainable`). A plain `nn.Module`: the training loop is `engine.train_one_epoch`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +60,7 @@ class DiffusionWrapper(nn.Module):
         return self.diffusion_model(x, t, context=context)
 
 
-class LatentDiffusion(pl.LightningModule):
+class LatentDiffusion(nn.Module):
     """DDPM in the latent space of a frozen autoencoder, with a cross-attention conditioner."""
 
     def __init__(
@@ -86,8 +85,6 @@ class LatentDiffusion(pl.LightningModule):
         use_ema: bool = True,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
-        base_learning_rate: float = 1e-4,
-        train_cond_only: bool = False,
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
     ) -> None:
@@ -106,11 +103,8 @@ class LatentDiffusion(pl.LightningModule):
         self.image_size = image_size
         self.channels = channels
         self.cond_stage_trainable = cond_stage_trainable
-        self.monitor = monitor
         self.use_ema = use_ema
         self.scale_factor = scale_factor
-        self.learning_rate = base_learning_rate
-        self.train_cond_only = train_cond_only
 
         self.model = DiffusionWrapper(unet_config)
         if use_ema:
@@ -200,32 +194,10 @@ class LatentDiffusion(pl.LightningModule):
         t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device)
         return self.p_losses(z, self.get_learned_conditioning(c), t)
 
-    # ---- Lightning -------------------------------------------------------------------------------------
-
     def get_input(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Any]:
         """Batch {image (N, 3, H, W) in [-1, 1], <cond_stage_key>: ...} -> (latents (N, C, h, w), cond input)."""
         z = self.get_first_stage_encoding(self.encode_first_stage(batch[self.first_stage_key]))
         return z, batch[self.cond_stage_key]
-
-    def shared_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """The training loss of one batch."""
-        return self(*self.get_input(batch))
-
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.shared_step(batch)
-        n = batch[self.first_stage_key].shape[0]
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.shared_step(batch)
-        n = batch[self.first_stage_key].shape[0]
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.use_ema:
-            self.model_ema(self.model)
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         """Set train/eval mode; the autoencoder stays in eval mode (it is never trained here)."""
@@ -233,60 +205,26 @@ class LatentDiffusion(pl.LightningModule):
         self.first_stage_model.eval()
         return self
 
-    @contextmanager
-    def ema_scope(self) -> Iterator[None]:
-        """Temporarily run the UNet with its EMA weights (no-op without EMA)."""
-        if not self.use_ema:
-            yield
-            return
-        self.model_ema.store(self.model.parameters())
-        self.model_ema.copy_to(self.model)
-        try:
-            yield
-        finally:
-            self.model_ema.restore(self.model.parameters())
-
     def cond_path_parameters(self) -> list[nn.Parameter]:
         """The conditioning path: all cond-stage parameters + UNet parameters named attn2/norm2/time_embed_condtion."""
         unet = [p for name, p in self.model.named_parameters() if any(s in name for s in COND_PATH_NAMES)]
         return list(self.cond_stage_model.parameters()) + unet
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW at `self.learning_rate` over the conditioning path (`train_cond_only`) or the UNet (+ cond stage)."""
-        if self.train_cond_only:
-            # Freezing the rest too saves computing gradients that would never be applied.
-            self.freeze_whole_model()
-            params = self.cond_path_parameters()
-            for p in params:
-                p.requires_grad_(True)
-        else:
-            params = list(self.model.parameters())
-            if self.cond_stage_trainable:
-                params += list(self.cond_stage_model.parameters())
-        return torch.optim.AdamW(params, lr=self.learning_rate)
+    def set_trainable(self, cond_path_only: bool = True) -> list[nn.Parameter]:
+        """Make trainable what Stage B trains and freeze the rest; returns those parameters (for the optimiser).
 
-    # ---- freezing ----------------------------------------------------------------------------------------
-
-    def freeze_whole_model(self) -> None:
-        """No parameter trains."""
+        `cond_path_only` (Stage B): the conditioning path. Otherwise the UNet and the cond stage, as the
+        published code left them (it narrowed only the optimiser). The autoencoder is always frozen; frozen
+        parameters also save backward the weight gradients that would never be applied.
+        """
         _set_requires_grad(self, False)
-
-    def unfreeze_whole_model(self) -> None:
-        """UNet and cond stage train; the autoencoder stays frozen."""
-        _set_requires_grad(self, True)
-        _set_requires_grad(self.first_stage_model, False)
-
-    def freeze_cond_stage(self) -> None:
-        _set_requires_grad(self.cond_stage_model, False)
-
-    def unfreeze_cond_stage(self) -> None:
-        _set_requires_grad(self.cond_stage_model, True)
-
-    def freeze_diffusion_model(self) -> None:
-        _set_requires_grad(self.model, False)
-
-    def unfreeze_diffusion_model(self) -> None:
-        _set_requires_grad(self.model, True)
+        if cond_path_only:
+            params = self.cond_path_parameters()
+        else:
+            params = list(self.model.parameters()) + list(self.cond_stage_model.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        return params
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:

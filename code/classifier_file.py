@@ -1,0 +1,106 @@
+"""An n-way classifier from a file: the stand-in for ViT-H/14 when the images are not ImageNet's.
+
+The n-way metric needs a classifier over the data set's classes. `--classifier FILE` (Stage B, gen_eval,
+evaluate.py) reads one from a file that describes its architecture as data, so that loading it runs no code:
+
+    {"format": "mindvis-classifier/1",
+     "layers": [["Conv2d", {"in_channels": 3, ...}], ["ReLU", {}], ...]   # an nn.Sequential of allow-listed layers
+       or "timm_model": "resnet50", "model_args": {"num_classes": 200}     # any architecture timm registers
+     "state_dict": {...}, "input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+     "class_names": ["...", ...]}                                          # optional
+
+It is read with the restricted unpickler (`checkpoint.load_checkpoint`); layer types come from an allow-list of
+`torch.nn` classes and every argument must be a number, string, boolean or a list of them. Images are resized
+to `input_size` (bilinear, antialiased), scaled to [0, 1] and normalised with `mean` and `std`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from feature_nets import Classifier
+
+FORMAT = "mindvis-classifier/1"
+LAYERS = {
+    name: getattr(nn, name)
+    for name in ("Conv2d", "BatchNorm2d", "GroupNorm", "LayerNorm", "ReLU", "GELU", "SiLU", "MaxPool2d", "AvgPool2d",
+                 "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "Identity")  # fmt: skip
+}
+
+
+def build_sequential(layers: Sequence[Sequence]) -> nn.Sequential:
+    """nn.Sequential from [[layer type, {argument: value}], ...], types from the allow-list LAYERS."""
+    modules = []
+    for i, entry in enumerate(layers):
+        if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[1], dict)):
+            raise CheckpointError(f"layer {i} must be [type, {{arguments}}], got {entry!r}")
+        name, kwargs = entry
+        if name not in LAYERS:
+            raise CheckpointError(f"layer {i}: type {name!r} is not one of {sorted(LAYERS)}")
+        if not all(_plain(v) for v in kwargs.values()):
+            raise CheckpointError(f"layer {i} ({name}): arguments must be numbers, strings or lists, got {kwargs}")
+        modules.append(LAYERS[name](**kwargs))
+    return nn.Sequential(*modules)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def save_classifier_file(path: str | os.PathLike, layers: Sequence[Sequence], model: nn.Module, input_size: int,
+                         mean: Sequence[float], std: Sequence[float], class_names: Sequence[str] | None = None,
+                         ) -> Path:  # fmt: skip
+    """Write a classifier built by `build_sequential(layers)` in the file format above (atomically)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    spec = {"format": FORMAT, "layers": [[n, dict(kw)] for n, kw in layers], "state_dict": state,
+            "input_size": int(input_size), "mean": list(mean), "std": list(std)}  # fmt: skip
+    if class_names is not None:
+        spec["class_names"] = list(class_names)
+    return save_checkpoint(spec, path)
+
+
+def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "cpu") -> Classifier:
+    """The classifier of a file (format above) in eval mode on `device`, and its preprocessing for uint8 images."""
+    spec = load_checkpoint(path)
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or "state_dict" not in spec:
+        raise CheckpointError(f"{path}: not a classifier file (expected a dict with 'format': '{FORMAT}', "
+                              "'layers' or 'timm_model', 'state_dict', 'input_size', 'mean', 'std')")  # fmt: skip
+    try:
+        if "layers" in spec:
+            model = build_sequential(spec["layers"])
+        else:
+            import timm
+
+            args = spec.get("model_args", {})
+            if not isinstance(args, dict) or not all(_plain(v) for v in args.values()):
+                raise CheckpointError("model_args must map names to numbers, strings or lists")
+            model = timm.create_model(str(spec["timm_model"]), pretrained=False, **args)
+        model.load_state_dict(spec["state_dict"])
+        size, mean, std = int(spec["input_size"]), spec["mean"], spec["std"]
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the classifier cannot be built from this file: {e}") from None
+    model = model.to(device).eval()
+    with torch.no_grad():  # the class count, for the n in n-way
+        model.num_classes = int(model(torch.zeros(1, 3, size, size, device=device)).shape[-1])
+    shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        x = images.float()  # uint8 (B, 3, H, W)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x / 255.0 - shift) / scale
+
+    return model, preprocess
