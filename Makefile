@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check code tests benchmarks
 
 demo: $(STAMP)
-	$(PY) code/demo.py
+	PYTHONPATH=code $(PY) -m demo
 
 clean-demo:
 	rm -rf results/demo data/synthetic/demo pretrains/demo

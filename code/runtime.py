@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import random
 import shutil
 import sys
@@ -208,6 +209,19 @@ def init_wandb(enabled: bool, project: str, run_dir: Path, config: dict, is_main
     except ImportError:
         raise UsageError("--use_wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config)
+
+
+def machine() -> dict[str, Any]:
+    """What a timing was measured on: CPU model, cores, torch threads, native bf16, GPU, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(), "gpu": gpu, "torch": torch.__version__}  # fmt: skip
 
 
 def is_interactive() -> bool:

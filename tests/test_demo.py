@@ -1,36 +1,39 @@
-"""`make demo` at tiny size: every step runs and every artefact is written; a second run reuses the cache."""
+"""`make demo` at tiny size: every step runs and writes its artefacts; a re-run reuses every step; a preset change
+upstream of everything redoes every step."""
 
+import dataclasses
 import json
-import logging
 
-import demo
+from demo import pipeline
+from demo.simulation import spec
 
 
-def test_tiny_demo_writes_every_artefact(tmp_path):
-    out = demo.run("tiny", seed=0, root=tmp_path)
-    for name in ("grid.png", "grid_shuffled.png", "metrics.json", "metrics_shuffled.json", "summary.md",
-                 "fmri_encoder_A1.pth", "fmri_encoder.pth", "finetuned.pth"):
+def _steps(out) -> dict[str, bool]:
+    return {r["step"]: r["reused"] for r in json.loads((out / "report.json").read_text())["steps"]}
+
+
+def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
+    out = pipeline.run("tiny", seed=0, root=tmp_path)
+    for name in ("grid.png", "grid_shuffled.png", "metrics.json", "metrics_shuffled.json", "metrics.png",
+                 "summary.md", "report.json", "fmri_encoder_A1.pth", "fmri_encoder.pth", "finetuned.pth"):
         assert (out / name).is_file(), name
     models = tmp_path / "pretrains" / "demo" / "tiny"
-    for name in ("label2img/config.yaml", "label2img/model.ckpt", "classifier.pth"):
+    for name in ("label2img/config.yaml", "label2img/model.ckpt", "classifier.pth", "report.json",
+                 "classifier.pth.recipe.json"):
         assert (models / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"mse", "pcc", "ssim", "top-1-class"} <= set(metrics["scores"])
+    assert json.loads((out / "metrics_shuffled.json").read_text())["shuffled_fmri"] is True
+    first = _steps(out)
+    assert len(first) == 10 and not any(first.values())
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 0 and {"cpu", "torch_threads", "native_bf16"} <= set(report["machine"])
+    assert next(r for r in report["steps"] if r["step"] == "vq autoencoder")["steps"] == 2
     summary = (out / "summary.md").read_text()
-    assert "shuffled fMRI (control)" in summary and "| top-1-class |" in summary
+    assert "shuffled fMRI (control)" in summary and "| top-1-class |" in summary and "| stage B |" in summary
+    assert "metrics.png" in summary and report["machine"]["cpu"] in summary
 
-    # the stages' logging set-up stops "mindvis" records from reaching the root logger: listen on the logger itself
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("mindvis.demo")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        demo.run("tiny", seed=0, root=tmp_path)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    reused = [r.getMessage() for r in records if "reusing" in r.getMessage()]
-    assert len(reused) == 6, reused  # data, models, A1, A2, B, gen_eval: all cached
+    assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
+
+    monkeypatch.setitem(spec.SIZES, "tiny", dataclasses.replace(spec.SIZES["tiny"], snr=0.5))
+    assert not any(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # the data changed: all redone

@@ -19,8 +19,8 @@ from config import ConfigError, GenEvalConfig, StageBConfig
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
 from dc_ldm.util import instantiate_from_config
+from demo.simulation.simulate import make_synthetic_data
 from errors import UserError
-from make_synthetic_data import make_synthetic_data
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
 MAE = {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.0}

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
-from simulation.numerics import exact_matmul
-from simulation.stimuli import ATTRIBUTE_SIZES
+from demo.simulation.numerics import exact_matmul
+from demo.simulation.stimuli import ATTRIBUTE_SIZES
 
 FEATURE_GRID = 32  # feature maps the receptive fields pool: FEATURE_GRID x FEATURE_GRID over the image
 CHANNELS = ("luminance", "red-green", "blue-yellow", "horizontal edges", "vertical edges")

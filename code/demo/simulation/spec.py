@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from simulation.stimuli import ATTRIBUTE_SIZES
+from demo.simulation.stimuli import ATTRIBUTE_SIZES
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulation.numerics import exact_matmul
+from demo.simulation.numerics import exact_matmul
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "star", "bar")
 COLOUR_NAMES = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "white", "black")

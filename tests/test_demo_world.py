@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from train_demo_models import class_names, init_from_names
+from demo.world_models import class_names, init_from_names
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

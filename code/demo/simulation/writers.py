@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from simulation import brain, stimuli
-from simulation.spec import SimSpec
+from demo.simulation import brain, stimuli
+from demo.simulation.spec import SimSpec
 
 log = logging.getLogger("mindvis.simulation")
 Rng = Callable[..., np.random.Generator]  # rng_for(*tags): an independent, seeded stream per tag tuple

@@ -1,0 +1,303 @@
+"""`make demo`: the whole method on the simulated brain, on a laptop CPU.
+
+    make demo                                         # = PYTHONPATH=code python -m demo
+    PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
+    PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages)
+
+Steps, each cached beside its result with a hash of its recipe (the preset's values and the recipes of the steps
+it builds on), so a second run reuses what is done and an edited preset redoes exactly what it changes:
+  1. simulate the brain (`data/synthetic/<size>`, never over real data in `data/`);
+  2. train the simulated world's own "ImageNet" models (`pretrains/demo/<size>`): a VQ autoencoder, a
+     label-conditioned LDM in the published label2img layout and an n-way classifier, and measure them;
+  3. Stage A1 on the simulated HCP resting state and the GOD training fMRI (the published include_kam);
+  4. Stage A2 on the GOD test fMRI of sbj_3;
+  5. Stage B on sbj_3's training pairs;
+  6. gen_eval on the 50 held-out test fMRI, and the same model fed *shuffled* test fMRI (a control that must
+     stay at chance);
+then writes `results/demo/<size>/`: grid.png (ground truth, then decoded samples), grid_shuffled.png,
+metrics.json, metrics_shuffled.json, metrics.png (decoded, control and chance per metric), report.json (every
+step's recipe hash, steps and seconds, the machine, the seed) and summary.md. The stages run through their
+command lines, as a user runs them. Every part trains a fixed number of steps: a result depends on the seed,
+never on the machine's speed; a slow machine only takes longer (progress lines carry an ETA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from classifier_file import load_classifier_file
+from demo import world_models
+from demo.simulation.simulate import MARKER, make_synthetic_data
+from demo.simulation.spec import SIZES
+from demo.world_models import WorldSizes
+from errors import DEBUG_HELP, UserError
+from eval_metrics import chance_level
+from figures import metric_bar_chart
+from runtime import format_seconds, machine, pick_device
+
+CODE = Path(__file__).resolve().parents[1]
+ROOT = CODE.parent
+log = logging.getLogger("mindvis.demo")
+
+MAE = {"embed_dim": 128, "depth": 4, "num_heads": 4, "decoder_embed_dim": 64, "decoder_num_heads": 4}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything one demo run does: the simulation size, the world models' sizes and each stage's flags."""
+
+    simulation: str
+    img_size: int
+    world: WorldSizes
+    a1: dict = field(default_factory=dict)
+    a2: dict = field(default_factory=dict)
+    b: dict = field(default_factory=dict)
+    gen_eval: dict = field(default_factory=dict)
+
+
+PRESETS = {
+    "demo": Preset(
+        simulation="demo", img_size=32, world=WorldSizes(),
+        a1=dict(num_epoch=6, warmup_epochs=2, lr=1e-3, batch_size=32, ckpt_every=6, **MAE),
+        a2=dict(num_epoch=30, warmup_epochs=1, lr=5e-4, ckpt_every=30),
+        b=dict(img_size=32, batch_size=25, lr=1e-3, num_epoch=24, val_every=8, num_val_items=10, num_samples=1,
+               ddim_steps=50, global_pool=True),
+        gen_eval=dict(num_samples=5, ddim_steps=50, batch_size=50, num_trials=1000),
+    ),
+    "tiny": Preset(
+        simulation="tiny", img_size=32,
+        world=WorldSizes(per_class=2, heldout_per_class=1, n_embed=16, vq_steps=2, vq_batch=4, unet_channels=32,
+                         context_dim=32, ldm_steps=2, ldm_batch=4, clf_width=8, clf_steps=2, clf_batch=4,
+                         eval_samples=1, eval_steps=5),
+        a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
+        a2=dict(num_epoch=1, warmup_epochs=1, lr=5e-4, ckpt_every=1),
+        b=dict(img_size=32, batch_size=8, lr=1e-3, num_epoch=1, val_every=1, num_val_items=10, num_samples=1,
+               ddim_steps=5, global_pool=True),
+        gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=6),
+    ),
+}  # fmt: skip
+
+
+def recipe_hash(recipe: Any) -> str:
+    """A short hash of a JSON-able recipe."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Steps:
+    """Runs each step unless its result exists with the same recipe hash; records what every step did."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def __call__(self, name: str, target: Path, recipe: dict, run: Callable[[], dict | None],
+                 remove_stale: bool = True) -> str:  # fmt: skip
+        """Make `target` with `run()` (which may return facts to record, e.g. steps done); returns the recipe hash.
+
+        A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own)."""
+        digest = recipe_hash(recipe)
+        stamp = target.parent / f"{target.name}.recipe.json"
+        if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
+            done = json.loads(stamp.read_text())
+            log.info("[%s] reusing %s (recipe %s, made in %s)", name, target, digest, format_seconds(done["seconds"]))
+            self.records.append({"step": name, **done, "reused": True})
+            return digest
+        if target.exists():
+            log.info("[%s] %s was made by another recipe: redoing it", name, target)
+            if remove_stale:
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        log.info("[%s] running ...", name)
+        start = time.time()
+        facts = run() or {}
+        record = {"hash": digest, "seconds": round(time.time() - start, 1), **facts, "recipe": recipe}
+        stamp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        log.info("[%s] done in %s -> %s", name, format_seconds(record["seconds"]), target)
+        self.records.append({"step": name, **record, "reused": False})
+        return digest
+
+
+def run_stage(script: str, flags: dict, output_path: Path) -> Path:
+    """Run a stage script in its own process, as a user would; returns its run folder."""
+    if output_path.exists():
+        shutil.rmtree(output_path)  # a failed earlier attempt of this step (a folder the demo owns)
+    argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
+    for key, value in flags.items():
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list | tuple):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", "None" if value is None else str(value)]
+    log.info("$ %s", " ".join(argv[1:]))
+    result = subprocess.run(argv)
+    if result.returncode != 0:
+        raise UserError(f"{script} failed (exit code {result.returncode}); its message is above")
+    (run_dir,) = (p for p in output_path.glob("*/*") if p.is_dir())
+    return run_dir
+
+
+def simulate(data: Path, preset: Preset, seed: int, steps: Steps) -> str:
+    """The simulated data set (its marker, simulation.json, is the cached target)."""
+    spec = SIZES[preset.simulation]
+    recipe = {"size": preset.simulation, "settings": dataclasses.asdict(spec), "seed": seed}
+
+    def run() -> dict:  # replaces an earlier simulation there, never other files (make_synthetic_data refuses)
+        make_synthetic_data(data, size=preset.simulation, seed=seed, overwrite=True)
+        return {"god_subjects": spec.god_subjects}
+
+    return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
+
+
+def run(size: str, seed: int, root: Path) -> Path:
+    """The whole demo; returns the results folder."""
+    start, preset = time.time(), PRESETS[size]
+    data = root / "data" / "synthetic" / size
+    models, out = root / "pretrains" / "demo" / size, root / "results" / "demo" / size
+    runs = out / "runs"
+    for folder in (models, runs):
+        folder.mkdir(parents=True, exist_ok=True)
+    device = pick_device("auto")
+    kam, hcp = str(data / "Kamitani" / "npz"), str(data / "HCP" / "npz")
+    steps = Steps()
+    world, img = preset.world, preset.img_size
+
+    # ---- the simulated world and its models
+    sim = simulate(data, preset, seed, steps)
+    vq = steps("vq autoencoder", models / "vq.pth", {"data": sim, "sizes": dataclasses.asdict(world), "img": img,
+               "seed": seed}, lambda: world_models.make_vq(data, models / "vq.pth", world, img, seed, device))
+    ldm = steps("label-conditioned LDM", models / "label2img", {"vq": vq},
+                lambda: world_models.make_ldm(data, models / "vq.pth", models / "label2img", world, img, seed, device))
+    clf = steps("classifier", models / "classifier.pth", {"ldm": ldm},
+                lambda: world_models.make_classifier(data, models / "label2img", models / "classifier.pth", world, img,
+                                                     seed, device))
+    steps("world models' report", models / "report.json", {"ldm": ldm, "classifier": clf},
+          lambda: world_models.measure(data, models / "label2img", models / "classifier.pth", models, world, img, seed,
+                                       device))
+
+    # ---- the method, stage by stage, through the command lines
+    a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": seed, **preset.a1}
+    a1 = steps("stage A1", out / "fmri_encoder_A1.pth", {"data": sim, "flags": a1_flags},
+               lambda: _copy(run_stage("stageA1_mbm_pretrain.py", a1_flags, runs / "a1") / "checkpoint.pth",
+                             out / "fmri_encoder_A1.pth"))
+    a2_flags = {"kam_path": kam, "pretrain_mbm_path": str(out / "fmri_encoder_A1.pth"), "seed": seed, **preset.a2}
+    a2 = steps("stage A2", out / "fmri_encoder.pth", {"a1": a1, "flags": a2_flags},
+               lambda: _copy(run_stage("stageA2_mbm_finetune.py", a2_flags, runs / "a2") / "checkpoint.pth",
+                             out / "fmri_encoder.pth"))
+    b_flags = {"kam_path": kam, "pretrain_gm_path": str(models / "label2img"), "pretrain_mbm_path":
+               str(out / "fmri_encoder.pth"), "classifier": str(models / "classifier.pth"), "seed": seed, **preset.b}
+    b = steps("stage B", out / "finetuned.pth", {"a2": a2, "ldm": ldm, "classifier": clf, "flags": b_flags},
+              lambda: _copy(run_stage("stageB_ldm_finetune.py", b_flags, runs / "b") / "finetuned.pth",
+                            out / "finetuned.pth"))
+    eval_flags = {"root_path": str(root), "checkpoint": str(out / "finetuned.pth"), "kam_path": kam,
+                  "pretrain_gm_path": str(models / "label2img"), "classifier": str(models / "classifier.pth"),
+                  "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": seed, **preset.gen_eval}
+    for name, shuffled in (("gen_eval", False), ("control", True)):
+        flags = {**eval_flags, "shuffle_fmri": shuffled}
+        steps(name, out / name, {"b": b, "flags": flags},
+              lambda flags=flags, name=name: _copy(run_stage("gen_eval.py", flags, runs / name), out / name))
+
+    # ---- the results
+    decoded = json.loads((out / "gen_eval" / "metrics.json").read_text())
+    control = json.loads((out / "control" / "metrics.json").read_text())
+    for name, source in (("grid.png", "gen_eval/grid.png"), ("grid_shuffled.png", "control/grid.png"),
+                         ("metrics.json", "gen_eval/metrics.json"), ("metrics_shuffled.json", "control/metrics.json")):
+        shutil.copy2(out / source, out / name)
+    n_way = _n_way(models / "classifier.pth")
+    names = ("mse", "pcc", "ssim", "top-1-class", "top-1-class (max)")
+    chance = {k: chance_level(k, n_way) for k in names}
+    metric_bar_chart({"decoded": _pick(decoded, names), "shuffled fMRI (control)": _pick(control, names)},
+                     out / "metrics.png", chance, title=f"MinD-Vis demo ({size}, seed {seed})")
+    world_report = json.loads((models / "report.json").read_text())
+    report = {"size": size, "seed": seed, "machine": machine(), "total_seconds": round(time.time() - start, 1),
+              "steps": steps.records}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    summary = write_summary(out, decoded, control, chance, world_report, report)
+    log.info("\n%s", summary)
+    log.info("demo finished in %s: %s", format_seconds(time.time() - start), out)
+    return out
+
+
+def _copy(source: Path, target: Path) -> dict:
+    shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
+    return {"source": str(source)}
+
+
+def _pick(metrics: dict, names: tuple[str, ...]) -> dict[str, float]:
+    return {k: metrics["scores"][k] for k in names if k in metrics["scores"]}
+
+
+def _n_way(classifier: Path) -> int:
+    return min(50, load_classifier_file(classifier)[0].num_classes)
+
+
+def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: dict, report: dict) -> str:
+    """summary.md: every metric beside its chance level and the shuffled-fMRI control, the models' ceiling, and
+    what each step did on which machine."""
+    fmt = lambda v: "skipped" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = ["| metric | decoded | shuffled fMRI (control) | chance |", "| --- | --- | --- | --- |"]
+    rows += [f"| {k} | {fmt(decoded['scores'].get(k))} | {fmt(control['scores'].get(k))} | {fmt(v)} |"
+             for k, v in chance.items()]  # fmt: skip
+    steps = ["| step | steps | time | cached |", "| --- | --- | --- | --- |"]
+    steps += [f"| {r['step']} | {r.get('steps', '')} | {format_seconds(r['seconds'])} | {'yes' * r['reused']} |"
+              for r in report["steps"]]  # fmt: skip
+    m = report["machine"]
+    accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
+    ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1"))
+    n_way = round(1 / chance["top-1-class"])
+    text = "\n".join([
+        "# MinD-Vis demo on the simulated brain",
+        "",
+        f"Decoded images of {decoded.get('num_items', '?')} held-out test fMRI (GOD layout, subject sbj_3, test "
+        "categories never seen in Stage B), scored against the images the simulated subject saw. Pair-wise rows: "
+        "the fraction of other test images the reconstruction is closer to its own ground truth than to (chance "
+        f"0.5). n-way: {n_way}-way top-1 semantic accuracy with the simulated world's classifier (chance 1/{n_way}), "
+        "the mean over the sample sets and the best set (max). The control feeds the same model the test fMRI of "
+        "other images.",
+        "",
+        *rows,
+        "",
+        "![decoded, control and chance per metric](metrics.png)",
+        "",
+        "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
+        f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD test "
+        f"stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; label-conditioned LDM "
+        f"samples of the test categories reach {ceiling:.3f} {n_way}-way top-1 given the true label, the ceiling of "
+        "the decoding.",
+        "",
+        f"Seed {report['seed']}; machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+        f"native bf16 {'yes' if m['native_bf16'] else 'no'}, torch {m['torch']}. Total "
+        f"{format_seconds(report['total_seconds'])}; every step trains a fixed number of steps:",
+        "",
+        *steps,
+        "",
+        "Grid: `grid.png` (ground truth first in each row); control: `grid_shuffled.png`.",
+        "",
+    ])  # fmt: skip
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
+    parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    return run(args.size, args.seed, args.root_path)
