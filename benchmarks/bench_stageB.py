@@ -3,16 +3,19 @@
     python benchmarks/bench_stageB.py            # 256^2 images, batch 5, + the measured batch search (GPU)
     python benchmarks/bench_stageB.py --quick    # CPU in minutes: 128^2 images, batch 1, 1 + 2 rounds
     python benchmarks/bench_stageB.py --tiny     # toy sizes in seconds (what tests/test_benchmarks.py runs)
+    python benchmarks/bench_stageB.py --quick --original /path/to/mind-vis   # + the original's own code
 
 The model is the published label2img LDM (`pretrains/ldm/label2img/config.yaml`: UNet, VQ first stage) with the
-fMRI conditioner (ViT-1024 x 24 over 4656 voxels), random weights. One step is what Lightning runs in
-`stageB_ldm_finetune.py`: `shared_step` (VQ-encode the images, noise them, predict the noise conditioned on the
-fMRI), backward, gradient clipping at 0.5 and AdamW over the conditioning path only (`configure_optimizers` with
-`train_cond_only`). The original's way: fp32 with explicit-softmax attention and its loop, the whole UNet left
-trainable (the original calls `unfreeze_whole_model()` before fitting and only narrows the optimiser's parameter
-list, so backward computes the weight gradients of every UNet layer and never uses them). Ours: SDPA, then our
-loop (only the conditioning path requires gradients), then channels-last, bf16 autocast and torch.compile where
-each helps. All at the same batch (5, the published GOD batch).
+fMRI conditioner (ViT-1024 x 24 over 4656 voxels), random weights. One step is what Lightning runs in Stage B:
+the loss (VQ-encode the images, noise them, predict the noise conditioned on the fMRI), backward, gradient
+clipping at 0.5 and AdamW over the conditioning path only. The baseline: the original's own LatentDiffusion with
+its fMRI conditioner (`--original`, same weights), set up as its `fLDM.finetune` does: the whole UNet left
+trainable (`unfreeze_whole_model()`; only the optimiser's list is narrowed to the conditioning path, so backward
+computes the weight gradients of every UNet layer, which accumulate and are never used) and its transformer
+blocks' activation checkpointing (`checkpoint=True`, recomputed in backward); fp32, its config's precision.
+Without a checkout its way emulated with ours (fp32, explicit-softmax attention, the whole UNet trainable). Ours:
+SDPA, then our loop (only the conditioning path requires gradients), then channels-last, bf16 autocast and
+torch.compile where each helps. All at the same batch (5, the published GOD batch).
 
 Memory: on a GPU, the largest batch that fits in 24 GB and 80 GB for fp32 / bf16, with and without activation
 checkpointing (the UNet's `use_checkpoint`), measured; everywhere, an estimate from the meta device (memory.py).
@@ -21,7 +24,6 @@ checkpointing (the UNet's `use_checkpoint`), measured; everywhere, an estimate f
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ import torch
 import common
 import memory
 import models
+from errors import run_main
 
 BATCH = {"full": 5, "quick": 1, "tiny": 2}
 CLIP_GRAD = 0.5
@@ -48,43 +51,47 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"Stage B training step on {info['name']} ({args.mode} mode)")
 
     model = models.build_ldm(args).train()
-    optimizer = model.configure_optimizers()  # freezes all but the conditioning path, as Stage B trains
-    params = model.cond_path_parameters()
+    params = models.stage_b_trainable(model)  # freezes all but the conditioning path, as Stage B trains
+    optimizer = torch.optim.AdamW(params, lr=5.3e-5)
     inputs = models.stage_b_batch(args, batch, device)
     compiled: dict[str, object] = {}
+    differences = compare(args, model, inputs) if args.original is not None else None
+    theirs = OriginalStep(args, model) if args.original is not None else None
 
     def step(v: common.Variant, size: int | None = None) -> None:
+        if v.code == "original":
+            theirs.step(inputs)
+            return
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
         n = v.batch if size is None else size
         data = {"image": inputs["image"][:n].contiguous(memory_format=fmt), "fmri": inputs["fmri"][:n]}
-        loss_fn = compiled.setdefault("step", torch.compile(model.shared_step)) if v.compiled else model.shared_step
-        loss_fn(data).backward()
+        loss = compiled.setdefault("loss", torch.compile(models.stage_b_loss)) if v.compiled else models.stage_b_loss
+        loss(model, data).backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def prepare(v: common.Variant) -> None:
+        if v.code == "original":
+            return
         models.set_memory_format(model, v.channels_last)
-        if v.original_loop:  # the original: UNet and conditioner trainable, the optimiser over the cond path only
-            model.unfreeze_whole_model()
-        else:
-            model.freeze_whole_model()
-            for p in params:
-                p.requires_grad_(True)
+        # the original: UNet and conditioner trainable, the optimiser over the cond path only
+        models.stage_b_trainable(model, cond_path_only=not v.original_loop)
+        if not v.original_loop:
             for p in model.parameters():
                 if not p.requires_grad:
                     p.grad = None  # what the original's variant accumulated (its optimiser never clears them)
 
     meta_model = models.build_ldm(args, meta=True).train()  # FLOPs and the memory estimate without real compute
-    meta_model.configure_optimizers()
-    flops = common.count_flops(lambda: meta_model.shared_step(models.stage_b_batch(args, 1, "meta")).backward())
+    models.stage_b_trainable(meta_model)
+    meta_batch = models.stage_b_batch(args, 1, "meta")
+    flops = common.count_flops(lambda: models.stage_b_loss(meta_model, meta_batch).backward())
     levers, notes = common.optional_levers(args, info, conv=True)
+    notes.insert(0, common.baseline_note(args))
     calls = common.original_attention_calls()
-    rungs = [
-        common.Variant(batch, "fp32", "explicit", original_loop=True),
-        common.Variant(batch, original_loop=True),
-        common.Variant(batch),
-    ]
+    original = common.Variant(batch, "fp32", "explicit", original_loop=True)
+    rungs = common.baseline_rungs(args, original, [original, common.Variant(batch, original_loop=True),
+                                                   common.Variant(batch)])  # fmt: skip
     measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs, prepare)
     common.check_patch_reached(calls)
     side = models.IMAGE_SIZE[args.mode]
@@ -94,13 +101,72 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = {"image": side, "latent": models.latent_side(args), "batch": batch,
              "num_voxels": models.NUM_VOXELS[models.size_name(args)], "trained_params": sum(p.numel() for p in params),
              "total_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    workload = common.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes)
+    workload = common.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes,
+                                      differences)  # fmt: skip
     payload = {"device": info, "workloads": [workload]}
 
     if args.memory:
         prepare(ours)
         payload["memory"] = memory_section(args, model, meta_model, step, ours)
     return common.write_results("bench_stageB", args, payload)
+
+
+class OriginalStep:
+    """One step of the original's Stage B as its `fLDM.finetune` sets it up and Lightning runs it (fp32)."""
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, lr: float = 5.3e-5):
+        self.checkout = args.original
+        self.model = _original_model(args, model).train()
+        with self.checkout.quiet():
+            self.model.unfreeze_whole_model()
+            self.model.freeze_first_stage()
+            self.model.learning_rate, self.model.train_cond_stage_only = lr, True
+            self.optimizer = self.model.configure_optimizers()
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def step(self, batch: dict) -> None:
+        with self.checkout.quiet():  # its training_step without the logging; Lightning's clip, step and zero_grad
+            loss, _ = self.model.shared_step(_original_batch(batch))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, CLIP_GRAD)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+
+
+def _original_model(args: argparse.Namespace, model: torch.nn.Module) -> torch.nn.Module:
+    name = models.size_name(args)
+    return args.original.ldm(models.ldm_config(name == "tiny"), model, models.MAE_META[name])
+
+
+def _original_batch(batch: dict) -> dict:
+    """Its batches hold images channels-last as arrays are: (N, H, W, 3)."""
+    return {"image": batch["image"].permute(0, 2, 3, 1), "fmri": batch["fmri"]}
+
+
+def compare(args: argparse.Namespace, model: torch.nn.Module, batch: dict) -> dict[str, dict[str, float]]:
+    """|ours - original| of one training loss and its gradients on the conditioning path (same weights, inputs,
+    timesteps and noise), ours in fp32 and under bf16 autocast."""
+    theirs = _original_model(args, model).train()
+    with args.original.quiet():
+        theirs.unfreeze_whole_model()
+        torch.manual_seed(3)
+        loss_t, _ = theirs.shared_step(_original_batch(batch))
+    loss_t.backward()
+    out, trained = {}, None
+    for dtype in ("fp32", "bf16"):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        with common.autocast(dtype, batch["fmri"].device):
+            loss = models.stage_b_loss(model, batch)
+        loss.backward()
+        # the conditioning path's parameters the loss reaches (the encoder's unused cls/mask tokens get none)
+        trained = trained or [n for n, p in model.named_parameters() if p.grad is not None]
+        grads = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n in trained])
+        grads_t = torch.cat([p.grad.flatten() for n, p in theirs.named_parameters() if n in trained])
+        out[f"loss, {dtype}"] = common.difference(loss, loss_t)
+        out[f"conditioning-path gradients, {dtype}"] = common.difference(grads, grads_t)
+    model.zero_grad(set_to_none=True)
+    return out
 
 
 def memory_section(
@@ -141,4 +207,4 @@ def print_memory(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -1,10 +1,12 @@
 """What every benchmark script shares: options, the original's attention, timing, memory, FLOPs, tables, JSON.
 
-Each script measures "variants" of one workload inside the same run: the original's way (fp32, explicit-softmax
-attention, the original's batch) and the levers of ours, one at a time (SDPA, batching, channels-last, bf16,
-torch.compile). Variants run interleaved, round after round (A B C A B C ...), so that a load change on a shared
-machine hits all of them alike; the first `warmup` rounds are discarded and the median of the rest is reported.
-A lever joins "ours" only if it made the workload faster here; the JSON and the table show every variant.
+Each script measures "variants" of one workload inside the same run: the original's own code when a checkout of
+it is given (`--original PATH`, see original.py), the original's way emulated with our code (fp32,
+explicit-softmax attention, the original's batch and loop; the baseline when no checkout is given, as in CI) and
+the levers of ours, one at a time (SDPA, batching, channels-last, bf16, torch.compile, ...). Variants run
+interleaved, round after round (A B C A B C ...), so that a load change on a shared machine hits all of them
+alike; the first `warmup` rounds are discarded and the median of the rest is reported. A lever joins "ours" only
+if it made the workload faster here; the JSON and the table show every variant.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from errors import DEBUG_HELP  # noqa: E402
 from runtime import autocast, pick_device  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -70,9 +73,17 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
         help="try torch.compile: auto = on CUDA, not on CPU in --quick/--tiny (compiling takes minutes)",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for <script>-<device>.json")
+    p.add_argument("--original", type=Path, default=None, metavar="PATH",
+                   help="a checkout of the original MinD-Vis (zjc062/mind-vis): its own code becomes the baseline, "
+                        "run beside ours on the same inputs and weights (default: its way, emulated with our code)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # fmt: skip
     if add is not None:
         add(p)
     args = p.parse_args(argv)
+    if args.original is not None:
+        import original  # its import shims stay out of runs without a checkout
+
+        args.original = original.OriginalCheckout(args.original)
     small = args.quick or args.tiny
     args.warmup = (1 if small else 2) if args.warmup is None else args.warmup
     args.runs = (3 if small else 5) if args.runs is None else args.runs
@@ -169,16 +180,25 @@ class Variant:
     # training: the original's loop around the model (Stage A: the per-step metric on the host; Stage B: the
     # whole UNet trainable, so backward computes unused weight gradients)
     original_loop: bool = False
+    code: str = "ours"  # ours | original (the original's own code, imported from --original)
+    fixed_context: bool = False  # generation: cross-attention K/V and time-embedding term computed once per run
+    optimizer: str = "default"  # training: default (the stage's AdamW) | fused (AdamW(fused=True), benchmark-only)
 
     @property
     def name(self) -> str:
+        if self.code == "original":
+            return f"original code, {self.dtype}, batch {self.batch}"
         extra = (", channels-last" if self.channels_last else "") + (", compiled" if self.compiled else "")
         extra += ", original loop" if self.original_loop else ""
+        extra += ", fixed context" if self.fixed_context else ""
+        extra += f", {self.optimizer} AdamW" if self.optimizer != "default" else ""
         return f"{self.dtype}, {self.attention}, batch {self.batch}{extra}"
 
     def context(self, device: torch.device) -> contextlib.ExitStack:
-        """The attention patch and autocast this variant runs under."""
+        """The attention patch and autocast this variant runs under (the original's code brings its own)."""
         stack = contextlib.ExitStack()
+        if self.code == "original":
+            return stack
         if self.attention == "explicit":
             stack.enter_context(original_attention())
         stack.enter_context(autocast(self.dtype, device))
@@ -268,6 +288,41 @@ def climb(
         if new.per_item < ref.per_item:
             best = new
     return measured, best.variant
+
+
+@contextlib.contextmanager
+def cast_weights_once(device: torch.device) -> Iterator[None]:
+    """Keep autocast's casts of the weights between the calls inside the block, as within one sampling run.
+
+    Autocast caches the bf16 copy of each weight until the outermost autocast region ends; a sampler runs its 251
+    UNet calls inside one region (gen_eval's), so it casts the weights once per run. Timing each call in its own
+    region would charge every call with casting all weights. Inside this block (an outer, disabled region) the
+    cache lives on; leaving it clears it.
+    """
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+# ---- the original's code beside ours ---------------------------------------------------------------------------
+
+
+def baseline_rungs(args: argparse.Namespace, original: Variant, emulated: list[Variant]) -> list[Variant]:
+    """The first rungs of a workload: the original's own code (with --original), then its way emulated with ours."""
+    return ([replace(original, code="original")] if args.original is not None else []) + emulated
+
+
+def baseline_note(args: argparse.Namespace) -> str:
+    """What the first row of the table is: the original's code (which checkout), or its way emulated with ours."""
+    if args.original is not None:
+        return f"baseline: the original's own code, {args.original.root} at commit {args.original.commit[:7]}"
+    return ("baseline: the original's way emulated with our code (fp32, explicit-softmax attention, its batch and "
+            "loop); pass --original PATH (a checkout of zjc062/mind-vis) to run its own code beside ours")  # fmt: skip
+
+
+def difference(ours: Any, original: Any) -> dict[str, float]:
+    """Largest absolute difference of two tensors (or scalars) in float32, and the largest |original| for scale."""
+    a, b = torch.as_tensor(ours).detach().float().cpu(), torch.as_tensor(original).detach().float().cpu()
+    return {"max_abs_diff": (a - b).abs().max().item(), "max_abs_original": b.abs().max().item()}
 
 
 # ---- memory -------------------------------------------------------------------------------------------------------
@@ -454,13 +509,22 @@ def workload_record(
     flops_per_item: float | None,
     info: dict[str, Any],
     notes: list[str],
+    differences: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Print the workload's table and return its JSON record; `ratio` = ours' throughput / the original's."""
+    """Print the workload's table and return its JSON record; `ratio` = ours' throughput / the baseline's.
+
+    The baseline is the first variant: the original's own code when it ran, else its way emulated with ours.
+    `differences` are `difference(ours, original)` of outputs on the same inputs, by what was compared.
+    """
     original = measured[0].variant
     table = variant_rows(measured, flops_per_item, info.get("peak_flops"))
     print_table(f"{name}  ({', '.join(f'{k}={v}' for k, v in sizes.items())})", table, ours.name, original.name)
     ratio = next(m.speedup for m in reversed(measured) if m.variant == ours)
-    print(f"  ours = {ours.name}: {ratio:.2f}x the original's throughput")
+    who = "the original code's" if original.code == "original" else "the original's way (emulated)"
+    print(f"  ours = {ours.name}: {ratio:.2f}x {who} throughput")
+    for label, d in (differences or {}).items():
+        print(f"  max |ours - original| ({label}): {d['max_abs_diff']:.3g}  (|original| up to "
+              f"{d['max_abs_original']:.3g})")  # fmt: skip
     for note in notes:
         print(f"  note: {note}")
     return {
@@ -469,9 +533,11 @@ def workload_record(
         "flops_per_item": flops_per_item,
         "variants": table,
         "original": original.name,
+        "baseline": "original code" if original.code == "original" else "emulated",
         "ours": ours.name,
         "ours_dtype": ours.dtype,
         "ratio": ratio,
+        "max_abs_diff_vs_original": differences or {},
         "notes": notes,
     }
 
@@ -512,6 +578,9 @@ def write_results(script: str, args: argparse.Namespace, payload: dict[str, Any]
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else script,
         "warmup_rounds": args.warmup,
         "measured_rounds": args.runs,
+        "original_checkout": (
+            {"path": str(args.original.root), "commit": args.original.commit} if args.original is not None else None
+        ),
         **payload,
     }
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import models
+
 BUDGETS_GIB = (24, 80)
 CONTEXT_BYTES = 1 << 30  # CUDA context, cuBLAS/cuDNN workspaces: outside the caching allocator's counts
 CONFIGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))  # (dtype, activation checkpointing)
@@ -176,7 +178,7 @@ def saved_bytes(model: torch.nn.Module, batch: dict, checkpointing: bool) -> Sav
         handles.append(block.register_forward_hook(lambda *_: setattr(counter, "current", None)))
     try:
         with counter, fused_attention():
-            model.shared_step(batch)
+            models.stage_b_loss(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -192,7 +194,7 @@ def estimate(model: torch.nn.Module, make_batch: Callable[[int, torch.dtype], di
     counted, so real peaks run higher: treat the batches as upper bounds.
     """
     model.train()
-    model.configure_optimizers()  # sets requires_grad to what Stage B trains
+    models.stage_b_trainable(model)  # sets requires_grad to what Stage B trains
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     in_backward = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("first_stage_model."))

@@ -64,14 +64,33 @@ def build_ldm(args: Any, meta: bool = False) -> LatentDiffusion:
         torch.manual_seed(0)
         device = torch.device("meta") if meta else args.device
         with device:  # built in place, no host copy of 600M weights; the schedule buffers are made on the CPU
-            return build_ldm_for_fmri(ldm_dir, MAE_META[name], NUM_VOXELS[name], load_ldm_weights=False).to(device)
+            model = build_ldm_for_fmri(ldm_dir, MAE_META[name], NUM_VOXELS[name], load_ldm_weights=False)
+        return fill_zero_init(model.to(device))
+
+
+def fill_zero_init(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Give the zero-initialised parameters (the UNet's output convs, `proj_out`s, ...) small random values.
+
+    A fresh UNet predicts exactly 0 whatever its input; with these filled in, its outputs depend on every layer,
+    so comparing two implementations' outputs means something.
+    """
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.device.type != "meta" and p.numel() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+def first_stage_config(args: Any) -> dict:
+    """The `first_stage_config` section of the label2img config (toy sizes for --tiny)."""
+    return copy.deepcopy(ldm_config(size_name(args) == "tiny")["model"]["params"]["first_stage_config"])
 
 
 def build_vq(args: Any) -> torch.nn.Module:
     """The VQ first stage (`VQModelInterface`, random weights) in eval mode on `args.device`."""
-    first_stage = copy.deepcopy(ldm_config(size_name(args) == "tiny")["model"]["params"]["first_stage_config"])
     torch.manual_seed(0)
-    return instantiate_from_config(first_stage).to(args.device).eval()
+    return instantiate_from_config(first_stage_config(args)).to(args.device).eval()
 
 
 def latent_side(args: Any) -> int:
@@ -92,3 +111,24 @@ def stage_b_batch(args: Any, batch: int, device: torch.device | str, dtype: torc
     image = torch.rand(batch, 3, side, side, device=device, dtype=dtype) * 2 - 1
     fmri = torch.randn(batch, 1, NUM_VOXELS[size_name(args)], device=device, dtype=dtype)
     return {"image": image, "fmri": fmri}
+
+
+def stage_b_trainable(model: torch.nn.Module, cond_path_only: bool = True) -> list[torch.nn.Parameter]:
+    """Make trainable what Stage B trains (the conditioning path; with `cond_path_only=False` the UNet and the
+    conditioner, as the original left them) and return the conditioning path, the parameters its AdamW updates.
+
+    `LatentDiffusion.set_trainable` does it; a model of the Lightning era does it with `configure_optimizers` and
+    `unfreeze_whole_model`.
+    """
+    if hasattr(model, "set_trainable"):
+        model.set_trainable(cond_path_only)
+    else:
+        model.configure_optimizers()
+        if not cond_path_only:
+            model.unfreeze_whole_model()
+    return model.cond_path_parameters()
+
+
+def stage_b_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The Stage B training loss of one batch (images VQ-encoded, noised at random timesteps, ε predicted)."""
+    return model(*model.get_input(batch))
