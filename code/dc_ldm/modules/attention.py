@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dc_ldm.modules.diffusionmodules.util import GroupNorm32, zero_module
+
+
+@dataclass
+class FixedContext:
+    """A context that stays the same over many UNet calls, with what the UNet derives from it alone precomputed.
+
+    A sampler calls the UNet 251 times with the same conditioning; the keys and values every cross-attention
+    projects from it (`kv[i]` for the cross-attention with `context_index` i, each (N, heads, M, d)) and its term
+    of the timestep embedding (`time_cond`, (N, 4C), None without double conditioning) are computed once
+    (`UNetModel.fix_context`) and passed in place of the context tensor.
+    """
+
+    tokens: torch.Tensor  # (N, M, D)
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    time_cond: torch.Tensor | None
 
 
 class CrossAttention(nn.Module):
@@ -23,13 +40,24 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.context_index: int | None = None  # its keys/values in a FixedContext (set by the UNet)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, L, query_dim), context (N, M, context_dim) -> (N, L, query_dim)."""
-        context = x if context is None else context
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, L, heads * d) -> (N, heads, L, d)."""
+        return t.view(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context (N, M, context_dim) -> keys and values, each (N, heads, M, d)."""
+        return self._heads(self.to_k(context)), self._heads(self.to_v(context))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | FixedContext | None = None) -> torch.Tensor:
+        """x (N, L, query_dim), context (N, M, context_dim) or fixed -> (N, L, query_dim)."""
         n, length, _ = x.shape
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (N, L|M, heads * d)
-        q, k, v = (t.view(n, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (N, heads, L|M, d)
+        if isinstance(context, FixedContext):
+            k, v = context.kv[self.context_index]
+        else:
+            k, v = self.keys_values(x if context is None else context)  # (N, heads, M, d)
+        q = self._heads(self.to_q(x))  # (N, heads, L, d)
         out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d), softmax scale d^-0.5
         return self.to_out(out.transpose(1, 2).reshape(n, length, -1))
 
@@ -69,8 +97,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, L, dim), context (N, M, context_dim) -> (N, L, dim)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | FixedContext | None = None) -> torch.Tensor:
+        """x (N, L, dim), context (N, M, context_dim) or fixed -> (N, L, dim)."""
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context=context)
         return x + self.ff(self.norm3(x))
@@ -98,8 +126,8 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, H, W), context (N, M, context_dim) -> (N, C, H, W)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | FixedContext | None = None) -> torch.Tensor:
+        """x (N, C, H, W), context (N, M, context_dim) or fixed -> (N, C, H, W)."""
         n, _, h, w = x.shape
         y = self.proj_in(self.norm(x))  # (N, inner, H, W)
         y = y.flatten(2).transpose(1, 2)  # (N, H*W, inner)

@@ -109,19 +109,27 @@ class DiffusionSampler:
             x_prev = x_prev + sigma * randn(tuple(x.shape), x.device, generator).to(x_prev.dtype)
         return x_prev, x0_pred
 
+    def fixed(self, cond: object) -> object:
+        """The conditioning with what the UNet derives from it alone computed once for all steps (the cross-
+        attention keys/values and the time-embedding term, `UNetModel.fix_context`), when the model's UNet
+        (at the published `model.diffusion_model`) offers it; the conditioning itself otherwise."""
+        unet = getattr(getattr(self.model, "model", None), "diffusion_model", None)
+        if isinstance(cond, torch.Tensor) and hasattr(unet, "fix_context"):
+            return unet.fix_context(cond)
+        return cond
+
     def guided_eps_fn(self, cond: object, scale: float, uncond: object) -> EpsFn:
         """ε(x, t) from the model; with classifier-free guidance ε_u + scale (ε_c - ε_u) in one batched call."""
         if scale != 1.0 and uncond is None:
             raise ValueError(f"unconditional_guidance_scale={scale} needs unconditional_conditioning")
+        both = self.fixed(cond if scale == 1.0 else torch.cat([uncond, cond]))
 
         # ε in the dtype of x (float32 under autocast too), so that the multistep sums keep full precision
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if scale == 1.0:
-                return self.model.apply_model(x, t, cond).to(x.dtype)
+                return self.model.apply_model(x, t, both).to(x.dtype)
             e_uncond, e_cond = (
-                self.model.apply_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
-                .to(x.dtype)
-                .chunk(2)
+                self.model.apply_model(torch.cat([x, x]), torch.cat([t, t]), both).to(x.dtype).chunk(2)
             )  # 2 x (N, C, H, W)
             return e_uncond + scale * (e_cond - e_uncond)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dc_ldm.modules.attention import SpatialTransformer
+from dc_ldm.modules.attention import BasicTransformerBlock, FixedContext, SpatialTransformer
 from dc_ldm.modules.diffusionmodules.util import GroupNorm32, checkpoint, timestep_embedding, zero_module
 
 NUM_CONTEXT_TOKENS = 77  # the published conditioners emit 77 tokens; time_embed_condtion's Conv1d is sized for it
@@ -194,14 +194,32 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
         )
+        for i, attn in enumerate(self._cross_attentions()):
+            attn.context_index = i
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C_in, H, W), timesteps (N,), context (N, 77, context_dim) or (N, 1, .) pooled -> (N, C_out, H, W)."""
+    def fix_context(self, context: torch.Tensor) -> FixedContext:
+        """Context (N, M, context_dim) -> the same context with its keys/values and time-embedding term computed,
+        for many calls with the same conditioning (a sampler's steps); `forward` takes it in place of the tensor."""
+        time_cond = self.time_embed_condtion(context).squeeze(1) if self.use_time_cond else None  # (N, 4C)
+        kv = [attn.keys_values(context) for attn in self._cross_attentions()]
+        return FixedContext(context, kv, time_cond)
+
+    def _cross_attentions(self) -> list[nn.Module]:
+        return [m.attn2 for m in self.modules() if isinstance(m, BasicTransformerBlock)]
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | FixedContext | None = None
+    ) -> torch.Tensor:
+        """x (N, C_in, H, W), timesteps (N,), context (N, 77, context_dim) or (N, 1, .) pooled, or the same fixed
+        (`fix_context`) -> (N, C_out, H, W)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))  # (N, 4C)
         if self.use_time_cond:
             if context is None:
                 raise ValueError("UNetModel with use_time_cond needs a context")
-            emb = emb + self.time_embed_condtion(context).squeeze(1)  # (N, 1, 4C) -> (N, 4C)
+            if isinstance(context, FixedContext):
+                emb = emb + context.time_cond
+            else:
+                emb = emb + self.time_embed_condtion(context).squeeze(1)  # (N, 1, 4C) -> (N, 4C)
         skips = []
         h = x
         for block in self.input_blocks:
