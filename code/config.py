@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from errors import DEBUG_HELP, UsageError
+from errors import DEBUG_HELP, ArgumentParser, UsageError
 
 DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -407,7 +407,7 @@ def build_parser(cls: type, usage: str | None = None) -> argparse.ArgumentParser
 
     `usage` (the script's docstring: what it does and example commands) opens the help text.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=usage or cls.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # only flags the user gives override the defaults / YAML

@@ -12,6 +12,7 @@ environment problem: one line with its type and message, exit 1. `--debug` on th
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -32,6 +33,13 @@ class UsageError(UserError):
     """A flag or config value is invalid; the message names it. Exit code 2."""
 
     exit_code = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (`prog: error: ... (see --help)`, exit 2), not the whole usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:

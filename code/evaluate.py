@@ -31,16 +31,11 @@ import numpy as np
 from PIL import Image
 
 import eval_metrics
-from errors import DEBUG_HELP, UsageError, UserError, run_main
+from errors import DEBUG_HELP, ArgumentParser, UsageError, UserError, run_main
 from figures import metric_bar_chart
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METRICS = (*eval_metrics.DEFAULT_METRICS, "mindeye")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2 through run_main, not usage + message
-        raise UsageError(f"{message} (see --help)")
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -154,7 +149,7 @@ def format_table(result: dict, chance: dict[str, float]) -> str:
 
 def main() -> None:
     """Command line: load, score, write metrics.json and metrics.png, print the table."""
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recon", required=True, type=Path, help="reconstructions: a folder or a .npy (see above)")
     parser.add_argument("--gt", required=True, type=Path, help="ground truth images: a folder or a .npy (see above)")
     names = f"metrics: {', '.join(eval_metrics.METRICS)}; groups: {', '.join(eval_metrics.METRIC_GROUPS)}"

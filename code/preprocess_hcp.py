@@ -35,7 +35,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from errors import DEBUG_HELP, UserError, run_main
+from errors import DEBUG_HELP, ArgumentParser, UserError, run_main
 
 log = logging.getLogger("mindvis.preprocess_hcp")
 
@@ -244,7 +244,7 @@ def preprocess(
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fmri_glob", required=True, help="glob of the per-subject fMRI files (quote it)")
     parser.add_argument("--atlas", required=True, help="integer label atlas on the fMRI's grid")
     parser.add_argument("--out", default="data/HCP/npz", help="output folder, one subfolder per subject")

@@ -42,7 +42,7 @@ from demo import world_models
 from demo.simulation.simulate import MARKER, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.world_models import WorldSizes
-from errors import DEBUG_HELP, UserError
+from errors import DEBUG_HELP, ArgumentParser, UserError
 from eval_metrics import chance_level
 from figures import metric_bar_chart
 from runtime import format_seconds, machine, pick_device
@@ -290,7 +290,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
 
 def main(argv: list[str] | None = None) -> Path:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+    parser = ArgumentParser(prog="python -m demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")

@@ -34,7 +34,7 @@ import numpy as np
 
 from demo.simulation import brain, stimuli, writers
 from demo.simulation.spec import SIZES, SimSpec
-from errors import DEBUG_HELP, UserError
+from errors import DEBUG_HELP, ArgumentParser, UserError
 
 log = logging.getLogger("mindvis.simulation")
 LAYOUTS = ("HCP", "Kamitani", "BOLD5000")
@@ -176,9 +176,9 @@ def draw_class_images(
     return images, labels
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: simulate one preset size, with any knob overridden by a flag."""
-    parser = argparse.ArgumentParser(prog="make_synthetic_data.py", description=__doc__,
+    parser = ArgumentParser(prog="make_synthetic_data.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="folder that receives HCP/, Kamitani/, BOLD5000/")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -189,7 +189,7 @@ def main() -> None:
     for f in fields(SimSpec):
         if f.name != "progress":
             knobs.add_argument(f"--{f.name}", type=type(f.default), default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(SimSpec) if getattr(args, f.name, None) is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
