@@ -14,7 +14,7 @@ several subjects are wrap-padded to the longest. Readers return datasets of dict
 float32, and for GOD/BOLD5000 the `image` seen, `label` and `naive_label`. All of it is vectorised numpy at
 load time; only the transforms run per item. Bad input raises `DataFormatError` naming the file and key.
 
-Deliberate differences from the published readers (`docs/method.md`, known defects): HCP subjects are read
+Deliberate differences from the published readers (`docs/defects.md`): HCP subjects are read
 in sorted order (#10); BOLD5000 subjects with different voxel counts are padded to the longest (#11); with
 `include_nonavg_test` every test fMRI row has its own image (#12); `RandomVoxelDropout` really drops (#2).
 """
@@ -580,7 +580,7 @@ def create_bold5000_dataset(
     return _make_sets(train, test, views, fmri_transform=fmri_transform, image_transform=image_transform)
 
 
-# ---- Transforms (docs/method.md) and the entry point of the target-data stages --------------------------------------
+# ---- Transforms (docs/method.md, Stage B) and the entry point of the target-data stages --------------------------------------
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

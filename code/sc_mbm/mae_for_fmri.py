@@ -279,7 +279,7 @@ class FMRIEncoder(_FMRIBackbone):
         """Load a Stage A `MAEforFMRI` (or `FMRIEncoder`) state dict, interpolating `pos_embed` to this voxel count.
 
         Decoder, nature-image and `mask_token` keys are dropped; with `global_pool` the final `norm.*` too (only
-        that one: the published loader dropped every block norm as well, defect 3 of method.md). Any other key
+        that one: the published loader dropped every block norm as well, docs/defects.md #3). Any other key
         missing, unexpected or of the wrong shape raises `CheckpointError` naming it.
         """
         own = self.state_dict()
