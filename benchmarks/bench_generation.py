@@ -302,7 +302,7 @@ def end_to_end_check(parts: Parts, fmri: torch.Tensor, ours: common.Variant, mea
     finally:
         model.model, model.first_stage_model = wrapper, first_stage
     cond, unet, decode = measured_parts
-    predicted = cond.median + plms_unet_calls(CHECK_STEPS) * unet.median + decode.median
+    predicted = cond.time + plms_unet_calls(CHECK_STEPS) * unet.time + decode.time
     return {"steps": CHECK_STEPS, "measured_s": elapsed, "predicted_s": predicted, "ratio": elapsed / predicted}
 
 

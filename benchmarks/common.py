@@ -5,7 +5,8 @@ it is given (`--original PATH`, see original.py), the original's way emulated wi
 explicit-softmax attention, the original's batch and loop; the baseline when no checkout is given, as in CI) and
 the levers of ours, one at a time (SDPA, batching, channels-last, bf16, torch.compile, ...). Variants run
 interleaved, round after round (A B C A B C ...), so that a load change on a shared machine hits all of them
-alike; the first `warmup` rounds are discarded and the median of the rest is reported. A lever joins "ours" only
+alike; the first `warmup` rounds are discarded and the median of the rest is reported (`--stat min`: the fastest
+round, a steadier estimate of the unloaded time on a machine shared with other jobs). A lever joins "ours" only
 if it made the workload faster here; the JSON and the table show every variant.
 """
 
@@ -40,6 +41,7 @@ from errors import DEBUG_HELP  # noqa: E402
 from runtime import autocast, pick_device  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+STATISTICS = ("median", "min")
 
 # Dense (no sparsity) peak rates from the vendors' data sheets, TFLOP/s: bf16/fp16 tensor cores and plain fp32.
 # Matched against torch.cuda.get_device_name() in this order (the first substring that occurs wins).
@@ -76,6 +78,9 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
     p.add_argument("--original", type=Path, default=None, metavar="PATH",
                    help="a checkout of the original MinD-Vis (zjc062/mind-vis): its own code becomes the baseline, "
                         "run beside ours on the same inputs and weights (default: its way, emulated with our code)")
+    p.add_argument("--stat", choices=STATISTICS, default="median",
+                   help="time of a variant from its measured rounds: the median, or the fastest round (steadier "
+                        "when other jobs load the machine)")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # fmt: skip
     if add is not None:
         add(p)
@@ -89,6 +94,7 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
     args.runs = (3 if small else 5) if args.runs is None else args.runs
     args.device = pick_device(args.device)
     args.mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    Measurement.statistic = args.stat
     return args
 
 
@@ -220,13 +226,20 @@ class Measurement:
     peak_bytes: int = 0
     speedup: float = 1.0  # per item, chained through the phases' shared reference
 
+    statistic = "median"  # of all measurements in this process (`--stat`)
+
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
     @property
+    def time(self) -> float:
+        """Seconds per call: the median of the measured rounds, or the fastest one (`--stat min`)."""
+        return min(self.times) if self.statistic == "min" else self.median
+
+    @property
     def per_item(self) -> float:
-        return self.median / self.variant.batch
+        return self.time / self.variant.batch
 
 
 def measure(
@@ -469,15 +482,17 @@ def variant_rows(measured: list[Measurement], flops_per_item: float | None, peak
             {"name": v.name, "phase": m.phase}
             | asdict(v)
             | {
+                "time_s": m.time,
                 "time_s_median": m.median,
+                "time_s_min": min(m.times),
                 "times_s": m.times,
-                "items_per_s": v.batch / m.median,
+                "items_per_s": v.batch / m.time,
                 "peak_memory_bytes": m.peak_bytes,
                 "speedup_vs_original": m.speedup,
             }
         )
         if flops_per_item:
-            achieved = flops_per_item * v.batch / m.median
+            achieved = flops_per_item * v.batch / m.time
             ref = (peak or {}).get(v.dtype)
             row |= {"achieved_flops": achieved, "fraction_of_peak": achieved / ref if ref else None}
         out.append(row)
@@ -495,7 +510,7 @@ def print_table(title: str, table: list[dict[str, Any]], ours: str, original: st
         frac = r.get("fraction_of_peak")
         mark = "*" if r["name"] == ours else "o" if r["name"] == original and r["phase"] == 1 else " "
         print(
-            f"{mark} {r['phase']:>2} {r['name']:<46} {r['time_s_median']:>9.4g} {r['items_per_s']:>9.4g} "
+            f"{mark} {r['phase']:>2} {r['name']:<46} {r['time_s']:>9.4g} {r['items_per_s']:>9.4g} "
             f"{r['peak_memory_bytes'] / 2**20:>9.0f} {r.get('achieved_flops', 0) / 1e9:>9.4g} "
             f"{'' if frac is None else f'{100 * frac:.1f}':>6} {r['speedup_vs_original']:>7.2f}x"
         )
@@ -576,6 +591,7 @@ def write_results(script: str, args: argparse.Namespace, payload: dict[str, Any]
         "commit": git_commit(),
         "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else script,
+        "statistic": args.stat,
         "warmup_rounds": args.warmup,
         "measured_rounds": args.runs,
         "original_checkout": (
