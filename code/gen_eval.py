@@ -14,7 +14,9 @@ a flag wins over the paths stored in the checkpoint, and stored relative paths a
 
 Writes `<output_path>/gen_eval/<timestamp>/`: `grid.png` (ground truth first in each row), `samples/`,
 `samples.npy`, `metrics.json` (every metric, or the reason it was skipped), `metrics.png` (a bar chart with
-chance levels) and prints a table. Metric names: eval_metrics.METRICS, or the group `mindeye`.
+chance levels) and prints a table. Metric names: eval_metrics.METRICS, or the group `mindeye`. With
+`--baselines`, also a ridge regression from the training fMRI to the images, scored the same way
+(`ridge_grid.png`, `metrics.json["baselines"]`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from PIL import Image
 
 import eval_metrics
+from baselines import ridge_image_baseline
 from classifier_file import load_classifier_file
 from config import GenEvalConfig, TargetData, format_config, parse_config, save_config
 from dataset import load_target
@@ -94,7 +97,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     # ---- the test set, checked against the model
     img_size = int(stored.get("img_size", 256))
     patch_size = stored["model_meta"]["patch_size"]
-    _, test_set = load_target(data, patch_size, bool(stored.get("include_nonavg_test", False)))
+    train_set, test_set = load_target(data, patch_size, bool(stored.get("include_nonavg_test", False)))
     expected = model.cond_stage_model.mae.num_voxels
     if test_set.num_voxels != expected:
         raise UserError(f"{path} expects {expected} voxels but the {data.dataset} test fMRI of {data.subjects} "
@@ -128,6 +131,14 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                                         num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
         metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps,
                        shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
+        if cfg.baselines:  # what a linear read-out gets from the same fMRI (never the shuffled fMRI)
+            train_images = train_set.resized_images(img_size)[train_set.image_index]
+            metrics["baselines"], ridge = ridge_image_baseline(
+                train_set.fmri[:, 0], train_images, test_set.fmri[:n, 0], gt, seed=cfg.seed
+            )
+            image_grid(gt, ridge[None], run_dir / "ridge_grid.png")
+            log.info("ridge regression baseline: pair-wise PCC identification %.3f (penalty %g)",
+                     metrics["baselines"]["ridge_pcc"], metrics["baselines"]["ridge_alpha"])  # fmt: skip
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if metrics["scores"]:
             chance = {k: eval_metrics.chance_level(k, cfg.n_way) for k in metrics["scores"]}

@@ -13,6 +13,7 @@ import yaml
 
 import gen_eval
 import stageB_ldm_finetune
+from baselines import grey_thumbnails, ridge_image_baseline
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from classifier_file import build_sequential, save_classifier_file
 from config import ConfigError, GenEvalConfig, StageBConfig
@@ -161,6 +162,20 @@ def test_classifier_file_drives_the_n_way_metric(world, finetuned, tmp_path):
     save_classifier_file(tmp_path / "clf.pth", layers, model, 16, [0.5] * 3, [0.5] * 3)
     run = gen_eval.main(GenEvalConfig(root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
                                       output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=4, n_way=3,
-                                      num_trials=10, metrics=["n_way"], classifier=str(tmp_path / "clf.pth")))
-    assert "top-1-class" in json.loads((run / "metrics.json").read_text())["scores"]
-    assert (run / "metrics.png").is_file()
+                                      num_trials=10, metrics=["n_way"], classifier=str(tmp_path / "clf.pth"),
+                                    baselines=True))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "top-1-class" in metrics["scores"] and 0 <= metrics["baselines"]["ridge_pcc"] <= 1
+    assert (run / "metrics.png").is_file() and (run / "ridge_grid.png").is_file()
+
+
+def test_ridge_baseline_reads_a_linear_code_and_not_noise():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (140, 16, 16, 3), dtype=np.uint8)
+    code = grey_thumbnails(images, 8) @ rng.normal(size=(64, 300))  # a noiseless linear "brain"
+    fmri = code + 0.3 * rng.normal(size=code.shape) * code.std()
+    scores, predicted = ridge_image_baseline(fmri[:100], images[:100], fmri[100:], images[100:], size=8)
+    assert scores["ridge_pcc"] > 0.9 and predicted.shape == (40, 16, 16, 3) and predicted.dtype == np.uint8
+    noise = rng.normal(size=code.shape)
+    chance, _ = ridge_image_baseline(noise[:100], images[:100], noise[100:], images[100:], size=8)
+    assert abs(chance["ridge_pcc"] - 0.5) < 0.12
