@@ -311,6 +311,9 @@ class GenEvalConfig(TargetData):
     the paths stored in it (relative stored paths are resolved against root_path).
     """
 
+    protocol: str | None = arg(None, "'published': the paper's protocol (5 samples, 250 PLMS steps, mse_uint8, 50- "
+                               "and 100-way top-1 over 1000 trials, FID), printed beside the paper's numbers; it "
+                               "sets those flags", "run")  # fmt: skip
     checkpoint: str | None = arg(None, "Stage B checkpoint (default: <root_path>/pretrains/<dataset>/finetuned.pth)",
                                  "model")  # fmt: skip
     pretrain_gm_path: str | None = arg(None, "LDM folder whose config.yaml gives the architecture (default: the "
@@ -346,6 +349,11 @@ class GenEvalConfig(TargetData):
     def __post_init__(self) -> None:
         _check(self.dataset is None or self.dataset in DATASETS,
                f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
+        _check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
+        if self.protocol == "published":
+            self.num_samples, self.ddim_steps, self.sampler, self.eta, self.guidance_scale = 5, 250, "plms", 0.0, 1.0
+            self.n_way, self.num_trials, self.limit, self.shuffle_fmri = 50, 1000, None, False
+            self.metrics = ["mse_uint8", "pcc", "ssim", "lpips", "n_way", "fid"]
         from eval_metrics import METRIC_GROUPS, METRICS  # the metric names are eval_metrics' to define
 
         unknown = [m for m in self.metrics if m not in METRICS and m not in METRIC_GROUPS]

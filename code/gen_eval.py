@@ -1,6 +1,6 @@
 """Decode every test fMRI into images with a finetuned DC-LDM and score them as the paper does.
 
-    python code/gen_eval.py --dataset GOD                        # pretrains/GOD/finetuned.pth, the published protocol
+    python code/gen_eval.py --dataset GOD --protocol published   # the paper's protocol, beside the paper's numbers
     python code/gen_eval.py --dataset BOLD5000 --root_path /data/mind-vis
     python code/gen_eval.py --checkpoint results/stageB/<run>/finetuned.pth
     python code/gen_eval.py --checkpoint CKPT --ddim_steps 50 --limit 10      # a quick look
@@ -57,6 +57,29 @@ def target_data(cfg: GenEvalConfig, stored: dict) -> TargetData:
         test_category=cfg.test_category or stored.get("test_category"),
         seed=cfg.seed,
     )
+
+
+# The paper's numbers (Chen et al. 2023, project-page version; docs/method.md): 50-way top-1 of each subject's
+# model (GOD sbj_3 also 100-way and FID, best sample set / mean of 5), BOLD5000 50-way top-1 and FID.
+PAPER = {
+    ("GOD", "sbj_3"): {"top-1-class (max)": 0.274, "top-1-class": 0.2385, "100-way top-1-class (max)": 0.212,
+                       "100-way top-1-class": 0.1736, "fid (best set)": 1.67, "fid": 2.22},
+    **{("GOD", f"sbj_{k}"): {"top-1-class": v} for k, v in ((1, 0.091), (2, 0.139), (4, 0.152), (5, 0.143))},
+    **{("BOLD5000", f"CSI{k}"): {"top-1-class": a, "fid": f}
+       for k, a, f in ((1, 0.345, 1.2), (2, 0.185, 1.9), (3, 0.210, 1.4), (4, 0.209, 1.3))},
+}  # fmt: skip
+
+
+def paper_table(metrics: dict, dataset: str, subjects: list[str]) -> str:
+    """Our scores beside the paper's for one subject's model (the published protocol)."""
+    paper = PAPER.get((dataset, subjects[0]), {}) if len(subjects) == 1 else {}
+    ours = metrics["scores"]
+    lines = [f"{'metric':<28} {'ours':>8} {'paper':>8}"]
+    for name in dict.fromkeys([*ours, *paper]):
+        mine = f"{ours[name]:.4f}" if name in ours else "-"
+        theirs = f"{paper[name]:.4f}" if name in paper else "-"
+        lines.append(f"{name:<28} {mine:>8} {theirs:>8}")
+    return "\n".join(lines)
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -129,6 +152,11 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
 
         metrics = eval_metrics.evaluate(gt, samples, metrics=cfg.metrics, classifier=classifier, n_way=cfg.n_way,
                                         num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
+        if cfg.protocol == "published":  # the paper's table also has 100-way accuracy
+            hundred = eval_metrics.evaluate(gt, samples, metrics=["n_way"], classifier=classifier, n_way=100,
+                                            num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
+            metrics["scores"].update({f"100-way {k}": v for k, v in hundred["scores"].items()})
+            metrics["skipped"].update({f"100-way {k}": v for k, v in hundred["skipped"].items()})
         metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps,
                        shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
         if cfg.baselines:  # what a linear read-out gets from the same fMRI (never the shuffled fMRI)
@@ -145,6 +173,9 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
             metric_bar_chart({"decoded": metrics["scores"]}, run_dir / "metrics.png",
                              {k: v for k, v in chance.items() if v is not None}, title=f"gen_eval: {path}")
         log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
+        if cfg.protocol == "published":
+            log.info("beside the paper (%s %s):\n%s", data.dataset, data.subjects,
+                     paper_table(metrics, data.dataset, data.subjects))  # fmt: skip
         log.info("wrote %s", run_dir)
     return run_dir
 

@@ -97,3 +97,21 @@ def test_published_config_object_maps_onto_ours():
     )
     cfg = from_dict(StageBConfig, published.to_dict(), strict=False)
     assert cfg.precision == "fp32" and cfg.ddim_steps == 250 and cfg.batch_size == 5
+
+
+def test_published_protocol_sets_the_papers_settings():
+    cfg = GenEvalConfig(protocol="published", num_samples=1, ddim_steps=10, metrics=["pcc"])
+    assert (cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.n_way, cfg.num_trials) == (5, 250, "plms", 50, 1000)
+    assert cfg.metrics == ["mse_uint8", "pcc", "ssim", "lpips", "n_way", "fid"]
+    import gen_eval
+
+    table = gen_eval.paper_table({"scores": {"top-1-class": 0.2, "100-way top-1-class": 0.1}}, "GOD", ["sbj_3"])
+    assert "top-1-class                    0.2000   0.2385" in table and "fid" in table
+
+
+def test_whole_numbers_only_for_integer_fields():
+    assert from_dict(StageA1Config, {"num_epoch": 50.0}).num_epoch == 50
+    with pytest.raises(ConfigError, match=r"num_epoch must be a whole number, got 1\.7"):
+        from_dict(StageA1Config, {"num_epoch": 1.7})
+    with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+        from_dict(StageA1Config, {"batch_size": True})
