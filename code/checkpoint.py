@@ -5,8 +5,9 @@ The published MinD-Vis `.pth` files pickle objects of the original code's classe
 sometimes a pytorch_lightning logger). `torch.load(weights_only=True)` refuses them and a
 plain `torch.load` would run whatever a malicious file asks for. `load_checkpoint` unpickles
 with an allow-list instead: tensors, numpy arrays and scalars, containers and primitive
-types; the config and logger classes come back as inert `PickledObject`s (attributes only,
-no code of theirs runs); any other global is refused with an error naming it and the file.
+types; the three config classes come back as our data-only classes of the same names
+(`config.py`; attributes only, no code of the file's runs), other config and logger classes
+as inert `PickledObject`s; any other global is refused with an error naming it and the file.
 
 Every stage loads through `load_checkpoint` and writes through `save_checkpoint`.
 """
@@ -78,7 +79,9 @@ _ALLOWED = {
     ("numpy", "dtype"),
     *((m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")),
 }
-# Classes whose instances carry only data: returned as PickledObject stand-ins.
+# The original's config classes, rebuilt as our data-only classes of the same names (config.py), which pickle
+# back under those names; other classes whose instances carry only data come back as PickledObject stand-ins.
+_PUBLISHED_CONFIGS = ("Config_MBM_fMRI", "Config_MBM_finetune", "Config_Generative_Model")
 _STAND_IN_MODULES = ("config", "pytorch_lightning.loggers", "lightning.pytorch.loggers")
 
 
@@ -90,6 +93,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if module.startswith("numpy.dtypes") and name.endswith("DType"):
             return getattr(__import__(module, fromlist=[name]), name)
+        if module == "config" and name in _PUBLISHED_CONFIGS:  # data-only classes of ours (config.py)
+            import config
+
+            return getattr(config, name)
         if any(module == m or module.startswith(m + ".") for m in _STAND_IN_MODULES):
             return _stand_in(module, name)
         raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': not on the checkpoint allow-list")
@@ -214,10 +221,8 @@ def as_config_dict(config: Any) -> dict:
     """A checkpoint's `config` entry (a dict, or a published config object as PickledObject) as a plain dict."""
     if isinstance(config, dict):
         return dict(config)
-    if isinstance(config, PickledObject):
-        return config.to_dict()
-    if hasattr(config, "__dict__"):  # our own published-layout config object, not yet through pickle
-        return dict(vars(config))
+    if isinstance(config, PickledObject) or type(config).__module__ == "config":  # a published config object
+        return {k: v for k, v in vars(config).items() if not k.startswith("_")}
     raise CheckpointError(f"unexpected config entry of type {type(config).__name__}")
 
 

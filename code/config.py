@@ -546,11 +546,27 @@ class _PublishedConfig:
     """A data-only object whose attributes are the original's config fields (no behaviour, nothing to run).
 
     Pickled by reference as `config.<class name>`: the original code unpickles it as its own class (attributes
-    set, constructor not called) and our restricted loader as an inert `checkpoint.PickledObject`.
+    set, constructor not called), and our restricted loader, which admits these three classes, as this one; so a
+    checkpoint loaded here can be saved again.
     """
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
+
+    def __setstate__(self, state: Any) -> None:
+        # what pickle hands over: a dict of attributes, or (dict, slots); anything else is refused
+        if isinstance(state, tuple) and len(state) == 2:
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise TypeError(f"unexpected pickled state of type {type(state).__name__} for {type(self).__name__}")
+        self.__dict__.update(state)
+
+    def to_dict(self) -> dict:
+        """The attributes as a plain dict."""
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 class Config_MBM_fMRI(_PublishedConfig):  # noqa: N801 - the published class names

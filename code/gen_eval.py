@@ -116,6 +116,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                                    f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path)  # fmt: skip
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     del state
+    if cfg.guidance_scale != 1.0:
+        model.cond_stage_model.unconditional(1)  # refuses a model without a learned null context, before any work
 
     # ---- the test set, checked against the model
     img_size = int(stored.get("img_size", 256))
@@ -143,7 +145,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                  cfg.sampler, cfg.ddim_steps, precision, device)  # fmt: skip
 
         samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
-                           cfg.seed, precision)  # fmt: skip
+                           cfg.seed, precision, guidance_scale=cfg.guidance_scale)  # fmt: skip
         image_grid(gt, samples, run_dir / "grid.png")
         np.save(run_dir / "samples.npy", samples)
         (run_dir / "samples").mkdir()

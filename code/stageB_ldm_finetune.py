@@ -75,7 +75,8 @@ class Validation:
         cfg = self.cfg
         model.eval()
         samples = generate(model, self.fmri, cfg.num_samples, cfg.ddim_steps, batch_size=len(self.fmri),
-                           seed=cfg.seed, precision=precision, desc=f"validation, epoch {epoch}")  # fmt: skip
+                           seed=cfg.seed, precision=precision, desc=f"validation, epoch {epoch}",
+                           guidance_scale=cfg.guidance_scale)  # fmt: skip
         model.train()
         image_grid(self.gt, samples, run_dir / f"val_epoch{epoch:04d}.png")
         n_classes = getattr(self.classifier[0], "num_classes", None) if self.classifier else None
@@ -117,7 +118,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
 
     # ---- model: the LDM with the fMRI conditioner, the Stage A encoder loaded; optimiser over the cond path
     model = build_ldm_for_fmri(cfg.pretrain_gm_path, stage_a.arch, train_set.num_voxels, cfg.global_pool,
-                               cfg.use_time_cond).to(device)  # fmt: skip
+                               cfg.use_time_cond, cond_dropout=cfg.cond_dropout).to(device)  # fmt: skip
     model.cond_stage_model.mae.load_checkpoint(stage_a.model)
     optimizer = torch.optim.AdamW(model.set_trainable(cond_path_only=True), lr=cfg.lr)
     train_model = wrap_ddp(model, dist_info)

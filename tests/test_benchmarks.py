@@ -1,7 +1,11 @@
 """The benchmark scripts run (--tiny: toy sizes, seconds) and write complete JSON; the original's way is really
-the original's (explicit-softmax attention reached the model code, and computes what SDPA computes)."""
+the original's (explicit-softmax attention reached the model code, and computes what SDPA computes); the original's
+own code is imported beside ours without mixing the two (`--original`; the runs against a real checkout need
+MINDVIS_ORIGINAL=/path/to/mind-vis and are skipped without it); gpu_check.sh --dry-run runs every step."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +90,71 @@ def test_benchmark_runs_tiny(script, tmp_path, capsys):
         estimate = record["memory"]["estimate"]
         assert {(r["dtype"], r["checkpointing"]) for r in estimate} >= {("fp32", False), ("bf16", True)}
     assert "ours =" in capsys.readouterr().out
+
+
+# ---- the original's own code --------------------------------------------------------------------------------------
+
+ORIGINAL = os.environ.get("MINDVIS_ORIGINAL")
+
+
+def fake_checkout(root: Path) -> Path:
+    """A folder that passes the checkout test: the original's signature lines, and a module marking itself theirs."""
+    import original
+
+    for rel, line in original.SIGNATURE.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{line}:\n    pass\n")
+    theirs = "import torch._six\nclass fmri_encoder:\n    pass\nWHOSE = 'theirs'\n"
+    (root / "code/sc_mbm/mae_for_fmri.py").write_text(theirs)
+    return root
+
+
+def test_original_modules_are_imported_beside_ours(tmp_path):
+    import original
+    import sc_mbm.mae_for_fmri as ours
+
+    checkout = original.OriginalCheckout(fake_checkout(tmp_path))
+    theirs = checkout.module("sc_mbm.mae_for_fmri")  # imports its torch._six: the shim is there
+    assert theirs.WHOSE == "theirs" and Path(theirs.__file__).is_relative_to(tmp_path)
+    assert sys.modules["sc_mbm.mae_for_fmri"] is ours and "torch._six" not in sys.modules
+    assert checkout.module("sc_mbm.mae_for_fmri") is theirs  # kept aside, not imported twice
+
+
+def test_original_that_is_not_a_checkout_is_one_clear_line(tmp_path):
+    (tmp_path / "code").mkdir()
+    result = subprocess.run([sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a checkout of the original MinD-Vis" in lines[0] and str(tmp_path) in lines[0]
+
+
+@pytest.mark.skipif(not ORIGINAL, reason="set MINDVIS_ORIGINAL to a checkout of zjc062/mind-vis")
+@pytest.mark.parametrize("script", ["bench_stageA", "bench_stageB", "bench_generation", "bench_vq_decode"])
+def test_against_the_original_code(script, tmp_path):
+    module = __import__(script)
+    argv = ["--tiny", "--device", "cpu", "--runs", "1", "--warmup", "0", "--out", str(tmp_path)]
+    record = json.loads(Path(module.main([*argv, "--original", ORIGINAL])).read_text())
+    assert record["original_checkout"]["commit"]
+    for workload in record["workloads"]:
+        assert workload["baseline"] == "original code" and workload["original"].startswith("original code")
+        fp32 = {k: d for k, d in workload["max_abs_diff_vs_original"].items() if "fp32" in k}
+        assert fp32, workload["max_abs_diff_vs_original"]
+        for label, d in fp32.items():  # both implementations compute the same numbers
+            assert d["max_abs_diff"] <= 1e-5 * max(1.0, d["max_abs_original"]), (label, d)
+
+
+# ---- gpu_check ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path, capsys):
+    import gpu_check
+
+    path = gpu_check.main(["--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "work")])
+    record = json.loads(Path(path).read_text())
+    assert record["mode"] == "dry-run" and set(record["steps"]) == set(gpu_check.STEPS)
+    assert all(step["ok"] for step in record["steps"].values()), record["steps"]
+    assert record["steps"]["stage_a1"]["samples_per_s"] > 0 and record["steps"]["god_protocol"]["protocol_s"] > 0
+    assert "| stage_b_memory |" in capsys.readouterr().out

@@ -111,7 +111,7 @@ def test_stageA1_writes_the_run_folder(a1_run):
     cfg = from_dict(StageA1Config, yaml.safe_load((a1_run / "config.yaml").read_text()))
     ckpt = load_checkpoint(a1_run / "checkpoint.pth")
     assert set(ckpt) == CKPT_KEYS and ckpt["epoch"] == 1 and ckpt["scaler"] == {} and len(ckpt["rng"]) == 1
-    assert ckpt["config"]._pickled_class == "config.Config_MBM_fMRI" and ckpt["config"].embed_dim == 32
+    assert type(ckpt["config"]).__qualname__ == "Config_MBM_fMRI" and ckpt["config"].embed_dim == 32
     assert ckpt["config"].num_voxels == cfg.num_voxels == (ckpt["model"]["pos_embed"].shape[1] - 1) * 16
     assert set(ckpt["model"]) == set(MAEforFMRI(cfg.num_voxels, **TINY_MODEL).state_dict())
     assert {"recon_epoch0.png", "recon_epoch1.png", "log.txt"} <= {p.name for p in a1_run.iterdir()}

@@ -38,6 +38,10 @@ def world(tmp_path_factory):
     (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": ldm_config}))
     torch.manual_seed(0)
     label2img = instantiate_from_config(ldm_config)  # the "pretrained" label-conditioned LDM, random weights
+    with torch.no_grad():  # a trained model has no all-zero layers (zero-initialised outputs would block gradients)
+        for p in label2img.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0, 0.02)
     torch.save({"state_dict": label2img.state_dict(), "epoch": 3}, ldm_dir / "model.ckpt")
     from dataset import create_god_dataset
 
@@ -73,7 +77,7 @@ def test_stage_b_writes_the_published_layout(world, finetuned):
     assert [e["epoch"] for e in epochs] == [0, 1] and "val/ssim" in epochs[0]
     ckpt = load_checkpoint(finetuned / "finetuned.pth")
     assert set(ckpt) == {"model_state_dict", "config", "state"}
-    assert ckpt["config"]._pickled_class == "config.Config_Generative_Model"  # the original's class, as data
+    assert type(ckpt["config"]).__qualname__ == "Config_Generative_Model"  # the original's class, as data
     assert ckpt["config"].model_meta["embed_dim"] == MAE["embed_dim"] and ckpt["config"].precision == 32
     assert ckpt["state"].dtype == torch.uint8
     assert "epoch 2/2 done: loss" in (finetuned / "log.txt").read_text()
@@ -179,3 +183,20 @@ def test_ridge_baseline_reads_a_linear_code_and_not_noise():
     noise = rng.normal(size=code.shape)
     chance, _ = ridge_image_baseline(noise[:100], images[:100], noise[100:], images[100:], size=8)
     assert abs(chance["ridge_pcc"] - 0.5) < 0.12
+
+
+def test_condition_dropout_learns_a_null_context_for_guidance(world, finetuned, tmp_path):
+    run = stageB_ldm_finetune.main(_stage_b_config(world, output_path=str(tmp_path), num_epoch=1, cond_dropout=0.5,
+                                                   guidance_scale=2.0))
+    ckpt = load_checkpoint(run / "finetuned.pth")
+    assert ckpt["model_state_dict"]["cond_stage_model.null_context"].abs().sum() > 0  # trained from zeros
+    # a null context far from every fMRI context, so that guidance visibly moves this barely trained model
+    ckpt["model_state_dict"]["cond_stage_model.null_context"].normal_(0, 3.0)
+    save_checkpoint(ckpt, tmp_path / "far.pth")
+    cfg = dict(root_path=str(world.root), output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=2,
+               metrics=["pcc"], guidance_scale=2.0, pretrain_gm_path=str(world.ldm_dir))
+    guided = gen_eval.main(GenEvalConfig(checkpoint=str(tmp_path / "far.pth"), **cfg))
+    plain = gen_eval.main(GenEvalConfig(checkpoint=str(tmp_path / "far.pth"), **{**cfg, "guidance_scale": 1.0}))
+    assert not np.array_equal(np.load(guided / "samples.npy"), np.load(plain / "samples.npy"))
+    with pytest.raises(UserError, match="needs a model trained with --cond_dropout"):  # the published model has none
+        gen_eval.main(GenEvalConfig(checkpoint=str(finetuned / "finetuned.pth"), **cfg))

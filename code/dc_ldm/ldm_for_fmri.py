@@ -22,6 +22,7 @@ from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config, load_ldm_config
+from errors import UserError
 from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
 from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder
@@ -38,6 +39,10 @@ class FMRICondStage(nn.Module):
     channels (L -> L // 2 -> 77) -> `dim_mapper` Linear(D -> cond_dim). With `global_pool` the encoder yields
     one pooled token, so, as in the published code, there is no `channel_mapper` and the output is
     (N, 1, cond_dim) (the UNet's `time_embed_condtion` is then a single Linear).
+
+    `cond_dropout` > 0 (ours, off in the published method) adds `null_context`, a learned context that replaces
+    a sample's fMRI context with that probability in training, so that sampling can use classifier-free
+    guidance (`sample_images(..., guidance_scale=s)`).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class FMRICondStage(nn.Module):
         mlp_ratio: float = 1.0,
         cond_dim: int = 512,
         global_pool: bool = False,
+        cond_dropout: float = 0.0,
     ):
         super().__init__()
         self.mae = FMRIEncoder(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio, global_pool)
@@ -69,13 +75,27 @@ class FMRICondStage(nn.Module):
         self.dim_mapper = nn.Linear(embed_dim, cond_dim)
         self.cond_dim = cond_dim
         self.num_tokens = 1 if global_pool else NUM_CONTEXT_TOKENS
+        self.cond_dropout = cond_dropout
+        if cond_dropout > 0:
+            self.null_context = nn.Parameter(torch.zeros(1, self.num_tokens, cond_dim))
 
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
         """(N, 1, V) -> (N, 77, cond_dim), or (N, 1, cond_dim) with `global_pool`."""
         x = self.mae(fmri)  # (N, L, D), or (N, 1, D) pooled
         if self.channel_mapper is not None:
             x = self.channel_mapper(x)  # (N, 77, D)
-        return self.dim_mapper(x)  # (N, 77, cond_dim)
+        x = self.dim_mapper(x)  # (N, 77, cond_dim)
+        if self.training and self.cond_dropout > 0:
+            dropped = torch.rand(len(x), 1, 1, device=x.device) < self.cond_dropout  # (N, 1, 1)
+            x = torch.where(dropped, self.null_context.to(x.dtype), x)
+        return x
+
+    def unconditional(self, batch: int) -> torch.Tensor:
+        """The null context for classifier-free guidance, (batch, tokens, cond_dim)."""
+        if self.cond_dropout <= 0:
+            raise UserError("classifier-free guidance needs a model trained with --cond_dropout > 0 (it learns the "
+                            "null context); sample with --guidance_scale 1")  # fmt: skip
+        return self.null_context.expand(batch, -1, -1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,6 +109,7 @@ def build_ldm_for_fmri(
     global_pool: bool = False,
     use_time_cond: bool = True,
     load_ldm_weights: bool = True,
+    cond_dropout: float = 0.0,
 ) -> LatentDiffusion:
     """The LDM of `ldm_dir/config.yaml` (+ `model.ckpt` when present) with an fMRI conditioner for `num_voxels`.
 
@@ -109,7 +130,7 @@ def build_ldm_for_fmri(
                     ckpt_path)
     context_dim = params["unet_config"]["params"]["context_dim"]
     model.cond_stage_model = FMRICondStage(num_voxels=num_voxels, cond_dim=context_dim, global_pool=global_pool,
-                                           **{k: mae_meta[k] for k in ENCODER_FIELDS})  # fmt: skip
+                                           cond_dropout=cond_dropout, **{k: mae_meta[k] for k in ENCODER_FIELDS})
     return model
 
 
@@ -141,7 +162,8 @@ def model_from_finetuned(
     arch = read_architecture(dict(meta) if isinstance(meta, Mapping) else {}, state, path, prefix, ENCODER_FIELDS)
     values["model_meta"] = {k: arch[k] for k in ENCODER_FIELDS}
     model = build_ldm_for_fmri(pretrain_gm_path, arch, arch["num_voxels"], bool(values.get("global_pool", False)),
-                               bool(values.get("use_time_cond", True)), load_ldm_weights=False)  # fmt: skip
+                               bool(values.get("use_time_cond", True)), load_ldm_weights=False,
+                               cond_dropout=float(values.get("cond_dropout") or 0.0))  # fmt: skip
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{path}: does not match the LDM of {pretrain_gm_path}/config.yaml: missing "
@@ -158,12 +180,18 @@ def sample_images(
     eta: float = 0.0,
     x_T: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """fMRI (B, 1, V) -> one decoded image each, (B, 3, H, W) about [-1, 1] (latents quantised before decoding)."""
+    """fMRI (B, 1, V) -> one decoded image each, (B, 3, H, W) about [-1, 1] (latents quantised before decoding).
+
+    `guidance_scale` s > 1: classifier-free guidance against the learned null context, ε_u + s (ε_c - ε_u).
+    """
     cls = {"plms": PLMSSampler, "ddim": DDIMSampler}[sampler]
     cond = model.get_learned_conditioning(fmri)  # (B, 77, context_dim)
+    uncond = model.cond_stage_model.unconditional(len(fmri)) if guidance_scale != 1.0 else None
     latents, _ = cls(model).sample(S=ddim_steps, batch_size=fmri.shape[0], shape=model.latent_shape,
-                                   conditioning=cond, x_T=x_T, eta=eta, verbose=False, generator=generator)
+                                   conditioning=cond, x_T=x_T, eta=eta, verbose=False, generator=generator,
+                                   unconditional_guidance_scale=guidance_scale, unconditional_conditioning=uncond)
     return model.decode_first_stage(latents.float()).float()  # (B, 3, H, W), about [-1, 1]
 
 
@@ -179,6 +207,7 @@ def generate(
     seed: int = 0,
     precision: str = "fp32",
     desc: str = "sampling",
+    guidance_scale: float = 1.0,
 ) -> np.ndarray:
     """Sample `num_samples` images per fMRI (N, 1, V) -> uint8 (S, N, H, W, 3), batched over items x samples.
 
@@ -195,7 +224,8 @@ def generate(
         x_T = torch.stack([start_noise(seed, i, s, model.latent_shape) for i, s in chunk]).to(device)
         with autocast(precision, device):
             images = sample_images(model, fmri[items].to(device), ddim_steps, sampler, eta, x_T=x_T,
-                                   generator=torch.Generator(device).manual_seed(seed + start))  # (B, 3, H, W)
+                                   generator=torch.Generator(device).manual_seed(seed + start),
+                                   guidance_scale=guidance_scale)  # (B, 3, H, W)
         images = to_uint8_images(images)  # (B, H, W, 3)
         if out is None:
             out = np.zeros((num_samples, len(fmri), *images.shape[1:]), dtype=np.uint8)
