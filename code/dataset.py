@@ -580,7 +580,7 @@ def create_bold5000_dataset(
     return _make_sets(train, test, views, fmri_transform=fmri_transform, image_transform=image_transform)
 
 
-# ---- Transforms (docs/method.md, Stage B) and the entry point of the target-data stages --------------------------------------
+# ---- Transforms (docs/method.md, Stage B) and the entry point of the target-data stages ----------------------------
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
