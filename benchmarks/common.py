@@ -95,6 +95,7 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
     args.device = pick_device(args.device)
     args.mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     Measurement.statistic = args.stat
+    args.commit = git_commit()  # the code that runs, recorded before anything can change it
     return args
 
 
@@ -588,7 +589,7 @@ def write_results(script: str, args: argparse.Namespace, payload: dict[str, Any]
         "script": script,
         "mode": args.mode,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": getattr(args, "commit", None) or git_commit(),
         "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else script,
         "statistic": args.stat,
