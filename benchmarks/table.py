@@ -1,7 +1,7 @@
 """Print the Markdown tables of benchmarks/README.md from the JSON files the scripts wrote.
 
     python benchmarks/table.py                      # every benchmarks/results/*.json (not the --tiny/--dry ones)
-    python benchmarks/table.py results/a.json ...   # chosen files
+    python benchmarks/table.py benchmarks/results/a.json ...   # chosen files
 
 Three tables: speed (ours against the baseline, the original's own code where a run had `--original`), the
 largest differences of ours' outputs from the original's on the same inputs, and the GPU check (gpu_check.py).
@@ -9,11 +9,15 @@ largest differences of ours' outputs from the original's on the same inputs, and
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parents[1] / "code"))  # errors.py
+
+from errors import DEBUG_HELP, UsageError, run_main  # noqa: E402
 
 
 def _throughput(record: dict, name: str) -> float:
@@ -130,10 +134,19 @@ def gpu_check_table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    paths = [Path(a) for a in argv] or sorted(
-        p for p in RESULTS.glob("*.json") if not p.stem.endswith(("-tiny", "-dry"))
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="*", type=Path, help="result JSON files (default: benchmarks/results/*.json)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = p.parse_args(argv)
+    paths = args.files or sorted(p for p in RESULTS.glob("*.json") if not p.stem.endswith(("-tiny", "-dry")))
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{path}: not a readable results file of benchmarks/ ({err})") from err
+        if "workloads" not in record and "steps" not in record:
+            raise UsageError(f"{path}: not written by a benchmarks/ script (no 'workloads' or 'steps')")
     bench = [p for p in paths if not p.name.startswith("gpu_check")]
     checks = [p for p in paths if p.name.startswith("gpu_check")]
     print(speed_table(bench))
@@ -145,4 +158,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)
