@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Latent vectors whose codebook distances are computed at once: the (rows, n_embed) distance matrix of a whole
+# batch would otherwise take rows x n_embed x 4 bytes several times over (25 images of 64^2 latents and 8,192
+# codes: 3.4 GB per temporary).
+CHUNK_ROWS = 8192
+
 
 class VectorQuantizer(nn.Module):
     """Replace each latent vector by its nearest (L2) codebook entry; key `embedding.weight` (n_embed, embed_dim).
@@ -24,6 +29,18 @@ class VectorQuantizer(nn.Module):
         """Codebook entries uniform in [-1/n_embed, 1/n_embed], as a from-scratch VQ autoencoder starts."""
         nn.init.uniform_(self.embedding.weight, -1.0 / self.n_embed, 1.0 / self.n_embed)
 
+    @staticmethod
+    def nearest(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code (L2) for each row of flat (R, D), `CHUNK_ROWS` rows at a time -> (R,)."""
+        code_sq = codebook.square().sum(1)  # (n_embed,)
+        chunks = []
+        for rows in flat.split(CHUNK_ROWS):
+            # |f|^2 + |c|^2 - 2 f.c, in this order (as published, so near-ties resolve the same), one temporary less
+            dist = rows.square().sum(1, keepdim=True) + code_sq  # (rows, n_embed)
+            dist.sub_(rows @ codebook.t(), alpha=2)
+            chunks.append(dist.argmin(dim=1))
+        return torch.cat(chunks)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[None, None, torch.Tensor]]:
         """z (N, D, h, w) -> (z_q (N, D, h, w), loss (), (None, None, indices (N*h*w,) or (N, h, w)))."""
         n, d, h, w = z.shape
@@ -34,8 +51,7 @@ class VectorQuantizer(nn.Module):
             z32 = z.float()
             flat = z32.permute(0, 2, 3, 1).reshape(-1, d)  # (N*h*w, D), batch-major then row-major
             codebook = self.embedding.weight.float()  # (n_embed, D)
-            dist = flat.square().sum(1, keepdim=True) + codebook.square().sum(1) - 2 * flat @ codebook.t()
-            indices = dist.argmin(dim=1)  # (N*h*w,)
+            indices = self.nearest(flat, codebook)  # (N*h*w,)
             z_q = codebook[indices].view(n, h, w, d).permute(0, 3, 1, 2)  # (N, D, h, w)
             loss = (z_q.detach() - z32).square().mean() + self.beta * (z_q - z32.detach()).square().mean()
             z_q = z32 + (z_q - z32).detach()  # straight-through: the decoder's gradient flows to the encoder
