@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from errors import DEBUG_HELP  # noqa: E402
+from errors import DEBUG_HELP, UsageError  # noqa: E402
 from runtime import autocast, pick_device  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -78,6 +78,10 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
     p.add_argument("--original", type=Path, default=None, metavar="PATH",
                    help="a checkout of the original MinD-Vis (zjc062/mind-vis): its own code becomes the baseline, "
                         "run beside ours on the same inputs and weights (default: its way, emulated with our code)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads; default: PyTorch's, one per core). On a machine shared "
+                        "with other jobs 1 is steadier: with one thread per core, every parallel op waits for its "
+                        "slowest thread, which another job may have descheduled")
     p.add_argument("--stat", choices=STATISTICS, default="median",
                    help="time of a variant from its measured rounds: the median, or the fastest round (steadier "
                         "when other jobs load the machine)")
@@ -89,6 +93,10 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
         import original  # its import shims stay out of runs without a checkout
 
         args.original = original.OriginalCheckout(args.original)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     small = args.quick or args.tiny
     args.warmup = (1 if small else 2) if args.warmup is None else args.warmup
     args.runs = (3 if small else 5) if args.runs is None else args.runs
@@ -598,6 +606,7 @@ def write_results(script: str, args: argparse.Namespace, payload: dict[str, Any]
         "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else script,
         "statistic": args.stat,
+        "threads": torch.get_num_threads(),
         "warmup_rounds": args.warmup,
         "measured_rounds": args.runs,
         "original_checkout": (
