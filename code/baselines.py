@@ -24,27 +24,27 @@ def grey_thumbnails(images: np.ndarray, size: int) -> np.ndarray:
     return x.flatten(1).numpy()
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS, folds: int = 5, seed: int = 0):
-    """Ridge from x (N, V) to y (N, P) with the penalty of the best mean held-out correlation over `folds` folds.
+def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS, folds: int = 5,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+    """Ridge from x (N, V) to y (N, P), the penalty of the best mean held-out correlation over `folds` folds.
 
-    x is standardised per voxel with the training statistics; returns (predict: x' -> y', chosen penalty).
+    x is standardised per voxel with the training statistics (penalties are relative to its scale); returns the
+    map in the original units, weights (V, P) and bias (P,) with y ~ x @ weights + bias, and the chosen penalty.
     """
     mean, std = x.mean(0), x.std(0) + 1e-8
-    y_mean = y.mean(0)
+    xs = (x - mean) / std
+    scale = np.mean(xs**2) * x.shape[1]
     order = np.random.default_rng(seed).permutation(len(x))
-    scale = np.mean(((x - mean) / std) ** 2) * x.shape[1]  # penalties relative to the data's own scale
     scores = np.zeros(len(alphas))
     for held in np.array_split(order, folds):
         fit = np.setdiff1d(order, held)
-        predictions = _solve((x[fit] - mean) / std, y[fit] - y[fit].mean(0), [a * scale for a in alphas],
-                             (x[held] - mean) / std)  # fmt: skip
-        for i, pred in enumerate(predictions):
-            scores[i] += _mean_row_correlation(pred + y[fit].mean(0), y[held])
+        y_fit = y[fit].mean(0)
+        for i, pred in enumerate(_solve(xs[fit], y[fit] - y_fit, [a * scale for a in alphas], xs[held])):
+            scores[i] += _mean_row_correlation(pred + y_fit, y[held])
     alpha = alphas[int(np.argmax(scores))]
-    xs = (x - mean) / std
     u, s, vt = np.linalg.svd(xs, full_matrices=False)
-    weights = vt.T @ ((s / (s**2 + alpha * scale))[:, None] * (u.T @ (y - y_mean)))  # (V, P)
-    return (lambda z: ((z - mean) / std) @ weights + y_mean), alpha
+    weights = vt.T @ ((s / (s**2 + alpha * scale))[:, None] * (u.T @ (y - y.mean(0)))) / std[:, None]  # (V, P)
+    return weights, y.mean(0) - mean @ weights, alpha
 
 
 def _solve(x: np.ndarray, y: np.ndarray, alphas: list[float], x_new: np.ndarray) -> list[np.ndarray]:
@@ -67,8 +67,8 @@ def ridge_image_baseline(train_fmri: np.ndarray, train_images: np.ndarray, test_
     Returns ({"ridge_pcc": pair-wise PCC identification of the predictions, "ridge_alpha": penalty},
     predicted test images uint8 (M, H, W, 3), blown up to the test images' size for a side-by-side grid).
     """
-    predict, alpha = fit_ridge(train_fmri, grey_thumbnails(train_images, size), seed=seed)
-    pred = predict(test_fmri)  # (M, size * size)
+    weights, bias, alpha = fit_ridge(train_fmri, grey_thumbnails(train_images, size), seed=seed)
+    pred = test_fmri @ weights + bias  # (M, size * size)
     truth = grey_thumbnails(test_images, size)
     scores = score_matrix("pcc", torch.from_numpy(pred), torch.from_numpy(truth))  # (M, M)
     accuracy = identification_accuracy(scores, lower_is_better=False).mean().item()

@@ -258,8 +258,18 @@ class StageBConfig(_Run, TargetData):
     use_time_cond: bool = arg(True, "double conditioning: add the context to the timestep embedding too", "model")
     cond_dropout: float = arg(0.0, "replace the fMRI context by a learned null context with this probability, "
                               "for classifier-free guidance (0: the published method)", "model")  # fmt: skip
+    linear_pool: bool = arg(False, "with global_pool: the one context token is a Linear map of all encoder tokens, "
+                            "not their mean (ours)", "model")  # fmt: skip
+    ridge_init: bool = arg(False, "with linear_pool: start it as the ridge regression (penalty by cross-validation) "
+                           "from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
+                           "labels (ours; needs class labels)", "model")  # fmt: skip
+    freeze_encoder: bool = arg(False, "keep the Stage A encoder fixed (published: trained)", "model")
+    freeze_mapper: bool = arg(False, "keep the conditioner's mappers fixed, e.g. after ridge_init (published: "
+                              "trained)", "model")  # fmt: skip
     patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
     model_meta: dict | None = arg(None, "the encoder architecture, stored for gen_eval", "model", cli=False)
+    latent_views: int = arg(0, "> 0: encode every training image (its random crops) this many times once, instead "
+                            "of at every step (faster; 0: as published)", "data")  # fmt: skip
     img_size: int = arg(256, "image side the LDM sees (a multiple of 8)", "data")
     crop_ratio: float = arg(0.2, "random crop (p = 0.5) removing this share of the side, resized back", "data")
     fmri_dropout: float = arg(0.0, "voxel dropout of the training fMRI (0: as published, see docs/defects.md #2)",
@@ -298,6 +308,9 @@ class StageBConfig(_Run, TargetData):
         _check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
         _check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")
         _check(0.0 <= self.cond_dropout < 1.0, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        _check(not self.linear_pool or self.global_pool, "linear_pool makes one context token: it needs --global_pool")
+        _check(not self.ridge_init or self.linear_pool, "ridge_init starts the linear pool: it needs --linear_pool")
+        _check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         _check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         _check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
         _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, self.cond_dropout)
@@ -333,7 +346,8 @@ class GenEvalConfig(TargetData):
     ddim_steps: int = arg(250, f"sampler steps per image (at least {MIN_SAMPLER_STEPS})", "run")
     sampler: str = arg("plms", "plms (published) or ddim", "run")
     eta: float = arg(0.0, "DDIM eta (0: deterministic)", "run")
-    guidance_scale: float = arg(1.0, "classifier-free guidance (needs a model trained with cond_dropout > 0)", "run")
+    guidance_scale: float | None = arg(None, "classifier-free guidance (needs a model trained with cond_dropout > 0; "
+                                       "default: the checkpoint's own, 1 for published ones)", "run")  # fmt: skip
     batch_size: int = arg(25, "images per sampler call (test fMRI x samples are batched together)", "run")
     n_way: int = arg(50, "n of the n-way top-1 accuracy", "run")
     num_trials: int = arg(1000, "n-way trials per image", "run")
@@ -365,7 +379,7 @@ class GenEvalConfig(TargetData):
         _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         _check(self.limit is None or self.limit >= 2, f"limit must be at least 2 or None, got {self.limit}")
         _check(1 < self.n_way and self.num_trials > 0, "n_way must be > 1 and num_trials positive")
-        _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, None)
+        _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale or 1.0, None)
 
 
 def _check_sampling(num_samples: int, ddim_steps: int, guidance_scale: float, cond_dropout: float | None) -> None:

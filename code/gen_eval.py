@@ -116,7 +116,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                                    f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path)  # fmt: skip
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     del state
-    if cfg.guidance_scale != 1.0:
+    guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(stored.get("guidance_scale") or 1.0)
+    if guidance != 1.0:
         model.cond_stage_model.unconditional(1)  # refuses a model without a learned null context, before any work
 
     # ---- the test set, checked against the model
@@ -140,12 +141,12 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         setup_logging(run_dir)
         save_config(cfg, run_dir)
         log.info("gen_eval config:\n%s", format_config(cfg))
-        log.info("checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, %s on %s", path,
-                 gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "", cfg.num_samples,
-                 cfg.sampler, cfg.ddim_steps, precision, device)  # fmt: skip
+        log.info("checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on "
+                 "%s", path, gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "",
+                 cfg.num_samples, cfg.sampler, cfg.ddim_steps, guidance, precision, device)  # fmt: skip
 
         samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
-                           cfg.seed, precision, guidance_scale=cfg.guidance_scale)  # fmt: skip
+                           cfg.seed, precision, guidance_scale=guidance)  # fmt: skip
         image_grid(gt, samples, run_dir / "grid.png")
         np.save(run_dir / "samples.npy", samples)
         (run_dir / "samples").mkdir()
@@ -160,7 +161,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
             metrics["scores"].update({f"100-way {k}": v for k, v in hundred["scores"].items()})
             metrics["skipped"].update({f"100-way {k}": v for k, v in hundred["skipped"].items()})
         metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps,
-                       shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
+                       guidance_scale=guidance, shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
         if cfg.baselines:  # what a linear read-out gets from the same fMRI (never the shuffled fMRI)
             train_images = train_set.resized_images(img_size)[train_set.image_index]
             metrics["baselines"], ridge = ridge_image_baseline(

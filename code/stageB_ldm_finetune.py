@@ -25,9 +25,9 @@ from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoin
 from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import RandomVoxelDropout, load_target, model_image_transform
-from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate
+from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
 from engine import AmpScaler, Schedule, make_loader, record_epoch, train_one_epoch, wrap_ddp
-from errors import run_main
+from errors import UserError, run_main
 from figures import image_grid
 from layouts import (
     CHECKPOINT,
@@ -53,9 +53,38 @@ from runtime import (
 )
 
 
+class LatentViews(torch.utils.data.Dataset):
+    """Training pairs whose images come as first-stage encodings made once: `views` random crops of each image.
+
+    The autoencoder never changes in Stage B, so encoding every batch's images at every step is repeated work;
+    here each training image goes through the training image transform (its random crop) `views` times and is
+    encoded once, and every item picks one of its views at random. Items: {'fmri', 'latent' (C, h, w)}.
+    """
+
+    def __init__(self, base, model, views: int, batch_size: int = 100):
+        self.base, self.views = base, views
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            self.latents = torch.stack([torch.cat([
+                model.encode_first_stage(b.to(device)).cpu()
+                for b in torch.stack([base.image_transform(img) for img in base.images]).split(batch_size)
+            ]) for _ in range(views)], 1)  # (M, views, C, h, w)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        fmri = torch.from_numpy(self.base.fmri[i])
+        view = int(torch.randint(self.views, ()))
+        return {"fmri": self.base.transform(fmri) if self.base.transform else fmri,
+                "latent": self.latents[self.base.image_index[i], view]}  # fmt: skip
+
+
 def ldm_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """The engine's step: the ε-prediction loss of a batch of {image, fmri} (the latents come from the frozen VQ)."""
     ldm = getattr(model, "module", model)  # DDP calls go through the wrapper, the frozen encoding need not
+    if "latent" in batch:  # encoded once (LatentViews)
+        return model(ldm.get_first_stage_encoding(batch["latent"]), batch["fmri"]), {}
     z, fmri = ldm.get_input(batch)  # (N, C, h, w), (N, 1, V)
     return model(z, fmri), {}
 
@@ -113,14 +142,25 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     train_set, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
     train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
     train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
-    loader = make_loader(train_set, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
-                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
 
     # ---- model: the LDM with the fMRI conditioner, the Stage A encoder loaded; optimiser over the cond path
     model = build_ldm_for_fmri(cfg.pretrain_gm_path, stage_a.arch, train_set.num_voxels, cfg.global_pool,
-                               cfg.use_time_cond, cond_dropout=cfg.cond_dropout).to(device)  # fmt: skip
+                               cfg.use_time_cond, cond_dropout=cfg.cond_dropout,
+                               linear_pool=cfg.linear_pool).to(device)  # fmt: skip
     model.cond_stage_model.mae.load_checkpoint(stage_a.model)
-    optimizer = torch.optim.AdamW(model.set_trainable(cond_path_only=True), lr=cfg.lr)
+    fit = None
+    if cfg.ridge_init and not resume:
+        if model.class_table is None:
+            raise UserError(f"--ridge_init needs the label LDM's class embeddings: {cfg.pretrain_gm_path}/model.ckpt "
+                            "holds no cond_stage_model.embedding.weight")
+        fit = ridge_init_pool(model.cond_stage_model, torch.from_numpy(train_set.fmri), train_set.item_labels(),
+                              model.class_table.to(device), cfg.seed)  # fmt: skip
+    frozen = ("mae.",) * cfg.freeze_encoder + ("channel_mapper.", "dim_mapper.") * cfg.freeze_mapper
+    params = model.set_trainable(cond_path_only=True, frozen=frozen)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    pairs = LatentViews(train_set, model, cfg.latent_views) if cfg.latent_views else train_set
+    loader = make_loader(pairs, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
+                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
     train_model = wrap_ddp(model, dist_info)
     validation = Validation(cfg, test_set, classifier)
 
@@ -141,6 +181,9 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
+            if fit is not None:
+                log.info("linear pool started as the ridge map to the LDM's class embeddings (penalty %g)",
+                         fit["penalty"])  # fmt: skip
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log.info("data: %s %s, %d training pairs, %d test items, %d voxels; %d process(es), %s on %s; "
                      "training %.2fM of %.2fM parameters", cfg.dataset, cfg.subjects, len(train_set), len(test_set),

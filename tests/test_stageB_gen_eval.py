@@ -200,3 +200,33 @@ def test_condition_dropout_learns_a_null_context_for_guidance(world, finetuned, 
     assert not np.array_equal(np.load(guided / "samples.npy"), np.load(plain / "samples.npy"))
     with pytest.raises(UserError, match="needs a model trained with --cond_dropout"):  # the published model has none
         gen_eval.main(GenEvalConfig(checkpoint=str(finetuned / "finetuned.pth"), **cfg))
+
+
+def test_ridge_started_linear_pool_with_frozen_conditioner(world, tmp_path):
+    """The demo's recipe: one context token = a Linear of all encoder tokens, started by ridge at the LDM's class
+    embeddings; encoder and pool kept fixed, the UNet's conditioning path and the null context trained."""
+    ldm_dir = tmp_path / "ldm"  # the world's LDM with a class table covering the 50 simulated classes (+ none)
+    ldm_dir.mkdir()
+    shutil.copy(world.ldm_dir / "config.yaml", ldm_dir / "config.yaml")
+    state = dict(world.label2img)
+    state["cond_stage_model.embedding.weight"] = torch.randn(51, state["cond_stage_model.embedding.weight"].shape[1])
+    torch.save({"state_dict": state}, ldm_dir / "model.ckpt")
+    run = stageB_ldm_finetune.main(_stage_b_config(
+        world, output_path=str(tmp_path), pretrain_gm_path=str(ldm_dir), num_epoch=1, global_pool=True,
+        linear_pool=True, ridge_init=True, freeze_encoder=True, freeze_mapper=True, cond_dropout=0.2,
+        guidance_scale=2.0, latent_views=2))  # fmt: skip
+    after = load_checkpoint(run / "finetuned.pth")["model_state_dict"]
+    stage_a = load_checkpoint(world.stage_a)["model"]
+    assert torch.equal(after["cond_stage_model.mae.blocks.0.attn.qkv.weight"], stage_a["blocks.0.attn.qkv.weight"])
+    assert after["cond_stage_model.dim_mapper.weight"].shape[1] == 32 * (after["cond_stage_model.mae.pos_embed"]
+                                                                         .shape[1] - 1)  # L * D inputs
+    assert "linear pool started as the ridge map" in (run / "log.txt").read_text()
+    changed = [k for k, v in world.label2img.items() if k in after and "attn2" in k and not torch.equal(v, after[k])]
+    assert changed  # the UNet's cross-attention trained
+    null = state["cond_stage_model.embedding.weight"][-1]  # the null context started at the "no class" row
+    assert (load_checkpoint(run / "finetuned.pth")["model_state_dict"]["cond_stage_model.null_context"][0, 0]
+            - null).abs().max() < 0.05  # fmt: skip
+    decoded = gen_eval.main(GenEvalConfig(checkpoint=str(run / "finetuned.pth"), root_path=str(world.root),
+                                          output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=2,
+                                          metrics=["pcc"]))  # fmt: skip
+    assert json.loads((decoded / "metrics.json").read_text())["guidance_scale"] == 2.0  # the checkpoint's own

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from baselines import fit_ridge
 from checkpoint import CheckpointError, as_config_dict, load_checkpoint
 from dataset import to_uint8_images
 from dc_ldm.models.diffusion.ddim import DDIMSampler
@@ -40,8 +41,10 @@ class FMRICondStage(nn.Module):
     one pooled token, so, as in the published code, there is no `channel_mapper` and the output is
     (N, 1, cond_dim) (the UNet's `time_embed_condtion` is then a single Linear).
 
-    `cond_dropout` > 0 (ours, off in the published method) adds `null_context`, a learned context that replaces
-    a sample's fMRI context with that probability in training, so that sampling can use classifier-free
+    Options of ours, off in the published method: `linear_pool` (with `global_pool`) makes the one token a Linear
+    map of all L encoder tokens flattened (`dim_mapper`: L * D -> cond_dim) instead of their mean, which mixes
+    what each token says of its own voxels; `cond_dropout` > 0 adds `null_context`, a learned context that
+    replaces a sample's fMRI context with that probability in training, so that sampling can use classifier-free
     guidance (`sample_images(..., guidance_scale=s)`).
     """
 
@@ -56,9 +59,14 @@ class FMRICondStage(nn.Module):
         cond_dim: int = 512,
         global_pool: bool = False,
         cond_dropout: float = 0.0,
+        linear_pool: bool = False,
     ):
         super().__init__()
-        self.mae = FMRIEncoder(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio, global_pool)
+        if linear_pool and not global_pool:
+            raise ValueError("linear_pool makes one context token: it needs global_pool")
+        self.linear_pool = linear_pool
+        self.mae = FMRIEncoder(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio,
+                               global_pool and not linear_pool)  # fmt: skip
         seq_len = self.mae.num_patches
         if global_pool:
             self.channel_mapper = None
@@ -72,7 +80,7 @@ class FMRICondStage(nn.Module):
                 nn.Conv1d(seq_len, seq_len // 2, kernel_size=1),
                 nn.Conv1d(seq_len // 2, NUM_CONTEXT_TOKENS, kernel_size=1),
             )
-        self.dim_mapper = nn.Linear(embed_dim, cond_dim)
+        self.dim_mapper = nn.Linear(seq_len * embed_dim if linear_pool else embed_dim, cond_dim)
         self.cond_dim = cond_dim
         self.num_tokens = 1 if global_pool else NUM_CONTEXT_TOKENS
         self.cond_dropout = cond_dropout
@@ -82,9 +90,11 @@ class FMRICondStage(nn.Module):
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
         """(N, 1, V) -> (N, 77, cond_dim), or (N, 1, cond_dim) with `global_pool`."""
         x = self.mae(fmri)  # (N, L, D), or (N, 1, D) pooled
-        if self.channel_mapper is not None:
+        if self.linear_pool:
+            x = x.flatten(1)[:, None]  # (N, 1, L * D)
+        elif self.channel_mapper is not None:
             x = self.channel_mapper(x)  # (N, 77, D)
-        x = self.dim_mapper(x)  # (N, 77, cond_dim)
+        x = self.dim_mapper(x)  # (N, 77, cond_dim), or (N, 1, cond_dim)
         if self.training and self.cond_dropout > 0:
             dropped = torch.rand(len(x), 1, 1, device=x.device) < self.cond_dropout  # (N, 1, 1)
             x = torch.where(dropped, self.null_context.to(x.dtype), x)
@@ -110,6 +120,7 @@ def build_ldm_for_fmri(
     use_time_cond: bool = True,
     load_ldm_weights: bool = True,
     cond_dropout: float = 0.0,
+    linear_pool: bool = False,
 ) -> LatentDiffusion:
     """The LDM of `ldm_dir/config.yaml` (+ `model.ckpt` when present) with an fMRI conditioner for `num_voxels`.
 
@@ -123,15 +134,52 @@ def build_ldm_for_fmri(
     params["unet_config"]["params"].update(use_time_cond=use_time_cond, global_pool=global_pool)
     params.update(cond_stage_trainable=True, cond_stage_key="fmri", use_ema=False, ckpt_path=None)
     model = instantiate_from_config(model_cfg)
+    class_table = None
     if load_ldm_weights and ckpt_path.is_file():
-        load_ldm_checkpoint(model, ckpt_path, ignore_cond_stage=True)
+        report = load_ldm_checkpoint(model, ckpt_path, ignore_cond_stage=True)
+        class_table = report.class_table
+        if use_time_cond and any(k.startswith("model.diffusion_model.time_embed_condtion.") for k in report.missing):
+            # not in the file (e.g. the one-token Linear of global_pool): double conditioning starts as the
+            # pretrained timestep embedding, not a random vector added to it
+            last = [m for m in model.model.diffusion_model.time_embed_condtion.modules() if isinstance(m, nn.Linear)]
+            nn.init.zeros_(last[-1].weight)
+            nn.init.zeros_(last[-1].bias)
     elif load_ldm_weights:
         log.warning("%s not found: the LDM starts from random weights (fine for tests, not for real results)",
                     ckpt_path)
     context_dim = params["unet_config"]["params"]["context_dim"]
     model.cond_stage_model = FMRICondStage(num_voxels=num_voxels, cond_dim=context_dim, global_pool=global_pool,
-                                           cond_dropout=cond_dropout, **{k: mae_meta[k] for k in ENCODER_FIELDS})
+                                           cond_dropout=cond_dropout, linear_pool=linear_pool,
+                                           **{k: mae_meta[k] for k in ENCODER_FIELDS})  # fmt: skip
+    model.class_table = class_table  # the label LDM's class embeddings (N classes + 1 unconditional), or None
+    if cond_dropout > 0 and class_table is not None and class_table.shape[1] == context_dim:
+        with torch.no_grad():  # the null context starts as the label LDM's own "no class" embedding (its last row)
+            model.cond_stage_model.null_context.copy_(class_table[-1].expand_as(model.cond_stage_model.null_context))
     return model
+
+
+@torch.no_grad()
+def ridge_init_pool(cond: FMRICondStage, fmri: torch.Tensor, labels: np.ndarray, class_table: torch.Tensor,
+                    seed: int = 0) -> dict:  # fmt: skip
+    """Start a linear pool as the ridge map from the encoder's tokens of training fMRI (N, 1, V) to the LDM's class
+    embedding of each one's label (N,): the context starts where it already means a class to the UNet.
+
+    The penalty is chosen by cross-validation on the training set; test classes, never seen, map to points between
+    the known classes' embeddings. Returns the penalty.
+    """
+    if not cond.linear_pool:
+        raise ValueError("ridge_init_pool needs a conditioner built with linear_pool")
+    if (labels < 0).any() or labels.max() >= len(class_table):
+        raise UserError(f"ridge_init needs the class of every training image among the LDM's {len(class_table)} "
+                        "classes (GOD's labels are ImageNet classes; BOLD5000 has none)")  # fmt: skip
+    was_training = cond.training
+    cond.eval()
+    tokens = torch.cat([cond.mae(b.to(cond.dim_mapper.weight.device)).flatten(1).cpu() for b in fmri.split(100)])
+    cond.train(was_training)
+    weights, bias, alpha = fit_ridge(tokens.double().numpy(), class_table[labels].double().numpy(), seed=seed)
+    cond.dim_mapper.weight.copy_(torch.from_numpy(weights.T))
+    cond.dim_mapper.bias.copy_(torch.from_numpy(bias))
+    return {"penalty": alpha}
 
 
 def load_finetuned(
@@ -163,7 +211,8 @@ def model_from_finetuned(
     values["model_meta"] = {k: arch[k] for k in ENCODER_FIELDS}
     model = build_ldm_for_fmri(pretrain_gm_path, arch, arch["num_voxels"], bool(values.get("global_pool", False)),
                                bool(values.get("use_time_cond", True)), load_ldm_weights=False,
-                               cond_dropout=float(values.get("cond_dropout") or 0.0))  # fmt: skip
+                               cond_dropout=float(values.get("cond_dropout") or 0.0),
+                               linear_pool=bool(values.get("linear_pool", False)))  # fmt: skip
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{path}: does not match the LDM of {pretrain_gm_path}/config.yaml: missing "

@@ -247,12 +247,21 @@ def _standardise(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
 
 
 def stimulus_drive(
-    pop: Population, feats: np.ndarray, attrs: np.ndarray, own: np.ndarray, space: SemanticSpace, fit: np.ndarray
+    pop: Population,
+    feats: np.ndarray,
+    attrs: np.ndarray,
+    own: np.ndarray,
+    space: SemanticSpace,
+    fit: np.ndarray,
+    category_drive: float = 1.0,
+    silent: np.ndarray | None = None,
 ) -> np.ndarray:
     """Noiseless responses (N, V) to N stimuli, each voxel standardised over the stimuli `fit` (bool (N,)).
 
     feats (N, 5, G, G) low-level maps; attrs (N, 5) attribute indices and own (N, D) category-specific
-    embeddings of each stimulus's category.
+    embeddings of each stimulus's category. `category_drive` scales the category code's share of each ROI's
+    drive before the shares are renormalised (0: every area responds to image features only); voxels marked
+    `silent` (bool (V,)) have no drive at all (their trials are pure noise).
     """
     n, v = len(feats), len(pop.roi)
     low, sem = np.zeros((n, v)), np.zeros((n, v))
@@ -267,8 +276,23 @@ def stimulus_drive(
             sem[:, idx] = exact_matmul(space.embed(attrs, own, gains), pop.sem_weights[idx].T)
     img = exact_matmul(image_level_features(feats), pop.img_weights.T)
     mix = np.array([MIX[base_roi(r)] for r in pop.roi])  # (V, 3)
+    if category_drive != 1.0:
+        mix[:, 1] *= category_drive
+        total = mix.sum(1, keepdims=True)
+        mix = np.divide(mix, total, out=np.zeros_like(mix), where=total > 0)
     drive = sum(np.sqrt(mix[:, i]) * _standardise(x, fit) for i, x in enumerate((low, sem, img)))
-    return _standardise(drive, fit).astype(np.float32)
+    drive = _standardise(drive, fit)
+    if silent is not None:
+        drive[:, silent] = 0.0
+    return drive.astype(np.float32)
+
+
+def silent_voxels(pop: Population, share: float, rng: np.random.Generator) -> np.ndarray | None:
+    """bool (V,): a random `share` of the visual voxels (those with any stimulus drive) left without signal."""
+    if share <= 0:
+        return None
+    visual = np.array([sum(MIX[base_roi(r)]) > 0 for r in pop.roi])
+    return visual & (rng.random(len(pop.roi)) < share)
 
 
 def trial_responses(

@@ -33,6 +33,8 @@ class SimSpec:
     structured_noise: float = 0.3  # share of the trial noise that is spontaneous, spatially correlated activity
     rest_noise: float = 0.4  # share of white noise in the HCP series (the rest is spontaneous activity)
     embed_dim: int = 48  # dimension of the category embedding space
+    category_drive: float = 1.0  # weight of the category code in the drive of V3/V4 and higher areas (0: image only)
+    silent_share: float = 0.0  # share of visual-cortex voxels without any stimulus drive (pure noise)
     progress: bool = True  # tqdm bars
 
     def validate(self) -> SimSpec:
@@ -66,6 +68,7 @@ class SimSpec:
             (self.hcp_subjects >= 0 and self.hcp_frames >= 10, "hcp_subjects >= 0 and hcp_frames >= 10"),
             (self.voxel_scale > 0 and self.snr > 0 and self.embed_dim >= 1, "voxel_scale, snr, embed_dim > 0"),
             (0 <= self.structured_noise < 1 and 0 < self.rest_noise < 1, "noise shares must lie in [0, 1)"),
+            (self.category_drive >= 0 and 0 <= self.silent_share < 1, "category_drive >= 0, silent_share in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -107,3 +110,6 @@ SIZES = {
     ),
     "full": SimSpec(),
 }
+# `hard`: the demo's dimensions, but no area responds to the category: higher areas see image features pooled over
+# large fields (the coarse image-level maps), 40% of the visual voxels carry no signal, and single trials are noisier.
+SIZES["hard"] = replace(SIZES["demo"], category_drive=0.0, silent_share=0.4, snr=0.2)

@@ -210,16 +210,19 @@ class LatentDiffusion(nn.Module):
         unet = [p for name, p in self.model.named_parameters() if any(s in name for s in COND_PATH_NAMES)]
         return list(self.cond_stage_model.parameters()) + unet
 
-    def set_trainable(self, cond_path_only: bool = True) -> list[nn.Parameter]:
+    def set_trainable(self, cond_path_only: bool = True, frozen: tuple[str, ...] = ()) -> list[nn.Parameter]:
         """Make trainable what Stage B trains and freeze the rest; returns those parameters (for the optimiser).
 
         `cond_path_only` (Stage B): the conditioning path. Otherwise the UNet and the cond stage, as the
         published code left them (it narrowed only the optimiser). The autoencoder is always frozen; frozen
-        parameters also save backward the weight gradients that would never be applied.
+        parameters also save backward the weight gradients that would never be applied. Cond-stage parameters
+        whose names start with one of `frozen` (e.g. "mae." for the encoder) stay fixed.
         """
         _set_requires_grad(self, False)
         if cond_path_only:
             params = self.cond_path_parameters()
+            fixed = {id(p) for n, p in self.cond_stage_model.named_parameters() if frozen and n.startswith(frozen)}
+            params = [p for p in params if id(p) not in fixed]
         else:
             params = list(self.model.parameters()) + list(self.cond_stage_model.parameters())
         for p in params:
@@ -257,6 +260,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    class_table: torch.Tensor | None = None  # an ignored class embedder's table (classes + 1 unconditional, D)
 
     def __str__(self) -> str:
         lines = [f"loaded {self.loaded} tensors from {self.path}"]
@@ -305,7 +309,8 @@ def load_ldm_checkpoint(
         )
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(
-        str(path), len(state) - len(result.unexpected_keys), result.missing_keys, result.unexpected_keys, ignored
+        str(path), len(state) - len(result.unexpected_keys), result.missing_keys, result.unexpected_keys, ignored,
+        ckpt.get("state_dict", ckpt).get("cond_stage_model.embedding.weight"),
     )
     log.info("%s", report)
     return report
