@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
         if v.code == "original":
             return theirs.decode(latents[: v.batch])
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-        fn = compiled.setdefault("decode", torch.compile(vq.decode)) if v.compiled else vq.decode
+        fn = compiled.setdefault("decode", common.compile_for_inference(vq.decode)) if v.compiled else vq.decode
         return fn(latents[: v.batch].contiguous(memory_format=fmt))
 
     def prepare(v: common.Variant) -> None:

@@ -29,7 +29,8 @@ def _ours(record: dict) -> dict:
 
 
 def _context(run: dict) -> str:
-    device = run["device"]["name"] + (f" ({run['device']['threads']} threads)" if "threads" in run["device"] else "")
+    threads = run["device"].get("threads")
+    device = run["device"]["name"] + (f" ({threads} thread{'s' * (threads != 1)})" if threads else "")
     commit = run["commit"][:7] + ("-dirty" if run["commit"].endswith("-dirty") else "")
     mode = run["mode"] + (f", {run['statistic']}" if run.get("statistic", "median") != "median" else "")
     return f"{device} | {mode} | {run['date'][:10]} | `{commit}`"
