@@ -1,5 +1,5 @@
-"""`make demo` at tiny size: every step runs and writes its artefacts; a re-run reuses every step; a preset change
-upstream of everything redoes every step."""
+"""`make demo` at tiny size: every step runs and writes its artefacts; a re-run reuses every step; a change of the
+simulation preset redoes every step."""
 
 import dataclasses
 import json
@@ -25,7 +25,7 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     assert {"mse", "pcc", "ssim", "top-1-class"} <= set(metrics["scores"])
     assert json.loads((out / "metrics_shuffled.json").read_text())["shuffled_fmri"] is True
     first = _steps(out)
-    assert len(first) == 10 and not any(first.values())
+    assert len(first) == 11 and not any(first.values())
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 0 and {"cpu", "torch_threads", "native_bf16"} <= set(report["machine"])
     assert next(r for r in report["steps"] if r["step"] == "vq autoencoder")["steps"] == 2
@@ -35,5 +35,5 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
 
-    monkeypatch.setitem(spec.SIZES, "tiny", dataclasses.replace(spec.SIZES["tiny"], snr=0.5))
+    monkeypatch.setitem(spec.SIZES, "tiny", dataclasses.replace(spec.SIZES["tiny"], structured_noise=0.2))
     assert not any(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # the data changed: all redone

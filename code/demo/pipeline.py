@@ -39,6 +39,7 @@ from typing import Any
 
 from classifier_file import load_classifier_file
 from demo import world_models
+from demo.readout import attribute_readout
 from demo.simulation.simulate import MARKER, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.world_models import WorldSizes
@@ -67,15 +68,24 @@ class Preset:
     gen_eval: dict = field(default_factory=dict)
 
 
+# Stage B's recipe (the README's "The demo" says why): one context token, a Linear of all the encoder's tokens
+# started at the ridge regression onto the LDM's class embeddings of the training labels and kept there with the
+# encoder; the UNet's conditioning path (the published set) and a null context trained with 10% condition dropout;
+# sampling with classifier-free guidance 3. Stage A's share is short: a linear read-out of the encoder's tokens
+# holds what the fMRI holds after one epoch already.
+RECIPE_B = dict(global_pool=True, linear_pool=True, ridge_init=True, freeze_encoder=True, freeze_mapper=True,
+                cond_dropout=0.1, guidance_scale=3.0, latent_views=4)
+DEMO = Preset(
+    simulation="demo", img_size=32, world=WorldSizes(),
+    a1=dict(num_epoch=2, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=2, **MAE),
+    a2=dict(num_epoch=2, warmup_epochs=1, lr=5e-4, ckpt_every=2),
+    b=dict(img_size=32, batch_size=25, lr=1e-4, num_epoch=12, val_every=4, num_val_items=10, num_samples=1,
+           ddim_steps=50, **RECIPE_B),
+    gen_eval=dict(num_samples=5, ddim_steps=50, batch_size=50, num_trials=1000),
+)  # fmt: skip
 PRESETS = {
-    "demo": Preset(
-        simulation="demo", img_size=32, world=WorldSizes(),
-        a1=dict(num_epoch=6, warmup_epochs=2, lr=1e-3, batch_size=32, ckpt_every=6, **MAE),
-        a2=dict(num_epoch=30, warmup_epochs=1, lr=5e-4, ckpt_every=30),
-        b=dict(img_size=32, batch_size=25, lr=1e-3, num_epoch=24, val_every=8, num_val_items=10, num_samples=1,
-               ddim_steps=50, global_pool=True),
-        gen_eval=dict(num_samples=5, ddim_steps=50, batch_size=50, num_trials=1000),
-    ),
+    "demo": DEMO,
+    "hard": dataclasses.replace(DEMO, simulation="hard"),  # the same recipe on the harder brain (data/README.md)
     "tiny": Preset(
         simulation="tiny", img_size=32,
         world=WorldSizes(per_class=2, heldout_per_class=1, n_embed=16, vq_steps=2, vq_batch=4, unet_channels=32,
@@ -83,9 +93,9 @@ PRESETS = {
                          eval_samples=1, eval_steps=5),
         a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
         a2=dict(num_epoch=1, warmup_epochs=1, lr=5e-4, ckpt_every=1),
-        b=dict(img_size=32, batch_size=8, lr=1e-3, num_epoch=1, val_every=1, num_val_items=10, num_samples=1,
-               ddim_steps=5, global_pool=True),
-        gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=6),
+        b=dict(img_size=32, batch_size=8, lr=1e-4, num_epoch=1, val_every=1, num_val_items=10, num_samples=1,
+               ddim_steps=5, **{**RECIPE_B, "latent_views": 1}),
+        gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=20),
     ),
 }  # fmt: skip
 
@@ -147,23 +157,26 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     return run_dir
 
 
-def simulate(data: Path, preset: Preset, seed: int, steps: Steps) -> str:
+def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | None) -> str:
     """The simulated data set (its marker, simulation.json, is the cached target)."""
-    spec = SIZES[preset.simulation]
+    overrides = {} if snr is None else {"snr": snr}
+    spec = SIZES[preset.simulation].with_overrides(**overrides)
     recipe = {"size": preset.simulation, "settings": dataclasses.asdict(spec), "seed": seed}
 
     def run() -> dict:  # replaces an earlier simulation there, never other files (make_synthetic_data refuses)
-        make_synthetic_data(data, size=preset.simulation, seed=seed, overwrite=True)
+        make_synthetic_data(data, size=preset.simulation, seed=seed, overwrite=True, **overrides)
         return {"god_subjects": spec.god_subjects}
 
     return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
 
 
-def run(size: str, seed: int, root: Path) -> Path:
-    """The whole demo; returns the results folder."""
+def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
+    """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep)."""
     start, preset = time.time(), PRESETS[size]
-    data = root / "data" / "synthetic" / size
-    models, out = root / "pretrains" / "demo" / size, root / "results" / "demo" / size
+    name = size if snr is None else f"{size}-snr{snr:g}"
+    data = root / "data" / "synthetic" / name
+    # the world models depend on the categories' images only, which every brain of a preset shares
+    models, out = root / "pretrains" / "demo" / preset.simulation, root / "results" / "demo" / name
     runs = out / "runs"
     for folder in (models, runs):
         folder.mkdir(parents=True, exist_ok=True)
@@ -173,9 +186,11 @@ def run(size: str, seed: int, root: Path) -> Path:
     world, img = preset.world, preset.img_size
 
     # ---- the simulated world and its models
-    sim = simulate(data, preset, seed, steps)
-    vq = steps("vq autoencoder", models / "vq.pth", {"data": sim, "sizes": dataclasses.asdict(world), "img": img,
-               "seed": seed}, lambda: world_models.make_vq(data, models / "vq.pth", world, img, seed, device))
+    sim = simulate(data, preset, seed, steps, snr)
+    # the world's images: every simulation setting but the single-trial SNR, so an SNR sweep shares the models
+    images = {**{k: v for k, v in dataclasses.asdict(SIZES[preset.simulation]).items() if k != "snr"}, "seed": seed}
+    vq = steps("vq autoencoder", models / "vq.pth", {"images": images, "sizes": dataclasses.asdict(world),
+               "img": img}, lambda: world_models.make_vq(data, models / "vq.pth", world, img, seed, device))
     ldm = steps("label-conditioned LDM", models / "label2img", {"vq": vq},
                 lambda: world_models.make_ldm(data, models / "vq.pth", models / "label2img", world, img, seed, device))
     clf = steps("classifier", models / "classifier.pth", {"ldm": ldm},
@@ -202,10 +217,12 @@ def run(size: str, seed: int, root: Path) -> Path:
     eval_flags = {"root_path": str(root), "checkpoint": str(out / "finetuned.pth"), "kam_path": kam,
                   "pretrain_gm_path": str(models / "label2img"), "classifier": str(models / "classifier.pth"),
                   "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": seed, **preset.gen_eval}
-    for name, shuffled in (("gen_eval", False), ("control", True)):
-        flags = {**eval_flags, "shuffle_fmri": shuffled}
-        steps(name, out / name, {"b": b, "flags": flags},
-              lambda flags=flags, name=name: _copy(run_stage("gen_eval.py", flags, runs / name), out / name))
+    for step, shuffled in (("gen_eval", False), ("control", True)):
+        flags = {**eval_flags, "shuffle_fmri": shuffled, "baselines": not shuffled}
+        steps(step, out / step, {"b": b, "flags": flags},
+              lambda flags=flags, step=step: _copy(run_stage("gen_eval.py", flags, runs / step), out / step))
+    steps("attribute read-out", out / "attributes.json", {"data": sim},
+          lambda: _write_json(attribute_readout(kam, seed=seed), out / "attributes.json"))
 
     # ---- the results
     decoded = json.loads((out / "gen_eval" / "metrics.json").read_text())
@@ -219,13 +236,19 @@ def run(size: str, seed: int, root: Path) -> Path:
     metric_bar_chart({"decoded": _pick(decoded, names), "shuffled fMRI (control)": _pick(control, names)},
                      out / "metrics.png", chance, title=f"MinD-Vis demo ({size}, seed {seed})")
     world_report = json.loads((models / "report.json").read_text())
-    report = {"size": size, "seed": seed, "machine": machine(), "total_seconds": round(time.time() - start, 1),
-              "steps": steps.records}
+    baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
+    report = {"size": size, "snr": snr, "seed": seed, "baselines": baselines, "machine": machine(),
+              "total_seconds": round(time.time() - start, 1), "steps": steps.records}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     summary = write_summary(out, decoded, control, chance, world_report, report)
     log.info("\n%s", summary)
     log.info("demo finished in %s: %s", format_seconds(time.time() - start), out)
     return out
+
+
+def _write_json(data: dict, path: Path) -> dict:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def _copy(source: Path, target: Path) -> dict:
@@ -252,6 +275,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     steps += [f"| {r['step']} | {r.get('steps', '')} | {format_seconds(r['seconds'])} | {'yes' * r['reused']} |"
               for r in report["steps"]]  # fmt: skip
     m = report["machine"]
+    attributes = report["baselines"]["attributes"]
     accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
     ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1"))
     n_way = round(1 / chance["top-1-class"])
@@ -268,6 +292,12 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         *rows,
         "",
         "![decoded, control and chance per metric](metrics.png)",
+        "",
+        "What a linear read-out gets from the same fMRI (ridge regressions from the training fMRI, penalty by "
+        "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
+        f"identification **{report['baselines'].get('ridge_pcc', float('nan')):.3f}** (chance 0.5; the decoded images "
+        f"{fmt(decoded['scores'].get('pcc'))}); the unseen test categories' attributes (shape, colour, texture, "
+        f"background type and tint) **{attributes['mean']:.2f}** (chance {attributes['chance']:.2f}).",
         "",
         "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
         f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD test "
@@ -294,10 +324,14 @@ def main(argv: list[str] | None = None) -> Path:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
+    parser.add_argument("--snr", type=float, default=None, help="the simulation's single-trial SNR instead of the "
+                        "preset's (results/demo/<size>-snr<x>; the world models are shared)")  # fmt: skip
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.snr is not None and args.snr <= 0:
+        parser.error(f"--snr must be positive, got {args.snr}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    return run(args.size, args.seed, args.root_path)
+    return run(args.size, args.seed, args.root_path, args.snr)
