@@ -77,7 +77,7 @@ RECIPE_B = dict(global_pool=True, linear_pool=True, ridge_init=True, freeze_enco
                 cond_dropout=0.1, guidance_scale=3.0, latent_views=4)
 DEMO = Preset(
     simulation="demo", img_size=32, world=WorldSizes(),
-    a1=dict(num_epoch=2, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=2, **MAE),
+    a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
     a2=dict(num_epoch=2, warmup_epochs=1, lr=5e-4, ckpt_every=2),
     b=dict(img_size=32, batch_size=25, lr=1e-4, num_epoch=12, val_every=4, num_val_items=10, num_samples=1,
            ddim_steps=50, **RECIPE_B),
