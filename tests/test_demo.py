@@ -37,3 +37,17 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setitem(spec.SIZES, "tiny", dataclasses.replace(spec.SIZES["tiny"], structured_noise=0.2))
     assert not any(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # the data changed: all redone
+
+
+def test_sweep_figure_plots_pipeline_control_and_baselines(tmp_path):
+    outs = []
+    for snr in (0.1, 1.0, 0.3):  # any order: plotted by SNR
+        out = tmp_path / f"snr{snr}"
+        out.mkdir()
+        report = {"snr": snr, "baselines": {"ridge_pcc": 0.9, "attributes": {"mean": 0.8}}}
+        (out / "report.json").write_text(json.dumps(report))
+        (out / "metrics.json").write_text(json.dumps({"scores": {"pcc": 0.8, "top-1-class": 0.3}}))
+        (out / "metrics_shuffled.json").write_text(json.dumps({"scores": {"pcc": 0.5, "top-1-class": 0.02}}))
+        outs.append(out)
+    path = pipeline.sweep_figure(outs, tmp_path / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
