@@ -56,15 +56,20 @@ SIGNATURE = {
 
 
 def _shims() -> dict[str, ModuleType]:
-    """The modules the original imports that current libraries no longer have (see the module docstring)."""
-    from pytorch_lightning.utilities import rank_zero_only
+    """The modules the original imports that current libraries no longer have (see the module docstring).
 
+    pytorch-lightning is not our dependency: without it the Lightning shim is left out, and importing the original's
+    ddpm.py fails with one line saying to install it (`import_error`)."""
     six = types.ModuleType("torch._six")
     six.inf = math.inf
+    shims = {"torch._six": six, "wandb": types.ModuleType("wandb")}
+    try:
+        from pytorch_lightning.utilities import rank_zero_only
+    except ImportError:
+        return shims
     distributed = types.ModuleType("pytorch_lightning.utilities.distributed")
     distributed.rank_zero_only = rank_zero_only
-    return {"torch._six": six, "pytorch_lightning.utilities.distributed": distributed,
-            "wandb": types.ModuleType("wandb")}  # fmt: skip
+    return shims | {"pytorch_lightning.utilities.distributed": distributed}
 
 
 def _is_shared(name: str) -> bool:
@@ -91,8 +96,8 @@ class OriginalCheckout:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Inside the block the original's modules (and shims) are the importable ones; ours outside it."""
-        ours = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_shared(k)}
         shims = {k: v for k, v in _shims().items() if k not in sys.modules}
+        ours = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_shared(k)}
         path = sys.path[:]
         own_dirs = {str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "code")}
         sys.path[:] = [str(self.code)] + [p for p in path if str(Path(p or ".").resolve()) not in own_dirs]
@@ -111,7 +116,15 @@ class OriginalCheckout:
     def module(self, name: str) -> ModuleType:
         """One of the original's modules, e.g. `sc_mbm.trainer`."""
         with self.active(), contextlib.redirect_stdout(io.StringIO()):
-            return importlib.import_module(name)
+            try:
+                return importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                if e.name is None or _is_shared(e.name):
+                    raise
+                raise UsageError(
+                    f"--original {self.root}: its {name} needs the package {e.name!r}, which is not installed here "
+                    f"(the original's own dependency, not ours): pip install {e.name.split('.')[0].replace('_', '-')}"
+                ) from None
 
     # ---- its models, with our weights ----------------------------------------------------------------------
 

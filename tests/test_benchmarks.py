@@ -121,6 +121,19 @@ def test_original_modules_are_imported_beside_ours(tmp_path):
     assert checkout.module("sc_mbm.mae_for_fmri") is theirs  # kept aside, not imported twice
 
 
+def test_original_needing_a_missing_package_is_one_clear_line_and_ours_stay(tmp_path):
+    import config
+    import original
+    from errors import UsageError
+
+    root = fake_checkout(tmp_path)
+    (root / "code/sc_mbm/trainer.py").write_text("import lightning_that_is_not_installed\nclass NativeScalerWithGradNormCount: ...\n")
+    checkout = original.OriginalCheckout(root)
+    with pytest.raises(UsageError, match="'lightning_that_is_not_installed', which is not installed here"):
+        checkout.module("sc_mbm.trainer")
+    assert sys.modules["config"] is config and str(BENCH) in sys.path  # ours are back
+
+
 def test_original_that_is_not_a_checkout_is_one_clear_line(tmp_path):
     (tmp_path / "code").mkdir()
     result = subprocess.run([sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
