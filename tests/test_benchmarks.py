@@ -127,7 +127,8 @@ def test_original_needing_a_missing_package_is_one_clear_line_and_ours_stay(tmp_
     from errors import UsageError
 
     root = fake_checkout(tmp_path)
-    (root / "code/sc_mbm/trainer.py").write_text("import lightning_that_is_not_installed\nclass NativeScalerWithGradNormCount: ...\n")
+    trainer = "import lightning_that_is_not_installed\nclass NativeScalerWithGradNormCount: ...\n"
+    (root / "code/sc_mbm/trainer.py").write_text(trainer)
     checkout = original.OriginalCheckout(root)
     with pytest.raises(UsageError, match="'lightning_that_is_not_installed', which is not installed here"):
         checkout.module("sc_mbm.trainer")
