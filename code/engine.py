@@ -60,6 +60,11 @@ class Schedule:
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def fused_adam(device: torch.device) -> bool:
+    """Whether torch has a fused Adam/AdamW kernel for `device` (CPU and CUDA): one pass over all parameters."""
+    return device.type in ("cpu", "cuda")
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, no weight decay on biases and 1-D parameters (timm's groups).
 
@@ -68,7 +73,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9,
     """
     groups = param_groups_weight_decay(model, weight_decay)
     device = next(model.parameters()).device
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused_adam(device))
 
 
 class AmpScaler:

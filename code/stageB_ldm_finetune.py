@@ -26,7 +26,7 @@ from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import RandomVoxelDropout, load_target, model_image_transform
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
-from engine import AmpScaler, Schedule, make_loader, record_epoch, train_one_epoch, wrap_ddp
+from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, wrap_ddp
 from errors import UserError, run_main
 from figures import image_grid
 from layouts import (
@@ -157,7 +157,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                               model.class_table.to(device), cfg.seed)  # fmt: skip
     frozen = ("mae.",) * cfg.freeze_encoder + ("channel_mapper.", "dim_mapper.") * cfg.freeze_mapper
     params = model.set_trainable(cond_path_only=True, frozen=frozen)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=fused_adam(device))
     pairs = LatentViews(train_set, model, cfg.latent_views) if cfg.latent_views else train_set
     loader = make_loader(pairs, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
                          drop_last=len(train_set) > cfg.batch_size)  # fmt: skip

@@ -16,7 +16,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from classifier_file import build_sequential, save_classifier_file
 from dataset import to_model_range
-from engine import Schedule
+from engine import Schedule, fused_adam
 from runtime import progress
 
 MEAN = STD = (0.5, 0.5, 0.5)  # x / 255 -> [-1, 1], the range of the LDM's images
@@ -59,8 +59,8 @@ def train_classifier(images: torch.Tensor, degraded: torch.Tensor, labels: torch
     """
     img_size = images.shape[-1]
     model, _ = build_classifier(num_classes, width)
-    model = model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model = model.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=fused_adam(device))
     schedule = Schedule(lr, 0.1 * lr, warmup_epochs=10, num_epoch=steps)  # in steps
     pad = img_size // 16
     for step in progress(range(steps), steps, "classifier"):
@@ -73,7 +73,7 @@ def train_classifier(images: torch.Tensor, degraded: torch.Tensor, labels: torch
         sigma = float(torch.empty(()).uniform_(0.3, 1.5)) * img_size / 32
         x[:half] = gaussian_blur(x[:half], kernel_size=2 * math.ceil(2 * sigma) + 1, sigma=sigma)
         x = x + 0.1 * torch.rand(len(x), 1, 1, 1, device=device) * torch.randn_like(x)
-        loss = F.cross_entropy(model(x), labels[idx].to(device))
+        loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), labels[idx].to(device))
         for group in opt.param_groups:
             group["lr"] = schedule(step + 1)
         opt.zero_grad(set_to_none=True)

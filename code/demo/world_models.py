@@ -37,7 +37,7 @@ from dc_ldm.modules.ema import LitEma
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from demo.classifier import save_classifier, train_classifier
 from demo.simulation.simulate import draw_class_images
-from engine import Schedule
+from engine import Schedule, fused_adam
 from figures import image_grid
 from runtime import progress, seed_everything
 
@@ -153,6 +153,10 @@ def write_label2img(ldm: LatentDiffusion, config: dict, folder: Path, steps: int
 # ---- training ------------------------------------------------------------------------------------------------
 
 
+# The world models train channels-last (weights and inputs) with fused Adam: on the 2-core Xeon a step of the VQ
+# autoencoder takes 124 ms instead of 190 ms, of the UNet 263 ms instead of 354 ms (bf16 autocast was slower here).
+
+
 def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, clip: float | None = None) -> None:
     """Set the learning rate, back-propagate `loss` (clipping the gradient norm at `clip`) and update."""
     for group in opt.param_groups:
@@ -166,13 +170,15 @@ def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, c
 
 def train_vq(config: dict, images: torch.Tensor, sizes: WorldSizes, device: torch.device) -> VQModelInterface:
     """L1 + codebook loss, codebook initialised from encoder outputs and dead codes restarted from the batch."""
-    vq = instantiate_from_config(config["model"]["params"]["first_stage_config"]).to(device).train()
-    opt = torch.optim.Adam(vq.parameters(), lr=sizes.vq_lr, betas=(0.5, 0.9))
+    vq = instantiate_from_config(config["model"]["params"]["first_stage_config"])
+    vq = vq.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(vq.parameters(), lr=sizes.vq_lr, betas=(0.5, 0.9), fused=fused_adam(device))
     usage = torch.zeros(sizes.n_embed, device=device)
     codebook = vq.quantize.embedding.weight
     schedule = Schedule(sizes.vq_lr, 0.1 * sizes.vq_lr, warmup_epochs=20, num_epoch=sizes.vq_steps)  # in steps
     for step in progress(range(sizes.vq_steps), sizes.vq_steps, "vq autoencoder"):
         x = to_model_range(images[torch.randint(len(images), (sizes.vq_batch,))].to(device))  # (B, 3, S, S)
+        x = x.contiguous(memory_format=torch.channels_last)
         h = vq.encode(x)  # (B, 3, s, s) before quantisation
         flat = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (B*s*s, 3)
         # a random-init codebook of 1/n_embed-sized vectors leaves most codes unused; seed it from the data
@@ -246,15 +252,16 @@ def train_ldm(
     device: torch.device,
 ) -> LatentDiffusion:
     """ε-prediction on the VQ latents of all images, labels dropped to the unconditional class at p_uncond."""
-    ldm = build_ldm(config, use_time_cond=False).to(device)
+    ldm = build_ldm(config, use_time_cond=False).to(device, memory_format=torch.channels_last)
     init_from_names(ldm.cond_stage_model.embedding, names)
     ldm.first_stage_model.load_state_dict(vq.state_dict())
     with torch.no_grad():
         z = torch.cat([ldm.encode_first_stage(to_model_range(b.to(device))) for b in images.split(64)])  # (N,3,s,s)
+        z = z.contiguous(memory_format=torch.channels_last)
     log.info("[ldm] %d latents %s, std %.3f", len(z), tuple(z.shape[1:]), z.std().item())
     uncond = config["model"]["params"]["cond_stage_config"]["params"]["n_classes"] - 1
     params = [p for p in ldm.parameters() if p.requires_grad]  # UNet + class embedding
-    opt = torch.optim.AdamW(params, lr=sizes.ldm_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=sizes.ldm_lr, weight_decay=0.0, fused=fused_adam(device))
     ema = LitEma(ldm, decay=sizes.ema_decay)
     labels = labels.to(device)
     schedule = Schedule(sizes.ldm_lr, 0.1 * sizes.ldm_lr, warmup_epochs=20, num_epoch=sizes.ldm_steps)  # in steps
