@@ -29,6 +29,7 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 0 and {"cpu", "torch_threads", "native_bf16"} <= set(report["machine"])
     assert next(r for r in report["steps"] if r["step"] == "vq autoencoder")["steps"] == 2
+    assert next(r for r in report["steps"] if r["step"] == "stage B")["steps"] == "1 epoch"
     summary = (out / "summary.md").read_text()
     assert "shuffled fMRI (control)" in summary and "| top-1-class |" in summary and "| stage B |" in summary
     assert "metrics.png" in summary and report["machine"]["cpu"] in summary

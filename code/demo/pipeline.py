@@ -2,7 +2,8 @@
 
     make demo                                         # = PYTHONPATH=code python -m demo
     PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
-    PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages)
+    PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
+                                                      # in <folder>/<size>-seed1 beside seed 0's
 
 Steps, each cached beside its result with a hash of its recipe (the preset's values and the recipes of the steps
 it builds on), so a second run reuses what is done and an edited preset redoes exactly what it changes:
@@ -178,10 +179,12 @@ def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | N
 def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
     """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep)."""
     start, preset = time.time(), PRESETS[size]
-    name = size if snr is None else f"{size}-snr{snr:g}"
+    other_seed = f"-seed{seed}" if seed != 0 else ""  # another seed's world sits beside seed 0's
+    name = (size if snr is None else f"{size}-snr{snr:g}") + other_seed
     data = root / "data" / "synthetic" / name
     # the world models depend on the categories' images only, which every brain of a preset shares
-    models, out = root / "pretrains" / "demo" / preset.simulation, root / "results" / "demo" / name
+    models = root / "pretrains" / "demo" / (preset.simulation + other_seed)
+    out = root / "results" / "demo" / name
     runs = out / "runs"
     for folder in (models, runs):
         folder.mkdir(parents=True, exist_ok=True)
@@ -208,17 +211,16 @@ def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
     # ---- the method, stage by stage, through the command lines
     a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": seed, **preset.a1}
     a1 = steps("stage A1", out / "fmri_encoder_A1.pth", {"data": sim, "flags": a1_flags},
-               lambda: _copy(run_stage("stageA1_mbm_pretrain.py", a1_flags, runs / "a1") / "checkpoint.pth",
-                             out / "fmri_encoder_A1.pth"))
+               lambda: _train("stageA1_mbm_pretrain.py", a1_flags, runs / "a1", "checkpoint.pth",
+                              out / "fmri_encoder_A1.pth"))
     a2_flags = {"kam_path": kam, "pretrain_mbm_path": str(out / "fmri_encoder_A1.pth"), "seed": seed, **preset.a2}
     a2 = steps("stage A2", out / "fmri_encoder.pth", {"a1": a1, "flags": a2_flags},
-               lambda: _copy(run_stage("stageA2_mbm_finetune.py", a2_flags, runs / "a2") / "checkpoint.pth",
-                             out / "fmri_encoder.pth"))
+               lambda: _train("stageA2_mbm_finetune.py", a2_flags, runs / "a2", "checkpoint.pth",
+                              out / "fmri_encoder.pth"))
     b_flags = {"kam_path": kam, "pretrain_gm_path": str(models / "label2img"), "pretrain_mbm_path":
                str(out / "fmri_encoder.pth"), "classifier": str(models / "classifier.pth"), "seed": seed, **preset.b}
     b = steps("stage B", out / "finetuned.pth", {"a2": a2, "ldm": ldm, "classifier": clf, "flags": b_flags},
-              lambda: _copy(run_stage("stageB_ldm_finetune.py", b_flags, runs / "b") / "finetuned.pth",
-                            out / "finetuned.pth"))
+              lambda: _train("stageB_ldm_finetune.py", b_flags, runs / "b", "finetuned.pth", out / "finetuned.pth"))
     eval_flags = {"root_path": str(root), "checkpoint": str(out / "finetuned.pth"), "kam_path": kam,
                   "pretrain_gm_path": str(models / "label2img"), "classifier": str(models / "classifier.pth"),
                   "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": seed, **preset.gen_eval}
@@ -256,6 +258,14 @@ def _write_json(data: dict, path: Path) -> dict:
     return data
 
 
+def _train(script: str, flags: dict, output_path: Path, artefact: str, target: Path) -> dict:
+    """Run a training stage, copy its `artefact` to `target`; the facts: the run and the epochs it trained."""
+    run_dir = run_stage(script, flags, output_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    epochs = len({json.loads(line)["epoch"] for line in lines if '"epoch"' in line})
+    return {**_copy(run_dir / artefact, target), "steps": f"{epochs} epoch{'s' * (epochs != 1)}"}
+
+
 def _copy(source: Path, target: Path) -> dict:
     shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
     return {"source": str(source)}
@@ -270,7 +280,7 @@ def _n_way(classifier: Path) -> int:
 
 
 def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: dict, report: dict) -> str:
-    """summary.md: every metric beside its chance level and the shuffled-fMRI control, the models' ceiling, and
+    """summary.md: every metric beside its chance level and the shuffled-fMRI control, the world models' quality, and
     what each step did on which machine."""
     fmt = lambda v: "skipped" if v is None else f"{v:.3f}"  # noqa: E731
     rows = ["| metric | decoded | shuffled fMRI (control) | chance |", "| --- | --- | --- | --- |"]
@@ -307,8 +317,9 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
         f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD test "
         f"stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; label-conditioned LDM "
-        f"samples of the test categories reach {ceiling:.3f} {n_way}-way top-1 given the true label, the ceiling of "
-        "the decoding.",
+        f"samples of the test categories given the true label reach {ceiling:.3f} {n_way}-way top-1 (one unguided "
+        "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
+        "further).",
         "",
         f"Seed {report['seed']}; machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
         f"native bf16 {'yes' if m['native_bf16'] else 'no'}, torch {m['torch']}. Total "

@@ -10,7 +10,7 @@ test categories; `simulation.simulate.draw_class_images`), in plain PyTorch loop
 
 `measure` then writes what they can do (`report.json`, `ldm_samples.png`): VQ reconstruction, the classifier's
 accuracy on held-out draws and on the GOD stimuli, and whether LDM samples of the GOD test categories are
-classified as their category (the ceiling of the decoding).
+classified as their category (what the LDM renders of a category it is told, unguided).
 """
 
 from __future__ import annotations
