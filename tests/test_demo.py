@@ -52,3 +52,34 @@ def test_sweep_figure_plots_pipeline_control_and_baselines(tmp_path):
         outs.append(out)
     path = pipeline.sweep_figure(outs, tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_lever_is_a_valid_stage_b_and_gen_eval_setting():
+    from config import GenEvalConfig, StageBConfig, from_dict
+
+    recipe_b = dict(pipeline.DEMO.b)
+    for name, (b_change, eval_change) in pipeline.LEVERS.items():
+        if b_change is not None:
+            cfg = from_dict(StageBConfig, {**recipe_b, **b_change})  # validated when built
+            assert any(getattr(cfg, k) != recipe_b.get(k, getattr(StageBConfig(), k)) for k in b_change), name
+        from_dict(GenEvalConfig, {**pipeline.DEMO.gen_eval, **eval_change})
+
+
+def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
+    def scores(folder, pcc, top1):
+        folder.mkdir(parents=True)
+        metrics = {"scores": {"pcc": pcc, "top-1-class": top1, "top-1-class (max)": top1 + 0.01}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    scores(tmp_path / "gen_eval", 0.95, 0.6)
+    scores(tmp_path / "control", 0.52, 0.02)
+    records = [{"step": "stage B", "seconds": 125.0}]
+    for i in range(len(pipeline.LEVERS)):
+        scores(tmp_path / "levers" / str(i) / "gen_eval", 0.5 + i / 100, 0.1)
+        records.append({"step": f"lever {i}: stage B", "seconds": 60.0 + i})
+    text = pipeline.levers_table(tmp_path, records)
+    assert (tmp_path / "levers.md").read_text() == text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 2 + 2 + len(pipeline.LEVERS)  # header and rule, recipe, control, one per lever
+    assert "| **the recipe** | 0.950 | 0.600 | 0.610 | 2m05s |" in text
+    assert f"| {next(iter(pipeline.LEVERS))} | 0.500 | 0.100 | 0.110 | 1m00s |" in text

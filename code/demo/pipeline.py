@@ -84,6 +84,21 @@ DEMO = Preset(
            ddim_steps=50, **RECIPE_B),
     gen_eval=dict(num_samples=5, ddim_steps=50, batch_size=50, num_trials=1000),
 )  # fmt: skip
+# `--levers`: each one change of the recipe, Stage B retrained (or only sampled) and scored like the recipe. The
+# published conditioning trains the encoder, the mappers and the UNet's conditioning path on 77 mapped tokens.
+PUBLISHED_B = dict(global_pool=False, linear_pool=False, ridge_init=False, freeze_encoder=False, freeze_mapper=False,
+                   cond_dropout=0.0, guidance_scale=1.0, latent_views=0)
+LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_eval flags changed)
+    "published conditioning (77 tokens)": (PUBLISHED_B, {}),
+    "published, global_pool (one mean token)": ({**PUBLISHED_B, "global_pool": True}, {}),
+    "linear pool trained from the ridge start": ({"freeze_mapper": False}, {}),
+    "linear pool trained from a random start": ({"ridge_init": False, "freeze_mapper": False}, {}),
+    "encoder trained too": ({"freeze_encoder": False}, {}),
+    "no condition dropout, no guidance": ({"cond_dropout": 0.0, "guidance_scale": 1.0}, {}),
+    "guidance 1 at sampling (no guidance)": (None, {"guidance_scale": 1.0}),
+    "guidance 2 at sampling": (None, {"guidance_scale": 2.0}),
+    "guidance 5 at sampling": (None, {"guidance_scale": 5.0}),
+}
 PRESETS = {
     "demo": DEMO,
     "hard": dataclasses.replace(DEMO, simulation="hard"),  # the same recipe on the harder brain (data/README.md)
@@ -176,8 +191,9 @@ def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | N
     return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
 
 
-def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
-    """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep)."""
+def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> Path:
+    """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep);
+    `levers` also runs every change of the recipe in `LEVERS` (`levers.md`)."""
     start, preset = time.time(), PRESETS[size]
     other_seed = f"-seed{seed}" if seed != 0 else ""  # another seed's world sits beside seed 0's
     name = (size if snr is None else f"{size}-snr{snr:g}") + other_seed
@@ -231,6 +247,22 @@ def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
     steps("attribute read-out", out / "attributes.json", {"data": sim},
           lambda: _write_json(attribute_readout(kam, seed=seed), out / "attributes.json"))
 
+    def lever(i: int, b_change: dict | None, eval_change: dict) -> None:  # one entry of LEVERS, in levers/<i>/
+        folder, checkpoint, b_hash = out / "levers" / str(i), out / "finetuned.pth", b
+        folder.mkdir(parents=True, exist_ok=True)
+        if b_change is not None:
+            flags, checkpoint = {**b_flags, **b_change}, folder / "finetuned.pth"
+            recipe = {"a2": a2, "ldm": ldm, "classifier": clf, "flags": flags}
+            b_hash = steps(f"lever {i}: stage B", checkpoint, recipe,
+                           lambda: _train("stageB_ldm_finetune.py", flags, folder / "runs" / "b", "finetuned.pth",
+                                          checkpoint))  # fmt: skip
+        flags = {**eval_flags, "checkpoint": str(checkpoint), "shuffle_fmri": False, "baselines": False, **eval_change}
+        steps(f"lever {i}: gen_eval", folder / "gen_eval", {"b": b_hash, "flags": flags},
+              lambda: _copy(run_stage("gen_eval.py", flags, folder / "runs" / "gen_eval"), folder / "gen_eval"))
+
+    for i, (b_change, eval_change) in enumerate(LEVERS.values() if levers else ()):
+        lever(i, b_change, eval_change)
+
     # ---- the results
     decoded = json.loads((out / "gen_eval" / "metrics.json").read_text())
     control = json.loads((out / "control" / "metrics.json").read_text())
@@ -248,9 +280,31 @@ def run(size: str, seed: int, root: Path, snr: float | None = None) -> Path:
               "total_seconds": round(time.time() - start, 1), "steps": steps.records}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     summary = write_summary(out, decoded, control, chance, world_report, report)
+    if levers:
+        summary += "\n" + levers_table(out, steps.records)
     log.info("\n%s", summary)
     log.info("demo finished in %s: %s", format_seconds(time.time() - start), out)
     return out
+
+
+def levers_table(out: Path, records: list[dict]) -> str:
+    """levers.md: the recipe, its control and each lever of `LEVERS`, by pair-wise PCC and n-way top-1."""
+    seconds = {r["step"]: r["seconds"] for r in records}
+
+    def row(name: str, folder: Path, b_step: str | None) -> str:
+        scores = json.loads((folder / "metrics.json").read_text())["scores"]
+        cells = [f"{scores[k]:.3f}" if scores.get(k) is not None else "skipped"
+                 for k in ("pcc", "top-1-class", "top-1-class (max)")]  # fmt: skip
+        b_time = format_seconds(seconds[b_step]) if b_step in seconds else "(the recipe's model)"
+        return f"| {name} | {' | '.join(cells)} | {b_time} |"
+
+    rows = ["| Stage B / sampling | pair-wise PCC | n-way top-1 | n-way top-1 (max) | Stage B time |",
+            "| --- | --- | --- | --- | --- |", row("**the recipe**", out / "gen_eval", "stage B"),
+            row("the recipe, shuffled fMRI (control)", out / "control", None)]  # fmt: skip
+    rows += [row(name, out / "levers" / f"{i}" / "gen_eval", f"lever {i}: stage B") for i, name in enumerate(LEVERS)]
+    text = "\n".join(["# One change of the recipe at a time", "", *rows, ""])
+    (out / "levers.md").write_text(text)
+    return text
 
 
 def _write_json(data: dict, path: Path) -> dict:
@@ -343,6 +397,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--snr", type=float, nargs="+", default=None, help="the simulation's single-trial SNR "
                         "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
                         "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png")
+    parser.add_argument("--levers", action="store_true", help="also run each change of the recipe in LEVERS "
+                        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md")
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
@@ -352,8 +408,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--snr must be positive, got {args.snr}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     if args.snr is None or len(args.snr) == 1:
-        return run(args.size, args.seed, args.root_path, args.snr[0] if args.snr else None)
-    outs = [run(args.size, args.seed, args.root_path, snr) for snr in args.snr]
+        return run(args.size, args.seed, args.root_path, args.snr[0] if args.snr else None, args.levers)
+    outs = [run(args.size, args.seed, args.root_path, snr, args.levers) for snr in args.snr]
     return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
 
 
