@@ -83,3 +83,19 @@ def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
     assert len(lines) == 2 + 2 + len(pipeline.LEVERS)  # header and rule, recipe, control, one per lever
     assert "| **the recipe** | 0.950 | 0.600 | 0.610 | 2m05s |" in text
     assert f"| {next(iter(pipeline.LEVERS))} | 0.500 | 0.100 | 0.110 | 1m00s |" in text
+
+
+def test_the_method_never_imports_the_demo():
+    import ast
+    from pathlib import Path
+
+    code = Path(pipeline.__file__).resolve().parents[1]
+    offenders = []
+    for path in code.rglob("*.py"):
+        if "demo" in path.relative_to(code).parts[:1] or path.name == "make_synthetic_data.py":
+            continue  # the demo itself, and the simulator's documented command-line shim
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
+            offenders += [f"{path.relative_to(code)}: {n}" for n in names if n.split(".")[0] == "demo"]
+    assert not offenders
