@@ -23,4 +23,4 @@ demo: $(STAMP)
 	PYTHONPATH=code $(PY) -m demo
 
 clean-demo:
-	rm -rf results/demo data/synthetic/demo pretrains/demo
+	rm -rf results/demo data/synthetic/demo data/synthetic/demo-* data/synthetic/hard data/synthetic/hard-* pretrains/demo
