@@ -4,6 +4,9 @@
     PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
     PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
                                                       # in <folder>/<size>-seed1 beside seed 0's
+    PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
+    PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
+    PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
 
 Steps, each cached beside its result with a hash of its recipe (the preset's values and the recipes of the steps
 it builds on), so a second run reuses what is done and an edited preset redoes exactly what it changes:
