@@ -176,20 +176,15 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     return run_dir
 
 
-def simulation_recipe(size: str, seed: int, snr: float | None) -> dict:
-    """What the simulated data set is made from: every setting of its size (with `snr` if given) and the seed."""
-    overrides = {} if snr is None else {"snr": snr}
-    return {"size": size, "settings": dataclasses.asdict(SIZES[size].with_overrides(**overrides)), "seed": seed}
-
-
 def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | None) -> str:
     """The simulated data set (its marker, simulation.json, is the cached target)."""
     overrides = {} if snr is None else {"snr": snr}
-    recipe = simulation_recipe(preset.simulation, seed, snr)
+    spec = SIZES[preset.simulation].with_overrides(**overrides)
+    recipe = {"size": preset.simulation, "settings": dataclasses.asdict(spec), "seed": seed}
 
     def run() -> dict:  # replaces an earlier simulation there, never other files (make_synthetic_data refuses)
         make_synthetic_data(data, size=preset.simulation, seed=seed, overwrite=True, **overrides)
-        return {"god_subjects": recipe["settings"]["god_subjects"]}
+        return {"god_subjects": spec.god_subjects}
 
     return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
 
