@@ -12,9 +12,10 @@ the reconstruction's Pearson correlation. The baseline: the original's own `sc_m
 its `MAEforFMRI` (`--original`, same weights) and its config's values; its loop computes the metric every step on
 the host, sample by sample, and runs under `torch.cuda.amp.autocast` (fp16 with its gradient scaler on a GPU, a
 no-op on a CPU). Without a checkout: its way emulated with ours (fp32, explicit-softmax attention and the per-step
-host metric). Ours: `engine.train_one_epoch` with `sc_mbm.training.mae_step` (the metric stays on the device),
-SDPA, then bf16 autocast, a fused AdamW and torch.compile where each helps. The fused AdamW is a lever of this
-benchmark only (the stages build `engine.make_optimizer`'s AdamW); the table says when ours used it.
+host metric, its plain AdamW). Ours, a rung at a time: `engine.train_one_epoch` with `sc_mbm.training.mae_step`
+(the metric stays on the device), SDPA, `engine.make_optimizer`'s fused AdamW, then bf16 autocast with the
+attention the stages pick for it (`attention_kind`: the explicit softmax on a CPU; that choice is measured
+against SDPA in bf16 as a lever of its own) and torch.compile, each kept where it helps.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from timm.optim import param_groups_weight_decay
 import common
 from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
 from errors import run_main
-from sc_mbm.mae_for_fmri import MAEforFMRI
+from sc_mbm.mae_for_fmri import MAEforFMRI, attention_kind, use_attention
 from sc_mbm.training import mae_step
 
 ARCH = {
@@ -97,7 +98,9 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     differences = compare(args.original, model, arch, fmri) if args.original is not None else None
     theirs = OriginalLoop(args.original, arch, model.state_dict(), device) if args.original is not None else None
     schedule = Schedule(TRAIN.lr, TRAIN.min_lr, TRAIN.warmup_epochs, TRAIN.num_epoch)
-    optimizers = {"default": make_optimizer(model, TRAIN.lr, TRAIN.weight_decay)}
+    optimizers = {"default": make_optimizer(model, TRAIN.lr, TRAIN.weight_decay),  # the stages'
+                  "plain": torch.optim.AdamW(param_groups_weight_decay(model, TRAIN.weight_decay), lr=TRAIN.lr,
+                                             betas=(0.9, 0.95))}  # the original's  # fmt: skip
     amps = {dtype: AmpScaler(dtype, device) for dtype in ("fp32", "bf16")}
     compiled: dict[str, torch.nn.Module] = {}
 
@@ -105,31 +108,30 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
         if v.code == "original":
             theirs.step(fmri[: v.batch])
             return
-        if v.optimizer not in optimizers:
-            optimizers[v.optimizer] = _optimizer(model, v.optimizer)
+        use_attention(model, "explicit" if v.attention == "softmax" else "sdpa")
         net = compiled.setdefault("model", torch.compile(model)) if v.compiled else model
         fn = emulated_original_step(TRAIN.mask_ratio) if v.original_loop else mae_step(TRAIN.mask_ratio)
         train_one_epoch(net, [{"fmri": fmri[: v.batch]}], optimizers[v.optimizer], amps[v.dtype], TRAIN.warmup_epochs,
                         fn, schedule, clip_grad=TRAIN.clip_grad)  # fmt: skip
 
-    original = common.Variant(batch, "fp32", "explicit", original_loop=True)
+    original = common.Variant(batch, "fp32", "explicit", original_loop=True, optimizer="plain")
     if args.original is not None and device.type == "cuda":
         original = replace(original, dtype="fp16")  # its loop's own torch.cuda.amp.autocast
     with torch.device("meta"):  # FLOPs per sample without real compute
         meta_model = MAEforFMRI(**arch).train()
     flops = common.count_flops(lambda: meta_model(fmri[:1].to("meta"), mask_ratio=TRAIN.mask_ratio)[0].backward())
     levers, notes = common.optional_levers(args, info, conv=False)
-    levers.insert(sum("compiled" not in lever for lever in levers), {"optimizer": "fused"})  # before compiling
+    if attention_kind(device, "bf16") == "explicit" and {"dtype": "bf16"} in levers:  # as the stages run bf16 here
+        at = levers.index({"dtype": "bf16"})
+        levers[at : at + 1] = [{"dtype": "bf16", "attention": "softmax"}, {"dtype": "bf16", "attention": "sdpa"}]
     notes.insert(0, common.baseline_note(args))
     calls_before = common.original_attention_calls()
     emulated = replace(original, dtype="fp32")
-    rungs = [emulated, replace(emulated, original_loop=False), common.Variant(batch)]  # the loop, then attention
+    rungs = [emulated, replace(emulated, original_loop=False), common.Variant(batch, optimizer="plain"),
+             common.Variant(batch)]  # our loop, then SDPA, then the fused AdamW
     rungs = common.baseline_rungs(args, original, rungs)
     measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs)
     common.check_patch_reached(calls_before)
-    if ours.optimizer == "fused":
-        notes.append("ours uses AdamW(fused=True), built by this benchmark: the stages' engine.make_optimizer does "
-                     "not (yet); the ratio of the stages as they are is that of the variant without it")  # fmt: skip
     if args.mode == "quick":
         notes.append(f"--quick: batch {batch} instead of {BATCH['full'][name]} (samples/s is per sample either way; "
                      "at small batches the optimiser's pass over the weights weighs more)")  # fmt: skip
@@ -139,15 +141,10 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
                                   differences)  # fmt: skip
 
 
-def _optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
-    """The stage's AdamW groups and betas, with the given implementation (fused: one kernel over all tensors)."""
-    groups = param_groups_weight_decay(model, TRAIN.weight_decay)
-    return torch.optim.AdamW(groups, lr=TRAIN.lr, betas=(0.9, 0.95), **{kind: True})
-
-
 def compare(checkout, model: torch.nn.Module, arch: dict, fmri: torch.Tensor) -> dict[str, dict[str, float]]:
     """|ours - original| of one masked forward and backward on the same weights, input and mask (same seed):
-    the loss, the reconstruction and every parameter's gradient, ours in fp32 and under bf16 autocast."""
+    the loss, the reconstruction and every parameter's gradient, ours in fp32 and under bf16 autocast (with the
+    attention the stages pick for each)."""
     theirs = checkout.mae(arch, model.state_dict()).to(fmri.device).train()
     torch.manual_seed(1)
     loss_t, pred_t, _ = theirs(fmri, mask_ratio=TRAIN.mask_ratio)
@@ -156,6 +153,7 @@ def compare(checkout, model: torch.nn.Module, arch: dict, fmri: torch.Tensor) ->
     out = {}
     for dtype in ("fp32", "bf16"):
         ours = copy.deepcopy(model)
+        use_attention(ours, attention_kind(fmri.device, dtype))  # as the stages run it
         torch.manual_seed(1)
         with common.autocast(dtype, fmri.device):
             loss, pred, _ = ours(fmri, mask_ratio=TRAIN.mask_ratio)

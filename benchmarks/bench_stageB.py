@@ -15,7 +15,8 @@ computes the weight gradients of every UNet layer, which accumulate and are neve
 blocks' activation checkpointing (`checkpoint=True`, recomputed in backward); fp32, its config's precision.
 Without a checkout its way emulated with ours (fp32, explicit-softmax attention, the whole UNet trainable, a plain
 AdamW). Ours: SDPA, then our loop (only the conditioning path requires gradients, Stage B's fused AdamW), then
-channels-last, bf16 autocast and torch.compile where each helps. All at the same batch (5, the published GOD batch).
+channels-last, bf16 autocast (the encoder's attention as Stage B picks it, `attention_kind`) and torch.compile
+where each helps. All at the same batch (5, the published GOD batch).
 
 Memory: on a GPU, the largest batch that fits in 24 GB and 80 GB for fp32 / bf16, with and without activation
 checkpointing (the UNet's `use_checkpoint`), measured; everywhere, an estimate from the meta device (memory.py).
@@ -31,7 +32,9 @@ import torch
 import common
 import memory
 import models
+from engine import fused_adam
 from errors import run_main
+from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 BATCH = {"full": 5, "quick": 1, "tiny": 2}
 CLIP_GRAD, LR = 0.5, 5.3e-5
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = models.build_ldm(args).train()
     params = models.stage_b_trainable(model)  # freezes all but the conditioning path, as Stage B trains
     optimizers = {  # ours as Stage B builds it; the original's loop: its plain AdamW
-        False: torch.optim.AdamW(params, lr=LR, fused=device.type in ("cpu", "cuda")),
+        False: torch.optim.AdamW(params, lr=LR, fused=fused_adam(device)),
         True: torch.optim.AdamW(params, lr=LR),
     }
     inputs = models.stage_b_batch(args, batch, device)
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
         if v.code == "original":
             return
         models.set_memory_format(model, v.channels_last)
+        use_attention(model, "explicit" if v.attention == "softmax" else "sdpa")  # the fMRI encoder's
         # the original: UNet and conditioner trainable, the optimiser over the cond path only
         models.stage_b_trainable(model, cond_path_only=not v.original_loop)
         if not v.original_loop:
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> Path:
     meta_batch = models.stage_b_batch(args, 1, "meta")
     flops = common.count_flops(lambda: models.stage_b_loss(meta_model, meta_batch).backward())
     levers, notes = common.optional_levers(args, info, conv=True)
+    if attention_kind(device, "bf16") == "explicit" and {"dtype": "bf16"} in levers:  # as Stage B runs bf16 here
+        levers[levers.index({"dtype": "bf16"})] = {"dtype": "bf16", "attention": "softmax"}
     notes.insert(0, common.baseline_note(args))
     calls = common.original_attention_calls()
     original = common.Variant(batch, "fp32", "explicit", original_loop=True)

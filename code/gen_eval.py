@@ -38,6 +38,7 @@ from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
 from layouts import read_finetuned, resolve_stored_path
 from runtime import check_output_folder, log, make_run_dir, pick_device, resolve_precision, run_folder, setup_logging
+from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 
 def target_data(cfg: GenEvalConfig, stored: dict) -> TargetData:
@@ -115,6 +116,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     mbm_path = resolve_stored_path(cfg.pretrain_mbm_path, stored.get("pretrain_mbm_path"),
                                    f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path)  # fmt: skip
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
+    use_attention(model, attention_kind(device, precision))
     model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder: 1.05x (benchmarks/README.md)
     del state
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(stored.get("guidance_scale") or 1.0)

@@ -40,7 +40,7 @@ from runtime import (
     setup_logging,
 )
 from sc_mbm import reconstruction
-from sc_mbm.mae_for_fmri import build_mae
+from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
 
 
@@ -92,6 +92,7 @@ def main(cfg: StageA1Config) -> Path:
 
     # ---- model and optimiser
     model = build_mae(config_to_dict(cfg), cfg.focus_range, cfg.focus_rate).to(device)
+    use_attention(model, attention_kind(device, amp.precision))
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     train_model = wrap_ddp(model, dist_info)
     schedule = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.num_epoch)
@@ -118,8 +119,9 @@ def main(cfg: StageA1Config) -> Path:
             remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage A1 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
-            log.info("data: %d samples of %d voxels; %d process(es), %s on %s; model: %.2fM parameters",
-                     len(dataset), cfg.num_voxels, dist_info.world_size, amp.precision, device,
+            log.info("data: %d samples of %d voxels; %d process(es), %s on %s (%s attention); model: %.2fM "
+                     "parameters", len(dataset), cfg.num_voxels, dist_info.world_size, amp.precision, device,
+                     attention_kind(device, amp.precision),
                      sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
         wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(next(iter(val_sets.values())).numpy() if val_sets else dataset.fmri)

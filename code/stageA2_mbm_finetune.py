@@ -45,7 +45,7 @@ from runtime import (
     seed_everything,
     setup_logging,
 )
-from sc_mbm.mae_for_fmri import build_mae
+from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
 
 
@@ -69,6 +69,7 @@ def main(cfg: StageA2Config) -> Path:
 
     # ---- model and optimiser
     model = build_mae(source.arch).to(device)
+    use_attention(model, attention_kind(device, amp.precision))
     load_weights(model, source.model, source.path)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     train_model = wrap_ddp(model, dist_info)
@@ -91,9 +92,9 @@ def main(cfg: StageA2Config) -> Path:
             save_config(cfg, run_dir)
             log.info("Stage A2 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - num_voxels))]
-            log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s",
-                     cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
-                     dist_info.world_size, amp.precision, device)  # fmt: skip
+            log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s "
+                     "(%s attention)", cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
+                     dist_info.world_size, amp.precision, device, attention_kind(device, amp.precision))  # fmt: skip
         wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(dataset.fmri)
 

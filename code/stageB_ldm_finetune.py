@@ -51,6 +51,7 @@ from runtime import (
     seed_everything,
     setup_logging,
 )
+from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 
 class LatentViews(torch.utils.data.Dataset):
@@ -148,6 +149,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                                cfg.use_time_cond, cond_dropout=cfg.cond_dropout,
                                linear_pool=cfg.linear_pool).to(device)  # fmt: skip
     model.cond_stage_model.mae.load_checkpoint(stage_a.model)
+    use_attention(model, attention_kind(device, amp.precision))
     fit = None
     if cfg.ridge_init and not resume:
         if model.class_table is None:

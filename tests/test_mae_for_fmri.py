@@ -7,7 +7,7 @@ import torch
 
 from checkpoint import CheckpointError
 from conftest import load_fixture, rel_err
-from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights
+from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
 from sc_mbm.utils import batch_pearson, get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
 
 FORWARD_TOL = 1e-4  # reference/README.md
@@ -116,6 +116,33 @@ def test_runs_under_bf16_autocast():
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and mask.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(model.patch_embed.proj.weight.grad).all()
+
+
+def test_attention_is_explicit_only_for_bf16_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert attention_kind(cpu, "bf16") == "explicit"
+    assert [attention_kind(cpu, p) for p in ("fp32", "fp16")] == ["sdpa", "sdpa"]
+    assert [attention_kind(cuda, p) for p in ("bf16", "fp16", "fp32")] == ["sdpa"] * 3
+    with pytest.raises(ValueError, match="'sdpa' or 'explicit'"):
+        use_attention(tiny_mae(), "flash")
+
+
+def test_explicit_attention_computes_what_sdpa_does(monkeypatch):
+    torch.manual_seed(0)
+    model, fmri, noise = tiny_mae(), torch.randn(3, 1, 32), torch.rand(3, 8)
+    outputs, calls, sdpa = {}, [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))  # fmt: skip
+    for kind in ("sdpa", "explicit"):
+        model.zero_grad()
+        use_attention(model, kind)
+        calls.clear()
+        loss, pred, _ = model(fmri, mask_ratio=0.75, noise=noise)
+        loss.backward()
+        assert bool(calls) == (kind == "sdpa")  # the explicit path never reaches SDPA
+        outputs[kind] = (pred.detach(), model.blocks[0].attn.qkv.weight.grad.clone())
+    for ours, theirs in zip(outputs["explicit"], outputs["sdpa"], strict=True):
+        assert rel_err(ours, theirs) < 1e-5
 
 
 def test_focus_range_masks_inside_the_range():

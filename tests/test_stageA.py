@@ -122,6 +122,7 @@ def test_stageA1_writes_the_run_folder(a1_run):
     assert rows[2]["loss"] < rows[1]["loss"]
     log = (a1_run / "log.txt").read_text()
     assert "data: 840 samples of 352 voxels" in log  # 2 x 120 HCP windows + 5 x 120 GOD training trials
+    assert "fp32 on cpu (sdpa attention)" in log
     assert "epoch 1 step 4/14  loss" in log and " lr " in log and " cor " in log and "samples/s" in log
 
 
@@ -222,6 +223,12 @@ def test_stageA2_finetunes_on_god_test_fmri_padded_to_the_pretrained_count(tiny,
     assert not torch.equal(ckpt["model"]["blocks.0.attn.qkv.weight"], pretrained["model"]["blocks.0.attn.qkv.weight"])
     assert {"recon_epoch0.png", "recon_epoch1.png", "config.yaml"} <= {p.name for p in run.iterdir()}
     assert "720 test fMRI of 336 voxels, padded to 352" in (run / "log.txt").read_text()  # 20 averaged + 20 x 35
+
+
+def test_stageA2_in_bf16_on_a_cpu_runs_the_explicit_attention(tiny, a1_run, tmp_path):
+    run = a2.main(a2_config(tiny, tmp_path, a1_run / "checkpoint.pth", precision="bf16", num_epoch=1))
+    assert "bf16 on cpu (explicit attention)" in (run / "log.txt").read_text()
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics(run)[-1].items() if k in ("loss", "cor"))
 
 
 def test_stageA2_command_line_on_bold5000(tiny, a1_run, tmp_path):

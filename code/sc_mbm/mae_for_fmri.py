@@ -2,8 +2,9 @@
 
 A ViT over 1-D voxel patches (Conv1d patch embedding, fixed sin-cos positions, pre-norm blocks with qkv bias and
 a GELU MLP of width `mlp_ratio * D`), with an MAE decoder of 8 blocks predicting the voxels of every patch. The
-blocks are timm's `Block` (attention through `F.scaled_dot_product_attention` when timm's fused attention is on,
-its default) with PyTorch's LayerNorm (eps 1e-5), so state-dict keys equal the published checkpoints'.
+blocks are timm's `Block` with PyTorch's LayerNorm (eps 1e-5), so state-dict keys equal the published checkpoints'.
+Their attention runs through `F.scaled_dot_product_attention` (timm's fused path) except where `use_attention`
+says the explicit softmax(q k^T / sqrt(d)) v is faster: bf16 on a CPU.
 """
 
 import logging
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Attention, Block
 
 from checkpoint import CheckpointError
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
@@ -59,6 +60,26 @@ def _vit_blocks(width: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.
     return nn.ModuleList(
         [Block(width, num_heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)]
     )
+
+
+def attention_kind(device: torch.device, precision: str) -> str:
+    """The attention path of the fMRI transformers for a device and precision: "sdpa" or "explicit".
+
+    Explicit for bf16 on a CPU: PyTorch's CPU SDPA kernels run these short sequences of 32- and 64-wide heads
+    2-6x slower in bf16 than three plain ops (forward and backward; benchmarks/README.md), which made the Stage A1
+    step on a CPU with native bf16 1.6-2x faster. SDPA everywhere else (its fused kernels win on GPUs and in
+    fp32). Both compute the same attention.
+    """
+    return "explicit" if device.type == "cpu" and precision == "bf16" else "sdpa"
+
+
+def use_attention(model: nn.Module, kind: str) -> None:
+    """Run every timm attention layer in `model` through SDPA ("sdpa") or the explicit softmax ("explicit")."""
+    if kind not in ("sdpa", "explicit"):
+        raise ValueError(f"attention must be 'sdpa' or 'explicit', got {kind!r}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = kind == "sdpa"
 
 
 class PatchEmbed1D(nn.Module):
