@@ -36,6 +36,7 @@ from dc_ldm.ldm_for_fmri import sample_images
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
 from errors import run_main
+from runtime import compile_for_inference
 
 PROTOCOL = {"fmri": 50, "samples": 5, "steps": 250}
 BATCH = {"full": (5, 25), "quick": (2, 4), "tiny": (2, 4)}  # images per sampler call: (original, ours)
@@ -90,7 +91,7 @@ class Parts:
         net = self._unet[v.channels_last]
         if not v.compiled:
             return net
-        return self.compiled.setdefault(f"unet{v.channels_last}", common.compile_for_inference(net))
+        return self.compiled.setdefault(f"unet{v.channels_last}", compile_for_inference(net))
 
     def vq(self, v: common.Variant) -> torch.nn.Module:
         if v.channels_last not in self._vq:

@@ -22,6 +22,7 @@ import torch
 import common
 import models
 from errors import run_main
+from runtime import compile_for_inference
 
 BATCH = {"full": (5, 25), "quick": (1, 2), "tiny": (2, 4)}  # images per call: (original, ours)
 LATENT = {"full": 64, "quick": 16, "tiny": 8}
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
         if v.code == "original":
             return theirs.decode(latents[: v.batch])
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-        fn = compiled.setdefault("decode", common.compile_for_inference(vq.decode)) if v.compiled else vq.decode
+        fn = compiled.setdefault("decode", compile_for_inference(vq.decode)) if v.compiled else vq.decode
         return fn(latents[: v.batch].contiguous(memory_format=fmt))
 
     def prepare(v: common.Variant) -> None:

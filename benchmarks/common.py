@@ -107,15 +107,6 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
     return args
 
 
-def compile_for_inference(fn: Callable) -> Callable:
-    """`torch.compile` with inductor's freezing: the weights become constants, so their casts and layouts are folded
-    in once (on a CPU, convolution weights prepacked). For models whose weights do not change during the calls."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # read when a graph is compiled; every graph compiled here is inference
-    return torch.compile(fn)
-
-
 def want_compile(args: argparse.Namespace) -> bool:
     """Whether to try torch.compile as a lever in this run."""
     if args.compile != "auto":

@@ -164,6 +164,7 @@ class OriginalCheckout:
     def vq(self, first_stage_config: Mapping[str, Any], ours: nn.Module) -> nn.Module:
         """Its first stage (`VQModelInterface`) from the same config section, holding `ours`' weights."""
         util = self.module("dc_ldm.util")
+        self.module(first_stage_config["target"].rpartition(".")[0])  # a missing package: one line, not a traceback
         with self.active(), contextlib.redirect_stdout(io.StringIO()):
             model = util.instantiate_from_config(OmegaConf.create(dict(first_stage_config)))
         _load_same(model, ours.state_dict(), "VQModelInterface")

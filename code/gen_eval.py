@@ -5,6 +5,7 @@
     python code/gen_eval.py --checkpoint results/stageB/<run>/finetuned.pth
     python code/gen_eval.py --checkpoint CKPT --ddim_steps 50 --limit 10      # a quick look
     python code/gen_eval.py --checkpoint CKPT --shuffle_fmri                  # control: scores must fall to chance
+    python code/gen_eval.py --checkpoint CKPT --compile --precision bf16      # long runs: a compiled UNet
 
 The checkpoint may be a published `finetuned.pth` (its pickled `config.Config_Generative_Model` is read safely)
 or one of ours. The data set, subjects and ROI default to the checkpoint's; every data and model path given as
@@ -37,7 +38,16 @@ from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
 from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
 from layouts import read_finetuned, resolve_stored_path
-from runtime import check_output_folder, log, make_run_dir, pick_device, resolve_precision, run_folder, setup_logging
+from runtime import (
+    check_output_folder,
+    compile_for_inference,
+    log,
+    make_run_dir,
+    pick_device,
+    resolve_precision,
+    run_folder,
+    setup_logging,
+)
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 
@@ -118,6 +128,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     use_attention(model, attention_kind(device, precision))
     model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder: 1.05x (benchmarks/README.md)
+    if cfg.compile:  # compiles at the first sampler call (minutes on a CPU), again for a new batch shape
+        model.model = compile_for_inference(model.model)
     del state
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(stored.get("guidance_scale") or 1.0)
     if guidance != 1.0:
@@ -145,8 +157,9 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         save_config(cfg, run_dir)
         log.info("gen_eval config:\n%s", format_config(cfg))
         log.info("checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on "
-                 "%s", path, gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "",
-                 cfg.num_samples, cfg.sampler, cfg.ddim_steps, guidance, precision, device)  # fmt: skip
+                 "%s%s", path, gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "",
+                 cfg.num_samples, cfg.sampler, cfg.ddim_steps, guidance, precision, device,
+                 ", UNet compiled (the first call compiles it)" if cfg.compile else "")  # fmt: skip
 
         samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
                            cfg.seed, precision, guidance_scale=guidance)  # fmt: skip

@@ -194,10 +194,30 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def precision_hint(requested: str, resolved: str, device: torch.device) -> str | None:
+    """A log line when `auto` stayed fp32 on a CPU that computes bf16 natively, where bf16 may train much faster.
+
+    `auto` keeps fp32 on every CPU so that a run's numbers do not depend on the CPU it ran on."""
+    if requested != "auto" or resolved != "fp32" or device.type != "cpu" or not cpu_has_native_bf16():
+        return None
+    return ("this CPU computes bf16 natively: --precision bf16 may train much faster (the Stage A1 step 2x on an "
+            "AMX Xeon, benchmarks/README.md); auto keeps fp32 on CPUs so results do not depend on the CPU")
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context for a resolved precision ('fp32' gives a disabled context)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def compile_for_inference(fn: T) -> T:
+    """`torch.compile` with inductor's freezing: the weights become constants, so their casts and layouts are folded
+    in once (on a CPU, convolution weights prepacked). Only for models whose weights stay fixed while it runs;
+    freezing is inductor's process-wide setting, read when a graph compiles."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(fn)
 
 
 def init_wandb(enabled: bool, project: str, run_dir: Path, config: dict, is_main: bool) -> Any:

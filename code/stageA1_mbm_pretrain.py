@@ -35,6 +35,7 @@ from runtime import (
     init_distributed,
     init_wandb,
     make_run_dir,
+    precision_hint,
     run_folder,
     seed_everything,
     setup_logging,
@@ -123,6 +124,8 @@ def main(cfg: StageA1Config) -> Path:
                      "parameters", len(dataset), cfg.num_voxels, dist_info.world_size, amp.precision, device,
                      attention_kind(device, amp.precision),
                      sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+            if hint := precision_hint(cfg.precision, amp.precision, device):
+                log.info(hint)
         wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(next(iter(val_sets.values())).numpy() if val_sets else dataset.fmri)
         if val_sets and start_epoch == 0 and dist_info.is_main:

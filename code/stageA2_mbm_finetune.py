@@ -41,6 +41,7 @@ from runtime import (
     init_distributed,
     init_wandb,
     make_run_dir,
+    precision_hint,
     run_folder,
     seed_everything,
     setup_logging,
@@ -95,6 +96,8 @@ def main(cfg: StageA2Config) -> Path:
             log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s "
                      "(%s attention)", cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
                      dist_info.world_size, amp.precision, device, attention_kind(device, amp.precision))  # fmt: skip
+            if hint := precision_hint(cfg.precision, amp.precision, device):
+                log.info(hint)
         wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(dataset.fmri)
 

@@ -47,6 +47,7 @@ from runtime import (
     init_wandb,
     log,
     make_run_dir,
+    precision_hint,
     run_folder,
     seed_everything,
     setup_logging,
@@ -191,6 +192,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                      "training %.2fM of %.2fM parameters", cfg.dataset, cfg.subjects, len(train_set), len(test_set),
                      train_set.num_voxels, dist_info.world_size, amp.precision, device, trained / 1e6,
                      sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+            if hint := precision_hint(cfg.precision, amp.precision, device):
+                log.info(hint)
         wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
 
         # ---- the loop

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+import runtime
 from checkpoint import CheckpointError
 from dataset import FMRIDataset, fit_voxels
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
 from errors import UsageError
 from layouts import load_weights
-from runtime import DistInfo
+from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.reconstruction import score
 from sc_mbm.training import mae_step, pick_examples
@@ -154,6 +155,15 @@ def test_precision_choices_on_cpu():
     stats = _epoch(model, loader, optimizer, bf16, 0, _cfg(clip_grad=1.0))
     assert math.isfinite(stats["loss"]) and bf16.state_dict() == {}
     bf16.load_state_dict({})  # published fp32 checkpoints store an empty scaler state
+
+
+def test_precision_hint_only_when_auto_kept_fp32_on_a_native_bf16_cpu(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        hint = precision_hint("auto", "fp32", CPU)
+        assert ("--precision bf16" in hint) if native else hint is None
+        assert precision_hint("fp32", "fp32", CPU) is None and precision_hint("auto", "bf16", CPU) is None
+        assert precision_hint("auto", "bf16", torch.device("cuda")) is None
 
 
 def test_evaluate_scores_masked_patches_with_fixed_masks_and_leaves_the_rng_alone():

@@ -109,6 +109,25 @@ def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
     assert np.array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
 
 
+def test_gen_eval_compile_samples_through_the_compiled_unet(world, finetuned, monkeypatch):
+    compiled = []
+
+    def through_dynamo(module):  # Dynamo's tracing without inductor's minutes of code generation: same numbers
+        compiled.append(module)
+        return torch.compile(module, backend="eager")
+
+    monkeypatch.setattr(gen_eval, "compile_for_inference", through_dynamo)
+    runs = {}
+    for compile_unet in (False, True):
+        cfg = GenEvalConfig(dataset="GOD", root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
+                            output_path=str(world.root / "results"), num_samples=1, ddim_steps=4, batch_size=3,
+                            seed=7, limit=3, metrics=["mse"], compile=compile_unet)  # fmt: skip
+        runs[compile_unet] = gen_eval.main(cfg)
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "DiffusionWrapper"
+    assert "UNet compiled" in (runs[True] / "log.txt").read_text()
+    assert np.allclose(np.load(runs[True] / "samples.npy"), np.load(runs[False] / "samples.npy"), atol=1)
+
+
 def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_path, monkeypatch):
     """A finetuned.pth as the original writes it: a pickled config.Config_Generative_Model without model_meta, the
     encoder architecture then read, as the original does, from the Stage A checkpoint's config."""
