@@ -213,11 +213,12 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 def compile_for_inference(fn: T) -> T:
     """`torch.compile` with inductor's freezing: the weights become constants, so their casts and layouts are folded
     in once (on a CPU, convolution weights prepacked). Only for models whose weights stay fixed while it runs;
-    freezing is inductor's process-wide setting, read when a graph compiles."""
+    freezing is inductor's process-wide setting, read when a graph compiles. Static shapes: each new batch size
+    compiles its own graph rather than one slower dynamic-shape graph for all."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(fn)
+    return torch.compile(fn, dynamic=False)
 
 
 def init_wandb(enabled: bool, project: str, run_dir: Path, config: dict, is_main: bool) -> Any:

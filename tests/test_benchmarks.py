@@ -86,6 +86,8 @@ def test_benchmark_runs_tiny(script, tmp_path, capsys):
         protocol = record["protocol"]
         assert protocol["images"] == 250 and protocol["unet_calls_per_image"] == 251
         assert protocol["floor"]["flops"] > 1e15  # the published-size protocol, counted on meta
+        unet = record["workloads"][0]
+        assert unet["variants"][-1]["batch"] == unet["sizes"]["batch_original"] and unet["ratio_at_original_batch"] > 0
     if script == "bench_stageB":
         estimate = record["memory"]["estimate"]
         assert {(r["dtype"], r["checkpointing"]) for r in estimate} >= {("fp32", False), ("bf16", True)}
