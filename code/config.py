@@ -357,8 +357,8 @@ class GenEvalConfig(TargetData):
     precision: str = arg("auto", f"one of {PRECISIONS}; auto: bf16 on GPUs that have it, else fp16, fp32 on CPU",
                          "run")  # fmt: skip
     device: str = arg("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", "run")
-    compile: bool = arg(False, "torch.compile the UNet for sampling, weights frozen (benchmarks/README.md: 1.7x a "
-                        "UNet call on a CPU after 2-3 minutes of compiling): for long runs", "run")  # fmt: skip
+    compile: bool = arg(False, "torch.compile the UNet for sampling, weights frozen (benchmarks/README.md: 1.45-1.7x "
+                        "a UNet call on a CPU after 2-3 minutes of compiling): for long runs", "run")  # fmt: skip
     classifier: str | None = arg(None, "n-way classifier file (a torch.export program, see docs/formats.md); "
                                  "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
 
