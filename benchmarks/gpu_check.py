@@ -308,6 +308,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_record(path: Path, args: argparse.Namespace, info: dict, started: float, results: dict) -> None:
+    record = {
+        "script": "gpu_check",
+        "mode": "dry-run" if args.dry_run else "gpu",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": common.git_commit(),
+        "torch": torch.__version__,
+        "device": info,
+        "total_s": time.perf_counter() - started,
+        "steps": results,
+    }
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Run the checks; returns the path of the JSON written. A failed step raises after all ran (exit 1); a missed
     goal does not."""
@@ -320,6 +334,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"gpu_check on {info['name']} ({'dry run, toy sizes' if args.dry_run else 'published sizes'}), work {work}")
     results: dict[str, Any] = {}
     started = time.perf_counter()
+    suffix = "-dry" if args.dry_run else ""
+    path = args.out / f"gpu_check-{common.device_slug(device)}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     for name in args.steps:
         print(f"\n[{name}]")
         start = time.perf_counter()
@@ -332,25 +349,13 @@ def main(argv: list[str] | None = None) -> Path:
             results[name] = {"ok": False, "error": message[-3000:], "met": None}
             print(f"  failed: {results[name]['error'][:500]}")
         results[name]["seconds"] = time.perf_counter() - start
+        write_record(path, args, info, started, results)  # after every step: a run killed later keeps these
         gc.collect()
         if ctx.cuda:
             torch.cuda.empty_cache()
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    record = {
-        "script": "gpu_check",
-        "mode": "dry-run" if args.dry_run else "gpu",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": common.git_commit(),
-        "torch": torch.__version__,
-        "device": info,
-        "total_s": time.perf_counter() - started,
-        "steps": results,
-    }
-    suffix = "-dry" if args.dry_run else ""
-    path = args.out / f"gpu_check-{common.device_slug(device)}{suffix}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record = json.loads(path.read_text())
     import table
 
     print()
