@@ -192,10 +192,13 @@ def _read(path: Path) -> str:
 
 def _git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True)  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    top, commit = out.stdout.split()
+    # A copy without its own .git (an unpacked archive) sits inside some other repository: that commit is not its own.
+    return commit if Path(top).resolve() == root.resolve() else "unknown"
 
 
 def _load_same(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, computed: tuple[str, ...] = ()) -> None:
