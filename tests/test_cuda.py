@@ -75,16 +75,17 @@ def mae():
     return MAEforFMRI(num_voxels=NUM_VOXELS).cuda().eval()
 
 
-def run_all(ldm, mae, inputs) -> dict[str, torch.Tensor]:
-    """The four models' outputs on the fixed inputs, under whatever autocast is active."""
+def run_all(ldm, mae, inputs, names=("conditioner", "unet", "vq", "mae")) -> dict[str, torch.Tensor]:
+    """The models' outputs on the fixed inputs (those in `names`), under whatever autocast is active."""
+    run = {
+        "conditioner": lambda: ldm.get_learned_conditioning(inputs.fmri),
+        "unet": lambda: ldm.apply_model(inputs.x, inputs.t, inputs.context),
+        "vq": lambda: ldm.decode_first_stage(inputs.x),
+        "mae": lambda: mae(inputs.fmri, mask_ratio=0.75)[1],
+    }
     with torch.no_grad():
         torch.manual_seed(1)  # the MAE's masking
-        return {
-            "conditioner": ldm.get_learned_conditioning(inputs.fmri),
-            "unet": ldm.apply_model(inputs.x, inputs.t, inputs.context),
-            "vq": ldm.decode_first_stage(inputs.x),
-            "mae": mae(inputs.fmri, mask_ratio=0.75)[1],
-        }
+        return {name: run[name]() for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +107,19 @@ def test_autocast_agrees_with_fp32(ldm, mae, inputs, reference, precision):
 
 
 def test_attention_runs_on_fused_sdpa_kernels(ldm, mae, inputs, reference):
-    """With the math backend ruled out, every attention call (UNet self/cross, VQ middle block, MAE) still runs:
-    SDPA found a flash, memory-efficient or cuDNN kernel for each; the outputs stay those of bf16 autocast."""
+    """With the math backend ruled out, the UNet's self/cross attention and the fMRI encoders' attention still run:
+    SDPA found a flash, memory-efficient or cuDNN kernel for each; the outputs stay those of bf16 autocast.
+
+    The VQ decoder's middle block is the exception, and the test says so: one head of width 512 (the published
+    autoencoder's), which no fused kernel takes (on an H200 with torch 2.11 all three refused it: "No available
+    kernel"), so it runs on the math kernel and is left out here. It is one attention at the 64x64 latent, once per
+    decode."""
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    fused_names = ("conditioner", "unet", "mae")
     with torch.autocast("cuda", dtype=dtype):
-        default = run_all(ldm, mae, inputs)
+        default = run_all(ldm, mae, inputs, fused_names)
         with sdpa_kernel(FUSED):
-            fused = run_all(ldm, mae, inputs)
+            fused = run_all(ldm, mae, inputs, fused_names)
     for name in default:
         assert relative_error(fused[name], default[name]) < 0.02, name
 
