@@ -284,6 +284,9 @@ class StageBConfig(_Run, TargetData):
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
     num_val_items: int = arg(5, "fMRI decoded at each validation (the first of the validation set)", "run")
+    snapshot_epochs: list[int] | None = arg(None, "also write the model after these epochs (counted from 1) as "
+                                            "snapshot_epoch<N>.pth, each readable by gen_eval: a learning curve",
+                                            "run")  # fmt: skip
     select_on: str = arg("val_split", "where the kept model is chosen: 'val_split', images held out of the training "
                          "pairs; 'test', the first test items, as published (the test score is then chosen on the "
                          "test set)", "run")  # fmt: skip
@@ -319,6 +322,8 @@ class StageBConfig(_Run, TargetData):
         _check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         _check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         _check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
+        _check(not self.snapshot_epochs or 1 <= min(self.snapshot_epochs), f"snapshot_epochs count from 1, got "
+               f"{self.snapshot_epochs}")  # fmt: skip
         _check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         _check(self.select_on != "val_split" or self.val_split >= 2,
                f"val_split must hold out at least 2 images, got {self.val_split}")  # fmt: skip

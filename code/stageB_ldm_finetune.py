@@ -228,6 +228,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, ldm_step, schedule,
                                     cfg.accumulate_grad, cfg.clip_grad, cfg.log_every)  # fmt: skip
             last = epoch + 1 == cfg.num_epoch
+            if dist_info.is_main and epoch + 1 in (cfg.snapshot_epochs or ()):
+                save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / f"snapshot_epoch{epoch + 1:04d}.pth")
             if (epoch + 1) % cfg.val_every == 0 or last:
                 if dist_info.is_main:
                     stats |= validation(model, epoch, run_dir, amp.precision)

@@ -267,7 +267,9 @@ def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypa
     monkeypatch.setattr(stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or
                         real_loader(pairs, *a, **k))  # fmt: skip
     run_dir = stageB_ldm_finetune.main(_stage_b_config(world, select_on=select_on, val_split=6, num_epoch=1,
-                                                       num_samples=1))  # fmt: skip
+                                                       num_samples=1, snapshot_epochs=[1]))  # fmt: skip
+    model, _ = load_finetuned(run_dir / "snapshot_epoch0001.pth", world.ldm_dir)  # a learning-curve point
+    assert model.cond_stage_model is not None
     from dataset import create_god_dataset
 
     full_train, test = create_god_dataset(world.data / "Kamitani/npz", subjects=["sbj_3"])
