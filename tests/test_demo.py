@@ -46,6 +46,10 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     curve_b = next(r for r in world.steps.records if r["step"] == "curve: stage B")
     assert curve_b["recipe"]["flags"]["lr"] == 5.3e-5 and curve_b["recipe"]["flags"]["batch_size"] == 5
     assert not curve_b["recipe"]["flags"]["global_pool"] and curve_b["recipe"]["flags"]["guidance_scale"] == 1.0
+    probe = studies.stage_a_probe(world, {"A2": out / "fmri_encoder.pth"}, masks=1)
+    assert set(probe) == {"mask_ratio", "masks", "A2", "linear map from sbj_3's training fMRI",
+                          "linear map from the HCP resting state"}  # fmt: skip
+    assert all(-1 <= v <= 1 for k, v in probe.items() if k not in ("mask_ratio", "masks"))
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
 
@@ -139,6 +143,8 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     monkeypatch.setattr(studies, "decode", fake_decode)
     monkeypatch.setattr(studies, "random_encoder", lambda template, path, seed: {})
     monkeypatch.setattr(studies, "_steps_per_epoch", lambda w, flags: 230)
+    monkeypatch.setattr(studies, "stage_a_probe", lambda w, encoders: {"mask_ratio": 0.75, "masks": 4, **{
+        name: 0.1 for name in encoders}, "linear map from sbj_3's training fMRI": 0.8})  # fmt: skip
     text = (studies.ablations(world, epochs=2) and (tmp_path / "ablations.md").read_text())
     assert encoders == [{"mask_ratio": 0.35}, {"mask_ratio": 0.85}]
     rows = [line for line in text.splitlines() if line.startswith("| published") or line.startswith("| the demo")]
@@ -149,6 +155,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and not f["global_pool"] for f in published)
     assert sum(f.get("use_time_cond") is False for f, _ in decoded) == 2  # cross-attention only, both conditionings
     assert "460 optimiser steps" in text
+    assert "| no pre-training | 0.100 |" in text and "| linear map from sbj_3's training fMRI | 0.800 |" in text
 
 
 def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):

@@ -25,13 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines import fit_ridge
 from checkpoint import save_checkpoint
-from dataset import create_god_dataset, model_image_transform
+from dataset import create_god_dataset, create_hcp_dataset, fit_voxels, model_image_transform
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
+from engine import AmpScaler
 from layouts import read_stage_a
 from runtime import format_seconds
 from sc_mbm.mae_for_fmri import build_mae
+from sc_mbm.reconstruction import score
+from sc_mbm.utils import batch_pearson
 
 log = logging.getLogger("mindvis.demo")
 
@@ -127,6 +131,10 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
             encoders[name] = (folder / "fmri_encoder.pth", a2)
         else:
             encoders[name] = (folder / "fmri_encoder.pth", train_encoder(w, folder, f"{name}: ", **change)[1])
+    probe = {name: path for name, (path, _) in encoders.items()} | {"A1 of the full method": w.out /
+                                                                      "fmri_encoder_A1.pth"}  # fmt: skip
+    w.steps("ablation: what Stage A learns", out / "stage_a.json", {n: h for n, (_, h) in encoders.items()},
+            lambda: _write(stage_a_probe(w, probe), out / "stage_a.json"))
     published = {**PUBLISHED_STAGE_B, "num_epoch": epochs, "val_every": epochs}
     variants = {f"{name}": (encoders[name], {}) for name in ENCODERS}
     variants["cross-attention only"] = (encoders["full"], {"use_time_cond": False})
@@ -142,7 +150,7 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
             rows.append({"conditioning": conditioning, "variant": name, "top1": scores["top-1-class"],
                          "top1_max": scores["top-1-class (max)"], "pcc": scores["pcc"],
                          "paper": PAPER[name]})  # fmt: skip
-    text = ablation_table(rows, w.n_way(), epochs * _steps_per_epoch(w, published))
+    text = ablation_table(rows, w.n_way(), epochs * _steps_per_epoch(w, published), _read(out / "stage_a.json"))
     (w.out / "ablations.md").write_text(text)
     log.info("\n%s", text)
     return w.out / "ablations.md"
@@ -158,7 +166,7 @@ def random_encoder(template: Path, path: Path, seed: int) -> dict:
     return {"source": f"initialised with seed {seed}"}
 
 
-def ablation_table(rows: list[dict], n_way: int, steps: int) -> str:
+def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> str:
     lines = [
         "# The paper's ablations in miniature, on the demo brain",
         "",
@@ -172,7 +180,54 @@ def ablation_table(rows: list[dict], n_way: int, steps: int) -> str:
     ]  # fmt: skip
     lines += [f"| {r['conditioning']} | {r['variant']} | {r['top1']:.3f} | {r['top1_max']:.3f} | {r['pcc']:.3f} | "
               f"{r['paper']} |" for r in rows]  # fmt: skip
+    lines += ["", f"What Stage A learns: masked reconstruction of sbj_3's held-out test fMRI (mask ratio "
+              f"{stage_a['mask_ratio']}, {stage_a['masks']} fixed masks), the Pearson correlation on the masked "
+              "voxels (`studies.stage_a_probe`).", "", "| model | masked-voxel correlation |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in stage_a.items() if k not in ("mask_ratio", "masks")]
     return "\n".join(lines) + "\n"
+
+
+# ---- what Stage A learns ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75, masks: int = 4) -> dict[str, Any]:
+    """How well each Stage A model fills in masked fMRI it never trained on, against what a linear map can.
+
+    Held-out data: sbj_3's 50 averaged test fMRI (A1 never sees them; A2 trains on them unsupervised, as published,
+    so for A2 models the number is a training fit). Masks: `masks` fixed draws of `mask_ratio` of the patches, the
+    same for every model. The linear references: for each mask, a ridge regression (penalty by cross-validation)
+    from the visible to the masked voxels, fitted on sbj_3's 1,200 training fMRI, and one fitted on the simulated
+    HCP resting state (what pre-training sees; wrap-padded to sbj_3's voxel count as Stage A pads). Scores: the mean
+    over samples of the Pearson correlation between prediction and truth on the masked voxels."""
+    train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
+    out: dict[str, Any] = {"mask_ratio": mask_ratio, "masks": masks}
+    amp = AmpScaler("fp32", torch.device("cpu"))
+    for name, path in encoders.items():
+        stage_a = read_stage_a(path)
+        model = build_mae(stage_a.arch)
+        model.load_state_dict(stage_a.model)
+        fmri = torch.from_numpy(fit_voxels(test.fmri, stage_a.arch["num_voxels"]))
+        scores = [score(model, fmri, mask_ratio, amp, batch_size=50, seed=w.seed + k)["masked_cor"]
+                  for k in range(masks)]  # fmt: skip
+        out[name] = float(np.mean(scores))
+    x_test = test.fmri[:, 0].astype(np.float64)
+    hcp = create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri[:, 0]
+    references = {"linear map from sbj_3's training fMRI": train.fmri[:, 0],
+                  "linear map from the HCP resting state": fit_voxels(hcp, x_test.shape[1])}  # fmt: skip
+    patches = x_test.shape[1] // 16
+    for name, x_fit in references.items():
+        rng, scores = np.random.default_rng(w.seed), []  # the same masks for each reference
+        for _ in range(masks):
+            keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
+            visible = (keep[:, None] * 16 + np.arange(16)).ravel()
+            masked = np.setdiff1d(np.arange(patches * 16), visible)
+            weights, bias, _ = fit_ridge(x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64),
+                                         seed=w.seed)  # fmt: skip
+            pred = torch.from_numpy(x_test[:, visible] @ weights + bias)
+            scores.append(batch_pearson(pred, torch.from_numpy(x_test[:, masked])).mean().item())
+        out[name] = float(np.mean(scores))
+    return out
 
 
 # ---- does the ε-prediction use the fMRI? -------------------------------------------------------------------------
