@@ -1,0 +1,156 @@
+"""Issue #23: hostile files and paths. Each test is named after the item it holds: a file that would run code
+leaves its marker uncreated, a user's file survives, a silent wrong run becomes one clear line.
+
+Helpers shared with the bad-input tests (`world`, `fail`, `write`, `Pwn`) come from test_bad_inputs.py.
+"""
+
+import copyreg
+import pickle
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from test_bad_inputs import MAE, Pwn, fail, world, write  # noqa: F401 - `world` is a fixture
+
+# ---- helpers: checkpoints with hand-written pickle opcodes ----------------------------------------------------
+
+
+class Inject:
+    """Stands for raw pickle opcodes in an object being saved: `emit(pickler)` writes them (leaving one value)."""
+
+    def __init__(self, emit):
+        self.emit = emit
+
+
+class _InjectingPickler(pickle._Pickler):
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, Inject):
+            return obj.emit(self)
+        return super().save(obj, save_persistent_id)
+
+
+_INJECTING = types.SimpleNamespace(Pickler=_InjectingPickler, dump=pickle.dump, __name__="injecting_pickle")
+
+
+def global_op(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def build_on(module: str, name: str, state) -> Inject:
+    """Opcodes that push the global `module.name` and BUILD it with `state`: setattr on a function or class."""
+
+    def emit(pickler):
+        pickler.write(global_op(module, name))
+        pickler.save(state)
+        pickler.write(pickle.BUILD)
+
+    return Inject(emit)
+
+
+def save_injected(obj, path: Path, legacy: bool = False) -> Path:
+    torch.save(obj, path, pickle_module=_INJECTING, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+# ---- 1. TorchScript archives and the legacy format never reach torch's own loaders -----------------------------
+
+
+class _WritesOnLoad(torch.nn.Module):
+    """A TorchScript module whose `__setstate__` (run by torch.jit.load) creates the file its state names."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        written = torch.from_file(state[0], shared=True, size=4, dtype=torch.uint8)  # creates the file
+        written.fill_(65)
+        self.path = state[0] + str(int(written.sum()))  # used, so the script keeps the calls
+        self.training = state[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_1_torchscript_archive_runs_nothing(tmp_path):
+    """torch.load hands a zip holding `constants.pkl` to torch.jit.load, whose `__setstate__` writes files."""
+    marker = tmp_path / "pwned"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; the format still loads
+        torch.jit.save(torch.jit.script(_WritesOnLoad(str(marker))), tmp_path / "script.pth")
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError, match=r"script\.pth: .*TorchScript"):
+        load_checkpoint(tmp_path / "script.pth")
+    assert not marker.exists()
+
+
+def test_1_legacy_format_is_refused_with_the_way_out(tmp_path):
+    """The pre-1.6 format goes through torch's legacy loader (its own unpickling steps): refused, one line."""
+    path = tmp_path / "old.pth"
+    torch.save({"model": {"w": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"old\.pth: .*legacy.*re-save"):
+        load_checkpoint(path)
+
+
+# ---- 2. BUILD never touches a function or a class ----------------------------------------------------------------
+
+
+def test_2_build_cannot_change_how_every_later_tensor_loads(tmp_path):
+    """A file setting `_rebuild_tensor_v2.__defaults__` would negate every tensor loaded afterwards, silently."""
+    rebuild = torch._utils._rebuild_tensor_v2
+    defaults = rebuild.__defaults__
+    evil = save_injected({"model": {"w": torch.ones(2)}, "x": build_on("torch._utils", "_rebuild_tensor_v2",
+                                                                       (None, {"__defaults__": ({"neg": True},)}))},
+                         tmp_path / "evil.pth")  # fmt: skip
+    clean = save_checkpoint({"w": torch.ones(2)}, tmp_path / "clean.pth")
+    try:
+        with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth: .*_rebuild_tensor_v2"):
+            load_checkpoint(evil)
+        assert rebuild.__defaults__ == defaults
+        assert torch.equal(load_checkpoint(clean)["w"], torch.ones(2))
+    finally:
+        rebuild.__defaults__ = defaults
+
+
+def test_2_build_cannot_reach_the_legacy_source_patch_writer(tmp_path, monkeypatch):
+    """In the legacy format a BUILD that sets `dump_patches` and `__name__` on an allowed function makes torch's
+    source check write `<__name__>.patch`, here one folder up from the working folder."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    function = copyreg._reconstructor
+    name = function.__name__
+
+    def emit(pickler):
+        pickler.write(global_op("copyreg", "_reconstructor"))
+        pickler.save(({"dump_patches": True}, {"__name__": "../escaped"}))
+        pickler.write(pickle.BUILD + pickle.POP)
+        same_function = Inject(lambda p: p.write(global_op("copyreg", "_reconstructor")))
+        pickler.save(("module", same_function, "copyreg.py", "changed\nsource\n"), save_persistent_id=False)
+        pickler.write(pickle.BINPERSID)
+
+    path = save_injected({"model": {}, "x": Inject(emit)}, tmp_path / "patching.pth", legacy=True)
+    try:
+        with pytest.raises(CheckpointError, match=r"patching\.pth"):
+            load_checkpoint(path)
+    finally:
+        function.__name__ = name
+        vars(function).pop("dump_patches", None)
+    assert not (tmp_path / "escaped.patch").exists() and not list(work.iterdir())
+
+
+def test_2_build_on_a_published_config_class_is_refused(tmp_path):
+    """Our data-only config classes are allowed globals; a BUILD on the class itself is refused."""
+    path = save_injected({"config": build_on("config", "Config_MBM_fMRI", (None, {"to_dict": None}))},
+                         tmp_path / "cls.pth")  # fmt: skip
+    with pytest.raises(UnsafeCheckpointError, match=r"cls\.pth: .*Config_MBM_fMRI"):
+        load_checkpoint(path)
