@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import feature_nets
 from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from test_bad_inputs import MAE, Pwn, fail, world, write  # noqa: F401 - `world` is a fixture
 
@@ -154,3 +155,34 @@ def test_2_build_on_a_published_config_class_is_refused(tmp_path):
                          tmp_path / "cls.pth")  # fmt: skip
     with pytest.raises(UnsafeCheckpointError, match=r"cls\.pth: .*Config_MBM_fMRI"):
         load_checkpoint(path)
+
+
+# ---- 3. the metric networks' weights load as plain weights ---------------------------------------------------------
+
+
+def _fid_weights_url() -> str:
+    return pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3").URL_INCEPTION_V3
+
+
+NETS = {  # name -> (the URL whose cached file the loader reads, the loader)
+    "alexnet": (lambda: __import__("torchvision").models.AlexNet_Weights.IMAGENET1K_V1.url,
+                lambda: feature_nets.load_feature_net("alexnet")),
+    "lpips": (lambda: __import__("torchvision").models.AlexNet_Weights.DEFAULT.url,
+              lambda: feature_nets.load_lpips_alex()),
+    "fid (torch-fidelity)": (_fid_weights_url, lambda: feature_nets.load_fid_metric(None)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_3_tampered_cached_weights_run_nothing(net, tmp_path, monkeypatch):
+    """torchvision's and torch-fidelity's loaders call torch.load with weights_only=False on the cached file."""
+    pytest.importorskip("torchmetrics")
+    url, load = NETS[net]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    marker = tmp_path / "pwned"
+    cached = feature_nets.cached_weights_path(url())
+    cached.parent.mkdir(parents=True)
+    torch.save({"weight": Pwn(marker)}, cached)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{cached.name}: refused"):
+        load()
+    assert not marker.exists()
