@@ -186,3 +186,65 @@ def test_3_tampered_cached_weights_run_nothing(net, tmp_path, monkeypatch):
     with pytest.raises(UnsafeCheckpointError, match=rf"{cached.name}: refused"):
         load()
     assert not marker.exists()
+
+
+# ---- 4. a classifier file names a timm architecture, nothing more ---------------------------------------------------
+
+
+def timm_classifier_file(path: Path, name: str, model_args: dict) -> Path:
+    spec = {"format": "mindvis-classifier/1", "timm_model": name, "model_args": model_args, "state_dict": {},
+            "input_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    return save_checkpoint(spec, path)
+
+
+def touching(marker: Path):
+    """A stand-in for a timm function that reaches the network or the disk: it leaves the marker, then fails."""
+
+    def reached(*args, **kwargs):
+        marker.touch()
+        raise RuntimeError("reached")
+
+    return reached
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/resnet18.a1_in1k", "local-dir:/tmp"])
+def test_4_timm_source_prefix_reaches_nothing(name, tmp_path, monkeypatch):
+    """`hf-hub:` makes timm download a config even with pretrained=False; `local-dir:` reads any folder."""
+    import timm.models._factory as factory
+
+    from classifier_file import load_classifier_file
+
+    marker = tmp_path / "reached"
+    for fn in ("load_model_config_from_hf", "load_model_config_from_path"):
+        monkeypatch.setattr(factory, fn, touching(marker))
+    path = timm_classifier_file(tmp_path / "clf.pth", name, {})
+    with pytest.raises(CheckpointError, match=r"clf\.pth: .*timm_model"):
+        load_classifier_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("option", ["checkpoint_path", "cache_dir", "pretrained_cfg_overlay"])
+def test_4_model_args_cannot_pass_create_model_options(option, tmp_path, monkeypatch):
+    """`model_args` go to timm.create_model, whose own options load a checkpoint or point at a cache."""
+    import timm.models._factory as factory
+
+    from classifier_file import load_classifier_file
+
+    marker = tmp_path / "reached"
+    monkeypatch.setattr(factory, "load_checkpoint", touching(marker))
+    path = timm_classifier_file(tmp_path / "clf.pth", "test_resnet", {"num_classes": 3, option: str(tmp_path)})
+    with pytest.raises(CheckpointError, match=rf"clf\.pth: .*model_args.*{option}"):
+        load_classifier_file(path)
+    assert not marker.exists()
+
+
+def test_4_plain_timm_architecture_still_loads(tmp_path):
+    import timm
+
+    from classifier_file import load_classifier_file
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    spec = {"format": "mindvis-classifier/1", "timm_model": "test_resnet", "model_args": {"num_classes": 3},
+            "state_dict": model.state_dict(), "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    loaded, _ = load_classifier_file(save_checkpoint(spec, tmp_path / "clf.pth"))
+    assert loaded.num_classes == 3
