@@ -5,6 +5,7 @@ Helpers shared with the bad-input tests (`world`, `fail`, `write`, `Pwn`) come f
 """
 
 import copyreg
+import json
 import pickle
 import types
 import warnings
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import feature_nets
 from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
@@ -248,3 +250,54 @@ def test_4_plain_timm_architecture_still_loads(tmp_path):
             "state_dict": model.state_dict(), "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
     loaded, _ = load_classifier_file(save_checkpoint(spec, tmp_path / "clf.pth"))
     assert loaded.num_classes == 3
+
+
+# ---- 5. an LDM config.yaml names no weights file and pulls in nothing ----------------------------------------------
+
+
+def ldm_folder(tmp_path: Path, edit) -> Path:
+    """A label2img folder whose config.yaml is the reference one after `edit(model section)`."""
+    from conftest import REFERENCE_DIR
+
+    model = json.loads((REFERENCE_DIR / "ldm.json").read_text())["model"]
+    edit(model)
+    write(tmp_path / "ldm" / "config.yaml", yaml.safe_dump({"model": model}))
+    return tmp_path / "ldm"
+
+
+def test_5_first_stage_ckpt_path_is_not_followed(tmp_path, monkeypatch):
+    """`first_stage_config.params.ckpt_path` loaded any file into the first stage, non-strictly."""
+    import dc_ldm.models.autoencoder as autoencoder
+    from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
+
+    marker = tmp_path / "reached"
+    monkeypatch.setattr(autoencoder, "load_checkpoint", touching(marker))
+    other = save_checkpoint({"state_dict": {}}, tmp_path / "elsewhere.ckpt")
+    folder = ldm_folder(tmp_path, lambda m: m["params"]["first_stage_config"]["params"].update(ckpt_path=str(other)))
+    build_ldm_for_fmri(folder, MAE, 256, load_ldm_weights=False)
+    assert not marker.exists()
+
+
+def test_5_ckpt_path_in_any_config_section_is_not_followed(tmp_path, monkeypatch):
+    """The same through a config section stored in a checkpoint (the demo's vq.pth keeps one)."""
+    import dc_ldm.models.autoencoder as autoencoder
+    from conftest import REFERENCE_DIR
+    from dc_ldm.util import instantiate_from_config
+
+    marker = tmp_path / "reached"
+    monkeypatch.setattr(autoencoder, "load_checkpoint", touching(marker))
+    section = json.loads((REFERENCE_DIR / "ldm.json").read_text())["model"]["params"]["first_stage_config"]
+    section["params"]["ckpt_path"] = str(tmp_path / "elsewhere.ckpt")
+    instantiate_from_config(section)
+    assert not marker.exists()
+
+
+def test_5_interpolation_is_refused(tmp_path, monkeypatch):
+    """`${oc.env:...}` pulled an environment variable into a parameter."""
+    from dc_ldm.util import load_ldm_config
+    from errors import UserError
+
+    monkeypatch.setenv("MINDVIS_SECRET", "from the environment")
+    folder = ldm_folder(tmp_path, lambda m: m["params"].update(monitor="${oc.env:MINDVIS_SECRET}"))
+    with pytest.raises(UserError, match=r"config\.yaml: key 'model\.params\.monitor'.*\$\{"):
+        load_ldm_config(folder / "config.yaml")
