@@ -7,6 +7,7 @@ Helpers shared with the bad-input tests (`world`, `fail`, `write`, `Pwn`) come f
 import copyreg
 import json
 import pickle
+import shutil
 import types
 import warnings
 from pathlib import Path
@@ -301,3 +302,50 @@ def test_5_interpolation_is_refused(tmp_path, monkeypatch):
     folder = ldm_folder(tmp_path, lambda m: m["params"].update(monitor="${oc.env:MINDVIS_SECRET}"))
     with pytest.raises(UserError, match=r"config\.yaml: key 'model\.params\.monitor'.*\$\{"):
         load_ldm_config(folder / "config.yaml")
+
+
+# ---- 6. --overwrite deletes only the simulator's files inside its folder ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulation(tmp_path_factory) -> Path:
+    from demo.simulation.simulate import make_synthetic_data
+
+    return make_synthetic_data(tmp_path_factory.mktemp("sim") / "tiny", size="tiny", seed=0)
+
+
+def _list_in_marker(out: Path, entry: str) -> None:
+    info = json.loads((out / "simulation.json").read_text())
+    (out / "simulation.json").write_text(json.dumps({**info, "files": [*info["files"], entry]}))
+
+
+def _dotdot(out: Path) -> Path:
+    _list_in_marker(out, "../victim.txt")
+    return write(out.parent / "victim.txt", "a user's file")
+
+
+def _absolute(out: Path) -> Path:
+    victim = write(out.parent / "victim.txt", "a user's file")
+    _list_in_marker(out, str(victim))
+    return victim
+
+
+def _linked_folder(out: Path) -> Path:
+    """HCP/ is a link to the user's folder; simulation.json lists the user's file as if it were one of ours."""
+    victim = write(out.parent / "mine" / "npz" / "victim.txt", "a user's file")
+    shutil.rmtree(out / "HCP")
+    (out / "HCP").symlink_to(victim.parent.parent)
+    _list_in_marker(out, "HCP/npz/victim.txt")
+    return victim
+
+
+@pytest.mark.parametrize("hostile", [_dotdot, _absolute, _linked_folder], ids=["../", "absolute", "linked folder"])
+def test_6_overwrite_never_deletes_outside_the_output_folder(hostile, simulation, tmp_path):
+    from demo.simulation.simulate import SimulationExistsError, make_synthetic_data
+
+    out = Path(shutil.copytree(simulation, tmp_path / "sim" / "tiny"))
+    victim = hostile(out)
+    with pytest.raises(SimulationExistsError, match=r"simulation\.json.*(outside|victim)"):
+        make_synthetic_data(out, size="tiny", overwrite=True)
+    assert victim.read_text() == "a user's file"
+    assert (out / "Kamitani" / "npz" / "sbj_1.npz").is_file()  # refused before deleting anything
