@@ -18,6 +18,7 @@ import yaml
 
 import feature_nets
 from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from errors import UserError
 from test_bad_inputs import MAE, Pwn, fail, world, write  # noqa: F401 - `world` is a fixture
 
 # ---- helpers: checkpoints with hand-written pickle opcodes ----------------------------------------------------
@@ -349,3 +350,79 @@ def test_6_overwrite_never_deletes_outside_the_output_folder(hostile, simulation
         make_synthetic_data(out, size="tiny", overwrite=True)
     assert victim.read_text() == "a user's file"
     assert (out / "Kamitani" / "npz" / "sbj_1.npz").is_file()  # refused before deleting anything
+
+
+# ---- 7. --resume continues only a run folder this project wrote ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a1_killed(simulation, tmp_path_factory) -> Path:
+    """A Stage A1 run killed after its first epoch: config.yaml, log.txt, metrics.jsonl, checkpoint.pth (epoch 0)."""
+    import stageA1_mbm_pretrain as a1
+    from test_stageA import Killed, a1_config
+
+    out = tmp_path_factory.mktemp("a1")
+    real = a1.train_one_epoch
+
+    def train_or_die(model, loader, optimizer, amp, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise Killed
+        return real(model, loader, optimizer, amp, epoch, *args, **kwargs)
+
+    a1.train_one_epoch = train_or_die
+    try:
+        with pytest.raises(Killed):
+            a1.main(a1_config(simulation, out))
+    finally:
+        a1.train_one_epoch = real
+    return next(out.glob("stageA1/*"))
+
+
+def _users_file(run: Path, folder: Path) -> Path:
+    """A user's folder holding the run's checkpoint under another name, a config.yaml and a hidden .tmp file."""
+    shutil.copy(run / "checkpoint.pth", write(folder / "config.yaml", "my: settings\n").parent / "model.pth")
+    write(folder / ".draft.tmp", "a user's file")
+    return folder / "model.pth"
+
+
+def _folder_without_config(run: Path, folder: Path) -> Path:
+    shutil.copy(run / "checkpoint.pth", write(folder / ".draft.tmp", "a user's file").parent / "checkpoint.pth")
+    write(folder / "config.yaml.bak", "my: settings\n")
+    return folder
+
+
+def _linked_config(run: Path, folder: Path) -> Path:
+    """A copy of the run whose config.yaml is a link to a user's file (with the run's own settings in it)."""
+    shutil.copytree(run, folder)
+    users = write(folder.parent / "my_config.yaml", (run / "config.yaml").read_text())
+    (folder / "config.yaml").unlink()
+    (folder / "config.yaml").symlink_to(users)
+    write(folder / ".draft.tmp", "a user's file")
+    return folder
+
+
+@pytest.mark.parametrize("hostile", [_users_file, _folder_without_config, _linked_config],
+                         ids=["another file", "no config.yaml", "linked config.yaml"])  # fmt: skip
+def test_7_resume_refuses_a_folder_it_did_not_write(hostile, a1_killed, simulation, tmp_path, monkeypatch):
+    import stageA1_mbm_pretrain as a1
+    from test_stageA import Killed, a1_config
+
+    monkeypatch.setattr(a1, "train_one_epoch", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+    resume = hostile(a1_killed, tmp_path / "mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises((CheckpointError, UserError), match=r"--resume .*mine"):
+        a1.main(a1_config(simulation, tmp_path / "out", resume=str(resume)))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_7_resume_removes_only_its_own_temporaries(a1_killed, simulation, tmp_path, monkeypatch):
+    """Resuming our run keeps a user's hidden .tmp file beside it (only `.checkpoint.pth.<8 chars>.tmp` are ours)."""
+    import stageA1_mbm_pretrain as a1
+    from test_stageA import Killed, a1_config
+
+    monkeypatch.setattr(a1, "train_one_epoch", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+    run = Path(shutil.copytree(a1_killed, tmp_path / "run"))
+    mine = write(run / ".draft.tmp", "a user's file")
+    with pytest.raises(Killed):
+        a1.main(a1_config(simulation, tmp_path / "out", resume=str(run)))
+    assert mine.read_text() == "a user's file"
