@@ -14,6 +14,7 @@ the restricted loader (`checkpoint.load_checkpoint`), which returns them as plai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from config import (
     Config_MBM_fMRI,
     ConfigError,
     StageBConfig,
+    load_yaml,
     published_config,
 )
 from sc_mbm.mae_for_fmri import architecture_from_weights
@@ -196,13 +198,36 @@ def training_state(optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: 
             "rng": gather_rng_states()}  # fmt: skip
 
 
-def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
-    """`--resume` names a run folder or its checkpoint: the checkpoint's path."""
-    path = Path(resume)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise CheckpointError(f"--resume {resume}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
-    return path
+# What a run folder holds that resuming writes again
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", CHECKPOINT, "finetuned.pth")
+
+
+def resume_checkpoint_path(cfg: Any) -> Path:
+    """The checkpoint of the run `cfg.resume` names: a run folder of this stage, or its checkpoint.pth.
+
+    Resuming writes into that folder again (config.yaml, the log, checkpoint.pth), so it must be one this project
+    wrote: its config.yaml holds settings of the stage (`cfg`'s fields) beside checkpoint.pth, and none of the
+    run's files is a link; the training checkpoint's own entries are checked when it is loaded.
+    """
+    path = Path(cfg.resume)
+    folder = path if path.is_dir() else path.parent
+    if not (folder / CHECKPOINT if path.is_dir() else path).is_file():
+        raise CheckpointError(f"--resume {path}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
+    if path.name != CHECKPOINT and not path.is_dir():
+        raise CheckpointError(f"--resume {path}: name a run folder or its {CHECKPOINT}; resuming writes into the "
+                              "folder of the file named, so another file is refused")  # fmt: skip
+    linked = [name for name in RUN_FILES if (folder / name).is_symlink()]
+    if linked:
+        raise CheckpointError(f"--resume {path}: {', '.join(linked)} in {folder} is a link, which a run folder of "
+                              "this project never holds (resuming would write through it)")  # fmt: skip
+    try:
+        values = load_yaml(folder / "config.yaml")
+    except ConfigError:
+        values = {}
+    if not values or not set(values) <= {f.name for f in dataclasses.fields(cfg)}:
+        raise CheckpointError(f"--resume {path}: {folder} is not a run folder of this stage (no config.yaml of its "
+                              f"settings beside {CHECKPOINT}); resume only a folder the stage wrote")  # fmt: skip
+    return folder / CHECKPOINT
 
 
 def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_fields: Sequence[str] = ()) -> None:
@@ -225,9 +250,10 @@ def restore_training_state(
     rank: int, world_size: int,
 ) -> int:  # fmt: skip
     """Load weights, optimiser, scaler and this rank's RNG from a training checkpoint; returns the next epoch."""
-    absent = [k for k in (model_key, "optimizer", "epoch") if k not in ckpt]
+    absent = [k for k in (model_key, "optimizer", "epoch", "rng") if k not in ckpt]
     if absent:
-        raise CheckpointError(f"{path}: cannot resume, no {absent} entry")
+        raise CheckpointError(f"{path}: cannot resume, no {absent} entry (not a training checkpoint of this project's "
+                              "stages)")  # fmt: skip
     load_weights(model, ckpt[model_key], path)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import eval_metrics
-from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import RandomVoxelDropout, load_target, model_image_transform
@@ -133,7 +133,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     device = dist_info.device
     amp = AmpScaler(cfg.precision, device)
     check_output_folder(cfg.output_path)
-    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    resume = resume_checkpoint_path(cfg) if cfg.resume else None
     stage_a = read_stage_a(cfg.pretrain_mbm_path, ENCODER_FIELDS)
     cfg.patch_size, cfg.model_meta = stage_a.arch["patch_size"], {k: stage_a.arch[k] for k in ENCODER_FIELDS}
     if classifier is None and cfg.classifier is not None:
@@ -181,7 +181,6 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     with run_folder(run_dir, dist_info.is_main):
         setup_logging(run_dir, dist_info.is_main)
         if dist_info.is_main:
-            remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             if fit is not None:

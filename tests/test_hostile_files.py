@@ -416,7 +416,7 @@ def test_7_resume_refuses_a_folder_it_did_not_write(hostile, a1_killed, simulati
 
 
 def test_7_resume_removes_only_its_own_temporaries(a1_killed, simulation, tmp_path, monkeypatch):
-    """Resuming our run keeps a user's hidden .tmp file beside it (only `.checkpoint.pth.<8 chars>.tmp` are ours)."""
+    """Resuming our run keeps a user's hidden .tmp file beside it (only `.checkpoint.pth.*.tmp` are ours)."""
     import stageA1_mbm_pretrain as a1
     from test_stageA import Killed, a1_config
 
