@@ -8,10 +8,12 @@ import copyreg
 import json
 import pickle
 import shutil
+import sys
 import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -425,4 +427,48 @@ def test_7_resume_removes_only_its_own_temporaries(a1_killed, simulation, tmp_pa
     mine = write(run / ".draft.tmp", "a user's file")
     with pytest.raises(Killed):
         a1.main(a1_config(simulation, tmp_path / "out", resume=str(run)))
+    assert mine.read_text() == "a user's file"
+
+
+# ---- 8. results are written beside what we did not write, never over it ---------------------------------------------
+
+
+def test_8_evaluate_keeps_the_metrics_of_an_existing_folder(tmp_path, capsys, monkeypatch):
+    """`evaluate.py --out DIR` replaced DIR/metrics.json and metrics.png silently."""
+    import evaluate
+    from errors import run_main
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "gt.npy", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    np.save(tmp_path / "recon.npy", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    out = tmp_path / "results"
+    mine = write(out / "metrics.json", '{"mine": 1}')
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--recon", str(tmp_path / "recon.npy"), "--gt",
+                                      str(tmp_path / "gt.npy"), "--metrics", "mse", "--out", str(out)])  # fmt: skip
+    monkeypatch.delenv("MINDVIS_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(evaluate.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--out" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert mine.read_text() == '{"mine": 1}' and not (out / "metrics.png").exists()
+
+
+def test_8_demo_step_never_deletes_a_result_it_did_not_stamp(tmp_path):
+    """A step's target without the demo's recipe stamp beside it (a user's file) was deleted and remade."""
+    from demo.pipeline import Steps
+
+    mine = write(tmp_path / "results" / "demo" / "tiny" / "fmri_encoder_A1.pth", "a user's file")
+    ran = []
+    with pytest.raises(UserError, match=r"fmri_encoder_A1\.pth.*recipe\.json"):
+        Steps()("stage A1", mine, {"flags": {}}, lambda: ran.append(1))
+    assert mine.read_text() == "a user's file" and not ran
+
+
+def test_8_demo_stage_run_never_deletes_a_folder_it_did_not_stamp(tmp_path):
+    """`run_stage` removed its output folder (a failed earlier attempt) whoever had put it there."""
+    from demo.pipeline import run_stage
+
+    mine = write(tmp_path / "runs" / "a1" / "notes.txt", "a user's file")
+    with pytest.raises(UserError, match=r"a1.*recipe\.json"):
+        run_stage("stageA1_mbm_pretrain.py", {"num_epoch": 0}, mine.parent)
     assert mine.read_text() == "a user's file"
