@@ -19,9 +19,12 @@ import torch
 import yaml
 
 import feature_nets
+import test_bad_inputs
 from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from errors import UserError
-from test_bad_inputs import MAE, Pwn, fail, world, write  # noqa: F401 - `world` is a fixture
+from test_bad_inputs import MAE, Pwn, fail, write
+
+world = test_bad_inputs.world  # the fixture: tiny data, a label2img folder, a Stage A checkpoint, a finetuned.pth
 
 # ---- helpers: checkpoints with hand-written pickle opcodes ----------------------------------------------------
 
@@ -472,3 +475,40 @@ def test_8_demo_stage_run_never_deletes_a_folder_it_did_not_stamp(tmp_path):
     with pytest.raises(UserError, match=r"a1.*recipe\.json"):
         run_stage("stageA1_mbm_pretrain.py", {"num_epoch": 0}, mine.parent)
     assert mine.read_text() == "a user's file"
+
+
+# ---- 9. paths and subject names stored in a file stay below --root_path --------------------------------------------
+
+
+def _stored(world: Path, tmp: Path, **values) -> Path:
+    """world's finetuned.pth with config entries replaced by `values`."""
+    ckpt = load_checkpoint(world / "finetuned.pth")
+    ckpt["config"] = {**vars(ckpt["config"]), **values}
+    return save_checkpoint(ckpt, tmp / "stored.pth")
+
+
+@pytest.mark.parametrize("entry, value, message", [
+    ("pretrain_gm_path", "../{root}_ldm", r"pretrain_gm_path '\.\./.*' leads outside --root_path"),
+    ("kam_subs", ["../npz/sbj_3"], r"kam_subs .*'\.\./npz/sbj_3'.*letters, digits"),
+], ids=["relative path", "subject name"])  # fmt: skip
+def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_path, capsys, monkeypatch):
+    """A stored `../` path or subject name escaped --root_path (both resolved to files that exist here)."""
+    import gen_eval
+    from config import GenEvalConfig
+
+    if entry == "pretrain_gm_path":
+        shutil.copytree(world / "ldm", world.parent / f"{world.name}_ldm", dirs_exist_ok=True)
+        value = value.format(root=world.name)
+    path = _stored(world, tmp_path, **{entry: value})
+    cfg = GenEvalConfig(checkpoint=str(path), root_path=str(world), kam_path=str(world / "data/Kamitani/npz"),
+                        output_path=str(tmp_path / "o"), num_samples=1, ddim_steps=4, limit=2, metrics=["pcc"])
+    code, err = fail(lambda: gen_eval.main(cfg), capsys, monkeypatch)
+    assert code == 1 and "stored.pth" in err and len(err.strip().splitlines()) == 1, err
+    assert pytest.importorskip("re").search(message, err), err
+
+
+def test_9_subject_names_are_checked_wherever_they_come_from(world):
+    from dataset import DataFormatError, create_god_dataset
+
+    with pytest.raises(DataFormatError, match=r"subject '\.\./npz/sbj_3'"):
+        create_god_dataset(world / "data/Kamitani/npz", subjects=["../npz/sbj_3"])
