@@ -164,13 +164,19 @@ def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
     return ckpt["model_state_dict"], as_config_dict(ckpt["config"])
 
 
-def resolve_stored_path(flag: str | None, stored: Any, default: str, root_path: str | os.PathLike) -> str:
-    """Where to find a file a checkpoint's config names: the flag if given; else the stored path (relative ones
-    below root_path, never the working folder) if it exists; else `default` below root_path."""
+def resolve_stored_path(flag: str | None, stored: Mapping, key: str, default: str, root_path: str | os.PathLike,
+                        source: str | os.PathLike) -> str:  # fmt: skip
+    """Where to find a file a checkpoint's config names under `key`: the flag if given; else the stored path if it
+    exists (a relative one below root_path, never the working folder, and refused when it leads out of root_path:
+    `source` is the checkpoint, named in the error); else `default` below root_path."""
     if flag:
         return str(flag)
-    if isinstance(stored, str) and stored:
-        path = Path(stored) if Path(stored).is_absolute() else Path(root_path) / stored
+    value = stored.get(key)
+    if isinstance(value, str) and value:
+        if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == os.pardir:
+            raise CheckpointError(f"{source}: its stored {key} {value!r} leads outside --root_path {root_path}; pass "
+                                  f"--{key} to say where it is")  # fmt: skip
+        path = Path(value) if Path(value).is_absolute() else Path(root_path) / value
         if path.exists():
             return str(path)
     return str(Path(root_path) / default)

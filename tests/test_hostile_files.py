@@ -489,7 +489,7 @@ def _stored(world: Path, tmp: Path, **values) -> Path:
 
 @pytest.mark.parametrize("entry, value, message", [
     ("pretrain_gm_path", "../{root}_ldm", r"pretrain_gm_path '\.\./.*' leads outside --root_path"),
-    ("kam_subs", ["../npz/sbj_3"], r"kam_subs .*'\.\./npz/sbj_3'.*letters, digits"),
+    ("kam_subs", ["../npz/sbj_3"], r"kam_subs: subject '\.\./npz/sbj_3'.*letters, digits"),
 ], ids=["relative path", "subject name"])  # fmt: skip
 def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_path, capsys, monkeypatch):
     """A stored `../` path or subject name escaped --root_path (both resolved to files that exist here)."""
