@@ -512,3 +512,43 @@ def test_9_subject_names_are_checked_wherever_they_come_from(world):
 
     with pytest.raises(DataFormatError, match=r"subject '\.\./npz/sbj_3'"):
         create_god_dataset(world / "data/Kamitani/npz", subjects=["../npz/sbj_3"])
+
+
+# ---- 10. Stage B resumes only with its own learning rate ------------------------------------------------------------
+
+
+class Stop(Exception):
+    """Stands for a run's first epoch, which a test need not wait for."""
+
+
+def stop_at(monkeypatch, module, epoch: int) -> None:
+    real = module.train_one_epoch
+
+    def train_or_stop(model, loader, optimizer, amp, e, *args, **kwargs):
+        if e == epoch:
+            raise Stop
+        return real(model, loader, optimizer, amp, e, *args, **kwargs)
+
+    monkeypatch.setattr(module, "train_one_epoch", train_or_stop)
+
+
+def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypatch):
+    """Stage B's resume check compared no field: `--resume RUN --lr X` changed the rate mid-run, silently."""
+    import stageB_ldm_finetune as stage_b
+    from config import ConfigError, StageBConfig
+
+    def config(**overrides) -> StageBConfig:
+        return StageBConfig(**{**dict(root_path=str(world), output_path=str(tmp_path), img_size=32, batch_size=8,
+                                      kam_path=str(world / "data/Kamitani/npz"), pretrain_gm_path=str(world / "ldm"),
+                                      pretrain_mbm_path=str(world / "fmri_encoder.pth"), num_epoch=2, val_every=1,
+                                      num_val_items=2, num_samples=1, ddim_steps=4), **overrides})  # fmt: skip
+
+    stop_at(monkeypatch, stage_b, epoch=1)
+    with pytest.raises(Stop):
+        stage_b.main(config())
+    (run,) = (tmp_path / "stageB").iterdir()
+    stop_at(monkeypatch, stage_b, epoch=1)
+    with pytest.raises(ConfigError, match=r"schedule would change \(lr 5\.3e-05 -> 0\.001\).*--allow_new_schedule"):
+        stage_b.main(config(resume=str(run), lr=1e-3))
+    with pytest.raises(Stop):  # asked for: resumed
+        stage_b.main(config(resume=str(run), lr=1e-3, allow_new_schedule=True))
