@@ -281,6 +281,8 @@ class StageBConfig(_Run, TargetData):
                                  "optimisation")  # fmt: skip
     accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
+    allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr (the rate changes mid-run)",
+                                   "optimisation")  # fmt: skip
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
     num_val_items: int = arg(5, "test fMRI sampled at each validation", "run")
     num_samples: int = arg(5, "images per fMRI (validation here, the default of gen_eval)", "run")

@@ -242,8 +242,9 @@ def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_f
     `saved` is the run's stored config, `epoch` the last epoch its checkpoint holds.
     """
     if epoch + 1 >= cfg.num_epoch:
+        also = " and --allow_new_schedule" if "num_epoch" in schedule_fields else ""  # a longer cosine, Stage A
         raise ConfigError(f"--resume {path}: the run already finished its {epoch + 1} epochs; to train longer pass a "
-                          "larger --num_epoch" + (" and --allow_new_schedule" if schedule_fields else ""))  # fmt: skip
+                          f"larger --num_epoch{also}")  # fmt: skip
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in schedule_fields
                if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
     if changed and not getattr(cfg, "allow_new_schedule", False):

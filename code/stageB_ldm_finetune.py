@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import eval_metrics
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import as_config_dict, load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import RandomVoxelDropout, load_target, model_image_transform
@@ -171,7 +171,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     start_epoch = 0
     if resume:
         ckpt = load_checkpoint(resume)
-        check_resumable({}, cfg, resume, int(ckpt.get("epoch", -1)))
+        saved = as_config_dict(ckpt.get("config", {}))
+        check_resumable(saved, cfg, resume, int(ckpt.get("epoch", -1)), ("lr",))  # the constant rate is the schedule
         start_epoch = restore_training_state(ckpt, resume, model, "model_state_dict", optimizer, amp,
                                              dist_info.rank, dist_info.world_size)  # fmt: skip
         validation.best, validation.select_by = ckpt.get("best", validation.best), ckpt.get("select_by", "top-1-class")
