@@ -552,3 +552,31 @@ def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypa
         stage_b.main(config(resume=str(run), lr=1e-3))
     with pytest.raises(Stop):  # asked for: resumed
         stage_b.main(config(resume=str(run), lr=1e-3, allow_new_schedule=True))
+
+
+# ---- 11. a YAML value of the wrong type is refused, not converted --------------------------------------------------
+
+
+@pytest.mark.parametrize("line, field, expected", [
+    ("lr: true", "lr", "a number"),
+    ("min_lr: false", "min_lr", "a number"),
+    ("hcp_path: [a, b]", "hcp_path", "text"),
+    ("wandb_project: {name: x}", "wandb_project", "text"),
+])  # fmt: skip
+def test_11_yaml_values_keep_their_type(line, field, expected, tmp_path, capsys):
+    """`lr: true` became 1.0 and a list became the text of the list."""
+    from config import StageA1Config, parse_config
+
+    path = write(tmp_path / "run.yaml", line + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(StageA1Config, ["--config", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"run.yaml: {field} must be {expected}" in err, err
+
+
+def test_11_numbers_yaml_reads_as_text_still_load(tmp_path):
+    """PyYAML reads `1e-4` (no dot) as text: a number written so is still a number."""
+    from config import StageA1Config, parse_config
+
+    cfg = parse_config(StageA1Config, ["--config", str(write(tmp_path / "run.yaml", "lr: 1e-4\nnum_epoch: 300\n"))])
+    assert cfg.lr == 1e-4 and cfg.num_epoch == 300
