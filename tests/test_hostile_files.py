@@ -23,6 +23,7 @@ import test_bad_inputs
 from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from errors import UserError
 from test_bad_inputs import MAE, Pwn, fail, write
+from test_stageA import Killed, a1_config, kill_at
 
 world = test_bad_inputs.world  # the fixture: tiny data, a label2img folder, a Stage A checkpoint, a finetuned.pth
 
@@ -364,22 +365,11 @@ def test_6_overwrite_never_deletes_outside_the_output_folder(hostile, simulation
 def a1_killed(simulation, tmp_path_factory) -> Path:
     """A Stage A1 run killed after its first epoch: config.yaml, log.txt, metrics.jsonl, checkpoint.pth (epoch 0)."""
     import stageA1_mbm_pretrain as a1
-    from test_stageA import Killed, a1_config
 
     out = tmp_path_factory.mktemp("a1")
-    real = a1.train_one_epoch
-
-    def train_or_die(model, loader, optimizer, amp, epoch, *args, **kwargs):
-        if epoch == 1:
-            raise Killed
-        return real(model, loader, optimizer, amp, epoch, *args, **kwargs)
-
-    a1.train_one_epoch = train_or_die
-    try:
-        with pytest.raises(Killed):
-            a1.main(a1_config(simulation, out))
-    finally:
-        a1.train_one_epoch = real
+    with pytest.MonkeyPatch.context() as monkeypatch, pytest.raises(Killed):
+        kill_at(monkeypatch, 1, a1)
+        a1.main(a1_config(simulation, out))
     return next(out.glob("stageA1/*"))
 
 
@@ -410,9 +400,8 @@ def _linked_config(run: Path, folder: Path) -> Path:
                          ids=["another file", "no config.yaml", "linked config.yaml"])  # fmt: skip
 def test_7_resume_refuses_a_folder_it_did_not_write(hostile, a1_killed, simulation, tmp_path, monkeypatch):
     import stageA1_mbm_pretrain as a1
-    from test_stageA import Killed, a1_config
 
-    monkeypatch.setattr(a1, "train_one_epoch", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+    kill_at(monkeypatch, 1, a1)  # where the resumed run starts: after it has written into its folder
     resume = hostile(a1_killed, tmp_path / "mine")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises((CheckpointError, UserError), match=r"--resume .*mine"):
@@ -423,9 +412,8 @@ def test_7_resume_refuses_a_folder_it_did_not_write(hostile, a1_killed, simulati
 def test_7_resume_removes_only_its_own_temporaries(a1_killed, simulation, tmp_path, monkeypatch):
     """Resuming our run keeps a user's hidden .tmp file beside it (only `.checkpoint.pth.*.tmp` are ours)."""
     import stageA1_mbm_pretrain as a1
-    from test_stageA import Killed, a1_config
 
-    monkeypatch.setattr(a1, "train_one_epoch", lambda *args, **kwargs: (_ for _ in ()).throw(Killed()))
+    kill_at(monkeypatch, 1, a1)  # where the resumed run starts: after it has written into its folder
     run = Path(shutil.copytree(a1_killed, tmp_path / "run"))
     mine = write(run / ".draft.tmp", "a user's file")
     with pytest.raises(Killed):
@@ -517,21 +505,6 @@ def test_9_subject_names_are_checked_wherever_they_come_from(world):
 # ---- 10. Stage B resumes only with its own learning rate ------------------------------------------------------------
 
 
-class Stop(Exception):
-    """Stands for a run's first epoch, which a test need not wait for."""
-
-
-def stop_at(monkeypatch, module, epoch: int) -> None:
-    real = module.train_one_epoch
-
-    def train_or_stop(model, loader, optimizer, amp, e, *args, **kwargs):
-        if e == epoch:
-            raise Stop
-        return real(model, loader, optimizer, amp, e, *args, **kwargs)
-
-    monkeypatch.setattr(module, "train_one_epoch", train_or_stop)
-
-
 def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypatch):
     """Stage B's resume check compared no field: `--resume RUN --lr X` changed the rate mid-run, silently."""
     import stageB_ldm_finetune as stage_b
@@ -543,14 +516,13 @@ def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypa
                                       pretrain_mbm_path=str(world / "fmri_encoder.pth"), num_epoch=2, val_every=1,
                                       num_val_items=2, num_samples=1, ddim_steps=4), **overrides})  # fmt: skip
 
-    stop_at(monkeypatch, stage_b, epoch=1)
-    with pytest.raises(Stop):
+    kill_at(monkeypatch, 1, stage_b)
+    with pytest.raises(Killed):
         stage_b.main(config())
     (run,) = (tmp_path / "stageB").iterdir()
-    stop_at(monkeypatch, stage_b, epoch=1)
     with pytest.raises(ConfigError, match=r"schedule would change \(lr 5\.3e-05 -> 0\.001\).*--allow_new_schedule"):
         stage_b.main(config(resume=str(run), lr=1e-3))
-    with pytest.raises(Stop):  # asked for: resumed
+    with pytest.raises(Killed):  # asked for: resumed
         stage_b.main(config(resume=str(run), lr=1e-3, allow_new_schedule=True))
 
 
