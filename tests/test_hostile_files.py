@@ -6,6 +6,7 @@ Helpers shared with the bad-input tests (`world`, `fail`, `write`, `Pwn`) come f
 
 import copyreg
 import json
+import os
 import pickle
 import shutil
 import sys
@@ -134,7 +135,8 @@ def test_2_build_cannot_change_how_every_later_tensor_loads(tmp_path):
 
 def test_2_build_cannot_reach_the_legacy_source_patch_writer(tmp_path, monkeypatch):
     """In the legacy format a BUILD that sets `dump_patches` and `__name__` on an allowed function makes torch's
-    source check write `<__name__>.patch`, here one folder up from the working folder."""
+    source check write `<__name__>.patch`, here one folder up from the working folder (it did, before the fix).
+    Now the format check refuses the file before any BUILD; the BUILD check would refuse it too."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -160,7 +162,8 @@ def test_2_build_cannot_reach_the_legacy_source_patch_writer(tmp_path, monkeypat
 
 
 def test_2_build_on_a_published_config_class_is_refused(tmp_path):
-    """Our data-only config classes are allowed globals; a BUILD on the class itself is refused."""
+    """Our data-only config classes are allowed globals; a BUILD on the class itself is refused. Before the fix this
+    chain did not work either: the C unpickler called the class's own `__setstate__` unbound (a TypeError)."""
     path = save_injected({"config": build_on("config", "Config_MBM_fMRI", (None, {"to_dict": None}))},
                          tmp_path / "cls.pth")  # fmt: skip
     with pytest.raises(UnsafeCheckpointError, match=r"cls\.pth: .*Config_MBM_fMRI"):
@@ -196,6 +199,19 @@ def test_3_tampered_cached_weights_run_nothing(net, tmp_path, monkeypatch):
     with pytest.raises(UnsafeCheckpointError, match=rf"{cached.name}: refused"):
         load()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("net", ["alexnet", "lpips"])
+def test_3_plain_cached_weights_still_load(net, tmp_path, monkeypatch):
+    import torchvision
+
+    pytest.importorskip("torchmetrics")
+    url, load = NETS[net]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = feature_nets.cached_weights_path(url())
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), cached)
+    assert load() is not None and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
 
 
 # ---- 4. a classifier file names a timm architecture, nothing more ---------------------------------------------------
@@ -552,3 +568,4 @@ def test_11_numbers_yaml_reads_as_text_still_load(tmp_path):
 
     cfg = parse_config(StageA1Config, ["--config", str(write(tmp_path / "run.yaml", "lr: 1e-4\nnum_epoch: 300\n"))])
     assert cfg.lr == 1e-4 and cfg.num_epoch == 300
+
