@@ -45,7 +45,8 @@ import common  # noqa: F401  (puts code/ on sys.path)
 from errors import UsageError
 
 # Top-level modules both trees define: ours leave sys.modules while the original's are active.
-SHARED_NAMES = ("dc_ldm", "sc_mbm", "config", "dataset", "eval_metrics", "gen_eval")
+SHARED_NAMES = ("dc_ldm", "sc_mbm", "config", "dataset", "eval_metrics", "gen_eval", "stageA1_mbm_pretrain",
+                "stageA2_mbm_finetune", "stageB_ldm_finetune")
 # Files (and a line in each) that identify a checkout of the original.
 SIGNATURE = {
     "code/sc_mbm/mae_for_fmri.py": "class fmri_encoder",

@@ -32,6 +32,7 @@ from errors import DEBUG_HELP, ArgumentParser, UsageError
 
 DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SELECT_ON = ("val_split", "test")  # where Stage B chooses the model it keeps
 # Lightning's and the published configs' spellings (the published Stage B stored `precision = 32`).
 PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "16": "fp16", "16-mixed": "fp16", "bf16-mixed": "bf16"}
 MIN_SAMPLER_STEPS = 4  # fewer start the sampler where the schedule still assumes signal in the start noise
@@ -285,7 +286,15 @@ class StageBConfig(_Run, TargetData):
     allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr (the rate changes mid-run)",
                                    "optimisation")  # fmt: skip
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
-    num_val_items: int = arg(5, "test fMRI sampled at each validation", "run")
+    num_val_items: int = arg(5, "fMRI decoded at each validation (the first of the validation set)", "run")
+    snapshot_epochs: list[int] | None = arg(None, "also write the model after these epochs (counted from 1) as "
+                                            "snapshot_epoch<N>.pth, each readable by gen_eval: a learning curve",
+                                            "run")  # fmt: skip
+    select_on: str = arg("val_split", "where the kept model is chosen: 'val_split', images held out of the training "
+                         "pairs; 'test', the first test items, as published (the test score is then chosen on the "
+                         "test set)", "run")  # fmt: skip
+    val_split: int = arg(50, "with select_on val_split: training images held out (all their fMRI) to validate on",
+                         "run")  # fmt: skip
     num_samples: int = arg(5, "images per fMRI (validation here, the default of gen_eval)", "run")
     ddim_steps: int = arg(250, f"PLMS steps per image (at least {MIN_SAMPLER_STEPS})", "run")
     guidance_scale: float = arg(1.0, "classifier-free guidance at validation (needs cond_dropout > 0)", "run")
@@ -316,6 +325,11 @@ class StageBConfig(_Run, TargetData):
         _check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         _check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         _check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
+        _check(not self.snapshot_epochs or 1 <= min(self.snapshot_epochs), f"snapshot_epochs count from 1, got "
+               f"{self.snapshot_epochs}")  # fmt: skip
+        _check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        _check(self.select_on != "val_split" or self.val_split >= 2,
+               f"val_split must hold out at least 2 images, got {self.val_split}")  # fmt: skip
         _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, self.cond_dropout)
 
 

@@ -273,6 +273,22 @@ class FMRIImageDataset(FMRIDataset):
         out = [_resize(torch.from_numpy(b).permute(0, 3, 1, 2).float(), size) for b in batches]
         return torch.cat(out).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
+    def subset(self, rows: np.ndarray) -> FMRIImageDataset:
+        """The same images and transforms with only the fMRI rows `rows`."""
+        return FMRIImageDataset(self.fmri[rows], self.images, self.image_index[rows], self.labels, self.naive_labels,
+                                self.class_names, self.transform, self.image_transform)  # fmt: skip
+
+    def hold_out(self, num_images: int, seed: int) -> tuple[FMRIImageDataset, FMRIImageDataset]:
+        """(rest, held out): every fMRI row of `num_images` images drawn at random (seeded) goes to the second set.
+
+        Whole images, so that no held-out image was seen in training through another trial of it."""
+        seen = np.unique(self.image_index)
+        if not 0 < num_images < len(seen):
+            raise ValueError(f"cannot hold out {num_images} of {len(seen)} images")
+        held = np.random.default_rng(seed).choice(seen, num_images, replace=False)
+        mask = np.isin(self.image_index, held)
+        return self.subset(np.flatnonzero(~mask)), self.subset(np.flatnonzero(mask))
+
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
         j = self.image_index[i]

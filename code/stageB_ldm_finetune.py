@@ -4,13 +4,16 @@
     python code/stageB_ldm_finetune.py --dataset BOLD5000 --bold5000_subs CSI1 CSI2
     torchrun --nproc_per_node=8 code/stageB_ldm_finetune.py --dataset GOD  # DDP, one process per GPU
     python code/stageB_ldm_finetune.py --resume results/stageB/<run>       # continue the run in its folder
+    python code/stageB_ldm_finetune.py --dataset GOD --select_on test     # select on test items (published)
 
 Starts from `pretrains/ldm/label2img` (config.yaml + model.ckpt) and the Stage A encoder (`--pretrain_mbm_path`,
 default `pretrains/<dataset>/fmri_encoder.pth`) and trains only the conditioning path: the fMRI conditioner, the
 UNet's cross-attention, the norms before it and the context projection into the timestep embedding (see
-docs/method.md). Every `val_every` epochs it decodes `num_val_items` test fMRI, writes `val_epoch<N>.png` and the
-scores, keeps the best model by n-way top-1 accuracy as `finetuned.pth` (the published layout) and writes
-`checkpoint.pth`, which `--resume` continues from.
+docs/method.md). Every `val_every` epochs it decodes `num_val_items` fMRI of the validation set, writes
+`val_epoch<N>.png` and the scores, keeps the best model by n-way top-1 accuracy as `finetuned.pth` (the published
+layout) and writes `checkpoint.pth`, which `--resume` continues from. The validation set is `val_split` training
+images held out of training (the default), or with `--select_on test` the first test items, as the original chose
+its model (docs/defects.md #14).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import eval_metrics
@@ -82,6 +86,14 @@ class LatentViews(torch.utils.data.Dataset):
                 "latent": self.latents[self.base.image_index[i], view]}  # fmt: skip
 
 
+def conditioning_optimizer(model: torch.nn.Module, cfg: StageBConfig) -> torch.optim.AdamW:
+    """Make the conditioning path trainable (less what `freeze_encoder` / `freeze_mapper` keep fixed) and return
+    the AdamW over it: the published optimiser (its defaults, weight decay 0.01 on every parameter), fused."""
+    frozen = ("mae.",) * cfg.freeze_encoder + ("channel_mapper.", "dim_mapper.") * cfg.freeze_mapper
+    params = model.set_trainable(cond_path_only=True, frozen=frozen)
+    return torch.optim.AdamW(params, lr=cfg.lr, fused=fused_adam(next(model.parameters()).device))
+
+
 def ldm_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """The engine's step: the ε-prediction loss of a batch of {image, fmri} (the latents come from the frozen VQ)."""
     ldm = getattr(model, "module", model)  # DDP calls go through the wrapper, the frozen encoding need not
@@ -92,13 +104,16 @@ def ldm_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 class Validation:
-    """Decode the first test items, score them, keep the best model as `finetuned.pth` (rank 0 only)."""
+    """Decode the first items of the validation set, score them, keep the best model as `finetuned.pth` (rank 0).
 
-    def __init__(self, cfg: StageBConfig, test_set, classifier: eval_metrics.Classifier | None):
+    The validation set is the images held out of the training pairs (`select_on val_split`, the default) or, as
+    published, the test set (`select_on test`: the test score of the kept model is then chosen on test items)."""
+
+    def __init__(self, cfg: StageBConfig, val_set, classifier: eval_metrics.Classifier | None):
         self.cfg, self.classifier = cfg, classifier
-        n = min(cfg.num_val_items, len(test_set))
-        self.fmri = torch.from_numpy(test_set.fmri[:n])
-        self.gt = test_set.resized_images(cfg.img_size)[test_set.image_index[:n]]
+        n = min(cfg.num_val_items, len(val_set))
+        self.fmri = torch.from_numpy(val_set.fmri[:n])
+        self.gt = val_set.resized_images(cfg.img_size)[val_set.image_index[:n]]
         self.select_by = "top-1-class"
         self.best = -float("inf")
 
@@ -142,6 +157,14 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
 
     # ---- data: fMRI-image pairs (random crops, voxel dropout) and the test items that validation decodes
     train_set, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
+    if cfg.select_on == "val_split":
+        train_images = len(np.unique(train_set.image_index))
+        if cfg.val_split >= train_images:
+            raise UserError(f"--val_split {cfg.val_split}: the training pairs show only {train_images} images; hold "
+                            "out fewer")  # fmt: skip
+        train_set, val_set = train_set.hold_out(cfg.val_split, cfg.seed)
+    else:
+        val_set = test_set
     train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
     train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
 
@@ -158,14 +181,12 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                             "holds no cond_stage_model.embedding.weight")
         fit = ridge_init_pool(model.cond_stage_model, torch.from_numpy(train_set.fmri), train_set.item_labels(),
                               model.class_table.to(device), cfg.seed)  # fmt: skip
-    frozen = ("mae.",) * cfg.freeze_encoder + ("channel_mapper.", "dim_mapper.") * cfg.freeze_mapper
-    params = model.set_trainable(cond_path_only=True, frozen=frozen)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=fused_adam(device))
+    optimizer = conditioning_optimizer(model, cfg)
     pairs = LatentViews(train_set, model, cfg.latent_views) if cfg.latent_views else train_set
     loader = make_loader(pairs, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
                          drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
     train_model = wrap_ddp(model, dist_info)
-    validation = Validation(cfg, test_set, classifier)
+    validation = Validation(cfg, val_set, classifier)
 
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
@@ -184,6 +205,9 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
         if dist_info.is_main:
             save_config(cfg, run_dir)
             log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
+            log.info("the kept model is chosen on %s", f"{len(val_set)} fMRI of {cfg.val_split} training images "
+                     "held out" if cfg.select_on == "val_split" else "the first test items, as published (the test "
+                     "score is then chosen on the test set)")  # fmt: skip
             if fit is not None:
                 log.info("linear pool started as the ridge map to the LDM's class embeddings (penalty %g)",
                          fit["penalty"])  # fmt: skip
@@ -204,6 +228,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, ldm_step, schedule,
                                     cfg.accumulate_grad, cfg.clip_grad, cfg.log_every)  # fmt: skip
             last = epoch + 1 == cfg.num_epoch
+            if dist_info.is_main and epoch + 1 in (cfg.snapshot_epochs or ()):
+                save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / f"snapshot_epoch{epoch + 1:04d}.pth")
             if (epoch + 1) % cfg.val_every == 0 or last:
                 if dist_info.is_main:
                     stats |= validation(model, epoch, run_dir, amp.precision)

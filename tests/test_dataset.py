@@ -462,3 +462,19 @@ def test_bad_bold5000_input(tmp_path):
     (root / "BOLD5000_Stimuli" / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy").unlink()
     with pytest.raises(DataFormatError, match=r"file not found: .*img_dict\.npy.*data/README\.md"):
         create_bold5000_dataset(root)
+
+
+def test_hold_out_takes_whole_images_and_is_seeded():
+    from dataset import FMRIImageDataset
+
+    fmri = np.arange(12 * 4, dtype=np.float32).reshape(12, 1, 4)
+    images = np.zeros((6, 2, 2, 3), np.uint8)
+    data = FMRIImageDataset(fmri, images, np.repeat(np.arange(6), 2), labels=np.arange(6))  # two trials per image
+    rest, held = data.hold_out(2, seed=3)
+    assert len(np.unique(held.image_index)) == 2 and len(held) == 4 and len(rest) == 8
+    assert not set(held.image_index) & set(rest.image_index)
+    assert np.array_equal(held.item_labels(), held.image_index)  # rows keep their own images and labels
+    again, _ = data.hold_out(2, seed=3)
+    assert np.array_equal(again.image_index, rest.image_index)
+    with pytest.raises(ValueError, match="cannot hold out 6 of 6"):
+        data.hold_out(6, seed=0)

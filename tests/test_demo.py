@@ -3,8 +3,9 @@ simulation preset redoes every step."""
 
 import dataclasses
 import json
+import types
 
-from demo import pipeline
+from demo import pipeline, studies
 from demo.simulation import spec
 
 
@@ -13,7 +14,8 @@ def _steps(out) -> dict[str, bool]:
 
 
 def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
-    out = pipeline.run("tiny", seed=0, root=tmp_path)
+    world = pipeline.run_world("tiny", seed=0, root=tmp_path)
+    out = world.out
     for name in ("grid.png", "grid_shuffled.png", "metrics.json", "metrics_shuffled.json", "metrics.png",
                  "summary.md", "report.json", "fmri_encoder_A1.pth", "fmri_encoder.pth", "finetuned.pth"):
         assert (out / name).is_file(), name
@@ -33,6 +35,17 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     assert "shuffled fMRI (control)" in summary and "| top-1-class |" in summary and "| stage B |" in summary
     assert "metrics.png" in summary and report["machine"]["cpu"] in summary
+
+    # the learning curve: Stage B as published with a snapshot per point, each decoded, control and gain measured
+    studies.curve(world, epochs=(1, 2))
+    table = (out / "curve.md").read_text()
+    assert table.count("\n| 1 |") == 1 and "\n| 2 |" in table and "the demo's recipe" in table
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    gain = json.loads((out / "curve" / "epoch002" / "conditioning.json").read_text())
+    assert {"loss_own_fmri", "loss_other_fmri", "gain", "label_gain"} <= set(gain)
+    curve_b = next(r for r in world.steps.records if r["step"] == "curve: stage B")
+    assert curve_b["recipe"]["flags"]["lr"] == 5.3e-5 and curve_b["recipe"]["flags"]["batch_size"] == 5
+    assert not curve_b["recipe"]["flags"]["global_pool"] and curve_b["recipe"]["flags"]["guidance_scale"] == 1.0
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
 
@@ -99,3 +112,55 @@ def test_the_method_never_imports_the_demo():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
             offenders += [f"{path.relative_to(code)}: {n}" for n in names if n.split(".")[0] == "demo"]
     assert not offenders
+
+
+def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch):
+    """The table's assembly: every variant for both conditionings, the demo's own run as the recipe's full row,
+    Stage A retrained per mask ratio, a random encoder for no pre-training (the runs themselves are faked)."""
+    world = types.SimpleNamespace(out=tmp_path, hashes={"a2": "a2", "b": "b"}, seed=0, steps=pipeline.Steps(),
+                                  n_way=lambda: 50, kam="unused", b_flags=lambda encoder, **change: {
+                                      "encoder": str(encoder), **change})  # fmt: skip
+    encoders, decoded = [], []
+
+    def fake_train_encoder(w, folder, label, **change):
+        encoders.append(change)
+        return "a1", f"a2-{change}"
+
+    def fake_decode(w, folder, label, b_flags, eval_change, a2):
+        decoded.append((b_flags, a2))
+        (folder / "gen_eval").mkdir(parents=True)
+        scores = {"top-1-class": 0.1, "top-1-class (max)": 0.2, "pcc": 0.6}
+        (folder / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": scores}))
+
+    (tmp_path / "gen_eval").mkdir()
+    (tmp_path / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": {"top-1-class": 0.6,
+                                                                    "top-1-class (max)": 0.62, "pcc": 0.95}}))
+    monkeypatch.setattr(studies, "train_encoder", fake_train_encoder)
+    monkeypatch.setattr(studies, "decode", fake_decode)
+    monkeypatch.setattr(studies, "random_encoder", lambda template, path, seed: {})
+    monkeypatch.setattr(studies, "_steps_per_epoch", lambda w, flags: 230)
+    text = (studies.ablations(world, epochs=2) and (tmp_path / "ablations.md").read_text())
+    assert encoders == [{"mask_ratio": 0.35}, {"mask_ratio": 0.85}]
+    rows = [line for line in text.splitlines() if line.startswith("| published") or line.startswith("| the demo")]
+    assert len(rows) == 2 * len(studies.PAPER) and len(decoded) == 2 * len(studies.PAPER) - 1
+    assert "| the demo's recipe | full | 0.600 | 0.620 | 0.950 | 23.9 |" in text
+    assert "| published Stage B | no pre-training | 0.100 | 0.200 | 0.600 | 2.6 |" in text
+    published = [flags for flags, _ in decoded if flags.get("lr") == 5.3e-5]
+    assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and not f["global_pool"] for f in published)
+    assert sum(f.get("use_time_cond") is False for f, _ in decoded) == 2  # cross-attention only, both conditionings
+    assert "460 optimiser steps" in text
+
+
+def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):
+    from checkpoint import save_checkpoint
+    from layouts import read_stage_a
+    from sc_mbm.mae_for_fmri import MAEforFMRI
+
+    arch = dict(num_voxels=64, patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=4, mlp_ratio=1.0)  # fmt: skip
+    trained = MAEforFMRI(**arch)
+    save_checkpoint({"model": trained.state_dict(), "config": arch, "epoch": 3}, tmp_path / "a2.pth")
+    studies.random_encoder(tmp_path / "a2.pth", tmp_path / "random" / "fmri_encoder.pth", seed=5)
+    fresh = read_stage_a(tmp_path / "random" / "fmri_encoder.pth")
+    assert fresh.arch == read_stage_a(tmp_path / "a2.pth").arch
+    assert not fresh.model["blocks.0.attn.qkv.weight"].equal(trained.state_dict()["blocks.0.attn.qkv.weight"])

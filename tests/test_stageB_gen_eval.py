@@ -249,3 +249,36 @@ def test_ridge_started_linear_pool_with_frozen_conditioner(world, tmp_path):
                                           output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=2,
                                           metrics=["pcc"]))  # fmt: skip
     assert json.loads((decoded / "metrics.json").read_text())["guidance_scale"] == 2.0  # the checkpoint's own
+
+
+@pytest.mark.parametrize("select_on", ["val_split", "test"])
+def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypatch, select_on):
+    """The default validates on whole training images held out of training; `--select_on test` on test items."""
+    seen = {}
+
+    class Spy(stageB_ldm_finetune.Validation):
+        def __init__(self, cfg, val_set, classifier):
+            seen["val"] = val_set
+            super().__init__(cfg, val_set, classifier)
+
+    trained = []
+    real_loader = stageB_ldm_finetune.make_loader
+    monkeypatch.setattr(stageB_ldm_finetune, "Validation", Spy)
+    monkeypatch.setattr(stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or
+                        real_loader(pairs, *a, **k))  # fmt: skip
+    run_dir = stageB_ldm_finetune.main(_stage_b_config(world, select_on=select_on, val_split=6, num_epoch=1,
+                                                       num_samples=1, snapshot_epochs=[1]))  # fmt: skip
+    model, _ = load_finetuned(run_dir / "snapshot_epoch0001.pth", world.ldm_dir)  # a learning-curve point
+    assert model.cond_stage_model is not None
+    from dataset import create_god_dataset
+
+    full_train, test = create_god_dataset(world.data / "Kamitani/npz", subjects=["sbj_3"])
+    val, train = seen["val"], trained[0]
+    if select_on == "test":
+        assert np.array_equal(val.fmri, test.fmri) and len(train) == len(full_train)
+    else:
+        assert len(np.unique(val.image_index)) == 6 and len(val) + len(train) == len(full_train)
+        assert not set(val.image_index) & set(train.image_index)  # no held-out image is trained on
+        rows = {r.tobytes() for r in full_train.fmri}
+        assert all(r.tobytes() in rows for r in val.fmri)  # training fMRI, not test fMRI
+    assert ("held out" in (run_dir / "log.txt").read_text()) == (select_on == "val_split")

@@ -1,6 +1,6 @@
 """`python -m demo` (with code/ on the path; `make demo` does this): the whole method on the simulated brain."""
 
-from demo.pipeline import main
+from demo.cli import main
 from errors import run_main
 
 run_main(main)

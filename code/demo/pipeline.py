@@ -1,12 +1,4 @@
-"""`make demo`: the whole method on the simulated brain, on a laptop CPU.
-
-    make demo                                         # = PYTHONPATH=code python -m demo
-    PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
-    PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
-                                                      # in <folder>/<size>-seed1 beside seed 0's
-    PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
-    PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
-    PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
+"""The demo pipeline: simulate a brain, train its world's models, run every stage through its command line, score.
 
 Steps, each cached beside its result with a hash of its recipe (the preset's values and the recipes of the steps
 it builds on), so a second run reuses what is done and an edited preset redoes exactly what it changes:
@@ -27,7 +19,6 @@ never on the machine's speed; a slow machine only takes longer (progress lines c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -47,7 +38,7 @@ from demo.readout import attribute_readout
 from demo.simulation.simulate import MARKER, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.world_models import WorldSizes
-from errors import DEBUG_HELP, ArgumentParser, UserError
+from errors import UserError
 from eval_metrics import chance_level
 from figures import metric_bar_chart
 from runtime import format_seconds, machine, pick_device
@@ -150,6 +141,7 @@ class Steps:
         A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own); one
         without a stamp was not made by the demo and is refused."""
         digest = recipe_hash(recipe)
+        target.parent.mkdir(parents=True, exist_ok=True)
         stamp = stamp_of(target)
         if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
             done = json.loads(stamp.read_text())
@@ -206,21 +198,53 @@ def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | N
     return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
 
 
-def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> Path:
-    """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep);
-    `levers` also runs every change of the recipe in `LEVERS` (`levers.md`)."""
-    start, preset = time.time(), PRESETS[size]
+@dataclass
+class World:
+    """One demo world, made or reused: its folders, the flags every stage run shares, and the recipe hashes of the
+    steps the method builds on (the simulation, the world models, Stage A)."""
+
+    preset: Preset
+    size: str
+    seed: int
+    root: Path
+    data: Path  # the simulated data set
+    models: Path  # the world models: vq.pth, label2img/, classifier.pth
+    out: Path  # results/demo/<name>
+    steps: Steps
+    hashes: dict[str, str]  # step -> recipe hash: sim, vq, ldm, clf, a1, a2
+
+    @property
+    def kam(self) -> str:
+        return str(self.data / "Kamitani" / "npz")
+
+    def b_flags(self, encoder: Path, **change: Any) -> dict:
+        """Stage B's flags: the preset's, on the encoder `encoder`, with `change` applied."""
+        return {"kam_path": self.kam, "pretrain_gm_path": str(self.models / "label2img"), "pretrain_mbm_path":
+                str(encoder), "classifier": str(self.models / "classifier.pth"), "seed": self.seed, **self.preset.b,
+                **change}  # fmt: skip
+
+    def eval_flags(self, checkpoint: Path, **change: Any) -> dict:
+        """gen_eval's flags for the Stage B checkpoint `checkpoint`, with `change` applied."""
+        return {"root_path": str(self.root), "checkpoint": str(checkpoint), "kam_path": self.kam,
+                "pretrain_gm_path": str(self.models / "label2img"), "classifier": str(self.models / "classifier.pth"),
+                "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": self.seed, **self.preset.gen_eval, **change}
+
+    def n_way(self) -> int:
+        return _n_way(self.models / "classifier.pth")
+
+
+def prepare(size: str, seed: int, root: Path, snr: float | None = None) -> World:
+    """The simulated brain, its world models and Stage A (A1, A2) of the preset: made, or reused when done."""
+    preset = PRESETS[size]
     other_seed = f"-seed{seed}" if seed != 0 else ""  # another seed's world sits beside seed 0's
     name = (size if snr is None else f"{size}-snr{snr:g}") + other_seed
     data = root / "data" / "synthetic" / name
     # the world models depend on the categories' images only, which every brain of a preset shares
     models = root / "pretrains" / "demo" / (preset.simulation + other_seed)
     out = root / "results" / "demo" / name
-    runs = out / "runs"
-    for folder in (models, runs):
+    for folder in (models, out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
     device = pick_device("auto")
-    kam, hcp = str(data / "Kamitani" / "npz"), str(data / "HCP" / "npz")
     steps = Steps()
     world, img = preset.world, preset.img_size
 
@@ -238,45 +262,72 @@ def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool
     steps("world models' report", models / "report.json", {"ldm": ldm, "classifier": clf},
           lambda: world_models.measure(data, models / "label2img", models / "classifier.pth", models, world, img, seed,
                                        device))
+    w = World(preset, size, seed, root, data, models, out, steps, {"sim": sim, "vq": vq, "ldm": ldm, "clf": clf})
 
-    # ---- the method, stage by stage, through the command lines
-    a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": seed, **preset.a1}
-    a1 = steps("stage A1", out / "fmri_encoder_A1.pth", {"data": sim, "flags": a1_flags},
-               lambda: _train("stageA1_mbm_pretrain.py", a1_flags, runs / "a1", "checkpoint.pth",
-                              out / "fmri_encoder_A1.pth"))
-    a2_flags = {"kam_path": kam, "pretrain_mbm_path": str(out / "fmri_encoder_A1.pth"), "seed": seed, **preset.a2}
-    a2 = steps("stage A2", out / "fmri_encoder.pth", {"a1": a1, "flags": a2_flags},
-               lambda: _train("stageA2_mbm_finetune.py", a2_flags, runs / "a2", "checkpoint.pth",
-                              out / "fmri_encoder.pth"))
-    b_flags = {"kam_path": kam, "pretrain_gm_path": str(models / "label2img"), "pretrain_mbm_path":
-               str(out / "fmri_encoder.pth"), "classifier": str(models / "classifier.pth"), "seed": seed, **preset.b}
-    b = steps("stage B", out / "finetuned.pth", {"a2": a2, "ldm": ldm, "classifier": clf, "flags": b_flags},
-              lambda: _train("stageB_ldm_finetune.py", b_flags, runs / "b", "finetuned.pth", out / "finetuned.pth"))
-    eval_flags = {"root_path": str(root), "checkpoint": str(out / "finetuned.pth"), "kam_path": kam,
-                  "pretrain_gm_path": str(models / "label2img"), "classifier": str(models / "classifier.pth"),
-                  "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": seed, **preset.gen_eval}
-    for step, shuffled in (("gen_eval", False), ("control", True)):
-        flags = {**eval_flags, "shuffle_fmri": shuffled, "baselines": not shuffled}
-        steps(step, out / step, {"b": b, "flags": flags},
-              lambda flags=flags, step=step: _copy(run_stage("gen_eval.py", flags, runs / step), out / step))
-    steps("attribute read-out", out / "attributes.json", {"data": sim},
-          lambda: _write_json(attribute_readout(kam, seed=seed), out / "attributes.json"))
+    # ---- Stage A, through the command lines
+    w.hashes["a1"], w.hashes["a2"] = train_encoder(w, out, "")
+    return w
 
-    def lever(i: int, b_change: dict | None, eval_change: dict) -> None:  # one entry of LEVERS, in levers/<i>/
-        folder, checkpoint, b_hash = out / "levers" / str(i), out / "finetuned.pth", b
-        folder.mkdir(parents=True, exist_ok=True)
-        if b_change is not None:
-            flags, checkpoint = {**b_flags, **b_change}, folder / "finetuned.pth"
-            recipe = {"a2": a2, "ldm": ldm, "classifier": clf, "flags": flags}
-            b_hash = steps(f"lever {i}: stage B", checkpoint, recipe,
-                           lambda: _train("stageB_ldm_finetune.py", flags, folder / "runs" / "b", "finetuned.pth",
-                                          checkpoint))  # fmt: skip
-        flags = {**eval_flags, "checkpoint": str(checkpoint), "shuffle_fmri": False, "baselines": False, **eval_change}
-        steps(f"lever {i}: gen_eval", folder / "gen_eval", {"b": b_hash, "flags": flags},
-              lambda: _copy(run_stage("gen_eval.py", flags, folder / "runs" / "gen_eval"), folder / "gen_eval"))
+
+def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple[str, str]:
+    """Stage A1 then A2 of the preset (with `a1_change` applied to both, e.g. a mask ratio) into
+    `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`; returns their recipe hashes."""
+    kam, hcp = w.kam, str(w.data / "HCP" / "npz")
+    a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.seed, **w.preset.a1, **a1_change}
+    a1 = w.steps(f"{label}stage A1", folder / "fmri_encoder_A1.pth", {"data": w.hashes["sim"], "flags": a1_flags},
+                 lambda: _train("stageA1_mbm_pretrain.py", a1_flags, folder / "runs" / "a1", "checkpoint.pth",
+                                folder / "fmri_encoder_A1.pth"))  # fmt: skip
+    a2_flags = {"kam_path": kam, "pretrain_mbm_path": str(folder / "fmri_encoder_A1.pth"), "seed": w.seed,
+                **w.preset.a2, **{k: v for k, v in a1_change.items() if k == "mask_ratio"}}  # fmt: skip
+    a2 = w.steps(f"{label}stage A2", folder / "fmri_encoder.pth", {"a1": a1, "flags": a2_flags},
+                 lambda: _train("stageA2_mbm_finetune.py", a2_flags, folder / "runs" / "a2", "checkpoint.pth",
+                                folder / "fmri_encoder.pth"))  # fmt: skip
+    return a1, a2
+
+
+def decode(w: World, folder: Path, label: str, b_flags: dict | None, eval_change: dict, a2: str,
+           checkpoint: Path | None = None, b_hash: str | None = None, control: bool = False,
+           baselines: bool = False) -> str:  # fmt: skip
+    """Stage B with `b_flags` into `folder/finetuned.pth` (None: sample the Stage B model `checkpoint`, made by the
+    recipe `b_hash`, default the demo's), then gen_eval into `folder/gen_eval` (with `baselines`, also the ridge
+    baseline), and with `control` the shuffled-fMRI control into `folder/control`. `a2` is the recipe hash of the
+    encoder Stage B starts from; returns Stage B's hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    b_hash = b_hash or w.hashes.get("b", "")
+    if b_flags is not None:
+        checkpoint = folder / "finetuned.pth"
+        recipe = {"a2": a2, "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": b_flags}
+        b_hash = w.steps(f"{label}stage B", checkpoint, recipe,
+                         lambda: _train("stageB_ldm_finetune.py", b_flags, folder / "runs" / "b", "finetuned.pth",
+                                        checkpoint))  # fmt: skip
+    for step, shuffled in (("gen_eval", False), ("control", True))[: 1 + control]:
+        flags = w.eval_flags(checkpoint, shuffle_fmri=shuffled, baselines=baselines and not shuffled, **eval_change)
+        w.steps(f"{label}{step}", folder / step, {"b": b_hash, "flags": flags},
+                lambda flags=flags, step=step: _copy(run_stage("gen_eval.py", flags, folder / "runs" / step),
+                                                     folder / step))  # fmt: skip
+    return b_hash
+
+
+def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> Path:
+    """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep);
+    `levers` also runs every change of the recipe in `LEVERS` (`levers.md`)."""
+    return run_world(size, seed, root, snr, levers).out
+
+
+def run_world(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> World:
+    """`run`, returning the world (its folders and recipe hashes) for the studies that build on it."""
+    start = time.time()
+    w = prepare(size, seed, root, snr)
+    out = w.out
+    w.hashes["b"] = decode(w, out, "", w.b_flags(out / "fmri_encoder.pth"), {}, w.hashes["a2"], control=True,
+                           baselines=True)  # fmt: skip
+    w.steps("attribute read-out", out / "attributes.json", {"data": w.hashes["sim"]},
+            lambda: _write_json(attribute_readout(w.kam, seed=seed), out / "attributes.json"))
 
     for i, (b_change, eval_change) in enumerate(LEVERS.values() if levers else ()):
-        lever(i, b_change, eval_change)
+        b_flags = None if b_change is None else w.b_flags(out / "fmri_encoder.pth", **b_change)
+        decode(w, out / "levers" / str(i), f"lever {i}: ", b_flags, eval_change, w.hashes["a2"],
+               checkpoint=out / "finetuned.pth")  # fmt: skip
 
     # ---- the results
     decoded = json.loads((out / "gen_eval" / "metrics.json").read_text())
@@ -284,22 +335,21 @@ def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool
     for name, source in (("grid.png", "gen_eval/grid.png"), ("grid_shuffled.png", "control/grid.png"),
                          ("metrics.json", "gen_eval/metrics.json"), ("metrics_shuffled.json", "control/metrics.json")):
         shutil.copy2(out / source, out / name)
-    n_way = _n_way(models / "classifier.pth")
     names = ("mse", "pcc", "ssim", "top-1-class", "top-1-class (max)")
-    chance = {k: chance_level(k, n_way) for k in names}
+    chance = {k: chance_level(k, w.n_way()) for k in names}
     metric_bar_chart({"decoded": _pick(decoded, names), "shuffled fMRI (control)": _pick(control, names)},
                      out / "metrics.png", chance, title=f"MinD-Vis demo ({size}, seed {seed})")
-    world_report = json.loads((models / "report.json").read_text())
+    world_report = json.loads((w.models / "report.json").read_text())
     baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
     report = {"size": size, "snr": snr, "seed": seed, "baselines": baselines, "machine": machine(),
-              "total_seconds": round(time.time() - start, 1), "steps": steps.records}
+              "total_seconds": round(time.time() - start, 1), "steps": w.steps.records}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     summary = write_summary(out, decoded, control, chance, world_report, report)
     if levers:
-        summary += "\n" + levers_table(out, steps.records)
+        summary += "\n" + levers_table(out, w.steps.records)
     log.info("\n%s", summary)
     log.info("demo finished in %s: %s", format_seconds(time.time() - start), out)
-    return out
+    return w
 
 
 def levers_table(out: Path, records: list[dict]) -> str:
@@ -401,31 +451,6 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     ])  # fmt: skip
     (out / "summary.md").write_text(text)
     return text
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Command line: see the module docstring."""
-    parser = ArgumentParser(prog="python -m demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
-    parser.add_argument("--snr", type=float, nargs="+", default=None, help="the simulation's single-trial SNR "
-                        "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
-                        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png")
-    parser.add_argument("--levers", action="store_true", help="also run each change of the recipe in LEVERS "
-                        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md")
-    parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    if args.snr is not None and min(args.snr) <= 0:
-        parser.error(f"--snr must be positive, got {args.snr}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    if args.snr is None or len(args.snr) == 1:
-        return run(args.size, args.seed, args.root_path, args.snr[0] if args.snr else None, args.levers)
-    outs = [run(args.size, args.seed, args.root_path, snr, args.levers) for snr in args.snr]
-    return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
 
 
 def sweep_figure(outs: list[Path], path: Path) -> Path:

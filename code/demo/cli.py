@@ -1,0 +1,61 @@
+"""`make demo` (= `PYTHONPATH=code python -m demo`): the whole method on the simulated brain, on a laptop CPU.
+
+    make demo                                         # the demo brain: simulate, world models, stages, results
+    PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
+    PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
+                                                      # in <folder>/<size>-seed1 beside seed 0's
+    PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
+    PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
+    PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
+    PYTHONPATH=code python -m demo --curve            # also the published Stage B's learning curve -> curve.md
+    PYTHONPATH=code python -m demo --ablations        # also the paper's ablations in miniature -> ablations.md
+
+What each step does: `demo/pipeline.py` (the demo) and `demo/studies.py` (--curve, --ablations). Every step is
+cached beside its result with a hash of its recipe, so a second run reuses what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from demo import studies
+from demo.pipeline import PRESETS, ROOT, run, run_world, sweep_figure
+from errors import DEBUG_HELP, ArgumentParser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command line: see the module docstring."""
+    parser = ArgumentParser(prog="python -m demo", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
+    parser.add_argument("--snr", type=float, nargs="+", default=None, help="the simulation's single-trial SNR "
+                        "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
+                        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png")
+    parser.add_argument("--levers", action="store_true", help="also run each change of the recipe in LEVERS "
+                        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md")
+    parser.add_argument("--curve", action="store_true", help="also the published Stage B's learning curve "
+                        "(about 10k optimiser steps and 8 decodings) -> curve.md, curve.png")
+    parser.add_argument("--ablations", action="store_true", help="also the paper's ablations in miniature (Stage A "
+                        "and Stage B retrained per row) -> ablations.md")
+    parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.snr is not None and min(args.snr) <= 0:
+        parser.error(f"--snr must be positive, got {args.snr}")
+    if (args.curve or args.ablations) and args.snr is not None and len(args.snr) > 1:
+        parser.error("--curve and --ablations run on one brain: give at most one --snr")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    if args.snr is not None and len(args.snr) > 1:
+        outs = [run(args.size, args.seed, args.root_path, snr, args.levers) for snr in args.snr]
+        return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
+    world = run_world(args.size, args.seed, args.root_path, args.snr[0] if args.snr else None, args.levers)
+    if args.curve:
+        studies.curve(world)
+    if args.ablations:
+        studies.ablations(world)
+    return world.out
