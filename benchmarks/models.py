@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import common
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion
-from dc_ldm.util import instantiate_from_config
+from dc_ldm.util import instantiate_from_config, load_ldm_config
 
 LDM_DIR = common.ROOT / "pretrains" / "ldm" / "label2img"
 
@@ -42,7 +42,7 @@ def size_name(args: Any) -> str:
 
 def ldm_config(tiny: bool) -> dict:
     """The published label2img config.yaml as a dict, with toy sizes when `tiny`."""
-    config = OmegaConf.to_container(OmegaConf.load(LDM_DIR / "config.yaml"), resolve=True)
+    config = {"model": load_ldm_config(LDM_DIR / "config.yaml")}  # read and checked as every stage reads it
     if tiny:
         params = config["model"]["params"]
         params["unet_config"]["params"].update(TINY_UNET)

@@ -5,18 +5,22 @@ evaluate.py) reads one from a file that describes its architecture as data, so t
 
     {"format": "mindvis-classifier/1",
      "layers": [["Conv2d", {"in_channels": 3, ...}], ["ReLU", {}], ...]   # an nn.Sequential of allow-listed layers
-       or "timm_model": "resnet50", "model_args": {"num_classes": 200}     # any architecture timm registers
+       or "timm_model": "resnet50", "model_args": {"num_classes": 200}     # an architecture timm registers
      "state_dict": {...}, "input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
      "class_names": ["...", ...]}                                          # optional
 
 It is read with the restricted unpickler (`checkpoint.load_checkpoint`); layer types come from an allow-list of
-`torch.nn` classes and every argument must be a number, string, boolean or a list of them. Images are resized
-to `input_size` (bilinear, antialiased), scaled to [0, 1] and normalised with `mean` and `std`.
+`torch.nn` classes and every argument must be a number, string, boolean or a list of them. A timm model is a plain
+architecture name (no `hf-hub:` or `local-dir:` source, which makes timm reach the network or read a folder, and no
+pretrained tag) with architecture arguments from TIMM_ARGS only (not create_model's own options, which load a
+checkpoint or point at a cache). Images are resized to `input_size` (bilinear, antialiased), scaled to [0, 1] and
+normalised with `mean` and `std`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,28 @@ def build_sequential(layers: Sequence[Sequence]) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+# The arguments of timm architectures a classifier file may set; every other create_model keyword is refused.
+TIMM_ARGS = frozenset({"num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "img_size",
+                       "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "class_token", "qkv_bias",
+                       "output_stride"})  # fmt: skip
+
+
+def build_timm(name: Any, args: Any) -> nn.Module:
+    """The timm architecture registered as `name` (a plain name) built with `args` from TIMM_ARGS, random weights."""
+    import timm
+
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) and timm.is_model(name)):
+        raise CheckpointError(f"timm_model must be the plain name of a timm architecture (timm.list_models(); no "
+                              f"'hf-hub:' or 'local-dir:' source, no pretrained tag), got {name!r}")  # fmt: skip
+    if not isinstance(args, dict) or not all(_plain(v) for v in args.values()):
+        raise CheckpointError("model_args must map names to numbers, strings or lists")
+    refused = sorted(set(args) - TIMM_ARGS)
+    if refused:
+        raise CheckpointError(f"model_args {refused} are not allowed; a classifier file sets only the architecture "
+                              f"arguments {sorted(TIMM_ARGS)}")  # fmt: skip
+    return timm.create_model(name, pretrained=False, **args)
+
+
 def _plain(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(_plain(v) for v in value)
@@ -79,12 +105,7 @@ def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "
         if "layers" in spec:
             model = build_sequential(spec["layers"])
         else:
-            import timm
-
-            args = spec.get("model_args", {})
-            if not isinstance(args, dict) or not all(_plain(v) for v in args.values()):
-                raise CheckpointError("model_args must map names to numbers, strings or lists")
-            model = timm.create_model(str(spec["timm_model"]), pretrained=False, **args)
+            model = build_timm(spec.get("timm_model"), spec.get("model_args", {}))
         model.load_state_dict(spec["state_dict"])
         size, mean, std = int(spec["input_size"]), spec["mean"], spec["std"]
     except CheckpointError as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -282,6 +283,8 @@ class StageBConfig(_Run, TargetData):
                                  "optimisation")  # fmt: skip
     accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
+    allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr (the rate changes mid-run)",
+                                   "optimisation")  # fmt: skip
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
     num_val_items: int = arg(5, "fMRI decoded at each validation (the first of the validation set)", "run")
     snapshot_epochs: list[int] | None = arg(None, "also write the model after these epochs (counted from 1) as "
@@ -492,16 +495,21 @@ def from_dict(cls: type, values: dict, strict: bool = True):
     With `strict`, unknown keys are an error; otherwise they are ignored (published configs carry fields such as
     `logger` or `HW` that have no meaning here).
     """
+    return cls(**typed_fields(cls, values, strict))
+
+
+def typed_fields(cls: type, values: dict, strict: bool = True, source: object = None) -> dict:
+    """The values of `cls`'s fields in `values`, each checked to be of its field's type (an error names `source`,
+    e.g. a YAML file, and the field): a boolean is no number, a list or mapping no text; ints do for floats, and so
+    does text that reads as a number (PyYAML reads `1e-4` as text)."""
     types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if strict and unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    kwargs = {}
-    for name, value in values.items():
-        if name in types_:
-            tp, is_list, optional = types_[name]
-            kwargs[name] = _coerce(name, value, tp, is_list, optional)
-    return cls(**kwargs)
+    try:
+        unknown = sorted(set(values) - set(types_))
+        if strict and unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return {name: _coerce(name, value, *types_[name]) for name, value in values.items() if name in types_}
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source is not None else str(e)) from None
 
 
 def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> Any:
@@ -514,18 +522,27 @@ def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> A
     if tp is bool:
         _check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
         return value
-    if tp is int:  # a float that is not a whole number would be truncated silently
-        _check(not isinstance(value, bool) and (not isinstance(value, float) or value.is_integer()),
-               f"{name} must be a whole number, got {value!r}")  # fmt: skip
-    if tp is str and isinstance(value, int | float):  # e.g. the published `precision: 32`
+    if tp in (int, float):
+        what = "a whole number" if tp is int else "a number"
+        _check(isinstance(value, int | float | str) and not isinstance(value, bool), f"{name} must be {what}, got "
+               f"{value!r}")  # fmt: skip
+        try:
+            number = int(value) if tp is int and isinstance(value, str) else float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be {what}, got {value!r}") from None
+        _check(math.isfinite(number), f"{name} must be a finite number, got {value!r}")
+        if tp is int:  # a float that is not a whole number would be truncated silently
+            _check(float(number).is_integer(), f"{name} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    if tp is str:  # numbers become text (the published `precision: 32`); a list, mapping or boolean does not
+        _check(isinstance(value, str | int | float) and not isinstance(value, bool), f"{name} must be text, got "
+               f"{value!r}")  # fmt: skip
         return str(value)
     if tp is dict:
         _check(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")
         return dict(value)
-    try:
-        return tp(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r}") from None
+    raise ConfigError(f"{name}: a field of type {tp.__name__} cannot be read from a file")
 
 
 def parse_config(cls: type, argv: list[str] | None = None, usage: str | None = None):
@@ -534,18 +551,21 @@ def parse_config(cls: type, argv: list[str] | None = None, usage: str | None = N
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     args.pop("debug", None)
     try:
-        values = _run_config(args["resume"]) if args.get("resume") else {}
-        values.update(load_yaml(args.pop("config")) if "config" in args else {})
+        values = _run_config(cls, args["resume"]) if args.get("resume") else {}
+        if "config" in args:
+            path = args.pop("config")
+            values.update(typed_fields(cls, load_yaml(path), source=path))
         values.update(args)
         return from_dict(cls, values)
     except ConfigError as e:
         parser.error(str(e))
 
 
-def _run_config(resume: str) -> dict:
+def _run_config(cls: type, resume: str) -> dict:
     """With `--resume RUN`: the run's own config.yaml, so that resuming needs no other flag (flags still win)."""
     run = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    return load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+    path = run / "config.yaml"
+    return typed_fields(cls, load_yaml(path), source=path) if path.is_file() else {}
 
 
 def config_to_dict(cfg: Any) -> dict:

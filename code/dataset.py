@@ -25,6 +25,7 @@ import csv
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,19 @@ HCP_WINDOW = 8.0  # seconds averaged into one pre-training sample
 
 class DataFormatError(UserError, ValueError):
     """A data file is missing or does not hold what the published layout specifies."""
+
+
+SUBJECT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # subject names become file and folder names
+
+
+def check_subjects(subjects: Sequence[str], source: object) -> list[str]:
+    """`subjects` as a list of plain names (letters, digits, `_`, `-`); DataFormatError naming `source` otherwise."""
+    subjects = [subjects] if isinstance(subjects, str) else list(subjects)
+    for name in subjects:
+        if not (isinstance(name, str) and SUBJECT_NAME.fullmatch(name)):
+            raise DataFormatError(f"{source}: subject {name!r} is not a subject name (letters, digits, '_' and '-' "
+                                  "only: names become file paths)")  # fmt: skip
+    return subjects
 
 
 def _missing(path: Path, what: str = "file") -> DataFormatError:
@@ -480,7 +494,7 @@ def create_god_dataset(
     held = None if test_category is None else _pick_held_out(labels["train"][1], test_category, seed)
 
     train, test = [], []  # (fMRI, image index) per subject
-    for sub in subjects:
+    for sub in check_subjects(subjects, root):
         tr, avg, rep, order = _read_god_subject(root / f"{sub}.npz", roi, patch_size, n_train, n_test, test_norm)
         tt, tt_index = avg, np.arange(n_test)
         if include_nonavg_test:  # averaged rows pair with the images in order, single trials with each 35 times
@@ -549,6 +563,7 @@ def create_bold5000_dataset(
     with `include_nonavg_test` by their single trials grouped the same way. Labels are unknown (-1).
     """
     root = _data_root(Path(path))
+    subjects = check_subjects(subjects, root)
     fmri_dir = _require(root / "BOLD5000_GLMsingle_ROI_betas" / "py", folder=True)
     stim = root / "BOLD5000_Stimuli"
     dict_file = _require(stim / "Scene_Stimuli" / "Presented_Stimuli" / "img_dict.npy")

@@ -15,7 +15,8 @@ Accepted layouts (a folder and a .npy may be mixed):
 
 Images are read as RGB (greyscale and RGBA files are converted) and must all have the ground truth's size.
 Writes `metrics.json` (scores, the reasons of skipped metrics, chance levels) and `metrics.png` (a bar per
-metric, chance dashed) into --out, and prints a table. Metrics whose network weights are not in the local
+metric, chance dashed) into --out (a new folder by default; an --out that already holds them is refused unless
+--overwrite), and prints a table. Metrics whose network weights are not in the local
 caches are skipped with the path they expect; nothing is downloaded.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from PIL import Image
 import eval_metrics
 from errors import DEBUG_HELP, ArgumentParser, UsageError, UserError, run_main
 from figures import metric_bar_chart
+from runtime import make_run_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METRICS = (*eval_metrics.DEFAULT_METRICS, "mindeye")
@@ -147,6 +148,21 @@ def format_table(result: dict, chance: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+OUTPUTS = ("metrics.json", "metrics.png")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or holds our output files already (unless `overwrite`) or as links."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if any((out / name).is_symlink() for name in present):
+        raise UsageError(f"--out {out}: {', '.join(present)} include a link; refusing to write through it")
+    if present and not overwrite:
+        raise UsageError(f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them, or "
+                         "choose another --out")  # fmt: skip
+
+
 def main() -> None:
     """Command line: load, score, write metrics.json and metrics.png, print the table."""
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,7 +172,9 @@ def main() -> None:
     default = " ".join(DEFAULT_METRICS)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
                         help=f"metric or group names (default: {default}); {names}")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="output folder (default: results/evaluate/<time stamp>)")
+    parser.add_argument("--out", type=Path, help="output folder (default: a new results/evaluate/<time stamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace metrics.json and metrics.png of an --out "
+                        "that already holds them (refused otherwise)")  # fmt: skip
     parser.add_argument("--n_way", type=int, default=50, help="n of the n-way top-k classification (default: 50)")
     parser.add_argument("--num_trials", type=int, default=1000, help="n-way trials per reconstruction")
     parser.add_argument("--top_k", type=int, default=1, help="k of the n-way top-k classification (default: 1)")
@@ -172,6 +190,8 @@ def main() -> None:
     for flag in ("n_way", "num_trials", "top_k", "batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.out is not None:
+        check_out(args.out, args.overwrite)
     logging.getLogger("mindvis.eval_metrics").setLevel(logging.ERROR)  # the table gives skipped metrics' reasons
 
     gt, names = load_gt(args.gt)
@@ -186,7 +206,7 @@ def main() -> None:
     chance = {name: eval_metrics.chance_level(name, args.n_way) for name in result["scores"]}
     chance = {name: level for name, level in chance.items() if level is not None}
 
-    out = args.out or Path("results") / "evaluate" / time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or make_run_dir(Path("results"), "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     lower = sorted(eval_metrics.LOWER_IS_BETTER & set(result["scores"]))
     report = {**result, "chance": chance, "lower_is_better": lower, "gt": str(args.gt), "recon": str(args.recon),

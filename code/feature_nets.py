@@ -3,7 +3,9 @@
 Every loader first checks that its weights file is where the library would read it (torchvision and torch hub
 files: `torch.hub.get_dir()/checkpoints`, i.e. $TORCH_HOME/hub/checkpoints; open_clip's CLIP: the Hugging
 Face hub cache, $HF_HUB_CACHE or $HF_HOME/hub) and raises `MetricUnavailable` naming that path otherwise;
-`eval_metrics.evaluate` reports such a metric under `skipped`.
+`eval_metrics.evaluate` reports such a metric under `skipped`. The libraries then read the file with
+`weights_only=True` whatever they ask for (`plain_weights_only`): torchvision's and torch-fidelity's loaders ask
+for `weights_only=False`, under which a tampered file in the cache would run code.
 
 `FEATURES` says how MindEye's evaluation (Scotti et al. 2023, MedARC-AI/fMRI-reconstruction-NSD
 `src/Reconstruction_Metrics.py`; MindEyeV2 `src/final_evaluations.ipynb` runs the same definitions) reads each
@@ -15,13 +17,17 @@ normalised images (B, 3, size, size) to either a tensor (B, ...) of features or 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
+
+from checkpoint import UnsafeCheckpointError
 
 # (model, preprocess): preprocess maps uint8 (B, 3, H, W) on the evaluation device to the model's input,
 # the model (in eval mode) returns logits (B, C)
@@ -83,6 +89,29 @@ def require_cached(url: str, what: str) -> Path:
     return path
 
 
+# torch.load reads these at every call; the first makes it read plain weights even when asked otherwise
+_FORCE_WEIGHTS_ONLY, _FORCE_ANY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def plain_weights_only(path: Path) -> Iterator[None]:
+    """Inside, every torch.load reads with weights_only=True (tensors and containers, no code), whatever its caller
+    passes; a file holding anything else is UnsafeCheckpointError naming `path`, the file the library reads."""
+    saved = {name: os.environ.pop(name, None) for name in (_FORCE_WEIGHTS_ONLY, _FORCE_ANY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        reason = next(iter(str(err).splitlines()), "")
+        raise UnsafeCheckpointError(f"{path}: refused: not a plain weights file, it may have been tampered with; "
+                                    f"delete it and fetch it again ({reason})") from None  # fmt: skip
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
 def hf_hub_cache() -> Path:
     """The Hugging Face hub cache as huggingface_hub resolves it, read from the environment now (not at import)."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -96,8 +125,9 @@ def load_vit_h14_classifier(device: torch.device | str = "cpu") -> Classifier:
     from torchvision.models import ViT_H_14_Weights, vit_h_14
 
     weights = ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1
-    require_cached(weights.url, "ViT-H/14 SWAG classifier")
-    model = vit_h_14(weights=weights)  # torchvision reads the cached file and downloads only when it is absent
+    path = require_cached(weights.url, "ViT-H/14 SWAG classifier")
+    with plain_weights_only(path):
+        model = vit_h_14(weights=weights)  # torchvision reads the cached file and downloads only when it is absent
     transform = weights.transforms()
 
     def preprocess(batch: torch.Tensor) -> torch.Tensor:
@@ -114,10 +144,11 @@ def load_lpips_alex(device: torch.device | str = "cpu") -> nn.Module:
     from torchvision.models import AlexNet_Weights
 
     # the linear layers ship inside torchmetrics; only the torchvision backbone would be downloaded
-    require_cached(AlexNet_Weights.DEFAULT.url, "LPIPS AlexNet backbone (torchvision)")
+    path = require_cached(AlexNet_Weights.DEFAULT.url, "LPIPS AlexNet backbone (torchvision)")
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-    return LearnedPerceptualImagePatchSimilarity(net_type="alex").net.to(device)
+    with plain_weights_only(path):
+        return LearnedPerceptualImagePatchSimilarity(net_type="alex").net.to(device)
 
 
 def load_fid_metric(fid_model: nn.Module | None) -> nn.Module:
@@ -134,7 +165,9 @@ def load_fid_metric(fid_model: nn.Module | None) -> nn.Module:
             f"InceptionV3 weights at {cached_weights_path(FID_WEIGHTS_URL)} ({FID_WEIGHTS_URL})"
         ) from err
     path = require_cached(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)")
-    return FrechetInceptionDistance(feature=2048, reset_real_features=False, feature_extractor_weights_path=str(path))
+    with plain_weights_only(path):
+        return FrechetInceptionDistance(feature=2048, reset_real_features=False,
+                                        feature_extractor_weights_path=str(path))  # fmt: skip
 
 
 def _layers(model: nn.Module, net: str) -> nn.Module:
@@ -155,8 +188,9 @@ def _torchvision_net(net: str, what: str) -> nn.Module:
         "inception": (tvm.inception_v3, tvm.Inception_V3_Weights.DEFAULT),  # keeps transform_input=True
         "effnet": (tvm.efficientnet_b1, tvm.EfficientNet_B1_Weights.DEFAULT),  # IMAGENET1K_V2, resize 255
     }[net]
-    require_cached(weights.url, what)
-    return _layers(builder(weights=weights), net)  # torchvision reads the cached file, downloads only when absent
+    with plain_weights_only(require_cached(weights.url, what)):
+        model = builder(weights=weights)  # torchvision reads the cached file, downloads only when absent
+    return _layers(model, net)
 
 
 def _swav() -> nn.Module:
@@ -188,7 +222,8 @@ def _clip() -> nn.Module:
     import open_clip  # slow to import (seconds); only this metric needs it
 
     # OpenAI's weights were trained with QuickGELU, which open_clip only infers from the "openai" tag
-    model = open_clip.create_model("ViT-L-14", pretrained=paths[0], force_quick_gelu=True)
+    with plain_weights_only(Path(paths[0])):
+        model = open_clip.create_model("ViT-L-14", pretrained=paths[0], force_quick_gelu=True)
     return model.visual.eval().requires_grad_(False)  # what encode_image runs: (B, 3, 224, 224) -> (B, 768)
 
 

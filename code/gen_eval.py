@@ -32,8 +32,8 @@ from PIL import Image
 import eval_metrics
 from baselines import ridge_image_baseline
 from classifier_file import load_classifier_file
-from config import GenEvalConfig, TargetData, format_config, parse_config, save_config
-from dataset import load_target
+from config import DATASETS, GenEvalConfig, TargetData, format_config, parse_config, save_config
+from dataset import check_subjects, load_target
 from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
 from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
@@ -51,19 +51,24 @@ from runtime import (
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 
-def target_data(cfg: GenEvalConfig, stored: dict) -> TargetData:
-    """The test data: the checkpoint's data set, subjects and ROI unless flags say otherwise; paths resolved."""
+def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
+    """The test data: the checkpoint's data set, subjects and ROI unless flags say otherwise; paths resolved. The
+    stored values become file paths, so they are checked first, naming the checkpoint `path`."""
+    if stored.get("dataset", "GOD") not in DATASETS:
+        raise UserError(f"{path}: its stored dataset {stored['dataset']!r} is not one of {DATASETS}")
     dataset = cfg.dataset or stored.get("dataset", "GOD")
     if stored.get("dataset") and dataset != stored["dataset"]:
         raise UserError(f"--dataset {dataset}: the checkpoint was finetuned on {stored['dataset']}")
     root = cfg.root_path
+    subjects = {key: flag or check_subjects(stored.get(key) or default, f"{path}: its stored {key}")
+                for key, flag, default in (("kam_subs", cfg.kam_subs, ["sbj_3"]),
+                                           ("bold5000_subs", cfg.bold5000_subs, ["CSI1"]))}  # fmt: skip
     return TargetData(
         root_path=root,
-        kam_path=resolve_stored_path(cfg.kam_path, stored.get("kam_path"), "data/Kamitani/npz", root),
-        bold5000_path=resolve_stored_path(cfg.bold5000_path, stored.get("bold5000_path"), "data/BOLD5000", root),
+        kam_path=resolve_stored_path(cfg.kam_path, stored, "kam_path", "data/Kamitani/npz", root, path),
+        bold5000_path=resolve_stored_path(cfg.bold5000_path, stored, "bold5000_path", "data/BOLD5000", root, path),
         dataset=dataset,
-        kam_subs=cfg.kam_subs or list(stored.get("kam_subs") or ["sbj_3"]),
-        bold5000_subs=cfg.bold5000_subs or list(stored.get("bold5000_subs") or ["CSI1"]),
+        **subjects,
         roi=cfg.roi or stored.get("roi", "VC"),
         test_category=cfg.test_category or stored.get("test_category"),
         seed=cfg.seed,
@@ -120,11 +125,11 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         classifier = load_classifier_file(cfg.classifier, device)
     path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / (cfg.dataset or "GOD") / "finetuned.pth")
     state, stored = read_finetuned(path)
-    data = target_data(cfg, stored)
-    gm_path = resolve_stored_path(cfg.pretrain_gm_path, stored.get("pretrain_gm_path"), "pretrains/ldm/label2img",
-                                  cfg.root_path)  # fmt: skip
-    mbm_path = resolve_stored_path(cfg.pretrain_mbm_path, stored.get("pretrain_mbm_path"),
-                                   f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path)  # fmt: skip
+    data = target_data(cfg, stored, path)
+    gm_path = resolve_stored_path(cfg.pretrain_gm_path, stored, "pretrain_gm_path", "pretrains/ldm/label2img",
+                                  cfg.root_path, path)  # fmt: skip
+    mbm_path = resolve_stored_path(cfg.pretrain_mbm_path, stored, "pretrain_mbm_path",
+                                   f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path, path)  # fmt: skip
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     use_attention(model, attention_kind(device, precision))
     model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder: 1.00-1.05x (benchmarks/README.md)

@@ -14,6 +14,7 @@ the restricted loader (`checkpoint.load_checkpoint`), which returns them as plai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from config import (
     Config_MBM_fMRI,
     ConfigError,
     StageBConfig,
+    load_yaml,
     published_config,
 )
 from sc_mbm.mae_for_fmri import architecture_from_weights
@@ -162,13 +164,19 @@ def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
     return ckpt["model_state_dict"], as_config_dict(ckpt["config"])
 
 
-def resolve_stored_path(flag: str | None, stored: Any, default: str, root_path: str | os.PathLike) -> str:
-    """Where to find a file a checkpoint's config names: the flag if given; else the stored path (relative ones
-    below root_path, never the working folder) if it exists; else `default` below root_path."""
+def resolve_stored_path(flag: str | None, stored: Mapping, key: str, default: str, root_path: str | os.PathLike,
+                        source: str | os.PathLike) -> str:  # fmt: skip
+    """Where to find a file a checkpoint's config names under `key`: the flag if given; else the stored path if it
+    exists (a relative one below root_path, never the working folder, and refused when it leads out of root_path:
+    `source` is the checkpoint, named in the error); else `default` below root_path."""
     if flag:
         return str(flag)
-    if isinstance(stored, str) and stored:
-        path = Path(stored) if Path(stored).is_absolute() else Path(root_path) / stored
+    value = stored.get(key)
+    if isinstance(value, str) and value:
+        if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == os.pardir:
+            raise CheckpointError(f"{source}: its stored {key} {value!r} leads outside --root_path {root_path}; pass "
+                                  f"--{key} to say where it is")  # fmt: skip
+        path = Path(value) if Path(value).is_absolute() else Path(root_path) / value
         if path.exists():
             return str(path)
     return str(Path(root_path) / default)
@@ -196,13 +204,36 @@ def training_state(optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: 
             "rng": gather_rng_states()}  # fmt: skip
 
 
-def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
-    """`--resume` names a run folder or its checkpoint: the checkpoint's path."""
-    path = Path(resume)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise CheckpointError(f"--resume {resume}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
-    return path
+# What a run folder holds that resuming writes again
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", CHECKPOINT, "finetuned.pth")
+
+
+def resume_checkpoint_path(cfg: Any) -> Path:
+    """The checkpoint of the run `cfg.resume` names: a run folder of this stage, or its checkpoint.pth.
+
+    Resuming writes into that folder again (config.yaml, the log, checkpoint.pth), so it must be one this project
+    wrote: its config.yaml holds settings of the stage (`cfg`'s fields) beside checkpoint.pth, and none of the
+    run's files is a link; the training checkpoint's own entries are checked when it is loaded.
+    """
+    path = Path(cfg.resume)
+    folder = path if path.is_dir() else path.parent
+    if not (folder / CHECKPOINT if path.is_dir() else path).is_file():
+        raise CheckpointError(f"--resume {path}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
+    if path.name != CHECKPOINT and not path.is_dir():
+        raise CheckpointError(f"--resume {path}: name a run folder or its {CHECKPOINT}; resuming writes into the "
+                              "folder of the file named, so another file is refused")  # fmt: skip
+    linked = [name for name in RUN_FILES if (folder / name).is_symlink()]
+    if linked:
+        raise CheckpointError(f"--resume {path}: {', '.join(linked)} in {folder} is a link, which a run folder of "
+                              "this project never holds (resuming would write through it)")  # fmt: skip
+    try:
+        values = load_yaml(folder / "config.yaml")
+    except ConfigError:
+        values = {}
+    if not values or not set(values) <= {f.name for f in dataclasses.fields(cfg)}:
+        raise CheckpointError(f"--resume {path}: {folder} is not a run folder of this stage (no config.yaml of its "
+                              f"settings beside {CHECKPOINT}); resume only a folder the stage wrote")  # fmt: skip
+    return folder / CHECKPOINT
 
 
 def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_fields: Sequence[str] = ()) -> None:
@@ -211,8 +242,9 @@ def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_f
     `saved` is the run's stored config, `epoch` the last epoch its checkpoint holds.
     """
     if epoch + 1 >= cfg.num_epoch:
+        also = " and --allow_new_schedule" if "num_epoch" in schedule_fields else ""  # a longer cosine, Stage A
         raise ConfigError(f"--resume {path}: the run already finished its {epoch + 1} epochs; to train longer pass a "
-                          "larger --num_epoch" + (" and --allow_new_schedule" if schedule_fields else ""))  # fmt: skip
+                          f"larger --num_epoch{also}")  # fmt: skip
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in schedule_fields
                if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
     if changed and not getattr(cfg, "allow_new_schedule", False):
@@ -225,9 +257,10 @@ def restore_training_state(
     rank: int, world_size: int,
 ) -> int:  # fmt: skip
     """Load weights, optimiser, scaler and this rank's RNG from a training checkpoint; returns the next epoch."""
-    absent = [k for k in (model_key, "optimizer", "epoch") if k not in ckpt]
+    absent = [k for k in (model_key, "optimizer", "epoch", "rng") if k not in ckpt]
     if absent:
-        raise CheckpointError(f"{path}: cannot resume, no {absent} entry")
+        raise CheckpointError(f"{path}: cannot resume, no {absent} entry (not a training checkpoint of this project's "
+                              "stages)")  # fmt: skip
     load_weights(model, ckpt[model_key], path)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

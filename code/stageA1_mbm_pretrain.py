@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import as_config_dict, load_checkpoint, remove_stale_temporaries
+from checkpoint import as_config_dict, load_checkpoint
 from config import ARCH_FIELDS, ConfigError, StageA1Config, config_to_dict, format_config, parse_config, save_config
 from dataset import HCP_FILE, create_god_dataset, create_hcp_dataset, fit_voxels
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
@@ -80,7 +80,7 @@ def main(cfg: StageA1Config) -> Path:
     device = dist_info.device
     amp = AmpScaler(cfg.precision, device)
     check_output_folder(cfg.output_path)
-    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    resume = resume_checkpoint_path(cfg) if cfg.resume else None
     seed_everything(cfg.seed, dist_info.rank)
 
     # ---- data: HCP window means (+ GOD training fMRI), all padded to one voxel count
@@ -117,7 +117,6 @@ def main(cfg: StageA1Config) -> Path:
     with run_folder(run_dir, dist_info.is_main):
         log = setup_logging(run_dir, dist_info.is_main)
         if dist_info.is_main:
-            remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage A1 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             log.info("data: %d samples of %d voxels; %d process(es), %s on %s (%s attention); model: %.2fM "

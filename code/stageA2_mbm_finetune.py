@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import as_config_dict, remove_stale_temporaries
+from checkpoint import as_config_dict
 from config import StageA2Config, config_to_dict, format_config, parse_config, save_config
 from dataset import FMRIDataset, fit_voxels, load_target
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
@@ -57,7 +57,7 @@ def main(cfg: StageA2Config) -> Path:
     device = dist_info.device
     amp = AmpScaler(cfg.precision, device)
     check_output_folder(cfg.output_path)
-    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    resume = resume_checkpoint_path(cfg) if cfg.resume else None
     source = read_stage_a(resume or cfg.pretrain_mbm_path)  # architecture, weights (and, resuming, its state)
     cfg.patch_size = source.arch["patch_size"]
     seed_everything(cfg.seed, dist_info.rank)
@@ -89,7 +89,6 @@ def main(cfg: StageA2Config) -> Path:
     with run_folder(run_dir, dist_info.is_main):
         log = setup_logging(run_dir, dist_info.is_main)
         if dist_info.is_main:
-            remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage A2 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - num_voxels))]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import eval_metrics
-from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from checkpoint import as_config_dict, load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
 from dataset import RandomVoxelDropout, load_target, model_image_transform
@@ -148,7 +148,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     device = dist_info.device
     amp = AmpScaler(cfg.precision, device)
     check_output_folder(cfg.output_path)
-    resume = resume_checkpoint_path(cfg.resume) if cfg.resume else None
+    resume = resume_checkpoint_path(cfg) if cfg.resume else None
     stage_a = read_stage_a(cfg.pretrain_mbm_path, ENCODER_FIELDS)
     cfg.patch_size, cfg.model_meta = stage_a.arch["patch_size"], {k: stage_a.arch[k] for k in ENCODER_FIELDS}
     if classifier is None and cfg.classifier is not None:
@@ -192,7 +192,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     start_epoch = 0
     if resume:
         ckpt = load_checkpoint(resume)
-        check_resumable({}, cfg, resume, int(ckpt.get("epoch", -1)))
+        saved = as_config_dict(ckpt.get("config", {}))
+        check_resumable(saved, cfg, resume, int(ckpt.get("epoch", -1)), ("lr",))  # the constant rate is the schedule
         start_epoch = restore_training_state(ckpt, resume, model, "model_state_dict", optimizer, amp,
                                              dist_info.rank, dist_info.world_size)  # fmt: skip
         validation.best, validation.select_by = ckpt.get("best", validation.best), ckpt.get("select_by", "top-1-class")
@@ -202,7 +203,6 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     with run_folder(run_dir, dist_info.is_main):
         setup_logging(run_dir, dist_info.is_main)
         if dist_info.is_main:
-            remove_stale_temporaries(run_dir)
             save_config(cfg, run_dir)
             log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             log.info("the kept model is chosen on %s", f"{len(val_set)} fMRI of {cfg.val_split} training images "

@@ -2,7 +2,6 @@
 no run folder left behind, nothing executed from a data or config file, nothing deleted that we did not write."""
 
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -104,8 +103,7 @@ def nan_checkpoint(world: Path, tmp: Path) -> Path:
 
 
 def evil_pickle(tmp: Path) -> Path:
-    with open(tmp / "evil.pth", "wb") as f:
-        pickle.dump({"model": Pwn(tmp / "pwned")}, f)
+    torch.save({"model": Pwn(tmp / "pwned")}, tmp / "evil.pth")
     return tmp / "evil.pth"
 
 

@@ -72,9 +72,12 @@ def test_code_executing_pickle_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_raw_pickle_with_builtin_eval_is_refused(tmp_path):
+def test_raw_pickle_is_refused_before_torch_reads_it(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(types.SimpleNamespace(x=1)))
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pkl: refused: a raw pickle"):
+        load_checkpoint(path)
+    torch.save({"x": types.SimpleNamespace(x=1)}, path)  # the same object in a torch file: refused by name
     with pytest.raises(UnsafeCheckpointError, match="types.SimpleNamespace"):
         load_checkpoint(path)
 

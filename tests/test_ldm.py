@@ -136,8 +136,8 @@ def test_load_published_style_checkpoint(fixture, tmp_path: Path):
     assert any(s.startswith("  ignored: cond_stage_model.embedding.weight — class-embedding") for s in summary)
     assert len(summary) < 12  # grouped, not one line per key
 
-    # the constructor's ckpt_path loads the same way (class embedder included)
-    again = build(cfg, fmri_cond=False, ckpt_path=str(path))
+    # the constructor's ckpt_path loads the same way (class embedder included); a config's is ignored (dc_ldm.util)
+    again = LatentDiffusion(**{**copy.deepcopy(cfg["model"]["params"]), "ckpt_path": str(path)})
     assert torch.equal(again.cond_stage_model.embedding.weight, state["cond_stage_model.embedding.weight"])
 
 

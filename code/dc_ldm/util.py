@@ -2,13 +2,16 @@
 
 Only the published config files need this; our own code constructs objects directly. A config file is data
 from the internet, so `target` may name only the classes of this package that a published LDM config uses
-(the CompVis `ldm.*` paths map onto ours); anything else is refused before any import happens.
+(the CompVis `ldm.*` paths map onto ours); anything else is refused before any import happens. A config names no
+weights file: a `ckpt_path` in any section is ignored (weights load only from the files the flags name, e.g.
+`model.ckpt`), and OmegaConf interpolations (`${oc.env:...}` pulls in the environment) are refused.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from errors import UserError
+
+log = logging.getLogger("mindvis.dc_ldm")
 
 # Every class a published LDM config may instantiate, by the import path written in the file.
 TARGETS = frozenset(
@@ -67,7 +72,12 @@ def instantiate_from_config(config: Mapping | DictConfig) -> Any:
     if not isinstance(config, Mapping) or "target" not in config:
         found = sorted(config) if isinstance(config, Mapping) else type(config).__name__
         raise KeyError(f"config section needs a 'target' import string (and optional 'params'); got {found}")
-    return get_obj_from_str(config["target"])(**(config.get("params") or {}))
+    params = dict(config.get("params") or {})
+    if params.get("ckpt_path") is not None:  # a weights file named by a config is never read
+        log.warning("%s: ignoring ckpt_path %r of its config section (weights load only from the files flags name)",
+                    config["target"], params["ckpt_path"])  # fmt: skip
+        params["ckpt_path"] = None
+    return get_obj_from_str(config["target"])(**params)
 
 
 def load_ldm_config(path: str | Path) -> dict:
@@ -79,9 +89,13 @@ def load_ldm_config(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"LDM config not found: {path} (see pretrains/README.md)")
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except (YAMLError, OmegaConfBaseException, ValueError) as e:
         raise UserError(f"{path}: not a readable LDM config.yaml: {' '.join(str(e).split())}") from None
+    for key, value in _leaves(config):
+        if isinstance(value, str) and "${" in value:
+            raise UnsafeConfigError(f"{path}: key '{key}': interpolations such as {value!r} are not read from a "
+                                    "config file (they can pull in environment variables); write the value itself")
     model = config.get("model", config) if isinstance(config, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("params"), dict) or "target" not in model:
         raise UserError(f"{path}: expected a 'model' section with 'target' and 'params' (the label2img layout)")
@@ -92,6 +106,18 @@ def load_ldm_config(path: str | Path) -> dict:
             raise UserError(f"{path}: 'model.params.{key}' must be a section with a 'target'")
         _check_target(path, f"model.params.{key}.target", section["target"])
     return model
+
+
+def _leaves(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of nested dicts and lists."""
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, tree
 
 
 def _check_target(path: Path, key: str, target: Any) -> None:

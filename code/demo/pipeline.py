@@ -115,6 +115,19 @@ def recipe_hash(recipe: Any) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stamp_of(target: Path) -> Path:
+    """The recipe stamp the demo writes beside everything it makes: `<target>.recipe.json`."""
+    return target.parent / f"{target.name}.recipe.json"
+
+
+def remove_made(target: Path) -> None:
+    """Delete `target` (a file or a folder) only if the demo made it, i.e. its recipe stamp lies beside it."""
+    if not stamp_of(target).is_file():
+        raise UserError(f"{target} was not made by the demo (no {stamp_of(target).name} beside it); refusing to "
+                        "delete it: move it away or choose another --root_path")  # fmt: skip
+    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+
+
 class Steps:
     """Runs each step unless its result exists with the same recipe hash; records what every step did."""
 
@@ -125,10 +138,11 @@ class Steps:
                  remove_stale: bool = True) -> str:  # fmt: skip
         """Make `target` with `run()` (which may return facts to record, e.g. steps done); returns the recipe hash.
 
-        A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own)."""
+        A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own); one
+        without a stamp was not made by the demo and is refused."""
         digest = recipe_hash(recipe)
         target.parent.mkdir(parents=True, exist_ok=True)
-        stamp = target.parent / f"{target.name}.recipe.json"
+        stamp = stamp_of(target)
         if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
             done = json.loads(stamp.read_text())
             log.info("[%s] reusing %s (recipe %s, made in %s)", name, target, digest, format_seconds(done["seconds"]))
@@ -137,7 +151,7 @@ class Steps:
         if target.exists():
             log.info("[%s] %s was made by another recipe: redoing it", name, target)
             if remove_stale:
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
+                remove_made(target)
         log.info("[%s] running ...", name)
         start = time.time()
         facts = run() or {}
@@ -149,9 +163,10 @@ class Steps:
 
 
 def run_stage(script: str, flags: dict, output_path: Path) -> Path:
-    """Run a stage script in its own process, as a user would; returns its run folder."""
-    if output_path.exists():
-        shutil.rmtree(output_path)  # a failed earlier attempt of this step (a folder the demo owns)
+    """Run a stage script in its own process, as a user would; returns its run folder. `output_path` is stamped as
+    the demo's first, so that a failed attempt's folder can be removed by the next one."""
+    if output_path.exists() or output_path.is_symlink():
+        remove_made(output_path)  # a failed earlier attempt of this step
     argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
     for key, value in flags.items():
         if isinstance(value, bool):
@@ -161,6 +176,8 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
         else:
             argv += [f"--{key}", "None" if value is None else str(value)]
     log.info("$ %s", " ".join(argv[1:]))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp_of(output_path).write_text(json.dumps({"made_by": "demo.pipeline.run_stage", "argv": argv[1:]}) + "\n")
     result = subprocess.run(argv)
     if result.returncode != 0:
         raise UserError(f"{script} failed (exit code {result.returncode}); its message is above")

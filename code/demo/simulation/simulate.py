@@ -15,7 +15,8 @@ describes the files and every knob (`demo/simulation/spec.py`).
 `draw_class_images(out, per_class)` draws new images of every GOD class of a simulation (its "ImageNet").
 The same seed gives identical arrays. The script refuses to write where data already are unless
 `--overwrite`, and even then deletes only the files its `simulation.json` lists, refusing when the folders
-hold anything else.
+hold anything else, when a listed path leads outside its layout folders (absolute, `..`, through a link) or when
+a layout folder is a link.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -58,14 +59,42 @@ class SimulationExistsError(UserError, FileExistsError):
 
 
 def _files_under(out: Path, names: tuple[str, ...]) -> set[str]:
-    """Every file below out/<name> for the given names, as paths relative to `out`."""
-    return {p.relative_to(out).as_posix() for n in names if (out / n).exists() for p in (out / n).rglob("*")
-            if not p.is_dir()}  # fmt: skip
+    """Every file and link below out/<name> for the given names, as paths relative to `out` (links not entered)."""
+    found = set()
+    for name in names:
+        top = out / name
+        if top.is_symlink():
+            found.add(name)
+        elif top.is_dir():
+            found |= {p.relative_to(out).as_posix() for p in top.rglob("*") if p.is_symlink() or not p.is_dir()}
+    return found
+
+
+def _listed_files(out: Path) -> set[str]:
+    """The files `simulation.json` lists, each checked to lie in a layout folder of `out` (relative, no `..`, no
+    link on the way); anything else refuses the overwrite before a file is deleted."""
+    marker = out / MARKER
+    try:
+        listed = json.loads(marker.read_text()).get("files", [])
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        listed = None
+    if not isinstance(listed, list) or not all(isinstance(rel, str) for rel in listed):
+        raise SimulationExistsError(f"{marker}: not the simulator's record ('files' must list paths); refusing to "
+                                    "delete anything: remove the data yourself or choose another --out")  # fmt: skip
+    root = out.resolve()
+    for rel in listed:
+        parts = PurePosixPath(rel).parts
+        inside = len(parts) > 1 and parts[0] in LAYOUTS and ".." not in parts and not PurePosixPath(rel).is_absolute()
+        if not inside or (out / rel).parent.resolve() != root.joinpath(*parts[:-1]):
+            raise SimulationExistsError(f"{marker} lists {rel!r}, outside the simulation's folders {LAYOUTS} of {out} "
+                                        "(or through a link); refusing to delete anything: remove the files yourself "
+                                        "or choose another --out")  # fmt: skip
+    return set(listed)
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
     """Refuse to write over data unless `overwrite`; then delete only the files the last simulation listed."""
-    present = [name for name in (*LAYOUTS, MARKER, STAGING) if (out / name).exists()]
+    present = [name for name in (*LAYOUTS, MARKER, STAGING) if (out / name).exists() or (out / name).is_symlink()]
     if not present:
         return
     if not overwrite:
@@ -77,7 +106,11 @@ def _prepare(out: Path, overwrite: bool) -> None:
             f"{out} holds data that make_synthetic_data.py did not write (no {MARKER}); "
             "refusing to delete it even with --overwrite: remove it yourself or choose another --out"
         )
-    listed = set(json.loads((out / MARKER).read_text()).get("files", []))
+    linked = [name for name in (*LAYOUTS, STAGING) if (out / name).is_symlink()]
+    if linked:
+        raise SimulationExistsError(f"{out}: {', '.join(linked)} is a link, which the simulator never writes; "
+                                    "refusing to replace it even with --overwrite: choose another --out")  # fmt: skip
+    listed = _listed_files(out)
     foreign = sorted(_files_under(out, LAYOUTS) - listed)
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
