@@ -113,7 +113,7 @@ def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]
 PAPER = {"full": 23.9, "mask 0.35": 19.6, "mask 0.85": 16.1, "no pre-training": 2.6, "cross-attention only": 15.6}
 # Stage A variants: the demo's SC-MBM (mask ratio 0.75), the other mask ratios (A1 and A2), no pre-training at all.
 ENCODERS = {"full": {}, "mask 0.35": {"mask_ratio": 0.35}, "mask 0.85": {"mask_ratio": 0.85}, "no pre-training": None}
-ABLATION_EPOCHS = 44  # the published Stage B's budget per row: 10,120 optimiser steps at batch 5, the curve's last point
+ABLATION_EPOCHS = 44  # the published Stage B per row: 10,120 optimiser steps at batch 5, the curve's last point
 
 
 def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
