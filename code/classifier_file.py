@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from errors import CheckpointError
 from feature_nets import Classifier
 
 FORMAT = "mindvis-classifier/1"

@@ -1,9 +1,10 @@
 """Configuration: one dataclass per stage, with the published MinD-Vis defaults and field names.
 
 Field names follow the published config classes (`Config_MBM_fMRI`, `Config_MBM_finetune`,
-`Config_Generative_Model`) so that a config pickled in a published checkpoint maps onto ours (`from_dict`), and
-ours are written back in that form (`published_config`) so the original code reads our checkpoints. Every field
-carries its one-line help and its group; the command line is generated from them:
+`Config_Generative_Model`, re-exported here from `published_configs` because checkpoints pickle them by reference
+as `config.Config_*`) so that a config pickled in a published checkpoint maps onto ours (`from_dict`), and ours are
+written back in that form (`published_configs.published_config`) so the original code reads our checkpoints.
+Every field carries its one-line help and its group; the command line is generated from them:
 
     python code/stageA1_mbm_pretrain.py --mask_ratio 0.65 --num_epoch 800 --no-include_kam
     python code/stageA1_mbm_pretrain.py --config run.yaml --batch_size 64   # the flag wins
@@ -29,12 +30,16 @@ from typing import Any
 import yaml
 
 from errors import DEBUG_HELP, ArgumentParser, UsageError
+from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle them by reference as config.Config_*
+    PRECISION_ALIASES,
+    Config_Generative_Model,
+    Config_MBM_finetune,
+    Config_MBM_fMRI,
+)
 
 DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SELECT_ON = ("val_split", "test")  # where Stage B chooses the model it keeps
-# Lightning's and the published configs' spellings (the published Stage B stored `precision = 32`).
-PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "16": "fp16", "16-mixed": "fp16", "bf16-mixed": "bf16"}
 MIN_SAMPLER_STEPS = 4  # fewer start the sampler where the schedule still assumes signal in the start noise
 GROUPS = ("data", "model", "optimisation", "run")
 
@@ -585,66 +590,3 @@ def format_config(cfg: Any) -> str:
     values = config_to_dict(cfg)
     width = max(len(k) for k in values)
     return "\n".join(f"  {k:<{width}} {v}" for k, v in values.items())
-
-
-# ----------------------------------------------------------------------------------------------------
-# The published config objects, as the original code pickles them into checkpoints
-# ----------------------------------------------------------------------------------------------------
-
-
-class _PublishedConfig:
-    """A data-only object whose attributes are the original's config fields (no behaviour, nothing to run).
-
-    Pickled by reference as `config.<class name>`: the original code unpickles it as its own class (attributes
-    set, constructor not called), and our restricted loader, which admits these three classes, as this one; so a
-    checkpoint loaded here can be saved again.
-    """
-
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
-
-    def __setstate__(self, state: Any) -> None:
-        # what pickle hands over: a dict of attributes, or (dict, slots); anything else is refused
-        if isinstance(state, tuple) and len(state) == 2:
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-            raise TypeError(f"unexpected pickled state of type {type(state).__name__} for {type(self).__name__}")
-        self.__dict__.update(state)
-
-    def to_dict(self) -> dict:
-        """The attributes as a plain dict."""
-        return dict(vars(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
-
-
-class Config_MBM_fMRI(_PublishedConfig):  # noqa: N801 - the published class names
-    """The Stage A config of `fmri_encoder.pth` / A1 and A2 `checkpoint.pth`."""
-
-
-class Config_MBM_finetune(_PublishedConfig):  # noqa: N801
-    """The Stage A2 run's own settings."""
-
-
-class Config_Generative_Model(_PublishedConfig):  # noqa: N801
-    """The Stage B config of `finetuned.pth`."""
-
-
-# Fields the original reads that we do not use, with the values its classes set (docs/formats.md lists them all).
-PUBLISHED_EXTRAS = {
-    Config_MBM_fMRI: {"use_nature_img_loss": False, "img_recon_weight": 0.5, "local_rank": 0},
-    Config_MBM_finetune: {"local_rank": 0},
-    Config_Generative_Model: {"eval_avg": True, "HW": None, "checkpoint_path": None, "logger": None,
-                              "trainer": None},  # fmt: skip
-}
-_PUBLISHED_PRECISION = {"fp32": 32, "fp16": 16, "bf16": "bf16", "auto": 32}
-
-
-def published_config(cfg: Any, cls: type[_PublishedConfig]) -> _PublishedConfig:
-    """`cfg` (a config or a dict of fields) as the original's config object `cls`: every field it reads, in its
-    types (precision 32, not 'fp32')."""
-    values = {**PUBLISHED_EXTRAS[cls], **(cfg if isinstance(cfg, dict) else config_to_dict(cfg))}
-    if cls is Config_Generative_Model:
-        values["precision"] = _PUBLISHED_PRECISION[values["precision"]]
-    return cls(**values)

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from checkpoint import load_pickled_npy
 from errors import UserError
+from safe_pickle import load_pickled_npy
 
 if TYPE_CHECKING:
     from config import TargetData

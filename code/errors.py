@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,14 @@ class UsageError(UserError):
     """A flag or config value is invalid; the message names it. Exit code 2."""
 
     exit_code = 2
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file is missing, unreadable or does not hold what a stage expects."""
+
+
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
+    """A pickled file asked for a class or function outside the allow-list, or for state only code could set."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

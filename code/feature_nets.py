@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from checkpoint import UnsafeCheckpointError
+from errors import UnsafeCheckpointError
 
 # (model, preprocess): preprocess maps uint8 (B, 3, H, W) on the evaluation device to the model's input,
 # the model (in eval mode) returns logits (B, C)

@@ -26,17 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from checkpoint import CheckpointError, as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
-from config import (
-    ARCH_FIELDS,
-    Config_Generative_Model,
-    Config_MBM_finetune,
-    Config_MBM_fMRI,
-    ConfigError,
-    StageBConfig,
-    load_yaml,
-    published_config,
-)
+from checkpoint import as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
+from config import ARCH_FIELDS, ConfigError, StageBConfig, load_yaml
+from errors import CheckpointError
+from published_configs import Config_Generative_Model, Config_MBM_finetune, Config_MBM_fMRI, published_config
 from sc_mbm.mae_for_fmri import architecture_from_weights
 
 log = logging.getLogger("mindvis.layouts")

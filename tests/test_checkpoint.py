@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    as_config_dict,
-    get_rng_state,
-    load_checkpoint,
-    load_pickled_npy,
-    save_checkpoint,
-    set_rng_state,
-)
+from checkpoint import as_config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from errors import CheckpointError, UnsafeCheckpointError
+from safe_pickle import load_pickled_npy
 
 
 def _published_config_module(tmp_name: str = "config"):

@@ -3,7 +3,6 @@
 import pytest
 import yaml
 
-from checkpoint import PickledObject
 from config import (
     ConfigError,
     GenEvalConfig,
@@ -14,6 +13,7 @@ from config import (
     parse_config,
     save_config,
 )
+from safe_pickle import PickledObject
 
 
 def test_published_defaults():

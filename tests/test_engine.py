@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 import runtime
-from checkpoint import CheckpointError
 from dataset import FMRIDataset, fit_voxels
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
-from errors import UsageError
+from errors import CheckpointError, UsageError
 from layouts import load_weights
 from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI

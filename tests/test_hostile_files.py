@@ -21,8 +21,8 @@ import yaml
 
 import feature_nets
 import test_bad_inputs
-from checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
-from errors import UserError
+from checkpoint import load_checkpoint, save_checkpoint
+from errors import CheckpointError, UnsafeCheckpointError, UserError
 from test_bad_inputs import MAE, Pwn, fail, write
 from test_stageA import Killed, a1_config, kill_at
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from checkpoint import CheckpointError
 from conftest import ROOT, load_fixture, rel_err
 from dc_ldm.ldm_for_fmri import FMRICondStage
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS, LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config
+from errors import CheckpointError
 
 FORWARD_TOL, SAMPLER_TOL = 1e-4, 1e-3  # reference/README.md
 COND_PATH = ("attn2", "norm2", "time_embed_condtion")

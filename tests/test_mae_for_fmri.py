@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import CheckpointError
 from conftest import load_fixture, rel_err
+from errors import CheckpointError
 from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
 from sc_mbm.utils import batch_pearson, get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
 

@@ -14,10 +14,11 @@ import yaml
 
 import stageA1_mbm_pretrain as a1
 import stageA2_mbm_finetune as a2
-from checkpoint import CheckpointError, as_config_dict, load_checkpoint
+from checkpoint import as_config_dict, load_checkpoint
 from config import ConfigError, StageA1Config, StageA2Config, from_dict, parse_config
 from demo.simulation.simulate import make_synthetic_data
 from engine import NonFiniteLossError, Schedule
+from errors import CheckpointError
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
 CODE = Path(__file__).resolve().parents[1] / "code"

@@ -14,14 +14,14 @@ import yaml
 import gen_eval
 import stageB_ldm_finetune
 from baselines import grey_thumbnails, ridge_image_baseline
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import build_sequential, save_classifier_file
 from config import ConfigError, GenEvalConfig, StageBConfig
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
 from dc_ldm.util import instantiate_from_config
 from demo.simulation.simulate import make_synthetic_data
-from errors import UserError
+from errors import CheckpointError, UserError
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
 MAE = {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.0}

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint import load_pickled_npy
 from dataset import DataFormatError, create_bold5000_dataset, create_god_dataset, create_hcp_dataset
 from demo.simulation.simulate import draw_class_images, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.simulation.stimuli import ATTRIBUTE_SIZES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
+from safe_pickle import load_pickled_npy
 
 CODE = Path(__file__).resolve().parents[1] / "code"
 SPEC = SIZES["tiny"]

@@ -17,13 +17,13 @@ import torch
 import torch.nn as nn
 
 from baselines import fit_ridge
-from checkpoint import CheckpointError, as_config_dict, load_checkpoint
+from checkpoint import as_config_dict, load_checkpoint
 from dataset import to_uint8_images
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config, load_ldm_config
-from errors import UserError
+from errors import CheckpointError, UserError
 from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
 from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Attention, Block
 
-from checkpoint import CheckpointError
+from errors import CheckpointError
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
 log = logging.getLogger("mindvis.sc_mbm")

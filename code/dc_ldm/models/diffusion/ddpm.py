@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import load_checkpoint
 from dc_ldm.modules.diffusionmodules.util import make_beta_schedule
 from dc_ldm.modules.ema import LitEma
 from dc_ldm.util import instantiate_from_config
+from errors import CheckpointError
 
 log = logging.getLogger("mindvis.dc_ldm")
 
