@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from correlation import pearson_matrix, row_pearson, unit_rows
 from feature_nets import (
     FEATURES,
     Classifier,
@@ -176,10 +177,7 @@ def score_matrix(
         # |x - y|^2 expanded into a matmul; exact for uint8 inputs (integer sums stay below 2^53)
         return ((x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2 * x @ y.T) / x.shape[1]
     if metric == "pcc":
-        x, y = recon.flatten(1).double(), gt.flatten(1).double()
-        x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-        r = (x @ y.T) / (x.norm(dim=1)[:, None] * y.norm(dim=1)[None])
-        return r.clamp(-1.0, 1.0)  # np.corrcoef clips the same way
+        return pearson_matrix(recon.double(), gt.double()).clamp(-1.0, 1.0)  # np.corrcoef clips the same way
     if metric == "ssim":
         return _ssim_matrix(recon, gt, batch_size)
     if metric == "mse_uint8":
@@ -269,10 +267,8 @@ def mindeye_view(images: torch.Tensor, size: int, dtype: torch.dtype = torch.flo
 
 
 def _pixcorr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of x[i] and y[i] over all their values, (B, ...) each -> (B,)."""
-    x, y = x.flatten(1), y.flatten(1)
-    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))).clamp(-1.0, 1.0)  # np.corrcoef clips the same way
+    """Pearson correlation of x[i] and y[i] over all their values, (B, ...) each -> (B,); NaN for a constant image."""
+    return row_pearson(x, y, eps=0.0).clamp(-1.0, 1.0)  # np.corrcoef clips the same way
 
 
 def _gaussian_valid(x: torch.Tensor) -> torch.Tensor:
@@ -326,9 +322,8 @@ def _unit_features(images: torch.Tensor, net: nn.Module, spec: FeatureSpec) -> t
     x = mindeye_view(images, spec.size)  # (B, 3, size, size) float32
     mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
     out = net((x - mean) / std)
-    f = (out[spec.layer] if isinstance(out, dict) else out).flatten(1).double()
-    f = f - f.mean(1, keepdim=True)
-    return f / f.norm(dim=1, keepdim=True)  # a constant feature vector gives NaN, as np.corrcoef does
+    # a constant feature vector gives NaN, as np.corrcoef does
+    return unit_rows((out[spec.layer] if isinstance(out, dict) else out).double())
 
 
 @torch.no_grad()

@@ -43,11 +43,11 @@ def test_original_attention_patch_is_scoped():
 
 def test_the_original_training_metric_computes_ours():
     import bench_stageA
-    from sc_mbm.utils import batch_pearson
+    from correlation import row_pearson
 
     torch.manual_seed(0)
     pred, fmri = torch.randn(3, 4, 16), torch.randn(3, 1, 64)  # (N, L, p) patches of V = L * p voxels
-    want = batch_pearson(pred.flatten(1), fmri.flatten(1)).mean().item()
+    want = row_pearson(pred.flatten(1), fmri.flatten(1)).mean().item()
     assert bench_stageA.original_correlation(pred, fmri) == pytest.approx(want, abs=1e-6)
 
 

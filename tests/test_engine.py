@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import runtime
+from correlation import row_pearson
 from dataset import FMRIDataset, fit_voxels
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
 from errors import CheckpointError, UsageError
@@ -17,7 +18,6 @@ from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.reconstruction import score
 from sc_mbm.training import mae_step, pick_examples
-from sc_mbm.utils import batch_pearson
 from sc_mbm.visualize import save_reconstruction_figure
 
 CPU = torch.device("cpu")
@@ -129,7 +129,7 @@ def test_epoch_means_are_sample_weighted_and_match_a_host_computation():
         x = torch.from_numpy(data.fmri)
         pred = model.lin(x.reshape(10, L, P))
         losses = (pred - x.reshape(10, L, P)).pow(2).mean(dim=(1, 2))
-        cors = batch_pearson(pred.flatten(1), x.flatten(1))
+        cors = row_pearson(pred.flatten(1), x.flatten(1))
     assert stats["loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
     assert stats["cor"] == pytest.approx(cors.mean().item(), rel=1e-5)
     assert stats["samples_per_s"] > 0 and stats["lr"] == 0.0

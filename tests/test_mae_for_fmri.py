@@ -8,7 +8,7 @@ import torch
 from conftest import load_fixture, rel_err
 from errors import CheckpointError
 from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
-from sc_mbm.utils import batch_pearson, get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
+from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
 
 FORWARD_TOL = 1e-4  # reference/README.md
 MAE_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
@@ -289,15 +289,3 @@ def test_sincos_pos_embed_formula():
     np.testing.assert_allclose(emb[1:].numpy(), np.concatenate([np.sin(angles), np.cos(angles)], 1), atol=1e-7)
     with pytest.raises(ValueError, match="even"):
         get_1d_sincos_pos_embed(7, 5)
-
-
-def test_batch_pearson_matches_numpy():
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(5, 1, 40, generator=gen)
-    b = 0.5 * a + torch.randn(5, 1, 40, generator=gen)
-    expected = [np.corrcoef(a[i].flatten().numpy(), b[i].flatten().numpy())[0, 1] for i in range(5)]
-    np.testing.assert_allclose(batch_pearson(a, b).numpy(), expected, rtol=1e-5)
-    constant = batch_pearson(torch.ones(2, 10), torch.randn(2, 10))
-    assert torch.equal(constant, torch.zeros(2))
-    with pytest.raises(ValueError, match="same shape"):
-        batch_pearson(a, b[:, :, :10])

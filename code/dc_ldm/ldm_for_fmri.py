@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from baselines import fit_ridge
 from checkpoint import as_config_dict, load_checkpoint
 from dataset import to_uint8_images
 from dc_ldm.models.diffusion.ddim import DDIMSampler
@@ -25,6 +24,7 @@ from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from errors import CheckpointError, UserError
 from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
+from ridge import fit_ridge
 from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder
 

@@ -1,7 +1,7 @@
 """What the simulated fMRI holds of the categories: a ridge read-out of the test classes' attributes.
 
 The simulated world knows what each image shows (its category's shape, colour, texture, background type and
-tint, in the class name); a real visual cortex is not so easy to read. A ridge regression (`baselines.fit_ridge`)
+tint, in the class name); a real visual cortex is not so easy to read. A ridge regression (`ridge.fit_ridge`)
 from the training fMRI to the one-hot attributes of each training image predicts them for the test images, whose
 categories it never saw; the accuracy per attribute (argmax within its values) tells how much of the semantics a
 linear read-out finds, beside what the pipeline decodes.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from baselines import fit_ridge
 from dataset import create_god_dataset
 from demo.simulation.stimuli import ATTRIBUTES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
+from ridge import fit_ridge
 
 VALUES = (SHAPES, COLOUR_NAMES, TEXTURES, BG_TYPES, TINT_NAMES)  # in ATTRIBUTES order
 

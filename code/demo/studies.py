@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines import fit_ridge
 from checkpoint import save_checkpoint
+from correlation import row_pearson
 from dataset import create_god_dataset, create_hcp_dataset, fit_voxels, model_image_transform
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
 from engine import AmpScaler
 from layouts import read_stage_a
+from ridge import fit_ridge
 from runtime import format_seconds
 from sc_mbm.mae_for_fmri import build_mae
 from sc_mbm.reconstruction import score
-from sc_mbm.utils import batch_pearson
 
 log = logging.getLogger("mindvis.demo")
 
@@ -225,7 +225,7 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
             weights, bias, _ = fit_ridge(x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64),
                                          seed=w.seed)  # fmt: skip
             pred = torch.from_numpy(x_test[:, visible] @ weights + bias)
-            scores.append(batch_pearson(pred, torch.from_numpy(x_test[:, masked])).mean().item())
+            scores.append(row_pearson(pred.float(), torch.from_numpy(x_test[:, masked]).float()).mean().item())
         out[name] = float(np.mean(scores))
     return out
 

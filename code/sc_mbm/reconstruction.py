@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from correlation import row_pearson
 from engine import AmpScaler
-from sc_mbm.utils import batch_pearson
 
 
 def masking_noise(num_samples: int, model: nn.Module, seed: int) -> torch.Tensor:
@@ -40,9 +40,9 @@ def score(
         loss, pred, mask = reconstruct(model, x, mask_ratio, noise[start : start + batch_size], amp)
         target = x.flatten(1)  # (n, V)
         sums[0] += loss * len(x)
-        sums[1] += batch_pearson(pred, target).sum()
+        sums[1] += row_pearson(pred, target).sum()
         # every sample has the same number of masked patches, so the masked voxels form an (n, V_masked) block
-        sums[2] += batch_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1)).sum()
+        sums[2] += row_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1)).sum()
     model.train(was_training)
     loss, cor, masked_cor = (sums / len(fmri)).tolist()
     return {"loss": loss, "cor": cor, "masked_cor": masked_cor}

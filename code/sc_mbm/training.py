@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from checkpoint import save_checkpoint
+from correlation import row_pearson
 from engine import AmpScaler
 from layouts import CHECKPOINT, stage_a_checkpoint
 from runtime import DistInfo, barrier, log
-from sc_mbm.utils import batch_pearson
 from sc_mbm.visualize import save_reconstruction_figure
 
 
@@ -24,7 +24,7 @@ def mae_step(mask_ratio: float):
     def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         fmri = batch["fmri"]  # (N, 1, V)
         loss, pred, _ = model(fmri, mask_ratio=mask_ratio)  # pred (N, L, p)
-        return loss, {"cor": batch_pearson(pred.detach().float().flatten(1), fmri.flatten(1))}
+        return loss, {"cor": row_pearson(pred.detach().float().flatten(1), fmri.flatten(1))}
 
     return step
 

@@ -1,4 +1,4 @@
-"""Helpers for the fMRI masked autoencoder: 1-D sin-cos positions, their interpolation, patching, correlation."""
+"""Helpers for the fMRI masked autoencoder: 1-D sin-cos positions, their interpolation, patching."""
 
 import torch
 import torch.nn.functional as F
@@ -52,18 +52,3 @@ def unpatchify(patches: torch.Tensor) -> torch.Tensor:
     if patches.ndim != 3:
         raise ValueError(f"expected patches of shape (N, L, p), got {tuple(patches.shape)}")
     return patches.reshape(patches.shape[0], 1, patches.shape[1] * patches.shape[2])
-
-
-def batch_pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-sample Pearson correlation of (N, ...) and (N, ...) -> (N,), on their device without host syncs.
-
-    Each sample is flattened; a constant sample gives 0 rather than NaN.
-    """
-    if a.shape != b.shape or a.ndim < 1:
-        raise ValueError(f"batch_pearson needs two tensors of the same shape (N, ...), got {a.shape} and {b.shape}")
-    a = a.reshape(a.shape[0], -1).float()  # (N, M); float32 even under bf16 autocast
-    b = b.reshape(b.shape[0], -1).float()  # (N, M)
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    denom = (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)  # (N,)
-    return (a * b).sum(dim=1) / denom  # (N,)

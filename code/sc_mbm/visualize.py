@@ -9,9 +9,9 @@ import torch
 from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's global state alone
 from torch import nn
 
+from correlation import row_pearson
 from engine import AmpScaler
 from sc_mbm.reconstruction import masking_noise, reconstruct
-from sc_mbm.utils import batch_pearson
 
 
 def plot_reconstructions(
@@ -49,7 +49,7 @@ def save_reconstruction_figure(
     _, pred, mask = reconstruct(model, x, mask_ratio, masking_noise(len(x), model, seed), amp)  # (n, V) each
     model.train(was_training)
     target = x.flatten(1)  # (n, V)
-    masked = batch_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1))  # same count per row
-    cors = torch.stack([batch_pearson(pred, target), masked], dim=1)  # (n, 2)
+    masked = row_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1))  # same count per row
+    cors = torch.stack([row_pearson(pred, target), masked], dim=1)  # (n, 2)
     as_np = (t.detach().cpu().numpy() for t in (target, mask, pred, cors))
     return plot_reconstructions(*as_np, path, title)
