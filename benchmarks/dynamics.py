@@ -50,13 +50,13 @@ from torch import nn
 
 import common
 import models
-from dataset import RandomVoxelDropout, model_image_transform
 from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
 from errors import DEBUG_HELP, UsageError, run_main
 from original import OriginalCheckout
 from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.training import mae_step
 from stageB_ldm_finetune import conditioning_optimizer, ldm_step
+from transforms import RandomVoxelDropout, model_image_transform
 
 ARCH_A1 = dict(num_voxels=512, patch_size=16, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
                decoder_depth=1, decoder_num_heads=4, mlp_ratio=1.0)  # fmt: skip

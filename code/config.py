@@ -36,8 +36,9 @@ from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle the
     Config_MBM_finetune,
     Config_MBM_fMRI,
 )
+from readers.hcp import HCP_ROIS
+from targets import BOLD5000, DATASETS, DEFAULT_DATASET, GOD, TARGETS, Target
 
-DATASETS = ("GOD", "BOLD5000")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SELECT_ON = ("val_split", "test")  # where Stage B chooses the model it keeps
 MIN_SAMPLER_STEPS = 4  # fewer start the sampler where the schedule still assumes signal in the start noise
@@ -59,6 +60,11 @@ def arg(default: Any, help: str, group: str = "run", cli: bool = True) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _by_dataset(default: str) -> str:
+    """A per-dataset default of `targets.Target` for a help text, e.g. '16 for GOD, 4 for BOLD5000'."""
+    return ", ".join(f"{getattr(target, default)} for {name}" for name, target in TARGETS.items())
 
 
 def _under(root: str, value: str | None, default: str) -> str:
@@ -150,28 +156,33 @@ class TargetData:
     """The target data set of Stages A2, B and gen_eval (GOD or BOLD5000)."""
 
     root_path: str = arg(".", "project root: data/, pretrains/ and results/ are looked up below it", "data")
-    kam_path: str | None = arg(None, "GOD folder (default: <root_path>/data/Kamitani/npz)", "data")
-    bold5000_path: str | None = arg(None, "BOLD5000 folder (default: <root_path>/data/BOLD5000)", "data")
-    dataset: str = arg("GOD", f"target data set, one of {DATASETS}", "data")
-    kam_subs: list[str] = arg(["sbj_3"], "GOD subjects", "data")
-    bold5000_subs: list[str] = arg(["CSI1"], "BOLD5000 subjects", "data")
+    kam_path: str | None = arg(None, f"GOD folder (default: <root_path>/{GOD.default_path})", "data")
+    bold5000_path: str | None = arg(None, f"BOLD5000 folder (default: <root_path>/{BOLD5000.default_path})", "data")
+    dataset: str = arg(DEFAULT_DATASET, f"target data set, one of {DATASETS}", "data")
+    kam_subs: list[str] = arg(list(GOD.default_subjects), "GOD subjects", "data")
+    bold5000_subs: list[str] = arg(list(BOLD5000.default_subjects), "BOLD5000 subjects", "data")
     roi: str = arg("VC", "region of interest (GOD: V1..V4, LOC, FFA, PPA, LVC, HVC, VC; BOLD5000 always all)", "data")
     test_category: list[int] | None = arg(None, "GOD: hold out one training image of each of these categories "
                                           "as the test set", "data")  # fmt: skip
     seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
 
     def _resolve_data(self) -> None:
-        from dataset import GOD_ROIS  # config is imported by dataset; the names are its to define
-
-        _check(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        _check(self.roi in GOD_ROIS, f"roi must be one of {GOD_ROIS}, got {self.roi!r}")
-        self.kam_path = _under(self.root_path, self.kam_path, "data/Kamitani/npz")
-        self.bold5000_path = _under(self.root_path, self.bold5000_path, "data/BOLD5000")
+        _check(self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        rois = TARGETS[self.dataset].rois
+        _check(self.roi in rois, f"roi must be one of {rois}, got {self.roi!r}")
+        for target in TARGETS.values():
+            setattr(self, target.path_field, _under(self.root_path, getattr(self, target.path_field),
+                                                    target.default_path))  # fmt: skip
         _check(len(self.subjects) > 0, f"no subjects given for {self.dataset}")
 
     @property
+    def target(self) -> Target:
+        """The entry of the target data set (`targets.TARGETS`)."""
+        return TARGETS[self.dataset]
+
+    @property
     def subjects(self) -> list[str]:
-        return self.kam_subs if self.dataset == "GOD" else self.bold5000_subs
+        return getattr(self, self.target.subjects_field)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,7 +220,7 @@ class StageA1Config(_Run, _Optimisation, _Architecture):
         self._validate_run()
         self._validate_optimisation()
         _check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
-        _check(self.roi in ("VC", "V1", "V2", "V3", "V4"), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
+        _check(self.roi in ("VC", *HCP_ROIS), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
         _check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
         _check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
         focus = self.focus_range
@@ -230,7 +241,7 @@ class StageA2Config(_Run, _Optimisation, TargetData):
     patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
     lr: float = arg(5.3e-5, "peak learning rate", "optimisation")
     num_epoch: int = arg(15, "epochs", "optimisation")
-    batch_size: int | None = arg(None, "samples per step and process (default: 16 for GOD, 4 for BOLD5000)",
+    batch_size: int | None = arg(None, f"samples per step and process (default: {_by_dataset('batch_size_a2')})",
                                  "optimisation")  # fmt: skip
     warmup_epochs: int = arg(2, "epochs of linear warm-up", "optimisation")
     ckpt_every: int = arg(2, "epochs between checkpoints (and reconstruction figures)", "run")
@@ -241,7 +252,7 @@ class StageA2Config(_Run, _Optimisation, TargetData):
         self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
                                         f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
         if self.batch_size is None:
-            self.batch_size = 16 if self.dataset == "GOD" else 4
+            self.batch_size = self.target.batch_size_a2
         self.validate()
 
     def validate(self) -> None:
@@ -284,7 +295,7 @@ class StageBConfig(_Run, TargetData):
     include_nonavg_test: bool = arg(False, "validate on single test trials too", "data")
     lr: float = arg(5.3e-5, "AdamW learning rate (constant)", "optimisation")
     num_epoch: int = arg(500, "epochs", "optimisation")
-    batch_size: int | None = arg(None, "pairs per step and process (default: 5 for GOD, 25 for BOLD5000)",
+    batch_size: int | None = arg(None, f"pairs per step and process (default: {_by_dataset('batch_size_b')})",
                                  "optimisation")  # fmt: skip
     accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
@@ -313,7 +324,7 @@ class StageBConfig(_Run, TargetData):
         self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
                                         f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
         if self.batch_size is None:
-            self.batch_size = 5 if self.dataset == "GOD" else 25
+            self.batch_size = self.target.batch_size_b
         self.validate()
 
     def validate(self) -> None:
@@ -385,7 +396,7 @@ class GenEvalConfig(TargetData):
                                  "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check(self.dataset is None or self.dataset in DATASETS,
+        _check(self.dataset is None or self.dataset in TARGETS,
                f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
         _check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
         if self.protocol == "published":

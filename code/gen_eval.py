@@ -32,12 +32,12 @@ from PIL import Image
 import eval_metrics
 from baselines import ridge_image_baseline
 from classifier_file import load_classifier_file
-from config import DATASETS, GenEvalConfig, TargetData, format_config, parse_config, save_config
-from dataset import check_subjects, load_target
+from config import GenEvalConfig, TargetData, format_config, parse_config, save_config
 from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
 from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
 from layouts import read_finetuned, resolve_stored_path
+from readers.files import check_subjects
 from runtime import (
     check_output_folder,
     compile_for_inference,
@@ -49,46 +49,30 @@ from runtime import (
     setup_logging,
 )
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
+from targets import DATASETS, DEFAULT_DATASET, TARGETS, load_target
 
 
 def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
     """The test data: the checkpoint's data set, subjects and ROI unless flags say otherwise; paths resolved. The
     stored values become file paths, so they are checked first, naming the checkpoint `path`."""
-    if stored.get("dataset", "GOD") not in DATASETS:
+    if stored.get("dataset", DEFAULT_DATASET) not in TARGETS:
         raise UserError(f"{path}: its stored dataset {stored['dataset']!r} is not one of {DATASETS}")
-    dataset = cfg.dataset or stored.get("dataset", "GOD")
+    dataset = cfg.dataset or stored.get("dataset", DEFAULT_DATASET)
     if stored.get("dataset") and dataset != stored["dataset"]:
         raise UserError(f"--dataset {dataset}: the checkpoint was finetuned on {stored['dataset']}")
-    root = cfg.root_path
-    subjects = {key: flag or check_subjects(stored.get(key) or default, f"{path}: its stored {key}")
-                for key, flag, default in (("kam_subs", cfg.kam_subs, ["sbj_3"]),
-                                           ("bold5000_subs", cfg.bold5000_subs, ["CSI1"]))}  # fmt: skip
-    return TargetData(
-        root_path=root,
-        kam_path=resolve_stored_path(cfg.kam_path, stored, "kam_path", "data/Kamitani/npz", root, path),
-        bold5000_path=resolve_stored_path(cfg.bold5000_path, stored, "bold5000_path", "data/BOLD5000", root, path),
-        dataset=dataset,
-        **subjects,
-        roi=cfg.roi or stored.get("roi", "VC"),
-        test_category=cfg.test_category or stored.get("test_category"),
-        seed=cfg.seed,
-    )
-
-
-# The paper's numbers (Chen et al. 2023, project-page version; docs/method.md): 50-way top-1 of each subject's
-# model (GOD sbj_3 also 100-way and FID, best sample set / mean of 5), BOLD5000 50-way top-1 and FID.
-PAPER = {
-    ("GOD", "sbj_3"): {"top-1-class (max)": 0.274, "top-1-class": 0.2385, "100-way top-1-class (max)": 0.212,
-                       "100-way top-1-class": 0.1736, "fid (best set)": 1.67, "fid": 2.22},
-    **{("GOD", f"sbj_{k}"): {"top-1-class": v} for k, v in ((1, 0.091), (2, 0.139), (4, 0.152), (5, 0.143))},
-    **{("BOLD5000", f"CSI{k}"): {"top-1-class": a, "fid": f}
-       for k, a, f in ((1, 0.345, 1.2), (2, 0.185, 1.9), (3, 0.210, 1.4), (4, 0.209, 1.3))},
-}  # fmt: skip
+    root, fields = cfg.root_path, {}  # every data set's subjects and folder, as a stage config holds them
+    for key, default in ((t.subjects_field, t.default_subjects) for t in TARGETS.values()):
+        where = f"{path}: its stored {key}"
+        fields[key] = getattr(cfg, key) or check_subjects(stored.get(key) or list(default), where)
+    for key, default in ((t.path_field, t.default_path) for t in TARGETS.values()):
+        fields[key] = resolve_stored_path(getattr(cfg, key), stored, key, default, root, path)
+    return TargetData(root_path=root, dataset=dataset, **fields, roi=cfg.roi or stored.get("roi", "VC"),
+                      test_category=cfg.test_category or stored.get("test_category"), seed=cfg.seed)
 
 
 def paper_table(metrics: dict, dataset: str, subjects: list[str]) -> str:
     """Our scores beside the paper's for one subject's model (the published protocol)."""
-    paper = PAPER.get((dataset, subjects[0]), {}) if len(subjects) == 1 else {}
+    paper = TARGETS[dataset].paper.get(subjects[0], {}) if len(subjects) == 1 else {}
     ours = metrics["scores"]
     lines = [f"{'metric':<28} {'ours':>8} {'paper':>8}"]
     for name in dict.fromkeys([*ours, *paper]):
@@ -123,7 +107,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     check_output_folder(cfg.output_path)
     if classifier is None and cfg.classifier is not None:
         classifier = load_classifier_file(cfg.classifier, device)
-    path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / (cfg.dataset or "GOD") / "finetuned.pth")
+    dataset = cfg.dataset or DEFAULT_DATASET
+    path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / dataset / "finetuned.pth")
     state, stored = read_finetuned(path)
     data = target_data(cfg, stored, path)
     gm_path = resolve_stored_path(cfg.pretrain_gm_path, stored, "pretrain_gm_path", "pretrains/ldm/label2img",

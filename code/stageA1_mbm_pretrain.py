@@ -24,10 +24,12 @@ import torch
 
 from checkpoint import as_config_dict, load_checkpoint
 from config import ARCH_FIELDS, ConfigError, StageA1Config, config_to_dict, format_config, parse_config, save_config
-from dataset import HCP_FILE, create_god_dataset, create_hcp_dataset, fit_voxels
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main
 from layouts import SCHEDULE_FIELDS, check_resumable, restore_training_state, resume_checkpoint_path
+from readers.arrays import fit_voxels
+from readers.god import create_god_dataset
+from readers.hcp import HCP_FILE, create_hcp_dataset
 from runtime import (
     append_jsonl,
     check_output_folder,

@@ -24,7 +24,7 @@ import numpy as np
 
 from checkpoint import as_config_dict
 from config import StageA2Config, config_to_dict, format_config, parse_config, save_config
-from dataset import FMRIDataset, fit_voxels, load_target
+from dataset import FMRIDataset
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main
 from layouts import (
@@ -35,6 +35,7 @@ from layouts import (
     restore_training_state,
     resume_checkpoint_path,
 )
+from readers.arrays import fit_voxels
 from runtime import (
     check_output_folder,
     cleanup_distributed,
@@ -48,6 +49,7 @@ from runtime import (
 )
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
+from targets import load_target
 
 
 def main(cfg: StageA2Config) -> Path:

@@ -28,7 +28,7 @@ import eval_metrics
 from checkpoint import as_config_dict, load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
 from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
-from dataset import RandomVoxelDropout, load_target, model_image_transform
+from dataset import LatentViews
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
 from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, wrap_ddp
 from errors import UserError, run_main
@@ -57,33 +57,8 @@ from runtime import (
     setup_logging,
 )
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
-
-
-class LatentViews(torch.utils.data.Dataset):
-    """Training pairs whose images come as first-stage encodings made once: `views` random crops of each image.
-
-    The autoencoder never changes in Stage B, so encoding every batch's images at every step is repeated work;
-    here each training image goes through the training image transform (its random crop) `views` times and is
-    encoded once, and every item picks one of its views at random. Items: {'fmri', 'latent' (C, h, w)}.
-    """
-
-    def __init__(self, base, model, views: int, batch_size: int = 100):
-        self.base, self.views = base, views
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            self.latents = torch.stack([torch.cat([
-                model.encode_first_stage(b.to(device)).cpu()
-                for b in torch.stack([base.image_transform(img) for img in base.images]).split(batch_size)
-            ]) for _ in range(views)], 1)  # (M, views, C, h, w)  # fmt: skip
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> dict:
-        fmri = torch.from_numpy(self.base.fmri[i])
-        view = int(torch.randint(self.views, ()))
-        return {"fmri": self.base.transform(fmri) if self.base.transform else fmri,
-                "latent": self.latents[self.base.image_index[i], view]}  # fmt: skip
+from targets import load_target
+from transforms import RandomVoxelDropout, model_image_transform
 
 
 def conditioning_optimizer(model: torch.nn.Module, cfg: StageBConfig) -> torch.optim.AdamW:

@@ -51,7 +51,7 @@ def world(tmp_path_factory):
     ldm_dir.mkdir()
     (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": yaml.safe_load(
         (REFERENCE_DIR / "ldm.json").read_text())["model"]}))  # fmt: skip
-    from dataset import create_god_dataset
+    from readers.god import create_god_dataset
 
     num_voxels = create_god_dataset(data / "Kamitani/npz", subjects=["sbj_3"])[0].num_voxels
     mae = MAEforFMRI(num_voxels, **{k: v for k, v in MAE.items()})

@@ -7,23 +7,13 @@ import pytest
 import torch
 
 from config import TargetData
-from dataset import (
-    BOLD5000_ROIS,
-    HCP_ROIS,
-    DataFormatError,
-    ImageToTensor,
-    RandomCropResize,
-    RandomVoxelDropout,
-    ResizeImage,
-    chunk_mean,
-    create_bold5000_dataset,
-    create_god_dataset,
-    create_hcp_dataset,
-    interpolate_augment,
-    load_target,
-    model_image_transform,
-    pad_to_patch_size,
-)
+from readers.arrays import chunk_mean, interpolate_augment, pad_to_patch_size
+from readers.bold5000 import BOLD5000_ROIS, create_bold5000_dataset
+from readers.files import DataFormatError
+from readers.god import create_god_dataset
+from readers.hcp import HCP_ROIS, create_hcp_dataset
+from targets import load_target
+from transforms import ImageToTensor, RandomCropResize, RandomVoxelDropout, ResizeImage, model_image_transform
 
 # ---- hand-made trees ---------------------------------------------------------------------------------------------
 

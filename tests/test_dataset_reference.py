@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REFERENCE_DIR
-from dataset import HCP_FILE, create_bold5000_dataset, create_god_dataset, create_hcp_dataset
+from readers.bold5000 import create_bold5000_dataset
+from readers.god import create_god_dataset
+from readers.hcp import HCP_FILE, create_hcp_dataset
 
 READERS = REFERENCE_DIR / "readers"
 DATA = READERS / "data"

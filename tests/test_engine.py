@@ -10,10 +10,11 @@ from torch import nn
 
 import runtime
 from correlation import row_pearson
-from dataset import FMRIDataset, fit_voxels
+from dataset import FMRIDataset
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
 from errors import CheckpointError, UsageError
 from layouts import load_weights
+from readers.arrays import fit_voxels
 from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.reconstruction import score

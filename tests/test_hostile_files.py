@@ -512,7 +512,8 @@ def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_
 
 
 def test_9_subject_names_are_checked_wherever_they_come_from(world):
-    from dataset import DataFormatError, create_god_dataset
+    from readers.files import DataFormatError
+    from readers.god import create_god_dataset
 
     with pytest.raises(DataFormatError, match=r"subject '\.\./npz/sbj_3'"):
         create_god_dataset(world / "data/Kamitani/npz", subjects=["../npz/sbj_3"])

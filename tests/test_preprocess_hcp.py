@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dataset import create_hcp_dataset
 from preprocess_hcp import PreprocessError, load_atlas, main, parse_labels, preprocess
+from readers.hcp import create_hcp_dataset
 
 SHAPE, FRAMES = (6, 5, 4), 30
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

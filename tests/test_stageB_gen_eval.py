@@ -43,7 +43,7 @@ def world(tmp_path_factory):
             if p.ndim > 1 and not p.any():
                 p.normal_(0, 0.02)
     torch.save({"state_dict": label2img.state_dict(), "epoch": 3}, ldm_dir / "model.ckpt")
-    from dataset import create_god_dataset
+    from readers.god import create_god_dataset
 
     num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
     mae = MAEforFMRI(num_voxels=num_voxels, decoder_embed_dim=16, decoder_num_heads=4, **MAE)
@@ -270,7 +270,7 @@ def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypa
                                                        num_samples=1, snapshot_epochs=[1]))  # fmt: skip
     model, _ = load_finetuned(run_dir / "snapshot_epoch0001.pth", world.ldm_dir)  # a learning-curve point
     assert model.cond_stage_model is not None
-    from dataset import create_god_dataset
+    from readers.god import create_god_dataset
 
     full_train, test = create_god_dataset(world.data / "Kamitani/npz", subjects=["sbj_3"])
     val, train = seen["val"], trained[0]

@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset import DataFormatError, create_bold5000_dataset, create_god_dataset, create_hcp_dataset
 from demo.simulation.simulate import draw_class_images, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.simulation.stimuli import ATTRIBUTE_SIZES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
+from readers.bold5000 import create_bold5000_dataset
+from readers.files import DataFormatError
+from readers.god import create_god_dataset
+from readers.hcp import create_hcp_dataset
 from safe_pickle import load_pickled_npy
 
 CODE = Path(__file__).resolve().parents[1] / "code"

@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from checkpoint import as_config_dict, load_checkpoint
-from dataset import to_uint8_images
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
@@ -27,6 +26,7 @@ from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
 from ridge import fit_ridge
 from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder
+from transforms import to_uint8_images
 
 log = logging.getLogger("mindvis.dc_ldm")
 

@@ -15,9 +15,9 @@ from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from classifier_file import build_sequential, save_classifier_file
-from dataset import to_model_range
 from engine import Schedule, fused_adam
 from runtime import progress
+from transforms import to_model_range
 
 MEAN = STD = (0.5, 0.5, 0.5)  # x / 255 -> [-1, 1], the range of the LDM's images
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import create_god_dataset
 from demo.simulation.stimuli import ATTRIBUTES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
+from readers.god import create_god_dataset
 from ridge import fit_ridge
 
 VALUES = (SHAPES, COLOUR_NAMES, TEXTURES, BG_TYPES, TINT_NAMES)  # in ATTRIBUTES order

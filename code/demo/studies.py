@@ -27,15 +27,18 @@ import torch
 
 from checkpoint import save_checkpoint
 from correlation import row_pearson
-from dataset import create_god_dataset, create_hcp_dataset, fit_voxels, model_image_transform
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
 from engine import AmpScaler
 from layouts import read_stage_a
+from readers.arrays import fit_voxels
+from readers.god import create_god_dataset
+from readers.hcp import create_hcp_dataset
 from ridge import fit_ridge
 from runtime import format_seconds
 from sc_mbm.mae_for_fmri import build_mae
 from sc_mbm.reconstruction import score
+from transforms import model_image_transform
 
 log = logging.getLogger("mindvis.demo")
 

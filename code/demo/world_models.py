@@ -29,7 +29,6 @@ from omegaconf import OmegaConf
 import eval_metrics
 from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
-from dataset import read_class_index, read_god_labels, to_model_range, to_uint8_images
 from dc_ldm.models.autoencoder import VQModelInterface
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
@@ -39,7 +38,9 @@ from demo.classifier import save_classifier, train_classifier
 from demo.simulation.simulate import draw_class_images
 from engine import Schedule, fused_adam
 from figures import image_grid
+from readers.god import read_class_index, read_god_labels
 from runtime import progress, seed_everything
+from transforms import to_model_range, to_uint8_images
 
 log = logging.getLogger("mindvis.demo")
 
