@@ -1,35 +1,23 @@
 """Configuration: one dataclass per stage, with the published MinD-Vis defaults and field names.
 
 Field names follow the published config classes (`Config_MBM_fMRI`, `Config_MBM_finetune`,
-`Config_Generative_Model`, re-exported here from `published_configs` because checkpoints pickle them by reference
-as `config.Config_*`) so that a config pickled in a published checkpoint maps onto ours (`from_dict`), and ours are
-written back in that form (`published_configs.published_config`) so the original code reads our checkpoints.
-Every field carries its one-line help and its group; the command line is generated from them:
-
-    python code/stageA1_mbm_pretrain.py --mask_ratio 0.65 --num_epoch 800 --no-include_kam
-    python code/stageA1_mbm_pretrain.py --config run.yaml --batch_size 64   # the flag wins
-
-Booleans are `--flag/--no-flag` switches, lists take several values (`--kam_subs sbj_1 sbj_3`) and `None` is
-spelled `None`. The resolved config is printed, saved as `config.yaml` in every run folder and stored in every
-checkpoint.
+`Config_Generative_Model`) so that a config pickled in a published checkpoint maps onto ours (`from_dict`), and
+ours are written back in that form (`published_configs.published_config`) so the original code reads our
+checkpoints; those classes are re-exported here because checkpoints pickle them by reference as `config.Config_*`.
+Every field carries its one-line help and its group; `config_engine.parse_config` makes the command line of a
+stage from them. The names a field may take come from where they are defined: the data sets from
+`targets.TARGETS`, the samplers from `samplers.SAMPLERS`, the metrics from `eval_metrics.METRICS`. The resolved
+config is printed, saved as `config.yaml` in every run folder and stored in every checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
 import os
-import sys
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
-
-from errors import DEBUG_HELP, ArgumentParser, UsageError
+from config_engine import arg, check
+from dc_ldm.models.diffusion.samplers import SAMPLERS
+from eval_metrics import METRIC_GROUPS, METRICS
 from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle them by reference as config.Config_*
     PRECISION_ALIASES,
     Config_Generative_Model,
@@ -37,29 +25,12 @@ from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle the
     Config_MBM_fMRI,
 )
 from readers.hcp import HCP_ROIS
+from sc_mbm.architecture import MAEArchitecture
 from targets import BOLD5000, DATASETS, DEFAULT_DATASET, GOD, TARGETS, Target
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SELECT_ON = ("val_split", "test")  # where Stage B chooses the model it keeps
 MIN_SAMPLER_STEPS = 4  # fewer start the sampler where the schedule still assumes signal in the start noise
-GROUPS = ("data", "model", "optimisation", "run")
-
-
-class ConfigError(UsageError, ValueError):
-    """A configuration value is invalid; the message names the field."""
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
-def arg(default: Any, help: str, group: str = "run", cli: bool = True) -> Any:
-    """A config field with its --help line and --help group; `cli=False` keeps it off the command line."""
-    meta = {"help": help, "group": group, "cli": cli}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _by_dataset(default: str) -> str:
@@ -72,35 +43,16 @@ def _under(root: str, value: str | None, default: str) -> str:
     return value if value is not None else os.path.join(root, default)
 
 
+def _precision(value: str) -> str:
+    """A precision in our spelling (the published configs' and Lightning's are accepted, `precision = 32`)."""
+    value = PRECISION_ALIASES.get(str(value), value)
+    check(value in PRECISIONS, f"precision must be one of {PRECISIONS}, got {value!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------------
 # Field groups shared by several stages
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Architecture:
-    """The masked-autoencoder architecture; later stages read it back from the Stage A checkpoint."""
-
-    patch_size: int = arg(16, "voxels per token (the patch embedding's kernel and stride)", "model")
-    embed_dim: int = arg(1024, "encoder width D (the paper's 'sparse coding' large embedding)", "model")
-    depth: int = arg(24, "encoder blocks", "model")
-    num_heads: int = arg(16, "encoder attention heads (must divide embed_dim)", "model")
-    decoder_embed_dim: int = arg(512, "decoder width", "model")
-    decoder_num_heads: int = arg(16, "decoder attention heads (must divide decoder_embed_dim)", "model")
-    decoder_depth: int = arg(8, "decoder blocks (8 in every published checkpoint)", "model")
-    mlp_ratio: float = arg(1.0, "MLP width / D in every block", "model")
-
-    def _validate_architecture(self) -> None:
-        _check(self.patch_size > 0, f"patch_size must be positive, got {self.patch_size}")
-        for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-            w, h = getattr(self, width), getattr(self, heads)
-            _check(h > 0 and w % h == 0, f"{width} ({w}) must be divisible by {heads} ({h})")
-            _check(w % 2 == 0, f"{width} ({w}) must be even (sin-cos position embedding)")
-        _check(min(self.depth, self.decoder_depth) > 0 and self.mlp_ratio > 0,
-               "depth, decoder_depth and mlp_ratio must be positive")  # fmt: skip
-
-
-ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(_Architecture))
 
 
 @dataclass
@@ -116,10 +68,9 @@ class _Run:
     wandb_project: str = arg("mind-vis", "wandb project name")
 
     def _validate_run(self) -> None:
-        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
-        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.log_every > 0, f"log_every must be positive, got {self.log_every}")
-        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        self.precision = _precision(self.precision)
+        check(self.log_every > 0, f"log_every must be positive, got {self.log_every}")
+        check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -140,15 +91,15 @@ class _Optimisation:
                                    "(the learning-rate schedule changes mid-run)")  # fmt: skip
 
     def _validate_optimisation(self) -> None:
-        _check(self.lr > 0 and self.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {self.lr}, {self.min_lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
-        _check(0 <= self.warmup_epochs <= self.num_epoch, f"warmup_epochs must be in [0, num_epoch={self.num_epoch}]")
-        _check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
-        _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
-        _check(self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
+        check(self.lr > 0 and self.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
+        check(0 <= self.warmup_epochs <= self.num_epoch, f"warmup_epochs must be in [0, num_epoch={self.num_epoch}]")
+        check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
+        check(self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
         # 0 would learn nothing (no patch to predict), 1 would leave the encoder nothing to see
-        _check(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        check(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
 
 @dataclass
@@ -167,13 +118,13 @@ class TargetData:
     seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
 
     def _resolve_data(self) -> None:
-        _check(self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        check(self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         rois = TARGETS[self.dataset].rois
-        _check(self.roi in rois, f"roi must be one of {rois}, got {self.roi!r}")
+        check(self.roi in rois, f"roi must be one of {rois}, got {self.roi!r}")
         for target in TARGETS.values():
             setattr(self, target.path_field, _under(self.root_path, getattr(self, target.path_field),
                                                     target.default_path))  # fmt: skip
-        _check(len(self.subjects) > 0, f"no subjects given for {self.dataset}")
+        check(len(self.subjects) > 0, f"no subjects given for {self.dataset}")
 
     @property
     def target(self) -> Target:
@@ -191,7 +142,7 @@ class TargetData:
 
 
 @dataclass
-class StageA1Config(_Run, _Optimisation, _Architecture):
+class StageA1Config(_Run, _Optimisation, MAEArchitecture):
     """Stage A1: SC-MBM pre-training on HCP (+ GOD training fMRI). Published class `Config_MBM_fMRI`."""
 
     root_path: str = arg(".", "project root: data/ and results/ are looked up below it", "data")
@@ -219,15 +170,15 @@ class StageA1Config(_Run, _Optimisation, _Architecture):
         self._validate_architecture()
         self._validate_run()
         self._validate_optimisation()
-        _check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
-        _check(self.roi in ("VC", *HCP_ROIS), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
-        _check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
-        _check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
+        check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
+        check(self.roi in ("VC", *HCP_ROIS), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
+        check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
+        check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
         focus = self.focus_range
-        _check(focus is None or (len(focus) == 2 and 0 <= focus[0] < focus[1]),
+        check(focus is None or (len(focus) == 2 and 0 <= focus[0] < focus[1]),
                f"focus_range must be two increasing voxel indices or None, got {focus}")  # fmt: skip
-        _check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
-        _check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
+        check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
+        check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
 
 
 @dataclass
@@ -329,22 +280,22 @@ class StageBConfig(_Run, TargetData):
 
     def validate(self) -> None:
         self._validate_run()
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        _check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
-        _check(self.accumulate_grad >= 1, f"accumulate_grad must be >= 1, got {self.accumulate_grad}")
-        _check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
-        _check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
-        _check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")
-        _check(0.0 <= self.cond_dropout < 1.0, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        _check(not self.linear_pool or self.global_pool, "linear_pool makes one context token: it needs --global_pool")
-        _check(not self.ridge_init or self.linear_pool, "ridge_init starts the linear pool: it needs --linear_pool")
-        _check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
-        _check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
-        _check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
-        _check(not self.snapshot_epochs or 1 <= min(self.snapshot_epochs), f"snapshot_epochs count from 1, got "
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
+        check(self.accumulate_grad >= 1, f"accumulate_grad must be >= 1, got {self.accumulate_grad}")
+        check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
+        check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")
+        check(0.0 <= self.cond_dropout < 1.0, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        check(not self.linear_pool or self.global_pool, "linear_pool makes one context token: it needs --global_pool")
+        check(not self.ridge_init or self.linear_pool, "ridge_init starts the linear pool: it needs --linear_pool")
+        check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
+        check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
+        check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
+        check(not self.snapshot_epochs or 1 <= min(self.snapshot_epochs), f"snapshot_epochs count from 1, got "
                f"{self.snapshot_epochs}")  # fmt: skip
-        _check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        _check(self.select_on != "val_split" or self.val_split >= 2,
+        check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        check(self.select_on != "val_split" or self.val_split >= 2,
                f"val_split must hold out at least 2 images, got {self.val_split}")  # fmt: skip
         _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, self.cond_dropout)
 
@@ -377,7 +328,7 @@ class GenEvalConfig(TargetData):
                              "derangement); scores should fall to chance", "data")  # fmt: skip
     num_samples: int = arg(5, "images per fMRI", "run")
     ddim_steps: int = arg(250, f"sampler steps per image (at least {MIN_SAMPLER_STEPS})", "run")
-    sampler: str = arg("plms", "plms (published) or ddim", "run")
+    sampler: str = arg("plms", f"one of {tuple(SAMPLERS)} (published: plms)", "run")
     eta: float = arg(0.0, "DDIM eta (0: deterministic)", "run")
     guidance_scale: float | None = arg(None, "classifier-free guidance (needs a model trained with cond_dropout > 0; "
                                        "default: the checkpoint's own, 1 for published ones)", "run")  # fmt: skip
@@ -396,208 +347,29 @@ class GenEvalConfig(TargetData):
                                  "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check(self.dataset is None or self.dataset in TARGETS,
+        check(self.dataset is None or self.dataset in TARGETS,
                f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
-        _check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
+        check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
         if self.protocol == "published":
             self.num_samples, self.ddim_steps, self.sampler, self.eta, self.guidance_scale = 5, 250, "plms", 0.0, 1.0
             self.n_way, self.num_trials, self.limit, self.shuffle_fmri = 50, 1000, None, False
             self.metrics = ["mse_uint8", "pcc", "ssim", "lpips", "n_way", "fid"]
-        from eval_metrics import METRIC_GROUPS, METRICS  # the metric names are eval_metrics' to define
-
         unknown = [m for m in self.metrics if m not in METRICS and m not in METRIC_GROUPS]
-        _check(not unknown, f"unknown metric(s) {unknown}; expected names from {[*METRICS, *METRIC_GROUPS]}")
+        check(not unknown, f"unknown metric(s) {unknown}; expected names from {[*METRICS, *METRIC_GROUPS]}")
         self.output_path = _under(self.root_path, self.output_path, "results")
-        _check(self.sampler in ("plms", "ddim"), f"sampler must be 'plms' or 'ddim', got {self.sampler!r}")
-        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
-        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
-        _check(self.limit is None or self.limit >= 2, f"limit must be at least 2 or None, got {self.limit}")
-        _check(1 < self.n_way and self.num_trials > 0, "n_way must be > 1 and num_trials positive")
+        check(self.sampler in SAMPLERS, f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
+        self.precision = _precision(self.precision)
+        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        check(self.limit is None or self.limit >= 2, f"limit must be at least 2 or None, got {self.limit}")
+        check(1 < self.n_way and self.num_trials > 0, "n_way must be > 1 and num_trials positive")
         _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale or 1.0, None)
 
 
 def _check_sampling(num_samples: int, ddim_steps: int, guidance_scale: float, cond_dropout: float | None) -> None:
-    _check(num_samples > 0, f"num_samples must be positive, got {num_samples}")
-    _check(ddim_steps >= MIN_SAMPLER_STEPS,
+    check(num_samples > 0, f"num_samples must be positive, got {num_samples}")
+    check(ddim_steps >= MIN_SAMPLER_STEPS,
            f"ddim_steps must be at least {MIN_SAMPLER_STEPS}, got {ddim_steps}: with fewer the first step starts "
            "where the schedule still expects signal in the start noise, and the image stays noise (published: 250)")
-    _check(guidance_scale >= 1.0, f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
-    _check(cond_dropout is None or guidance_scale == 1.0 or cond_dropout > 0,
+    check(guidance_scale >= 1.0, f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
+    check(cond_dropout is None or guidance_scale == 1.0 or cond_dropout > 0,
            "guidance_scale > 1 needs a model trained with cond_dropout > 0 (it learns the null context)")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Command line and YAML files
-# ----------------------------------------------------------------------------------------------------
-
-_NONE = ("none", "null")
-
-
-def _field_types(cls: type) -> dict[str, tuple[type, bool, bool]]:
-    """name -> (scalar type, is_list, is_optional) for every dataclass field."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        tp, optional = hints[f.name], False
-        args = typing.get_args(tp)
-        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-            optional = type(None) in args
-            tp = next(a for a in args if a is not type(None))
-        is_list = typing.get_origin(tp) is list
-        out[f.name] = (typing.get_args(tp)[0] if is_list else tp, is_list, optional)
-    return out
-
-
-def _parse_scalar(tp: type, optional: bool):
-    def parse(text: str):
-        if optional and text.lower() in _NONE:
-            return None
-        return tp(text)
-
-    parse.__name__ = tp.__name__  # argparse names the type in its error messages
-    return parse
-
-
-def build_parser(cls: type, usage: str | None = None) -> argparse.ArgumentParser:
-    """One option per command-line field of `cls`, grouped, each with its help; `--config FILE.yaml`, `--debug`.
-
-    `usage` (the script's docstring: what it does and example commands) opens the help text.
-    """
-    parser = ArgumentParser(
-        description=usage or cls.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,  # only flags the user gives override the defaults / YAML
-    )
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of field values; flags override it")
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    groups = {g: parser.add_argument_group(g) for g in GROUPS}
-    types_ = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True):
-            continue
-        tp, is_list, optional = types_[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})" if default is not None else f.metadata["help"]
-        group = groups[f.metadata.get("group", "run")]
-        if tp is bool and not is_list:
-            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
-        elif is_list:
-            group.add_argument(f"--{f.name}", nargs="*", type=_parse_scalar(tp, False), metavar=tp.__name__.upper(),
-                               help=help_text)  # fmt: skip
-        else:
-            group.add_argument(f"--{f.name}", type=_parse_scalar(tp, optional), metavar=tp.__name__.upper(),
-                               help=help_text)  # fmt: skip
-    return parser
-
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping of config fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
-    return data
-
-
-def from_dict(cls: type, values: dict, strict: bool = True):
-    """Build `cls` from a dict of field values (ours, a YAML file, or a published config's attributes).
-
-    With `strict`, unknown keys are an error; otherwise they are ignored (published configs carry fields such as
-    `logger` or `HW` that have no meaning here).
-    """
-    return cls(**typed_fields(cls, values, strict))
-
-
-def typed_fields(cls: type, values: dict, strict: bool = True, source: object = None) -> dict:
-    """The values of `cls`'s fields in `values`, each checked to be of its field's type (an error names `source`,
-    e.g. a YAML file, and the field): a boolean is no number, a list or mapping no text; ints do for floats, and so
-    does text that reads as a number (PyYAML reads `1e-4` as text)."""
-    types_ = _field_types(cls)
-    try:
-        unknown = sorted(set(values) - set(types_))
-        if strict and unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        return {name: _coerce(name, value, *types_[name]) for name, value in values.items() if name in types_}
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}" if source is not None else str(e)) from None
-
-
-def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> Any:
-    if value is None:
-        _check(optional, f"{name} must not be None")
-        return None
-    if is_list:
-        _check(isinstance(value, list | tuple), f"{name} must be a list, got {value!r}")
-        return [_coerce(name, v, tp, False, False) for v in value]
-    if tp is bool:
-        _check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        what = "a whole number" if tp is int else "a number"
-        _check(isinstance(value, int | float | str) and not isinstance(value, bool), f"{name} must be {what}, got "
-               f"{value!r}")  # fmt: skip
-        try:
-            number = int(value) if tp is int and isinstance(value, str) else float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be {what}, got {value!r}") from None
-        _check(math.isfinite(number), f"{name} must be a finite number, got {value!r}")
-        if tp is int:  # a float that is not a whole number would be truncated silently
-            _check(float(number).is_integer(), f"{name} must be a whole number, got {value!r}")
-            return int(number)
-        return number
-    if tp is str:  # numbers become text (the published `precision: 32`); a list, mapping or boolean does not
-        _check(isinstance(value, str | int | float) and not isinstance(value, bool), f"{name} must be text, got "
-               f"{value!r}")  # fmt: skip
-        return str(value)
-    if tp is dict:
-        _check(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    raise ConfigError(f"{name}: a field of type {tp.__name__} cannot be read from a file")
-
-
-def parse_config(cls: type, argv: list[str] | None = None, usage: str | None = None):
-    """Defaults, then `--config FILE.yaml`, then command-line flags; validated. Exits with a message on error."""
-    parser = build_parser(cls, usage)
-    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    args.pop("debug", None)
-    try:
-        values = _run_config(cls, args["resume"]) if args.get("resume") else {}
-        if "config" in args:
-            path = args.pop("config")
-            values.update(typed_fields(cls, load_yaml(path), source=path))
-        values.update(args)
-        return from_dict(cls, values)
-    except ConfigError as e:
-        parser.error(str(e))
-
-
-def _run_config(cls: type, resume: str) -> dict:
-    """With `--resume RUN`: the run's own config.yaml, so that resuming needs no other flag (flags still win)."""
-    run = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    path = run / "config.yaml"
-    return typed_fields(cls, load_yaml(path), source=path) if path.is_file() else {}
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """The config as a plain dict (config.yaml, wandb)."""
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Any, folder: str | os.PathLike) -> Path:
-    """Write the resolved config as `config.yaml` into `folder`."""
-    path = Path(folder) / "config.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return path
-
-
-def format_config(cfg: Any) -> str:
-    """A readable multi-line listing of the config, for the log."""
-    values = config_to_dict(cfg)
-    width = max(len(k) for k in values)
-    return "\n".join(f"  {k:<{width}} {v}" for k, v in values.items())

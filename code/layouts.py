@@ -27,9 +27,10 @@ import torch.distributed as dist
 from torch import nn
 
 from checkpoint import as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
-from config import ARCH_FIELDS, ConfigError, StageBConfig, load_yaml
+from config_engine import ConfigError, load_yaml
 from errors import CheckpointError
 from published_configs import Config_Generative_Model, Config_MBM_finetune, Config_MBM_fMRI, published_config
+from sc_mbm.architecture import ARCH_FIELDS, width_problem
 from sc_mbm.mae_for_fmri import architecture_from_weights
 
 log = logging.getLogger("mindvis.layouts")
@@ -77,10 +78,8 @@ def read_architecture(
         log.info("%s: read off the weights (its config lacks them): %s", path,
                  ", ".join(f"{k}={arch[k]}" for k in assumed))  # fmt: skip
     arch["num_voxels"] = weights["num_voxels"]
-    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-        if heads in arch and arch[width] % arch[heads]:
-            raise CheckpointError(f"{path}: its config says {width} = {arch[width]} with {heads} = {arch[heads]}, "
-                                  "which does not divide it; the file is inconsistent")  # fmt: skip
+    if problem := width_problem(arch):
+        raise CheckpointError(f"{path}: the file is inconsistent: its config and weights say {problem}")
     return arch
 
 
@@ -92,7 +91,7 @@ class StageACheckpoint:
     """A Stage A checkpoint as later stages use it."""
 
     path: Path
-    arch: dict  # config.ARCH_FIELDS and num_voxels
+    arch: dict  # sc_mbm.architecture.ARCH_FIELDS and num_voxels
     model: dict  # the masked autoencoder's state dict
     config: dict  # the stored Stage A config (architecture and pre-training settings)
     raw: dict  # everything in the file (optimizer, epoch, rng, finetune_config, ...)
@@ -137,7 +136,7 @@ def stage_a_checkpoint(
 # ---- Stage B ------------------------------------------------------------------------------------------------
 
 
-def finetuned_checkpoint(model: nn.Module, cfg: StageBConfig) -> dict:
+def finetuned_checkpoint(model: nn.Module, cfg: Any) -> dict:
     """The published Stage B layout: model_state_dict, config (the original's class), state (torch RNG)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {"model_state_dict": weights, "config": published_config(cfg, Config_Generative_Model),

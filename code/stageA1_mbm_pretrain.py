@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from checkpoint import as_config_dict, load_checkpoint
-from config import ARCH_FIELDS, ConfigError, StageA1Config, config_to_dict, format_config, parse_config, save_config
+from config import StageA1Config
+from config_engine import ConfigError, config_to_dict, format_config, parse_config, save_config
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main
 from layouts import SCHEDULE_FIELDS, check_resumable, restore_training_state, resume_checkpoint_path
@@ -43,6 +44,7 @@ from runtime import (
     setup_logging,
 )
 from sc_mbm import reconstruction
+from sc_mbm.architecture import ARCH_FIELDS
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
 

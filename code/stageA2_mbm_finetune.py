@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from checkpoint import as_config_dict
-from config import StageA2Config, config_to_dict, format_config, parse_config, save_config
+from config import StageA2Config
+from config_engine import config_to_dict, format_config, parse_config, save_config
 from dataset import FMRIDataset
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main

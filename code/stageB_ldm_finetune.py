@@ -27,7 +27,8 @@ import torch
 import eval_metrics
 from checkpoint import as_config_dict, load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
-from config import StageBConfig, config_to_dict, format_config, parse_config, save_config
+from config import StageBConfig
+from config_engine import config_to_dict, format_config, parse_config, save_config
 from dataset import LatentViews
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
 from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, wrap_ddp

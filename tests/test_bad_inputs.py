@@ -16,7 +16,8 @@ import stageA1_mbm_pretrain
 import stageA2_mbm_finetune
 import stageB_ldm_finetune
 from checkpoint import load_checkpoint, save_checkpoint
-from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig, parse_config
+from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig
+from config_engine import parse_config
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
 from demo import cli

@@ -3,16 +3,8 @@
 import pytest
 import yaml
 
-from config import (
-    ConfigError,
-    GenEvalConfig,
-    StageA1Config,
-    StageA2Config,
-    StageBConfig,
-    from_dict,
-    parse_config,
-    save_config,
-)
+from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig
+from config_engine import ConfigError, from_dict, parse_config, save_config
 from safe_pickle import PickledObject
 
 

@@ -72,7 +72,8 @@ def test_sweep_figure_plots_pipeline_control_and_baselines(tmp_path):
 
 
 def test_every_lever_is_a_valid_stage_b_and_gen_eval_setting():
-    from config import GenEvalConfig, StageBConfig, from_dict
+    from config import GenEvalConfig, StageBConfig
+    from config_engine import from_dict
 
     recipe_b = dict(pipeline.DEMO.b)
     for name, (b_change, eval_change) in pipeline.LEVERS.items():

@@ -525,7 +525,8 @@ def test_9_subject_names_are_checked_wherever_they_come_from(world):
 def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypatch):
     """Stage B's resume check compared no field: `--resume RUN --lr X` changed the rate mid-run, silently."""
     import stageB_ldm_finetune as stage_b
-    from config import ConfigError, StageBConfig
+    from config import StageBConfig
+    from config_engine import ConfigError
 
     def config(**overrides) -> StageBConfig:
         return StageBConfig(**{**dict(root_path=str(world), output_path=str(tmp_path), img_size=32, batch_size=8,
@@ -554,7 +555,8 @@ def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypa
 ])  # fmt: skip
 def test_11_yaml_values_keep_their_type(line, field, expected, tmp_path, capsys):
     """`lr: true` became 1.0 and a list became the text of the list."""
-    from config import StageA1Config, parse_config
+    from config import StageA1Config
+    from config_engine import parse_config
 
     path = write(tmp_path / "run.yaml", line + "\n")
     with pytest.raises(SystemExit) as exit_info:
@@ -565,7 +567,8 @@ def test_11_yaml_values_keep_their_type(line, field, expected, tmp_path, capsys)
 
 def test_11_numbers_yaml_reads_as_text_still_load(tmp_path):
     """PyYAML reads `1e-4` (no dot) as text: a number written so is still a number."""
-    from config import StageA1Config, parse_config
+    from config import StageA1Config
+    from config_engine import parse_config
 
     cfg = parse_config(StageA1Config, ["--config", str(write(tmp_path / "run.yaml", "lr: 1e-4\nnum_epoch: 300\n"))])
     assert cfg.lr == 1e-4 and cfg.num_epoch == 300

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from config import StageA1Config, StageA2Config, StageBConfig, config_to_dict
+from config import StageA1Config, StageA2Config, StageBConfig
+from config_engine import config_to_dict
 from engine import AmpScaler
 from layouts import finetuned_checkpoint, stage_a_checkpoint, training_state
 from sc_mbm.mae_for_fmri import build_mae

@@ -9,11 +9,11 @@ from torch import nn
 
 from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.plms import PLMSSampler
+from dc_ldm.models.diffusion.samplers import SAMPLERS
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
 from dc_ldm.modules.diffusionmodules.util import make_beta_schedule
 
 SHAPE = (3, 4, 4)
-SAMPLERS = [PLMSSampler, DDIMSampler]
 
 
 class ToyEpsModel(nn.Module):
@@ -60,7 +60,7 @@ def test_uniform_discretisation():
     assert make_ddim_timesteps(1000, 1000).tolist() == list(range(1, 1000))
 
 
-@pytest.mark.parametrize("sampler_cls", SAMPLERS)
+@pytest.mark.parametrize("sampler_cls", SAMPLERS.values(), ids=SAMPLERS)
 def test_runs_on_cpu_and_visits_the_schedule(sampler_cls, model):
     sampler = sampler_cls(model)
     steps_seen = []
@@ -77,7 +77,7 @@ def test_runs_on_cpu_and_visits_the_schedule(sampler_cls, model):
     assert model.calls == 8 + (sampler_cls is PLMSSampler)
 
 
-@pytest.mark.parametrize("sampler_cls", SAMPLERS)
+@pytest.mark.parametrize("sampler_cls", SAMPLERS.values(), ids=SAMPLERS)
 def test_generator_makes_samples_reproducible(sampler_cls, model):
     kw = {"eta": 0.5} if sampler_cls is DDIMSampler else {}  # DDIM with η > 0 also draws per-step noise
     a, b, c = (_sample(sampler_cls, model, seed=s, **kw) for s in (0, 0, 1))
@@ -93,7 +93,7 @@ def test_ddim_eta_noise_comes_from_the_generator(model):
     assert torch.equal(_sample(DDIMSampler, model, seed=0, x_T=x_T), _sample(DDIMSampler, model, seed=1, x_T=x_T))
 
 
-@pytest.mark.parametrize("sampler_cls", SAMPLERS)
+@pytest.mark.parametrize("sampler_cls", SAMPLERS.values(), ids=SAMPLERS)
 def test_classifier_free_guidance(sampler_cls, model):
     x_T, cond, uncond = torch.randn(2, *SHAPE), _cond(seed=1), _cond(seed=2)
     plain = _sample(sampler_cls, model, x_T=x_T, conditioning=cond)
@@ -112,7 +112,7 @@ def test_classifier_free_guidance(sampler_cls, model):
         _sample(sampler_cls, model, unconditional_guidance_scale=3.0)
 
 
-@pytest.mark.parametrize("sampler_cls", SAMPLERS)
+@pytest.mark.parametrize("sampler_cls", SAMPLERS.values(), ids=SAMPLERS)
 def test_bad_input(sampler_cls, model):
     with pytest.raises(ValueError, match="x_T has shape"):
         _sample(sampler_cls, model, x_T=torch.randn(3, *SHAPE))

@@ -15,7 +15,8 @@ import yaml
 import stageA1_mbm_pretrain as a1
 import stageA2_mbm_finetune as a2
 from checkpoint import as_config_dict, load_checkpoint
-from config import ConfigError, StageA1Config, StageA2Config, from_dict, parse_config
+from config import StageA1Config, StageA2Config
+from config_engine import ConfigError, from_dict, parse_config
 from demo.simulation.simulate import make_synthetic_data
 from engine import NonFiniteLossError, Schedule
 from errors import CheckpointError

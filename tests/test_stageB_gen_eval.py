@@ -16,7 +16,8 @@ import stageB_ldm_finetune
 from baselines import grey_thumbnails, ridge_image_baseline
 from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import build_sequential, save_classifier_file
-from config import ConfigError, GenEvalConfig, StageBConfig
+from config import GenEvalConfig, StageBConfig
+from config_engine import ConfigError
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
 from dc_ldm.util import instantiate_from_config

@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 
 import stageA1_mbm_pretrain as a1  # noqa: E402
-from config import StageA1Config, parse_config  # noqa: E402
+from config import StageA1Config
+from config_engine import parse_config  # noqa: E402
 
 
 def main() -> None:

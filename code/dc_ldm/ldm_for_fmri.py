@@ -17,9 +17,8 @@ import torch
 import torch.nn as nn
 
 from checkpoint import as_config_dict, load_checkpoint
-from dc_ldm.models.diffusion.ddim import DDIMSampler
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
-from dc_ldm.models.diffusion.plms import PLMSSampler
+from dc_ldm.models.diffusion.samplers import SAMPLERS
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from errors import CheckpointError, UserError
 from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
@@ -233,9 +232,10 @@ def sample_images(
 ) -> torch.Tensor:
     """fMRI (B, 1, V) -> one decoded image each, (B, 3, H, W) about [-1, 1] (latents quantised before decoding).
 
-    `guidance_scale` s > 1: classifier-free guidance against the learned null context, ε_u + s (ε_c - ε_u).
+    `sampler` names one of `samplers.SAMPLERS`; `guidance_scale` s > 1: classifier-free guidance against the
+    learned null context, ε_u + s (ε_c - ε_u).
     """
-    cls = {"plms": PLMSSampler, "ddim": DDIMSampler}[sampler]
+    cls = SAMPLERS[sampler]
     cond = model.get_learned_conditioning(fmri)  # (B, 77, context_dim)
     uncond = model.cond_stage_model.unconditional(len(fmri)) if guidance_scale != 1.0 else None
     latents, _ = cls(model).sample(S=ddim_steps, batch_size=fmri.shape[0], shape=model.latent_shape,

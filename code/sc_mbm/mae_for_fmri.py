@@ -15,6 +15,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Attention, Block
 
 from errors import CheckpointError
+from sc_mbm.architecture import width_problem
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
 log = logging.getLogger("mindvis.sc_mbm")
@@ -24,8 +25,8 @@ log = logging.getLogger("mindvis.sc_mbm")
 _MAE_ONLY_PREFIXES = ("decoder_", "nature_img_", "mask_token")
 
 
-def _check_sizes(num_voxels: int, patch_size: int, widths: Mapping[str, tuple[int, int]]) -> None:
-    """Raise a clear ValueError for a voxel count or (width, heads) pairs the model cannot be built with."""
+def _check_sizes(num_voxels: int, patch_size: int, widths: Mapping[str, int]) -> None:
+    """Raise a clear ValueError for a voxel count or widths and head counts the model cannot be built with."""
     if patch_size < 1 or num_voxels < patch_size:
         raise ValueError(f"num_voxels ({num_voxels}) is shorter than one patch (patch_size {patch_size})")
     if num_voxels % patch_size != 0:
@@ -34,11 +35,8 @@ def _check_sizes(num_voxels: int, patch_size: int, widths: Mapping[str, tuple[in
             f"num_voxels ({num_voxels}) must be a multiple of patch_size ({patch_size}); pad the fMRI (wrap mode) "
             f"to {padded} voxels"
         )
-    for name, (width, heads) in widths.items():
-        if width % heads != 0:
-            raise ValueError(f"{name} ({width}) must be divisible by its number of heads ({heads})")
-        if width % 2 != 0:
-            raise ValueError(f"{name} ({width}) must be even for the sin-cos position embedding")
+    if problem := width_problem(widths):
+        raise ValueError(problem)
 
 
 def _check_fmri(fmri: torch.Tensor, num_voxels: int, patch_size: int) -> None:
@@ -158,7 +156,8 @@ class MAEforFMRI(_FMRIBackbone):
         focus_range: Sequence[int] | None = None,
         focus_rate: float | None = None,
     ):
-        widths = {"embed_dim": (embed_dim, num_heads), "decoder_embed_dim": (decoder_embed_dim, decoder_num_heads)}
+        widths = dict(embed_dim=embed_dim, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
+                      decoder_num_heads=decoder_num_heads)  # fmt: skip
         _check_sizes(num_voxels, patch_size, widths)
         if (focus_range is None) != (focus_rate is None):
             raise ValueError("focus_range and focus_rate must be given together")
@@ -280,7 +279,7 @@ class FMRIEncoder(_FMRIBackbone):
         mlp_ratio: float = 1.0,
         global_pool: bool = False,
     ):
-        _check_sizes(num_voxels, patch_size, {"embed_dim": (embed_dim, num_heads)})
+        _check_sizes(num_voxels, patch_size, {"embed_dim": embed_dim, "num_heads": num_heads})
         super().__init__(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio)
         self.cls_token.requires_grad_(False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
@@ -340,7 +339,7 @@ def _listing(items: Sequence[str], limit: int = 8) -> str:
 
 
 def build_mae(arch: Mapping, focus_range: Sequence[int] | None = None, focus_rate: float = 0.6) -> MAEforFMRI:
-    """The masked autoencoder of an architecture mapping (the config.ARCH_FIELDS and num_voxels)."""
+    """The masked autoencoder of an architecture mapping (sc_mbm.architecture.ARCH_FIELDS and num_voxels)."""
     return MAEforFMRI(
         num_voxels=arch["num_voxels"],
         patch_size=arch["patch_size"],
