@@ -16,6 +16,7 @@ Markdown tables in `results/demo/<size>/` (curve.md, ablations.md) and as figure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,6 +28,7 @@ import torch
 
 from baselines import fit_ridge
 from checkpoint import save_checkpoint
+from config import StageBConfig
 from dataset import create_god_dataset, create_hcp_dataset, fit_voxels, model_image_transform
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
@@ -83,9 +85,10 @@ def _train_snapshots(flags: dict, output_path: Path, target: Path) -> dict:
 
 def _steps_per_epoch(w: World, flags: dict) -> int:
     """Optimiser steps per Stage B epoch: the training pairs (less the held-out validation images) over the batch."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StageBConfig)}
     train, _ = create_god_dataset(w.kam, subjects=["sbj_3"])
-    if flags.get("select_on", "val_split") == "val_split":
-        train, _ = train.hold_out(flags.get("val_split", 50), w.seed)
+    if flags.get("select_on", defaults["select_on"]) == "val_split":
+        train, _ = train.hold_out(flags.get("val_split", defaults["val_split"]), w.seed)
     return len(train) // flags["batch_size"]
 
 
@@ -114,7 +117,7 @@ def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]
 PAPER = {"full": 23.9, "mask 0.35": 19.6, "mask 0.85": 16.1, "no pre-training": 2.6, "cross-attention only": 15.6}
 # Stage A variants: the demo's SC-MBM (mask ratio 0.75), the other mask ratios (A1 and A2), no pre-training at all.
 ENCODERS = {"full": {}, "mask 0.35": {"mask_ratio": 0.35}, "mask 0.85": {"mask_ratio": 0.85}, "no pre-training": None}
-ABLATION_EPOCHS = 44  # the published Stage B per row: 10,120 optimiser steps at batch 5, the curve's last point
+ABLATION_EPOCHS = 44  # the published Stage B per row: 10,120 optimiser steps at batch 5, a point of the curve
 
 
 def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
