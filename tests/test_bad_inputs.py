@@ -19,7 +19,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig, parse_config
 from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
-from demo import pipeline
+from demo import cli
 from demo.simulation.simulate import main as simulate_main
 from demo.simulation.simulate import make_synthetic_data
 from errors import run_main
@@ -174,7 +174,7 @@ CASES = [
      "--image_size", "100"], 2, r"image_size must be a positive multiple of 64"),
     ("preprocess no atlas", lambda argv: lambda: preprocess_main(argv), lambda w, t: ["--fmri_glob", str(t / "*.nii"),
      "--atlas", str(t / "atlas.nii.gz")], 2, r"--fmri_glob: no fMRI files match"),
-    ("demo negative seed", lambda argv: lambda: pipeline.main(argv), lambda w, t: ["--seed", "-1"], 2,
+    ("demo negative seed", lambda argv: lambda: cli.main(argv), lambda w, t: ["--seed", "-1"], 2,
      r"--seed must be >= 0"),
 ]  # fmt: skip
 
