@@ -161,6 +161,56 @@ def test_against_the_original_code(script, tmp_path):
             assert d["max_abs_diff"] <= 1e-5 * max(1.0, d["max_abs_original"]), (label, d)
 
 
+# ---- training dynamics against the original ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ORIGINAL, reason="set MINDVIS_ORIGINAL to a checkout of zjc062/mind-vis")
+def test_dynamics_against_the_original(tmp_path):
+    pytest.importorskip("pytorch_lightning", reason="the original's Stage B needs its Lightning")
+    import dynamics
+
+    path = dynamics.main(["--original", ORIGINAL, "--steps", "9", "--out", str(tmp_path), "--figure",
+                          str(tmp_path / "dynamics.png")])  # fmt: skip
+    record = json.loads(Path(path).read_text())
+    for stage in ("stage_a1", "stage_b", "stage_b_duplicates_emulated"):
+        r = record[stage]
+        assert r["steps"] == 9 and r["max_lr_difference"] == 0 and not r["hyper_parameters_differ"], stage
+        assert not r["trained_only_by_ours"] and r["max_rel_loss_difference"] < 1e-5 and not r["changed_outside_ours"]
+    assert record["stage_b_duplicates_emulated"]["weights_apart_over_update"] < 1e-3
+    assert record["transforms"]["image_max_abs_difference"] < 1e-6
+
+
+def test_dynamics_comparison_sees_a_different_learning_rate():
+    """The comparison itself, without the original: two runs of our Stage A1 loop from the same weights on the same
+    batches agree exactly; a different learning rate shows in the lr column and moves the weights apart."""
+    import copy
+
+    import dynamics
+    from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
+    from sc_mbm.mae_for_fmri import MAEforFMRI
+    from sc_mbm.training import mae_step
+
+    arch = dict(dynamics.ARCH_A1, num_voxels=64, embed_dim=32, decoder_embed_dim=16)
+    data = dynamics.batches(dynamics.low_rank_world(64, 64, None, seed=0), 8, 6, seed=0)
+    torch.manual_seed(0)
+    first = MAEforFMRI(**arch)
+    start = dynamics.weights(first)
+
+    def train(model, lr):
+        optimizer = make_optimizer(model, lr, 0.05)
+        with dynamics.recorded(model, lambda: optimizer, seed=1) as record:
+            train_one_epoch(model, data, optimizer, AmpScaler("fp32", torch.device("cpu")), 0, mae_step(0.75),
+                            Schedule(lr, lr, 0, 1), clip_grad=0.8, log_every=10**9)  # fmt: skip
+        return record, dynamics.optimiser_view(model, optimizer)
+
+    runs = [(copy.deepcopy(first), lr) for lr in (1e-3, 1e-3, 2e-3)]
+    (a, a_opt), (b, b_opt), (c, c_opt) = (train(model, lr) for model, lr in runs)
+    same = dynamics.compare_runs(a, b, runs[0][0], runs[1][0], start, a_opt, b_opt)
+    assert same["max_rel_loss_difference"] == 0 and same["weights_apart_over_update"] == 0
+    other = dynamics.compare_runs(a, c, runs[0][0], runs[2][0], start, a_opt, c_opt)
+    assert other["max_lr_difference"] == pytest.approx(1e-3) and other["weights_apart_over_update"] > 0.1
+
+
 # ---- gpu_check ----------------------------------------------------------------------------------------------------
 
 

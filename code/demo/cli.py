@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--levers", action="store_true", help="also run each change of the recipe in LEVERS "
                         "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md")
     parser.add_argument("--curve", action="store_true", help="also the published Stage B's learning curve "
-                        "(about 10k optimiser steps and 8 decodings) -> curve.md, curve.png")
+                        "(10,120 optimiser steps, 8 points each decoded) -> curve.md, curve.png")
     parser.add_argument("--ablations", action="store_true", help="also the paper's ablations in miniature (Stage A "
                         "and Stage B retrained per row) -> ablations.md")
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")

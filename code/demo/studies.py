@@ -16,6 +16,7 @@ Markdown tables in `results/demo/<size>/` (curve.md, ablations.md) and as figure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from checkpoint import save_checkpoint
+from config import StageBConfig
 from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
@@ -86,9 +88,10 @@ def _train_snapshots(flags: dict, output_path: Path, target: Path) -> dict:
 
 def _steps_per_epoch(w: World, flags: dict) -> int:
     """Optimiser steps per Stage B epoch: the training pairs (less the held-out validation images) over the batch."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StageBConfig)}
     train, _ = create_god_dataset(w.kam, subjects=["sbj_3"])
-    if flags.get("select_on", "val_split") == "val_split":
-        train, _ = train.hold_out(flags.get("val_split", 50), w.seed)
+    if flags.get("select_on", defaults["select_on"]) == "val_split":
+        train, _ = train.hold_out(flags.get("val_split", defaults["val_split"]), w.seed)
     return len(train) // flags["batch_size"]
 
 
@@ -107,7 +110,8 @@ def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]
     gain = folder / "conditioning.json"
     return {"epoch": epoch, "steps": steps, "top1": decoded["top-1-class"], "top1_max": decoded["top-1-class (max)"],
             "pcc": decoded["pcc"], "control_top1": control["top-1-class"], "control_pcc": control["pcc"],
-            "gain": _read(gain)["gain"] if gain.is_file() else None}  # fmt: skip
+            "gain": _read(gain)["gain"] if gain.is_file() else None,
+            "label_gain": _read(gain)["label_gain"] if gain.is_file() else None}  # fmt: skip
 
 
 # ---- the paper's ablations in miniature -----------------------------------------------------------------------------
@@ -116,7 +120,7 @@ def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]
 PAPER = {"full": 23.9, "mask 0.35": 19.6, "mask 0.85": 16.1, "no pre-training": 2.6, "cross-attention only": 15.6}
 # Stage A variants: the demo's SC-MBM (mask ratio 0.75), the other mask ratios (A1 and A2), no pre-training at all.
 ENCODERS = {"full": {}, "mask 0.35": {"mask_ratio": 0.35}, "mask 0.85": {"mask_ratio": 0.85}, "no pre-training": None}
-ABLATION_EPOCHS = 44  # the published Stage B per row: 10,120 optimiser steps at batch 5, the curve's last point
+ABLATION_EPOCHS = 44  # the published Stage B per row: 10,120 optimiser steps at batch 5, a point of the curve
 
 
 def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
@@ -290,7 +294,8 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
         f"Stage B as published (77 mapped tokens, encoder trained, AdamW 5.3e-5, batch 5, no guidance), {n_way}-way "
         f"top-1 (chance {1 / n_way:.3f}; 5x chance {5 / n_way:.2f}) and pair-wise PCC (chance 0.5) on the 50 held-out "
         f"test fMRI x 5 samples; the control decodes shuffled fMRI. Conditioning gain: 1 - loss(own fMRI) / "
-        f"loss(another image's fMRI) of the ε-prediction on the test pairs. Stage B took {format_seconds(seconds)}.",
+        f"loss(another image's fMRI) of the ε-prediction on the test pairs (the label-conditioned LDM given the true "
+        f"class against another class: {recipe['label_gain']:.3f}). Stage B took {format_seconds(seconds)}.",
         "",
         "| epochs | optimiser steps | top-1 (mean) | top-1 (best set) | pair-wise PCC | control top-1 | control PCC | "
         "conditioning gain |",
@@ -317,6 +322,8 @@ def curve_figure(rows: list[dict], recipe: dict, n_way: int, path: Path) -> Path
             ax.plot(steps, [r[control] for r in rows], "x:", label="shuffled-fMRI control")
         if recipe.get(key) is not None:
             ax.axhline(recipe[key], color="C2", ls="--", label="the demo's recipe")
+        if key == "gain" and recipe.get("label_gain") is not None:
+            ax.axhline(recipe["label_gain"], color="C3", ls=":", label="the label LDM, true class")
         ax.axhline(chance, color="grey", lw=0.8, label="chance" if key != "gain" else "no use of the fMRI")
         if key == "top1":
             ax.axhline(5 / n_way, color="grey", lw=0.8, ls=":", label="5x chance")
