@@ -72,7 +72,7 @@ def score_held_out(model, val_sets: dict, cfg: StageA1Config, amp: AmpScaler) ->
     """{'val_<set>_<metric>': value} for every held-out set (fixed masks from the run's seed)."""
     scores = {}
     for name, fmri in val_sets.items():
-        for metric, value in reconstruction.score(model, fmri, cfg.mask_ratio, amp, cfg.batch_size, cfg.seed).items():
+        for metric, value in reconstruction.score(model, fmri, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed).items():
             scores[f"val_{name}_{metric}"] = value
     return scores
 

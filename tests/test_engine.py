@@ -177,12 +177,12 @@ def test_evaluate_scores_masked_patches_with_fixed_masks_and_leaves_the_rng_alon
 
     model, fmri = AntiMasked(), torch.from_numpy(_data(6).fmri)
     state = torch.get_rng_state()
-    first = score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=1)
+    first = score(model, fmri, 0.5, batch_size=4, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
     assert first["masked_cor"] == pytest.approx(-1.0, abs=1e-5)
     assert -1.0 < first["cor"] < 1.0
-    assert score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=6, seed=1) == pytest.approx(first)
-    assert score(model, fmri, 0.5, AmpScaler("fp32", CPU), batch_size=4, seed=2)["cor"] != first["cor"]
+    assert score(model, fmri, 0.5, batch_size=6, seed=1) == pytest.approx(first)
+    assert score(model, fmri, 0.5, batch_size=4, seed=2)["cor"] != first["cor"]
 
 
 def test_loader_order_depends_on_seed_and_epoch_and_ranks_get_disjoint_shares():
@@ -229,5 +229,5 @@ def test_reconstruction_figure_is_written(tmp_path):
     model = MAEforFMRI(64, patch_size=16, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2)
     examples = pick_examples(np.random.default_rng(0).standard_normal((10, 1, 64)).astype(np.float32), 3)
     assert examples.shape == (3, 1, 64)
-    path = save_reconstruction_figure(model, examples, 0.75, AmpScaler("fp32", CPU), tmp_path / "r.png", "t")
+    path = save_reconstruction_figure(model, examples, 0.75, "fp32", tmp_path / "r.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and model.training

@@ -31,7 +31,6 @@ from config import StageBConfig
 from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
-from engine import AmpScaler
 from layouts import read_stage_a
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
@@ -209,13 +208,12 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
     over samples of the Pearson correlation between prediction and truth on the masked voxels."""
     train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
     out: dict[str, Any] = {"mask_ratio": mask_ratio, "masks": masks}
-    amp = AmpScaler("fp32", torch.device("cpu"))
     for name, path in encoders.items():
         stage_a = read_stage_a(path)
         model = build_mae(stage_a.arch)
         model.load_state_dict(stage_a.model)
         fmri = torch.from_numpy(fit_voxels(test.fmri, stage_a.arch["num_voxels"]))
-        scores = [score(model, fmri, mask_ratio, amp, batch_size=50, seed=w.seed + k)["masked_cor"]
+        scores = [score(model, fmri, mask_ratio, batch_size=50, seed=w.seed + k)["masked_cor"]
                   for k in range(masks)]  # fmt: skip
         out[name] = float(np.mean(scores))
     x_test = test.fmri[:, 0].astype(np.float64)

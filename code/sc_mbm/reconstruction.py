@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from correlation import row_pearson
-from engine import AmpScaler
+from runtime import autocast
 
 
 def masking_noise(num_samples: int, model: nn.Module, seed: int) -> torch.Tensor:
@@ -17,10 +17,11 @@ def masking_noise(num_samples: int, model: nn.Module, seed: int) -> torch.Tensor
 
 @torch.no_grad()
 def reconstruct(
-    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, noise: torch.Tensor, amp: AmpScaler
+    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, noise: torch.Tensor, precision: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked reconstruction of fmri (N, 1, V): (loss, pred (N, V) float32, mask (N, V) bool, True = masked)."""
-    with amp.autocast():
+    """Masked reconstruction of fmri (N, 1, V) on its device, under `precision` (a resolved one: fp32, bf16, fp16):
+    (loss, pred (N, V) float32, mask (N, V) bool, True = masked)."""
+    with autocast(precision, fmri.device):
         loss, pred, mask = model(fmri, mask_ratio=mask_ratio, noise=noise.to(fmri.device))  # (N, L, p), (N, L)
     patch_size = pred.shape[-1]
     return loss.float(), pred.float().flatten(1), mask.bool().repeat_interleave(patch_size, dim=1)
@@ -28,16 +29,18 @@ def reconstruct(
 
 @torch.no_grad()
 def score(
-    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, amp: AmpScaler, batch_size: int, seed: int = 0
+    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, batch_size: int, precision: str = "fp32", seed: int = 0
 ) -> dict[str, float]:
-    """Loss, full-reconstruction and masked-patch Pearson correlation on fmri (N, 1, V), with fixed masks."""
+    """Loss, full-reconstruction and masked-patch Pearson correlation on fmri (N, 1, V), with fixed masks, on the
+    model's device."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     noise = masking_noise(len(fmri), model, seed)
-    sums = torch.zeros(3, device=amp.device)  # loss * n, correlation, masked-patch correlation
+    sums = torch.zeros(3, device=device)  # loss * n, correlation, masked-patch correlation
     for start in range(0, len(fmri), batch_size):
-        x = fmri[start : start + batch_size].to(amp.device)  # (n, 1, V)
-        loss, pred, mask = reconstruct(model, x, mask_ratio, noise[start : start + batch_size], amp)
+        x = fmri[start : start + batch_size].to(device)  # (n, 1, V)
+        loss, pred, mask = reconstruct(model, x, mask_ratio, noise[start : start + batch_size], precision)
         target = x.flatten(1)  # (n, V)
         sums[0] += loss * len(x)
         sums[1] += row_pearson(pred, target).sum()

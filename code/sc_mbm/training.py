@@ -40,7 +40,7 @@ def save_stage_a(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                  dist_info: DistInfo, cfg: Any) -> None:  # fmt: skip
     """A reconstruction figure and `checkpoint.pth` (rank 0 writes; every rank joins the RNG gathering)."""
     if dist_info.is_main:
-        save_reconstruction_figure(model, examples, cfg.mask_ratio, amp, run_dir / f"recon_epoch{epoch}.png",
+        save_reconstruction_figure(model, examples, cfg.mask_ratio, amp.precision, run_dir / f"recon_epoch{epoch}.png",
                                    f"{title}, epoch {epoch}", seed=cfg.seed)  # fmt: skip
     state = stage_a_checkpoint(model, optimizer, amp.state_dict(), epoch, config, finetune_config)
     if dist_info.is_main:

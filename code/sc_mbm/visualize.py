@@ -10,7 +10,6 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg and leave
 from torch import nn
 
 from correlation import row_pearson
-from engine import AmpScaler
 from sc_mbm.reconstruction import masking_noise, reconstruct
 
 
@@ -40,13 +39,13 @@ def plot_reconstructions(
 
 
 def save_reconstruction_figure(
-    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, amp: AmpScaler, path: Path, title: str = "", seed: int = 0
+    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, precision: str, path: Path, title: str = "", seed: int = 0
 ) -> Path:
     """Reconstruct fmri (n, 1, V) with fixed masks (from `seed`) and plot it with its correlations."""
     was_training = model.training
     model.eval()
-    x = fmri.to(amp.device)
-    _, pred, mask = reconstruct(model, x, mask_ratio, masking_noise(len(x), model, seed), amp)  # (n, V) each
+    x = fmri.to(next(model.parameters()).device)
+    _, pred, mask = reconstruct(model, x, mask_ratio, masking_noise(len(x), model, seed), precision)  # (n, V) each
     model.train(was_training)
     target = x.flatten(1)  # (n, V)
     masked = row_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1))  # same count per row
