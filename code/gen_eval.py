@@ -31,13 +31,13 @@ from PIL import Image
 
 import eval_metrics
 from baselines import ridge_image_baseline
+from checkpoint_layouts import read_finetuned, resolve_stored_path
 from classifier_file import load_classifier_file
 from config import GenEvalConfig, TargetData
 from config_engine import format_config, parse_config, save_config
 from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
 from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
-from layouts import read_finetuned, resolve_stored_path
 from readers.files import check_subjects
 from runtime import (
     check_output_folder,

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import as_config_dict, load_checkpoint
+from checkpoint_layouts import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training
 from config import StageA1Config
 from config_engine import ConfigError, config_to_dict, format_config, parse_config, save_config
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main
-from layouts import SCHEDULE_FIELDS, check_resumable, restore_training_state, resume_checkpoint_path
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import HCP_FILE, create_hcp_dataset
@@ -72,8 +71,8 @@ def score_held_out(model, val_sets: dict, cfg: StageA1Config, amp: AmpScaler) ->
     """{'val_<set>_<metric>': value} for every held-out set (fixed masks from the run's seed)."""
     scores = {}
     for name, fmri in val_sets.items():
-        for metric, value in reconstruction.score(model, fmri, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed).items():
-            scores[f"val_{name}_{metric}"] = value
+        result = reconstruction.score(model, fmri, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
+        scores |= {f"val_{name}_{metric}": value for metric, value in result.items()}
     return scores
 
 
@@ -105,17 +104,8 @@ def main(cfg: StageA1Config) -> Path:
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
     if resume:
-        ckpt = load_checkpoint(resume)
-        saved = as_config_dict(ckpt.get("config", {}))
-        changed = [f"{k} {saved.get(k)} there, {getattr(cfg, k)} here" for k in (*ARCH_FIELDS, "num_voxels")
-                   if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
-        if changed:
-            raise ConfigError(f"--resume {resume} was trained with another architecture or data ({'; '.join(changed)})"
-                              "; resume with the run's own flags (its config.yaml)")  # fmt: skip
-        check_resumable(saved, cfg, resume, int(ckpt.get("epoch", -1)), SCHEDULE_FIELDS)
-        start_epoch = restore_training_state(ckpt, resume, model, "model", optimizer, amp, dist_info.rank,
-                                             dist_info.world_size)  # fmt: skip
-        del ckpt
+        start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
+                                         same_fields=(*ARCH_FIELDS, "num_voxels"))  # fmt: skip
     run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageA1", dist_info)
 
     with run_folder(run_dir, dist_info.is_main):

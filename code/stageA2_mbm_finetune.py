@@ -22,20 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import as_config_dict
+from checkpoint_layouts import (
+    SCHEDULE_FIELDS,
+    load_weights,
+    read_stage_a,
+    resume_checkpoint_path,
+    resume_training,
+)
 from config import StageA2Config
 from config_engine import config_to_dict, format_config, parse_config, save_config
 from dataset import FMRIDataset
 from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
 from errors import run_main
-from layouts import (
-    SCHEDULE_FIELDS,
-    check_resumable,
-    load_weights,
-    read_stage_a,
-    restore_training_state,
-    resume_checkpoint_path,
-)
 from readers.arrays import fit_voxels
 from runtime import (
     check_output_folder,
@@ -82,10 +80,8 @@ def main(cfg: StageA2Config) -> Path:
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
     if resume:
-        saved = as_config_dict(source.raw.get("finetune_config", {}))
-        check_resumable(saved, cfg, resume, int(source.raw.get("epoch", -1)), SCHEDULE_FIELDS)
-        start_epoch = restore_training_state(source.raw, resume, model, "model", optimizer, amp, dist_info.rank,
-                                             dist_info.world_size)  # fmt: skip
+        start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
+                                         config_key="finetune_config", ckpt=source.raw)  # fmt: skip
     architecture = {**source.config, **source.arch}  # what Stage B rebuilds the encoder from
     run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageA2", dist_info)
 

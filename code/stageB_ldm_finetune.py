@@ -25,25 +25,25 @@ import numpy as np
 import torch
 
 import eval_metrics
-from checkpoint import as_config_dict, load_checkpoint, save_checkpoint
+from checkpoint import save_checkpoint
+from checkpoint_layouts import (
+    CHECKPOINT,
+    ENCODER_FIELDS,
+    finetuned_checkpoint,
+    read_selection,
+    read_stage_a,
+    resume_checkpoint_path,
+    resume_training,
+    stage_b_training_checkpoint,
+)
 from classifier_file import load_classifier_file
 from config import StageBConfig
 from config_engine import config_to_dict, format_config, parse_config, save_config
 from dataset import LatentViews
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
 from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, wrap_ddp
-from errors import UserError, run_main
+from errors import CheckpointError, UserError, run_main
 from figures import image_grid
-from layouts import (
-    CHECKPOINT,
-    ENCODER_FIELDS,
-    check_resumable,
-    finetuned_checkpoint,
-    read_stage_a,
-    restore_training_state,
-    resume_checkpoint_path,
-    training_state,
-)
 from runtime import (
     barrier,
     check_output_folder,
@@ -79,6 +79,10 @@ def ldm_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     return model(z, fmri), {}
 
 
+# The score that chooses the kept model, and the one used where no classifier gives n-way accuracy
+SELECT_BY = ("top-1-class", "ssim")
+
+
 class Validation:
     """Decode the first items of the validation set, score them, keep the best model as `finetuned.pth` (rank 0).
 
@@ -90,8 +94,16 @@ class Validation:
         n = min(cfg.num_val_items, len(val_set))
         self.fmri = torch.from_numpy(val_set.fmri[:n])
         self.gt = val_set.resized_images(cfg.img_size)[val_set.image_index[:n]]
-        self.select_by = "top-1-class"
+        self.select_by = SELECT_BY[0]
         self.best = -float("inf")
+
+    def resume(self, selection: tuple[float, str] | None) -> None:
+        """Carry on the selection a resumed run's checkpoint holds (`checkpoint_layouts.read_selection`)."""
+        if selection is not None:
+            if selection[1] not in SELECT_BY:
+                raise CheckpointError(f"--resume {self.cfg.resume}: it selected by {selection[1]!r}, expected one of "
+                                      f"{SELECT_BY}")  # fmt: skip
+            self.best, self.select_by = selection
 
     def __call__(self, model, epoch: int, run_dir: Path, precision: str) -> dict[str, float]:
         cfg = self.cfg
@@ -106,8 +118,8 @@ class Validation:
                                        classifier=self.classifier, n_way=min(50, n_classes or 50), num_trials=100,
                                        seed=cfg.seed, device=next(model.parameters()).device)  # fmt: skip
         scores = {f"val/{k}": float(v) for k, v in result["scores"].items()}
-        if "top-1-class" not in result["scores"] and self.select_by == "top-1-class":
-            self.select_by = "ssim"  # no classifier available: keep the best by pair-wise SSIM instead
+        if SELECT_BY[0] not in result["scores"] and self.select_by == SELECT_BY[0]:
+            self.select_by = SELECT_BY[1]  # no classifier available: keep the best by pair-wise SSIM instead
             log.info("validation: n-way accuracy skipped (%s); selecting the best model by pair-wise SSIM",
                      result["skipped"].get("n_way"))  # fmt: skip
         if result["scores"][self.select_by] > self.best:
@@ -167,12 +179,9 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
     if resume:
-        ckpt = load_checkpoint(resume)
-        saved = as_config_dict(ckpt.get("config", {}))
-        check_resumable(saved, cfg, resume, int(ckpt.get("epoch", -1)), ("lr",))  # the constant rate is the schedule
-        start_epoch = restore_training_state(ckpt, resume, model, "model_state_dict", optimizer, amp,
-                                             dist_info.rank, dist_info.world_size)  # fmt: skip
-        validation.best, validation.select_by = ckpt.get("best", validation.best), ckpt.get("select_by", "top-1-class")
+        # the constant rate is the schedule
+        start_epoch, ckpt = resume_training(resume, cfg, model, "model_state_dict", optimizer, amp, dist_info, ("lr",))
+        validation.resume(read_selection(ckpt, resume))
         del ckpt
     run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageB", dist_info)
 
@@ -209,10 +218,10 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             if (epoch + 1) % cfg.val_every == 0 or last:
                 if dist_info.is_main:
                     stats |= validation(model, epoch, run_dir, amp.precision)
-                state = training_state(optimizer, amp.state_dict(), epoch, best=validation.best,
-                                       select_by=validation.select_by)  # fmt: skip
+                state = stage_b_training_checkpoint(model, cfg, optimizer, amp.state_dict(), epoch, validation.best,
+                                                    validation.select_by)  # a collective  # fmt: skip
                 if dist_info.is_main:
-                    save_checkpoint({**finetuned_checkpoint(model, cfg), **state}, run_dir / CHECKPOINT)
+                    save_checkpoint(state, run_dir / CHECKPOINT)
                 barrier()
             if dist_info.is_main:
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)

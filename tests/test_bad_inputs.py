@@ -16,6 +16,7 @@ import stageA1_mbm_pretrain
 import stageA2_mbm_finetune
 import stageB_ldm_finetune
 from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint_layouts import finetuned_checkpoint
 from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig
 from config_engine import parse_config
 from conftest import REFERENCE_DIR
@@ -24,7 +25,6 @@ from demo import cli
 from demo.simulation.simulate import main as simulate_main
 from demo.simulation.simulate import make_synthetic_data
 from errors import run_main
-from layouts import finetuned_checkpoint
 from preprocess_hcp import main as preprocess_main
 from sc_mbm.mae_for_fmri import MAEforFMRI
 

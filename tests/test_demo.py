@@ -161,7 +161,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
 
 def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):
     from checkpoint import save_checkpoint
-    from layouts import read_stage_a
+    from checkpoint_layouts import read_stage_a
     from sc_mbm.mae_for_fmri import MAEforFMRI
 
     arch = dict(num_voxels=64, patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16,

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import runtime
+from checkpoint import save_checkpoint
+from checkpoint_layouts import load_weights, resume_training
 from correlation import row_pearson
 from dataset import FMRIDataset
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
 from errors import CheckpointError, UsageError
-from layouts import load_weights
 from readers.arrays import fit_voxels
 from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI
@@ -219,9 +220,10 @@ def test_load_weights_names_missing_keys_and_non_finite_values(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_weights(model, state, tmp_path / "x.pth")
     state = model.state_dict()
-    state["norm.bias"][0] = float("nan")
+    state["norm.bias"][0] = float("nan")  # the values are the readers' to check, here the resume's
+    save_checkpoint({"model": state, "optimizer": {}, "epoch": 0, "rng": []}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match=r"x\.pth: weights hold NaN or inf values in \['norm.bias'\]"):
-        load_weights(model, state, tmp_path / "x.pth")
+        resume_training(tmp_path / "x.pth", None, model, "model", None, None, None, ())
 
 
 def test_reconstruction_figure_is_written(tmp_path):

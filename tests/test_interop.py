@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint_layouts import finetuned_checkpoint, stage_a_checkpoint, training_state
 from config import StageA1Config, StageA2Config, StageBConfig
 from config_engine import config_to_dict
 from engine import AmpScaler
-from layouts import finetuned_checkpoint, stage_a_checkpoint, training_state
 from sc_mbm.mae_for_fmri import build_mae
 
 # docs/formats.md, "The config fields the original code reads"

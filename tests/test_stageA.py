@@ -317,7 +317,8 @@ def test_stageA2_bad_checkpoints_fail_clearly(tiny, tmp_path, monkeypatch):
         a2.main(a2_config(tiny, tmp_path, path))
 
     _published_checkpoint(path, monkeypatch, num_heads=5)  # embed_dim 24 with 5 heads
-    with pytest.raises(CheckpointError, match=r"broken\.pth: the file is inconsistent: .*embed_dim \(24\) must be divisible by num_heads \(5\)"):
+    inconsistent = r"broken\.pth: the file is inconsistent: .*embed_dim \(24\) must be divisible by num_heads \(5\)"
+    with pytest.raises(CheckpointError, match=inconsistent):
         a2.main(a2_config(tiny, tmp_path, path))
     _published_checkpoint(path, monkeypatch, embed_dim=32)  # the config contradicts the weights (24)
     with pytest.raises(CheckpointError, match=r"its config says embed_dim = 32 but its weights were built with 24"):

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from checkpoint import as_config_dict, load_checkpoint
+from checkpoint_layouts import ENCODER_FIELDS, read_architecture, read_finetuned, stage_a_config
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.samplers import SAMPLERS
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from errors import CheckpointError, UserError
-from layouts import ENCODER_FIELDS, read_architecture, read_finetuned
 from ridge import fit_ridge
 from runtime import autocast, progress
 from sc_mbm.mae_for_fmri import FMRIEncoder
@@ -204,8 +203,7 @@ def model_from_finetuned(
     prefix = "cond_stage_model.mae."
     meta = values.get("model_meta")
     if not isinstance(meta, Mapping) and pretrain_mbm_path is not None and Path(pretrain_mbm_path).is_file():
-        stage_a = load_checkpoint(pretrain_mbm_path)
-        meta = as_config_dict(stage_a["config"]) if isinstance(stage_a, Mapping) and "config" in stage_a else None
+        meta = stage_a_config(pretrain_mbm_path)
     arch = read_architecture(dict(meta) if isinstance(meta, Mapping) else {}, state, path, prefix, ENCODER_FIELDS)
     values["model_meta"] = {k: arch[k] for k in ENCODER_FIELDS}
     model = build_ldm_for_fmri(pretrain_gm_path, arch, arch["num_voxels"], bool(values.get("global_pool", False)),

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from checkpoint import save_checkpoint
+from checkpoint_layouts import read_stage_a
 from config import StageBConfig
 from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
-from layouts import read_stage_a
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset

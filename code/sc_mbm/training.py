@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from checkpoint import save_checkpoint
+from checkpoint_layouts import CHECKPOINT, stage_a_checkpoint
 from correlation import row_pearson
 from engine import AmpScaler
-from layouts import CHECKPOINT, stage_a_checkpoint
 from runtime import DistInfo, barrier, log
 from sc_mbm.visualize import save_reconstruction_figure
 

@@ -33,7 +33,7 @@ from published_configs import Config_Generative_Model, Config_MBM_finetune, Conf
 from sc_mbm.architecture import ARCH_FIELDS, width_problem
 from sc_mbm.mae_for_fmri import architecture_from_weights
 
-log = logging.getLogger("mindvis.layouts")
+log = logging.getLogger("mindvis.checkpoint_layouts")
 
 ENCODER_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")  # what Stage B's encoder needs
 DEFAULT_DECODER_DEPTH = 8  # every published checkpoint; older configs do not store it
@@ -119,18 +119,19 @@ def stage_a_checkpoint(
     model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: int, config: Mapping,
     finetune_config: Mapping | None = None,
 ) -> dict:  # fmt: skip
-    """The published Stage A layout plus every rank's RNG state (a collective: every rank must call it)."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "scaler": scaler_state,
-        "config": published_config(dict(config), Config_MBM_fMRI),
-    }
+    """The published Stage A layout (model, optimizer, epoch, scaler, config) plus, after A2, `finetune_config`, and
+    every rank's RNG state (a collective: every rank must call it)."""
+    configs = {"config": published_config(dict(config), Config_MBM_fMRI)}
     if finetune_config is not None:
-        state["finetune_config"] = published_config(dict(finetune_config), Config_MBM_finetune)
-    state["rng"] = gather_rng_states()
-    return state
+        configs["finetune_config"] = published_config(dict(finetune_config), Config_MBM_finetune)
+    return {"model": model.state_dict(), **training_state(optimizer, scaler_state, epoch, **configs)}
+
+
+def stage_a_config(path: str | os.PathLike) -> dict | None:
+    """The stored config of a Stage A checkpoint (its architecture and pre-training settings), or None when the
+    file holds none; the weights are not checked (`read_stage_a` does, for a file whose weights are used)."""
+    ckpt = load_checkpoint(path)
+    return as_config_dict(ckpt["config"]) if isinstance(ckpt, Mapping) and "config" in ckpt else None
 
 
 # ---- Stage B ------------------------------------------------------------------------------------------------
@@ -141,6 +142,25 @@ def finetuned_checkpoint(model: nn.Module, cfg: Any) -> dict:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {"model_state_dict": weights, "config": published_config(cfg, Config_Generative_Model),
             "state": torch.get_rng_state()}  # fmt: skip
+
+
+def stage_b_training_checkpoint(model: nn.Module, cfg: Any, optimizer: torch.optim.Optimizer, scaler_state: dict,
+                                epoch: int, best: float, select_by: str) -> dict:  # fmt: skip
+    """A Stage B run's `checkpoint.pth`: the `finetuned.pth` layout, the training state and the model selection so
+    far (`best`: the validation score of the kept `finetuned.pth`; `select_by`: the score's name) (a collective)."""
+    return {**finetuned_checkpoint(model, cfg), **training_state(optimizer, scaler_state, epoch, best=best,
+                                                                  select_by=select_by)}  # fmt: skip
+
+
+def read_selection(ckpt: Mapping, path: str | os.PathLike) -> tuple[float, str] | None:
+    """The model selection a Stage B `checkpoint.pth` carries on: (best score, its name), None for a file without."""
+    if "best" not in ckpt:
+        return None
+    best, select_by = ckpt["best"], ckpt.get("select_by", "top-1-class")
+    if isinstance(best, bool) or not isinstance(best, int | float) or not isinstance(select_by, str):
+        raise CheckpointError(f"{path}: its 'best' ({best!r}) and 'select_by' ({select_by!r}) must be a number and a "
+                              "score's name")  # fmt: skip
+    return float(best), select_by
 
 
 def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -228,6 +248,36 @@ def resume_checkpoint_path(cfg: Any) -> Path:
     return folder / CHECKPOINT
 
 
+def resume_training(
+    path: Path, cfg: Any, model: nn.Module, model_key: str, optimizer: torch.optim.Optimizer, amp: Any, dist_info: Any,
+    schedule_fields: Sequence[str], config_key: str = "config", same_fields: Sequence[str] = (),
+    ckpt: Mapping | None = None,
+) -> tuple[int, Mapping]:  # fmt: skip
+    """Continue a run from its training checkpoint `path` (already loaded: `ckpt`): refuse one whose stored config
+    (`config_key`) differs from `cfg` in `same_fields` (architecture, data), a finished one, or one whose
+    learning-rate schedule would change; restore weights, optimiser, scaler and this rank's RNG.
+
+    Returns the next epoch and the checkpoint's entries (for what a stage carries on beside them)."""
+    if ckpt is None:  # (a reader that loaded it, `read_stage_a`, checked its weights)
+        ckpt = load_checkpoint(path)
+        if not isinstance(ckpt, Mapping):
+            raise CheckpointError(f"{path}: not a training checkpoint of this project's stages")
+        if isinstance(ckpt.get(model_key), Mapping):
+            check_finite(dict(ckpt[model_key]), path)
+    saved = as_config_dict(ckpt.get(config_key, {}))
+    changed = [f"{k} {saved[k]} there, {getattr(cfg, k)} here" for k in same_fields
+               if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+    if changed:
+        raise ConfigError(f"--resume {path} was trained with another architecture or data ({'; '.join(changed)}); "
+                          "resume with the run's own flags (its config.yaml)")  # fmt: skip
+    epoch = ckpt.get("epoch", -1)
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise CheckpointError(f"{path}: its 'epoch' must be a whole number, got {epoch!r}")
+    check_resumable(saved, cfg, path, epoch, schedule_fields)
+    start = restore_training_state(ckpt, path, model, model_key, optimizer, amp, dist_info.rank, dist_info.world_size)
+    return start, ckpt
+
+
 def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_fields: Sequence[str] = ()) -> None:
     """Refuse to resume a finished run, or one whose learning-rate schedule would change, unless asked to.
 
@@ -270,8 +320,8 @@ def restore_training_state(
 
 
 def load_weights(model: nn.Module, state: Mapping, path: str | os.PathLike) -> None:
-    """Load a state dict; every model key must be present (extra keys are reported and ignored)."""
-    check_finite(dict(state), path)
+    """Load a state dict; every model key must be present (extra keys are reported and ignored). The weights' values
+    are the reader's to check (`read_stage_a`, `read_finetuned`, `resume_training`): each file once."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
