@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from config_engine import config_to_dict, format_config, save_config
 from errors import UserError
-from runtime import DistInfo, append_jsonl, autocast, eta, format_seconds, is_interactive, resolve_precision
+from runtime import (
+    DistInfo,
+    append_jsonl,
+    autocast,
+    cleanup_distributed,
+    eta,
+    format_seconds,
+    init_wandb,
+    is_interactive,
+    make_run_dir,
+    precision_hint,
+    resolve_precision,
+    run_folder,
+    setup_logging,
+)
 
 log = logging.getLogger("mindvis.engine")
 
@@ -215,6 +230,40 @@ def train_one_epoch(
     out = {"loss": values[0] / values[1]}
     out.update({k: v / values[1] for k, v in zip(metrics, values[3:], strict=True)})
     return out | {"lr": lr, "samples_per_s": values[1] / elapsed, "time_s": elapsed}
+
+
+@dataclass
+class TrainingRun:
+    """The folder a stage's training writes into, and its wandb run (None unless --use_wandb)."""
+
+    folder: Path
+    wandb: Any
+
+
+@contextmanager
+def training_run(cfg: Any, stage: str, dist_info: DistInfo, amp: AmpScaler, resume: Path | None,
+                 start_epoch: int) -> Iterator[TrainingRun]:  # fmt: skip
+    """What every training stage does around its loop: the run folder (`<output_path>/<stage>/<time>`, or the resumed
+    run's), its log, `config.yaml` and the resolved config in the log, the precision hint, wandb; on the way out
+    wandb finished and the process group torn down, and a folder the run wrote no result into removed."""
+    folder = resume.parent if resume else make_run_dir(cfg.output_path, stage, dist_info)
+    try:
+        with run_folder(folder, dist_info.is_main):
+            setup_logging(folder, dist_info.is_main)
+            if dist_info.is_main:
+                save_config(cfg, folder)
+                title = stage.replace("stage", "Stage ")  # stageA1 -> Stage A1
+                how = f"resumed at epoch {start_epoch}" if resume else "config"
+                log.info("%s %s:\n%s", title, how, format_config(cfg))
+                if hint := precision_hint(cfg.precision, amp.precision, dist_info.device):
+                    log.info(hint)
+            run = TrainingRun(folder, init_wandb(cfg.use_wandb, cfg.wandb_project, folder, config_to_dict(cfg),
+                                                 dist_info.is_main))  # fmt: skip
+            yield run
+            if run.wandb is not None:
+                run.wandb.finish()
+    finally:
+        cleanup_distributed()
 
 
 def record_epoch(run_dir: Path, epoch: int, stats: dict[str, Any], start_epoch: int, num_epoch: int, started: float,

@@ -24,8 +24,17 @@ import torch
 
 from checkpoint_layouts import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training
 from config import StageA1Config
-from config_engine import ConfigError, config_to_dict, format_config, parse_config, save_config
-from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
+from config_engine import ConfigError, config_to_dict, parse_config
+from engine import (
+    AmpScaler,
+    Schedule,
+    make_loader,
+    make_optimizer,
+    record_epoch,
+    train_one_epoch,
+    training_run,
+    wrap_ddp,
+)
 from errors import run_main
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
@@ -33,14 +42,9 @@ from readers.hcp import HCP_FILE, create_hcp_dataset
 from runtime import (
     append_jsonl,
     check_output_folder,
-    cleanup_distributed,
     init_distributed,
-    init_wandb,
-    make_run_dir,
-    precision_hint,
-    run_folder,
+    log,
     seed_everything,
-    setup_logging,
 )
 from sc_mbm import reconstruction
 from sc_mbm.architecture import ARCH_FIELDS
@@ -106,20 +110,14 @@ def main(cfg: StageA1Config) -> Path:
     if resume:
         start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
                                          same_fields=(*ARCH_FIELDS, "num_voxels"))  # fmt: skip
-    run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageA1", dist_info)
 
-    with run_folder(run_dir, dist_info.is_main):
-        log = setup_logging(run_dir, dist_info.is_main)
+    with training_run(cfg, "stageA1", dist_info, amp, resume, start_epoch) as run:
+        run_dir = run.folder
         if dist_info.is_main:
-            save_config(cfg, run_dir)
-            log.info("Stage A1 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             log.info("data: %d samples of %d voxels; %d process(es), %s on %s (%s attention); model: %.2fM "
                      "parameters", len(dataset), cfg.num_voxels, dist_info.world_size, amp.precision, device,
                      attention_kind(device, amp.precision),
                      sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
-            if hint := precision_hint(cfg.precision, amp.precision, device):
-                log.info(hint)
-        wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(next(iter(val_sets.values())).numpy() if val_sets else dataset.fmri)
         if val_sets and start_epoch == 0 and dist_info.is_main:
             scores = score_held_out(model, val_sets, cfg, amp)
@@ -134,14 +132,10 @@ def main(cfg: StageA1Config) -> Path:
                                     cfg.accum_iter, cfg.clip_grad, cfg.log_every)  # fmt: skip
             if dist_info.is_main:
                 stats |= score_held_out(model, val_sets, cfg, amp)
-                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)
+                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
                 save_stage_a(run_dir, model, optimizer, amp, epoch, config_to_dict(cfg), None, examples, "Stage A1",
                              dist_info, cfg)  # fmt: skip
-
-        if wandb_run is not None:
-            wandb_run.finish()
-    cleanup_distributed()
     return run_dir
 
 

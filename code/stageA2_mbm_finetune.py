@@ -30,21 +30,25 @@ from checkpoint_layouts import (
     resume_training,
 )
 from config import StageA2Config
-from config_engine import config_to_dict, format_config, parse_config, save_config
+from config_engine import config_to_dict, parse_config
 from dataset import FMRIDataset
-from engine import AmpScaler, Schedule, make_loader, make_optimizer, record_epoch, train_one_epoch, wrap_ddp
+from engine import (
+    AmpScaler,
+    Schedule,
+    make_loader,
+    make_optimizer,
+    record_epoch,
+    train_one_epoch,
+    training_run,
+    wrap_ddp,
+)
 from errors import run_main
 from readers.arrays import fit_voxels
 from runtime import (
     check_output_folder,
-    cleanup_distributed,
     init_distributed,
-    init_wandb,
-    make_run_dir,
-    precision_hint,
-    run_folder,
+    log,
     seed_everything,
-    setup_logging,
 )
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
@@ -83,20 +87,14 @@ def main(cfg: StageA2Config) -> Path:
         start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
                                          config_key="finetune_config", ckpt=source.raw)  # fmt: skip
     architecture = {**source.config, **source.arch}  # what Stage B rebuilds the encoder from
-    run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageA2", dist_info)
 
-    with run_folder(run_dir, dist_info.is_main):
-        log = setup_logging(run_dir, dist_info.is_main)
+    with training_run(cfg, "stageA2", dist_info, amp, resume, start_epoch) as run:
+        run_dir = run.folder
         if dist_info.is_main:
-            save_config(cfg, run_dir)
-            log.info("Stage A2 %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - num_voxels))]
             log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s "
                      "(%s attention)", cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
                      dist_info.world_size, amp.precision, device, attention_kind(device, amp.precision))  # fmt: skip
-            if hint := precision_hint(cfg.precision, amp.precision, device):
-                log.info(hint)
-        wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
         examples = pick_examples(dataset.fmri)
 
         # ---- the loop
@@ -106,14 +104,10 @@ def main(cfg: StageA2Config) -> Path:
             stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule,
                                     cfg.accum_iter, cfg.clip_grad, cfg.log_every)  # fmt: skip
             if dist_info.is_main:
-                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)
+                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
                 save_stage_a(run_dir, model, optimizer, amp, epoch, architecture, config_to_dict(cfg), examples,
                              f"Stage A2 ({cfg.dataset})", dist_info, cfg)  # fmt: skip
-
-        if wandb_run is not None:
-            wandb_run.finish()
-    cleanup_distributed()
     return run_dir
 
 

@@ -38,24 +38,18 @@ from checkpoint_layouts import (
 )
 from classifier_file import load_classifier_file
 from config import StageBConfig
-from config_engine import config_to_dict, format_config, parse_config, save_config
+from config_engine import parse_config
 from dataset import LatentViews
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
-from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, wrap_ddp
+from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, training_run, wrap_ddp
 from errors import CheckpointError, UserError, run_main
 from figures import image_grid
 from runtime import (
     barrier,
     check_output_folder,
-    cleanup_distributed,
     init_distributed,
-    init_wandb,
     log,
-    make_run_dir,
-    precision_hint,
-    run_folder,
     seed_everything,
-    setup_logging,
 )
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
 from targets import load_target
@@ -183,13 +177,10 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
         start_epoch, ckpt = resume_training(resume, cfg, model, "model_state_dict", optimizer, amp, dist_info, ("lr",))
         validation.resume(read_selection(ckpt, resume))
         del ckpt
-    run_dir = resume.parent if resume else make_run_dir(cfg.output_path, "stageB", dist_info)
 
-    with run_folder(run_dir, dist_info.is_main):
-        setup_logging(run_dir, dist_info.is_main)
+    with training_run(cfg, "stageB", dist_info, amp, resume, start_epoch) as run:
+        run_dir = run.folder
         if dist_info.is_main:
-            save_config(cfg, run_dir)
-            log.info("Stage B %s:\n%s", f"resumed at epoch {start_epoch}" if resume else "config", format_config(cfg))
             log.info("the kept model is chosen on %s", f"{len(val_set)} fMRI of {cfg.val_split} training images "
                      "held out" if cfg.select_on == "val_split" else "the first test items, as published (the test "
                      "score is then chosen on the test set)")  # fmt: skip
@@ -201,9 +192,6 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                      "training %.2fM of %.2fM parameters", cfg.dataset, cfg.subjects, len(train_set), len(test_set),
                      train_set.num_voxels, dist_info.world_size, amp.precision, device, trained / 1e6,
                      sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
-            if hint := precision_hint(cfg.precision, amp.precision, device):
-                log.info(hint)
-        wandb_run = init_wandb(cfg.use_wandb, cfg.wandb_project, run_dir, config_to_dict(cfg), dist_info.is_main)
 
         # ---- the loop
         schedule = Schedule(cfg.lr, cfg.lr, 0, cfg.num_epoch)  # constant, as published
@@ -224,14 +212,11 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                     save_checkpoint(state, run_dir / CHECKPOINT)
                 barrier()
             if dist_info.is_main:
-                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, wandb_run)
+                record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
 
         if dist_info.is_main:
             log.info("kept the model with the best validation %s (%.4f): %s", validation.select_by, validation.best,
                      run_dir / "finetuned.pth")  # fmt: skip
-        if wandb_run is not None:
-            wandb_run.finish()
-    cleanup_distributed()
     return run_dir
 
 
