@@ -5,7 +5,7 @@ import dataclasses
 import json
 import types
 
-from demo import pipeline, studies
+from demo import pipeline, presets, reports, steps, studies
 from demo.simulation import spec
 
 
@@ -67,7 +67,7 @@ def test_sweep_figure_plots_pipeline_control_and_baselines(tmp_path):
         (out / "metrics.json").write_text(json.dumps({"scores": {"pcc": 0.8, "top-1-class": 0.3}}))
         (out / "metrics_shuffled.json").write_text(json.dumps({"scores": {"pcc": 0.5, "top-1-class": 0.02}}))
         outs.append(out)
-    path = pipeline.sweep_figure(outs, tmp_path / "sweep.png")
+    path = reports.sweep_figure(outs, tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,12 +75,12 @@ def test_every_lever_is_a_valid_stage_b_and_gen_eval_setting():
     from config import GenEvalConfig, StageBConfig
     from config_engine import from_dict
 
-    recipe_b = dict(pipeline.DEMO.b)
-    for name, (b_change, eval_change) in pipeline.LEVERS.items():
+    recipe_b = dict(presets.DEMO.b)
+    for name, (b_change, eval_change) in presets.LEVERS.items():
         if b_change is not None:
             cfg = from_dict(StageBConfig, {**recipe_b, **b_change})  # validated when built
             assert any(getattr(cfg, k) != recipe_b.get(k, getattr(StageBConfig(), k)) for k in b_change), name
-        from_dict(GenEvalConfig, {**pipeline.DEMO.gen_eval, **eval_change})
+        from_dict(GenEvalConfig, {**presets.DEMO.gen_eval, **eval_change})
 
 
 def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
@@ -92,15 +92,15 @@ def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
     scores(tmp_path / "gen_eval", 0.95, 0.6)
     scores(tmp_path / "control", 0.52, 0.02)
     records = [{"step": "stage B", "seconds": 125.0}]
-    for i in range(len(pipeline.LEVERS)):
+    for i in range(len(presets.LEVERS)):
         scores(tmp_path / "levers" / str(i) / "gen_eval", 0.5 + i / 100, 0.1)
         records.append({"step": f"lever {i}: stage B", "seconds": 60.0 + i})
-    text = pipeline.levers_table(tmp_path, records)
+    text = reports.levers_table(tmp_path, records)
     assert (tmp_path / "levers.md").read_text() == text
     lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(lines) == 2 + 2 + len(pipeline.LEVERS)  # header and rule, recipe, control, one per lever
+    assert len(lines) == 2 + 2 + len(presets.LEVERS)  # header and rule, recipe, control, one per lever
     assert "| **the recipe** | 0.950 | 0.600 | 0.610 | 2m05s |" in text
-    assert f"| {next(iter(pipeline.LEVERS))} | 0.500 | 0.100 | 0.110 | 1m00s |" in text
+    assert f"| {next(iter(presets.LEVERS))} | 0.500 | 0.100 | 0.110 | 1m00s |" in text
 
 
 def test_the_method_never_imports_the_demo():
@@ -122,7 +122,7 @@ def test_the_method_never_imports_the_demo():
 def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch):
     """The table's assembly: every variant for both conditionings, the demo's own run as the recipe's full row,
     Stage A retrained per mask ratio, a random encoder for no pre-training (the runs themselves are faked)."""
-    world = types.SimpleNamespace(out=tmp_path, hashes={"a2": "a2", "b": "b"}, seed=0, steps=pipeline.Steps(),
+    world = types.SimpleNamespace(out=tmp_path, hashes={"a2": "a2", "b": "b"}, seed=0, steps=steps.Steps(),
                                   n_way=lambda: 50, kam="unused", b_flags=lambda encoder, **change: {
                                       "encoder": str(encoder), **change})  # fmt: skip
     encoders, decoded = [], []

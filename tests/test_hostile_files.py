@@ -462,7 +462,7 @@ def test_8_evaluate_keeps_the_metrics_of_an_existing_folder(tmp_path, capsys, mo
 
 def test_8_demo_step_never_deletes_a_result_it_did_not_stamp(tmp_path):
     """A step's target without the demo's recipe stamp beside it (a user's file) was deleted and remade."""
-    from demo.pipeline import Steps
+    from demo.steps import Steps
 
     mine = write(tmp_path / "results" / "demo" / "tiny" / "fmri_encoder_A1.pth", "a user's file")
     ran = []
@@ -473,7 +473,7 @@ def test_8_demo_step_never_deletes_a_result_it_did_not_stamp(tmp_path):
 
 def test_8_demo_stage_run_never_deletes_a_folder_it_did_not_stamp(tmp_path):
     """`run_stage` removed its output folder (a failed earlier attempt) whoever had put it there."""
-    from demo.pipeline import run_stage
+    from demo.steps import run_stage
 
     mine = write(tmp_path / "runs" / "a1" / "notes.txt", "a user's file")
     with pytest.raises(UserError, match=r"a1.*recipe\.json"):

@@ -10,7 +10,8 @@
     PYTHONPATH=code python -m demo --curve            # also the published Stage B's learning curve -> curve.md
     PYTHONPATH=code python -m demo --ablations        # also the paper's ablations in miniature -> ablations.md
 
-What each step does: `demo/pipeline.py` (the demo) and `demo/studies.py` (--curve, --ablations). Every step is
+What each step does: `demo/pipeline.py` (the demo; its presets in `demo/presets.py`) and `demo/studies.py` (--curve,
+--ablations). Every step is
 cached beside its result with a hash of its recipe, so a second run reuses what is done.
 """
 
@@ -21,7 +22,10 @@ import logging
 from pathlib import Path
 
 from demo import studies
-from demo.pipeline import PRESETS, ROOT, run, run_world, sweep_figure
+from demo.pipeline import run, run_world
+from demo.presets import PRESETS
+from demo.reports import sweep_figure
+from demo.steps import ROOT
 from errors import DEBUG_HELP, ArgumentParser
 
 

@@ -31,7 +31,9 @@ from checkpoint_layouts import read_stage_a
 from config import StageBConfig
 from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
-from demo.pipeline import PUBLISHED_B, World, decode, run_stage, train_encoder
+from demo.pipeline import World, decode, train_encoder
+from demo.presets import PUBLISHED_STAGE_B
+from demo.steps import run_stage, write_json
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset
@@ -43,8 +45,6 @@ from transforms import model_image_transform
 
 log = logging.getLogger("mindvis.demo")
 
-# The published Stage B, unchanged: its conditioning (PUBLISHED_B) and its optimisation (Config_Generative_Model).
-PUBLISHED_STAGE_B = {**PUBLISHED_B, "lr": 5.3e-5, "batch_size": 5, "clip_grad": 0.5, "crop_ratio": 0.2}
 CURVE_EPOCHS = (1, 2, 4, 8, 16, 24, 32, 44)  # 230 steps an epoch at batch 5: 44 epochs = 10,120 steps
 
 
@@ -63,10 +63,10 @@ def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
         decode(w, folder, f"curve, epoch {e}: ", None, {}, w.hashes["a2"], checkpoint=checkpoint,
                b_hash=f"{b_hash}/{e}", control=True)  # fmt: skip
         w.steps(f"curve, epoch {e}: conditioning gain", folder / "conditioning.json", {"b": f"{b_hash}/{e}"},
-                lambda c=checkpoint, f=folder: _write(conditioning_gain(w, c), f / "conditioning.json"))
+                lambda c=checkpoint, f=folder: write_json(conditioning_gain(w, c), f / "conditioning.json"))
         rows.append(_point(folder, e, e * _steps_per_epoch(w, flags)))
     w.steps("the recipe: conditioning gain", w.out / "conditioning.json", {"b": w.hashes["b"]},
-            lambda: _write(conditioning_gain(w, w.out / "finetuned.pth"), w.out / "conditioning.json"))
+            lambda: write_json(conditioning_gain(w, w.out / "finetuned.pth"), w.out / "conditioning.json"))
     recipe_row = _point(w.out, None, None)
     seconds = next(r["seconds"] for r in w.steps.records if r["step"] == "curve: stage B")
     text = curve_table(rows, recipe_row, w.n_way(), seconds)
@@ -92,11 +92,6 @@ def _steps_per_epoch(w: World, flags: dict) -> int:
     if flags.get("select_on", defaults["select_on"]) == "val_split":
         train, _ = train.hold_out(flags.get("val_split", defaults["val_split"]), w.seed)
     return len(train) // flags["batch_size"]
-
-
-def _write(data: dict, path: Path) -> dict:
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return data
 
 
 def _read(path: Path) -> dict:
@@ -140,7 +135,7 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
     probe = {name: path for name, (path, _) in encoders.items()} | {"A1 of the full method": w.out /
                                                                       "fmri_encoder_A1.pth"}  # fmt: skip
     w.steps("ablation: what Stage A learns", out / "stage_a.json", {n: h for n, (_, h) in encoders.items()},
-            lambda: _write(stage_a_probe(w, probe), out / "stage_a.json"))
+            lambda: write_json(stage_a_probe(w, probe), out / "stage_a.json"))
     published = {**PUBLISHED_STAGE_B, "num_epoch": epochs, "val_every": epochs}
     variants = {f"{name}": (encoders[name], {}) for name in ENCODERS}
     variants["cross-attention only"] = (encoders["full"], {"use_time_cond": False})

@@ -1,0 +1,122 @@
+"""The demo's step cache and stage runner: each step is made once per recipe, and every stage runs through its
+command line in its own process, as a user runs it.
+
+Every result is stamped beside it (`<target>.recipe.json`: the recipe's hash, the seconds it took, what it did), so
+a second run reuses what is done and an edited recipe redoes exactly what it changes; nothing without a stamp is
+ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from errors import UserError
+from runtime import format_seconds
+
+CODE = Path(__file__).resolve().parents[1]
+ROOT = CODE.parent
+log = logging.getLogger("mindvis.demo")
+
+
+def recipe_hash(recipe: Any) -> str:
+    """A short hash of a JSON-able recipe."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stamp_of(target: Path) -> Path:
+    """The recipe stamp the demo writes beside everything it makes: `<target>.recipe.json`."""
+    return target.parent / f"{target.name}.recipe.json"
+
+
+def remove_made(target: Path) -> None:
+    """Delete `target` (a file or a folder) only if the demo made it, i.e. its recipe stamp lies beside it."""
+    if not stamp_of(target).is_file():
+        raise UserError(f"{target} was not made by the demo (no {stamp_of(target).name} beside it); refusing to "
+                        "delete it: move it away or choose another --root_path")  # fmt: skip
+    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+
+
+class Steps:
+    """Runs each step unless its result exists with the same recipe hash; records what every step did."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def __call__(self, name: str, target: Path, recipe: dict, run: Callable[[], dict | None],
+                 remove_stale: bool = True) -> str:  # fmt: skip
+        """Make `target` with `run()` (which may return facts to record, e.g. steps done); returns the recipe hash.
+
+        A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own); one
+        without a stamp was not made by the demo and is refused."""
+        digest = recipe_hash(recipe)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stamp = stamp_of(target)
+        if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
+            done = json.loads(stamp.read_text())
+            log.info("[%s] reusing %s (recipe %s, made in %s)", name, target, digest, format_seconds(done["seconds"]))
+            self.records.append({"step": name, **done, "reused": True})
+            return digest
+        if target.exists():
+            log.info("[%s] %s was made by another recipe: redoing it", name, target)
+            if remove_stale:
+                remove_made(target)
+        log.info("[%s] running ...", name)
+        start = time.time()
+        facts = run() or {}
+        record = {"hash": digest, "seconds": round(time.time() - start, 1), **facts, "recipe": recipe}
+        stamp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        log.info("[%s] done in %s -> %s", name, format_seconds(record["seconds"]), target)
+        self.records.append({"step": name, **record, "reused": False})
+        return digest
+
+
+def run_stage(script: str, flags: dict, output_path: Path) -> Path:
+    """Run a stage script in its own process, as a user would; returns its run folder. `output_path` is stamped as
+    the demo's first, so that a failed attempt's folder can be removed by the next one."""
+    if output_path.exists() or output_path.is_symlink():
+        remove_made(output_path)  # a failed earlier attempt of this step
+    argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
+    for key, value in flags.items():
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list | tuple):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", "None" if value is None else str(value)]
+    log.info("$ %s", " ".join(argv[1:]))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp_of(output_path).write_text(json.dumps({"made_by": "demo.steps.run_stage", "argv": argv[1:]}) + "\n")
+    result = subprocess.run(argv)
+    if result.returncode != 0:
+        raise UserError(f"{script} failed (exit code {result.returncode}); its message is above")
+    (run_dir,) = (p for p in output_path.glob("*/*") if p.is_dir())
+    return run_dir
+
+
+def write_json(data: dict, path: Path) -> dict:
+    """Write `data` as JSON to `path`; returns it (a step's facts)."""
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def train_stage(script: str, flags: dict, output_path: Path, artefact: str, target: Path) -> dict:
+    """Run a training stage, copy its `artefact` to `target`; the facts: the run and the epochs it trained."""
+    run_dir = run_stage(script, flags, output_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    epochs = len({json.loads(line)["epoch"] for line in lines if '"epoch"' in line})
+    return {**copy_result(run_dir / artefact, target), "steps": f"{epochs} epoch{'s' * (epochs != 1)}"}
+
+
+def copy_result(source: Path, target: Path) -> dict:
+    """Copy a run's result (a file or a folder) to the demo's target; the facts: where it came from."""
+    shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
+    return {"source": str(source)}
