@@ -2,6 +2,7 @@
 no run folder left behind, nothing executed from a data or config file, nothing deleted that we did not write."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_bad_input_is_one_clear_line(case, world, tmp_path, capsys, monkeypatch)
     exit_code, err = fail(entry(argv(world, tmp_path)), capsys, monkeypatch)
     assert exit_code == code, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert pytest.importorskip("re").search(message, err), err
+    assert re.search(message, err), err
     assert not (tmp_path / "pwned").exists()  # nothing in a data or config file ran
     assert not any(p.is_dir() for p in (tmp_path / "o").glob("*/*")), "a failed run left its run folder"
 

@@ -4,10 +4,9 @@ the global-pool variant and bad inputs."""
 import pytest
 import torch
 
-from conftest import load_fixture, rel_err
+from conftest import FORWARD_TOL, load_fixture, rel_err
 from dc_ldm.ldm_for_fmri import NUM_CONTEXT_TOKENS, FMRICondStage
 
-FORWARD_TOL = 1e-4  # reference/README.md
 COND_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "cond_dim", "global_pool")
 TINY = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, cond_dim=8)
 

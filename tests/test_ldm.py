@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, load_fixture, rel_err
+from conftest import FORWARD_TOL, ROOT, SAMPLER_TOL, load_fixture, rel_err
 from dc_ldm.ldm_for_fmri import FMRICondStage
 from dc_ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS, LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
@@ -16,7 +16,6 @@ from dc_ldm.models.diffusion.samplers import SAMPLERS
 from dc_ldm.util import instantiate_from_config
 from errors import CheckpointError
 
-FORWARD_TOL, SAMPLER_TOL = 1e-4, 1e-3  # reference/README.md
 COND_PATH = ("attn2", "norm2", "time_embed_condtion")
 
 

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_fixture, rel_err
+from conftest import FORWARD_TOL, load_fixture, rel_err
 from errors import CheckpointError
 from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
-from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify, unpatchify
+from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
-FORWARD_TOL = 1e-4  # reference/README.md
 MAE_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
             "decoder_num_heads", "mlp_ratio")  # fmt: skip
 ENCODER_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -276,7 +275,7 @@ def test_patchify_round_trip():
     fmri = torch.arange(24.0).view(2, 1, 12)
     patches = patchify(fmri, 4)
     assert patches.shape == (2, 3, 4) and patches[1, 2].tolist() == [20.0, 21.0, 22.0, 23.0]
-    assert torch.equal(unpatchify(patches), fmri)
+    assert torch.equal(patches.flatten(1).unsqueeze(1), fmri)  # the patches are the fMRI in order
     with pytest.raises(ValueError, match="multiple of 5"):
         patchify(fmri, 5)
 

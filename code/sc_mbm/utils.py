@@ -45,10 +45,3 @@ def patchify(fmri: torch.Tensor, patch_size: int) -> torch.Tensor:
             f"expected fMRI of shape (N, 1, V) with V a multiple of {patch_size}, got {tuple(fmri.shape)}"
         )
     return fmri.reshape(fmri.shape[0], fmri.shape[2] // patch_size, patch_size)
-
-
-def unpatchify(patches: torch.Tensor) -> torch.Tensor:
-    """(N, L, p) patches -> (N, 1, L * p) fMRI."""
-    if patches.ndim != 3:
-        raise ValueError(f"expected patches of shape (N, L, p), got {tuple(patches.shape)}")
-    return patches.reshape(patches.shape[0], 1, patches.shape[1] * patches.shape[2])
