@@ -23,8 +23,14 @@ def grey_thumbnails(images: np.ndarray, size: int) -> np.ndarray:
     return x.flatten(1).numpy()
 
 
-def ridge_image_baseline(train_fmri: np.ndarray, train_images: np.ndarray, test_fmri: np.ndarray,
-                         test_images: np.ndarray, size: int = 16, seed: int = 0) -> tuple[dict, np.ndarray]:
+def ridge_image_baseline(
+    train_fmri: np.ndarray,
+    train_images: np.ndarray,
+    test_fmri: np.ndarray,
+    test_images: np.ndarray,
+    size: int = 16,
+    seed: int = 0,
+) -> tuple[dict, np.ndarray]:
     """Ridge from training fMRI (N, V) to grey size x size images; scores on the test set and the predictions.
 
     Returns ({"ridge_pcc": pair-wise PCC identification of the predictions, "ridge_alpha": penalty},

@@ -46,8 +46,10 @@ def _check_format(f: Any) -> None:
     finally:
         f.seek(0)
     if any(r.rsplit("/", 1)[-1] == "constants.pkl" or r.startswith("code/") for r in records):
-        raise UnsafeCheckpointError("refused: a TorchScript archive (torch.load would run its code through "
-                                    "torch.jit.load); a checkpoint holds weights and data only")  # fmt: skip
+        raise UnsafeCheckpointError(
+            "refused: a TorchScript archive (torch.load would run its code through "
+            "torch.jit.load); a checkpoint holds weights and data only"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -97,12 +99,17 @@ def _umask() -> int:
 
 def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Raise CheckpointError naming the tensors of a state dict that hold NaN or inf values."""
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]  # fmt: skip
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise CheckpointError(f"{path}: weights hold NaN or inf values in {bad[:3]}{more}; the file is damaged or "
-                              "comes from a diverged run")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: weights hold NaN or inf values in {bad[:3]}{more}; the file is damaged or "
+            "comes from a diverged run"
+        )
 
 
 def as_config_dict(config: Any) -> dict:
@@ -124,8 +131,13 @@ def get_rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},  # fmt: skip
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -43,9 +43,12 @@ DEFAULT_DECODER_DEPTH = 8  # every published checkpoint; older configs do not st
 
 
 def read_architecture(
-    config: Mapping, state: Mapping[str, torch.Tensor], path: str | os.PathLike, prefix: str = "",
+    config: Mapping,
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    prefix: str = "",
     fields: Sequence[str] = ARCH_FIELDS,
-) -> dict:  # fmt: skip
+) -> dict:
     """`fields` of the architecture and `num_voxels`, from a checkpoint's config and its weights.
 
     A field stored in the config must agree with the weights; a field the config lacks is read off the weights
@@ -61,8 +64,9 @@ def read_architecture(
         if name in config and config[name] is not None:
             arch[name] = config[name]
             if name in weights and weights[name] != config[name]:
-                raise CheckpointError(f"{path}: its config says {name} = {config[name]} but its weights were built "
-                                      f"with {weights[name]}")  # fmt: skip
+                raise CheckpointError(
+                    f"{path}: its config says {name} = {config[name]} but its weights were built with {weights[name]}"
+                )
         elif name in weights:
             arch[name], assumed = weights[name], assumed + [name]
         elif name == "decoder_depth":
@@ -75,8 +79,9 @@ def read_architecture(
             "checkpoint this model was trained from (--pretrain_mbm_path), whose config holds them"
         )
     if assumed:
-        log.info("%s: read off the weights (its config lacks them): %s", path,
-                 ", ".join(f"{k}={arch[k]}" for k in assumed))  # fmt: skip
+        log.info(
+            "%s: read off the weights (its config lacks them): %s", path, ", ".join(f"{k}={arch[k]}" for k in assumed)
+        )
     arch["num_voxels"] = weights["num_voxels"]
     if problem := width_problem(arch):
         raise CheckpointError(f"{path}: the file is inconsistent: its config and weights say {problem}")
@@ -107,8 +112,9 @@ def read_stage_a(path: str | os.PathLike, fields: Sequence[str] = ARCH_FIELDS) -
         )
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or not isinstance(ckpt["model"], Mapping):
-        raise CheckpointError(f"{path}: not a Stage A checkpoint (expected keys 'model', 'optimizer', 'epoch', "
-                              "'config')")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: not a Stage A checkpoint (expected keys 'model', 'optimizer', 'epoch', 'config')"
+        )
     check_finite(ckpt["model"], path)
     config = as_config_dict(ckpt["config"]) if "config" in ckpt else {}
     arch = read_architecture(config, ckpt["model"], path, fields=fields)
@@ -116,9 +122,13 @@ def read_stage_a(path: str | os.PathLike, fields: Sequence[str] = ARCH_FIELDS) -
 
 
 def stage_a_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: int, config: Mapping,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler_state: dict,
+    epoch: int,
+    config: Mapping,
     finetune_config: Mapping | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """The published Stage A layout (model, optimizer, epoch, scaler, config) plus, after A2, `finetune_config`, and
     every rank's RNG state (a collective: every rank must call it)."""
     configs = {"config": published_config(dict(config), Config_MBM_fMRI)}
@@ -140,16 +150,28 @@ def stage_a_config(path: str | os.PathLike) -> dict | None:
 def finetuned_checkpoint(model: nn.Module, cfg: Any) -> dict:
     """The published Stage B layout: model_state_dict, config (the original's class), state (torch RNG)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"model_state_dict": weights, "config": published_config(cfg, Config_Generative_Model),
-            "state": torch.get_rng_state()}  # fmt: skip
+    return {
+        "model_state_dict": weights,
+        "config": published_config(cfg, Config_Generative_Model),
+        "state": torch.get_rng_state(),
+    }
 
 
-def stage_b_training_checkpoint(model: nn.Module, cfg: Any, optimizer: torch.optim.Optimizer, scaler_state: dict,
-                                epoch: int, best: float, select_by: str) -> dict:  # fmt: skip
+def stage_b_training_checkpoint(
+    model: nn.Module,
+    cfg: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler_state: dict,
+    epoch: int,
+    best: float,
+    select_by: str,
+) -> dict:
     """A Stage B run's `checkpoint.pth`: the `finetuned.pth` layout, the training state and the model selection so
     far (`best`: the validation score of the kept `finetuned.pth`; `select_by`: the score's name) (a collective)."""
-    return {**finetuned_checkpoint(model, cfg), **training_state(optimizer, scaler_state, epoch, best=best,
-                                                                  select_by=select_by)}  # fmt: skip
+    return {
+        **finetuned_checkpoint(model, cfg),
+        **training_state(optimizer, scaler_state, epoch, best=best, select_by=select_by),
+    }
 
 
 def read_selection(ckpt: Mapping, path: str | os.PathLike) -> tuple[float, str] | None:
@@ -158,8 +180,9 @@ def read_selection(ckpt: Mapping, path: str | os.PathLike) -> tuple[float, str] 
         return None
     best, select_by = ckpt["best"], ckpt.get("select_by", "top-1-class")
     if isinstance(best, bool) or not isinstance(best, int | float) or not isinstance(select_by, str):
-        raise CheckpointError(f"{path}: its 'best' ({best!r}) and 'select_by' ({select_by!r}) must be a number and a "
-                              "score's name")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: its 'best' ({best!r}) and 'select_by' ({select_by!r}) must be a number and a score's name"
+        )
     return float(best), select_by
 
 
@@ -167,8 +190,10 @@ def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
     """A Stage B checkpoint (published or ours) -> (model state dict, stored config as a dict); weights finite."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Stage B checkpoint not found: {path}; run stageB_ldm_finetune.py or download "
-                              "the published pretrains/<dataset>/finetuned.pth; pass it with --checkpoint")
+        raise CheckpointError(
+            f"Stage B checkpoint not found: {path}; run stageB_ldm_finetune.py or download "
+            "the published pretrains/<dataset>/finetuned.pth; pass it with --checkpoint"
+        )
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, Mapping) or "model_state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a Stage B checkpoint (expected keys 'model_state_dict' and 'config')")
@@ -176,8 +201,9 @@ def read_finetuned(path: str | os.PathLike) -> tuple[dict, dict]:
     return ckpt["model_state_dict"], as_config_dict(ckpt["config"])
 
 
-def resolve_stored_path(flag: str | None, stored: Mapping, key: str, default: str, root_path: str | os.PathLike,
-                        source: str | os.PathLike) -> str:  # fmt: skip
+def resolve_stored_path(
+    flag: str | None, stored: Mapping, key: str, default: str, root_path: str | os.PathLike, source: str | os.PathLike
+) -> str:
     """Where to find a file a checkpoint's config names under `key`: the flag if given; else the stored path if it
     exists (a relative one below root_path, never the working folder, and refused when it leads out of root_path:
     `source` is the checkpoint, named in the error); else `default` below root_path."""
@@ -186,8 +212,10 @@ def resolve_stored_path(flag: str | None, stored: Mapping, key: str, default: st
     value = stored.get(key)
     if isinstance(value, str) and value:
         if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == os.pardir:
-            raise CheckpointError(f"{source}: its stored {key} {value!r} leads outside --root_path {root_path}; pass "
-                                  f"--{key} to say where it is")  # fmt: skip
+            raise CheckpointError(
+                f"{source}: its stored {key} {value!r} leads outside --root_path {root_path}; pass "
+                f"--{key} to say where it is"
+            )
         path = Path(value) if Path(value).is_absolute() else Path(root_path) / value
         if path.exists():
             return str(path)
@@ -212,8 +240,13 @@ def gather_rng_states() -> list[dict]:
 
 def training_state(optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: int, **extra: Any) -> dict:
     """What a resume needs beside the weights: optimiser, scaler, epoch, every rank's RNG (a collective)."""
-    return {"optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler_state, **extra,
-            "rng": gather_rng_states()}  # fmt: skip
+    return {
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "scaler": scaler_state,
+        **extra,
+        "rng": gather_rng_states(),
+    }
 
 
 # What a run folder holds that resuming writes again
@@ -232,27 +265,41 @@ def resume_checkpoint_path(cfg: Any) -> Path:
     if not (folder / CHECKPOINT if path.is_dir() else path).is_file():
         raise CheckpointError(f"--resume {path}: no {CHECKPOINT} there (a run writes it with its first checkpoint)")
     if path.name != CHECKPOINT and not path.is_dir():
-        raise CheckpointError(f"--resume {path}: name a run folder or its {CHECKPOINT}; resuming writes into the "
-                              "folder of the file named, so another file is refused")  # fmt: skip
+        raise CheckpointError(
+            f"--resume {path}: name a run folder or its {CHECKPOINT}; resuming writes into the "
+            "folder of the file named, so another file is refused"
+        )
     linked = [name for name in RUN_FILES if (folder / name).is_symlink()]
     if linked:
-        raise CheckpointError(f"--resume {path}: {', '.join(linked)} in {folder} is a link, which a run folder of "
-                              "this project never holds (resuming would write through it)")  # fmt: skip
+        raise CheckpointError(
+            f"--resume {path}: {', '.join(linked)} in {folder} is a link, which a run folder of "
+            "this project never holds (resuming would write through it)"
+        )
     try:
         values = load_yaml(folder / "config.yaml")
     except ConfigError:
         values = {}
     if not values or not set(values) <= {f.name for f in dataclasses.fields(cfg)}:
-        raise CheckpointError(f"--resume {path}: {folder} is not a run folder of this stage (no config.yaml of its "
-                              f"settings beside {CHECKPOINT}); resume only a folder the stage wrote")  # fmt: skip
+        raise CheckpointError(
+            f"--resume {path}: {folder} is not a run folder of this stage (no config.yaml of its "
+            f"settings beside {CHECKPOINT}); resume only a folder the stage wrote"
+        )
     return folder / CHECKPOINT
 
 
 def resume_training(
-    path: Path, cfg: Any, model: nn.Module, model_key: str, optimizer: torch.optim.Optimizer, amp: Any, dist_info: Any,
-    schedule_fields: Sequence[str], config_key: str = "config", same_fields: Sequence[str] = (),
+    path: Path,
+    cfg: Any,
+    model: nn.Module,
+    model_key: str,
+    optimizer: torch.optim.Optimizer,
+    amp: Any,
+    dist_info: Any,
+    schedule_fields: Sequence[str],
+    config_key: str = "config",
+    same_fields: Sequence[str] = (),
     ckpt: Mapping | None = None,
-) -> tuple[int, Mapping]:  # fmt: skip
+) -> tuple[int, Mapping]:
     """Continue a run from its training checkpoint `path` (already loaded: `ckpt`): refuse one whose stored config
     (`config_key`) differs from `cfg` in `same_fields` (architecture, data), a finished one, or one whose
     learning-rate schedule would change; restore weights, optimiser, scaler and this rank's RNG.
@@ -265,11 +312,16 @@ def resume_training(
         if isinstance(ckpt.get(model_key), Mapping):
             check_finite(dict(ckpt[model_key]), path)
     saved = as_config_dict(ckpt.get(config_key, {}))
-    changed = [f"{k} {saved[k]} there, {getattr(cfg, k)} here" for k in same_fields
-               if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+    changed = [
+        f"{k} {saved[k]} there, {getattr(cfg, k)} here"
+        for k in same_fields
+        if k in saved and saved[k] != getattr(cfg, k)
+    ]
     if changed:
-        raise ConfigError(f"--resume {path} was trained with another architecture or data ({'; '.join(changed)}); "
-                          "resume with the run's own flags (its config.yaml)")  # fmt: skip
+        raise ConfigError(
+            f"--resume {path} was trained with another architecture or data ({'; '.join(changed)}); "
+            "resume with the run's own flags (its config.yaml)"
+        )
     epoch = ckpt.get("epoch", -1)
     if isinstance(epoch, bool) or not isinstance(epoch, int):
         raise CheckpointError(f"{path}: its 'epoch' must be a whole number, got {epoch!r}")
@@ -285,24 +337,36 @@ def check_resumable(saved: Mapping, cfg: Any, path: Path, epoch: int, schedule_f
     """
     if epoch + 1 >= cfg.num_epoch:
         also = " and --allow_new_schedule" if "num_epoch" in schedule_fields else ""  # a longer cosine, Stage A
-        raise ConfigError(f"--resume {path}: the run already finished its {epoch + 1} epochs; to train longer pass a "
-                          f"larger --num_epoch{also}")  # fmt: skip
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in schedule_fields
-               if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+        raise ConfigError(
+            f"--resume {path}: the run already finished its {epoch + 1} epochs; to train longer pass a "
+            f"larger --num_epoch{also}"
+        )
+    changed = [
+        f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in schedule_fields if k in saved and saved[k] != getattr(cfg, k)
+    ]
     if changed and not getattr(cfg, "allow_new_schedule", False):
-        raise ConfigError(f"--resume {path}: the learning-rate schedule would change ({'; '.join(changed)}); pass "
-                          "--allow_new_schedule to accept that, or resume with the run's own values")  # fmt: skip
+        raise ConfigError(
+            f"--resume {path}: the learning-rate schedule would change ({'; '.join(changed)}); pass "
+            "--allow_new_schedule to accept that, or resume with the run's own values"
+        )
 
 
 def restore_training_state(
-    ckpt: Mapping, path: Path, model: nn.Module, model_key: str, optimizer: torch.optim.Optimizer, amp: Any,
-    rank: int, world_size: int,
-) -> int:  # fmt: skip
+    ckpt: Mapping,
+    path: Path,
+    model: nn.Module,
+    model_key: str,
+    optimizer: torch.optim.Optimizer,
+    amp: Any,
+    rank: int,
+    world_size: int,
+) -> int:
     """Load weights, optimiser, scaler and this rank's RNG from a training checkpoint; returns the next epoch."""
     absent = [k for k in (model_key, "optimizer", "epoch", "rng") if k not in ckpt]
     if absent:
-        raise CheckpointError(f"{path}: cannot resume, no {absent} entry (not a training checkpoint of this project's "
-                              "stages)")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: cannot resume, no {absent} entry (not a training checkpoint of this project's stages)"
+        )
     load_weights(model, ckpt[model_key], path)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -313,8 +377,11 @@ def restore_training_state(
     if isinstance(states, list) and len(states) == world_size:
         set_rng_state(states[rank])
     else:
-        log.warning("%s: no RNG state for %d process(es); the data order is reproduced, the random draws are not",
-                    path, world_size)  # fmt: skip
+        log.warning(
+            "%s: no RNG state for %d process(es); the data order is reproduced, the random draws are not",
+            path,
+            world_size,
+        )
     log.info("resumed from %s after epoch %d", path, ckpt["epoch"])
     return int(ckpt["epoch"]) + 1
 
@@ -325,8 +392,9 @@ def load_weights(model: nn.Module, state: Mapping, path: str | os.PathLike) -> N
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model built from its config: "
-                              f"{' '.join(str(e).split())[:500]}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: weights do not fit the model built from its config: {' '.join(str(e).split())[:500]}"
+        ) from None
     if missing:
         more = " ..." if len(missing) > 5 else ""
         raise CheckpointError(f"{path}: model state lacks {len(missing)} key(s): {missing[:5]}{more}")

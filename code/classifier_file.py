@@ -36,8 +36,22 @@ from feature_nets import Classifier
 FORMAT = "mindvis-classifier/1"
 LAYERS = {
     name: getattr(nn, name)
-    for name in ("Conv2d", "BatchNorm2d", "GroupNorm", "LayerNorm", "ReLU", "GELU", "SiLU", "MaxPool2d", "AvgPool2d",
-                 "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "Identity")  # fmt: skip
+    for name in (
+        "Conv2d",
+        "BatchNorm2d",
+        "GroupNorm",
+        "LayerNorm",
+        "ReLU",
+        "GELU",
+        "SiLU",
+        "MaxPool2d",
+        "AvgPool2d",
+        "AdaptiveAvgPool2d",
+        "Flatten",
+        "Linear",
+        "Dropout",
+        "Identity",
+    )
 }
 
 
@@ -57,9 +71,24 @@ def build_sequential(layers: Sequence[Sequence]) -> nn.Sequential:
 
 
 # The arguments of timm architectures a classifier file may set; every other create_model keyword is refused.
-TIMM_ARGS = frozenset({"num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "img_size",
-                       "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "class_token", "qkv_bias",
-                       "output_stride"})  # fmt: skip
+TIMM_ARGS = frozenset(
+    {
+        "num_classes",
+        "in_chans",
+        "global_pool",
+        "drop_rate",
+        "drop_path_rate",
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "class_token",
+        "qkv_bias",
+        "output_stride",
+    }
+)
 
 
 def build_timm(name: Any, args: Any) -> nn.Module:
@@ -67,14 +96,18 @@ def build_timm(name: Any, args: Any) -> nn.Module:
     import timm
 
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) and timm.is_model(name)):
-        raise CheckpointError(f"timm_model must be the plain name of a timm architecture (timm.list_models(); no "
-                              f"'hf-hub:' or 'local-dir:' source, no pretrained tag), got {name!r}")  # fmt: skip
+        raise CheckpointError(
+            f"timm_model must be the plain name of a timm architecture (timm.list_models(); no "
+            f"'hf-hub:' or 'local-dir:' source, no pretrained tag), got {name!r}"
+        )
     if not isinstance(args, dict) or not all(_plain(v) for v in args.values()):
         raise CheckpointError("model_args must map names to numbers, strings or lists")
     refused = sorted(set(args) - TIMM_ARGS)
     if refused:
-        raise CheckpointError(f"model_args {refused} are not allowed; a classifier file sets only the architecture "
-                              f"arguments {sorted(TIMM_ARGS)}")  # fmt: skip
+        raise CheckpointError(
+            f"model_args {refused} are not allowed; a classifier file sets only the architecture "
+            f"arguments {sorted(TIMM_ARGS)}"
+        )
     return timm.create_model(name, pretrained=False, **args)
 
 
@@ -84,13 +117,25 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def save_classifier_file(path: str | os.PathLike, layers: Sequence[Sequence], model: nn.Module, input_size: int,
-                         mean: Sequence[float], std: Sequence[float], class_names: Sequence[str] | None = None,
-                         ) -> Path:  # fmt: skip
+def save_classifier_file(
+    path: str | os.PathLike,
+    layers: Sequence[Sequence],
+    model: nn.Module,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str] | None = None,
+) -> Path:
     """Write a classifier built by `build_sequential(layers)` in the file format above (atomically)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    spec = {"format": FORMAT, "layers": [[n, dict(kw)] for n, kw in layers], "state_dict": state,
-            "input_size": int(input_size), "mean": list(mean), "std": list(std)}  # fmt: skip
+    spec = {
+        "format": FORMAT,
+        "layers": [[n, dict(kw)] for n, kw in layers],
+        "state_dict": state,
+        "input_size": int(input_size),
+        "mean": list(mean),
+        "std": list(std),
+    }
     if class_names is not None:
         spec["class_names"] = list(class_names)
     return save_checkpoint(spec, path)
@@ -100,8 +145,10 @@ def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "
     """The classifier of a file (format above) in eval mode on `device`, and its preprocessing for uint8 images."""
     spec = load_checkpoint(path)
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or "state_dict" not in spec:
-        raise CheckpointError(f"{path}: not a classifier file (expected a dict with 'format': '{FORMAT}', "
-                              "'layers' or 'timm_model', 'state_dict', 'input_size', 'mean', 'std')")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: not a classifier file (expected a dict with 'format': '{FORMAT}', "
+            "'layers' or 'timm_model', 'state_dict', 'input_size', 'mean', 'std')"
+        )
     try:
         if "layers" in spec:
             model = build_sequential(spec["layers"])

@@ -87,8 +87,11 @@ class _Optimisation:
     accum_iter: int = arg(1, "steps accumulated per optimiser update", "optimisation")
     mask_ratio: float = arg(0.75, "share of patches masked, in (0, 1)", "optimisation")
     ckpt_every: int = arg(20, "epochs between checkpoints (and reconstruction figures)", "run")
-    allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr / min_lr / num_epoch / warmup_epochs "
-                                   "(the learning-rate schedule changes mid-run)")  # fmt: skip
+    allow_new_schedule: bool = arg(
+        False,
+        "with --resume: accept a changed lr / min_lr / num_epoch / warmup_epochs "
+        "(the learning-rate schedule changes mid-run)",
+    )
 
     def _validate_optimisation(self) -> None:
         check(self.lr > 0 and self.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {self.lr}, {self.min_lr}")
@@ -113,8 +116,9 @@ class TargetData:
     kam_subs: list[str] = arg(list(GOD.default_subjects), "GOD subjects", "data")
     bold5000_subs: list[str] = arg(list(BOLD5000.default_subjects), "BOLD5000 subjects", "data")
     roi: str = arg("VC", "region of interest (GOD: V1..V4, LOC, FFA, PPA, LVC, HVC, VC; BOLD5000 always all)", "data")
-    test_category: list[int] | None = arg(None, "GOD: hold out one training image of each of these categories "
-                                          "as the test set", "data")  # fmt: skip
+    test_category: list[int] | None = arg(
+        None, "GOD: hold out one training image of each of these categories as the test set", "data"
+    )
     seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
 
     def _resolve_data(self) -> None:
@@ -122,8 +126,9 @@ class TargetData:
         rois = TARGETS[self.dataset].rois
         check(self.roi in rois, f"roi must be one of {rois}, got {self.roi!r}")
         for target in TARGETS.values():
-            setattr(self, target.path_field, _under(self.root_path, getattr(self, target.path_field),
-                                                    target.default_path))  # fmt: skip
+            setattr(
+                self, target.path_field, _under(self.root_path, getattr(self, target.path_field), target.default_path)
+            )
         check(len(self.subjects) > 0, f"no subjects given for {self.dataset}")
 
     @property
@@ -175,8 +180,10 @@ class StageA1Config(_Run, _Optimisation, MAEArchitecture):
         check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
         check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
         focus = self.focus_range
-        check(focus is None or (len(focus) == 2 and 0 <= focus[0] < focus[1]),
-               f"focus_range must be two increasing voxel indices or None, got {focus}")  # fmt: skip
+        check(
+            focus is None or (len(focus) == 2 and 0 <= focus[0] < focus[1]),
+            f"focus_range must be two increasing voxel indices or None, got {focus}",
+        )
         check(0.0 <= self.focus_rate <= 1.0, f"focus_rate must be in [0, 1], got {self.focus_rate}")
         check(self.val_kam_subs is None or len(self.val_kam_subs) > 0, "val_kam_subs must name subjects or be None")
 
@@ -192,16 +199,18 @@ class StageA2Config(_Run, _Optimisation, TargetData):
     patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
     lr: float = arg(5.3e-5, "peak learning rate", "optimisation")
     num_epoch: int = arg(15, "epochs", "optimisation")
-    batch_size: int | None = arg(None, f"samples per step and process (default: {_by_dataset('batch_size_a2')})",
-                                 "optimisation")  # fmt: skip
+    batch_size: int | None = arg(
+        None, f"samples per step and process (default: {_by_dataset('batch_size_a2')})", "optimisation"
+    )
     warmup_epochs: int = arg(2, "epochs of linear warm-up", "optimisation")
     ckpt_every: int = arg(2, "epochs between checkpoints (and reconstruction figures)", "run")
 
     def __post_init__(self) -> None:
         self._resolve_data()
         self.output_path = _under(self.root_path, self.output_path, "results")
-        self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
-                                        f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
+        self.pretrain_mbm_path = _under(
+            self.root_path, self.pretrain_mbm_path, f"pretrains/{self.dataset}/fmri_encoder.pth"
+        )
         if self.batch_size is None:
             self.batch_size = self.target.batch_size_a2
         self.validate()
@@ -216,64 +225,99 @@ class StageBConfig(_Run, TargetData):
     """Stage B: DC-LDM finetuning on fMRI-image pairs. Published class `Config_Generative_Model`."""
 
     pretrain_gm_path: str | None = arg(
-        None, "label-conditioned LDM folder, config.yaml + model.ckpt (default: <root_path>/pretrains/ldm/label2img)",
+        None,
+        "label-conditioned LDM folder, config.yaml + model.ckpt (default: <root_path>/pretrains/ldm/label2img)",
         "model",
     )
     pretrain_mbm_path: str | None = arg(
-        None, "Stage A checkpoint whose encoder conditions the LDM (default: <root_path>/pretrains/<dataset>/"
-        "fmri_encoder.pth)", "model",
+        None,
+        "Stage A checkpoint whose encoder conditions the LDM (default: <root_path>/pretrains/<dataset>/"
+        "fmri_encoder.pth)",
+        "model",
     )
     global_pool: bool = arg(False, "condition on the mean encoder token instead of 77 mapped tokens", "model")
     use_time_cond: bool = arg(True, "double conditioning: add the context to the timestep embedding too", "model")
-    cond_dropout: float = arg(0.0, "replace the fMRI context by a learned null context with this probability, "
-                              "for classifier-free guidance (0: the published method)", "model")  # fmt: skip
-    linear_pool: bool = arg(False, "with global_pool: the one context token is a Linear map of all encoder tokens, "
-                            "not their mean (ours)", "model")  # fmt: skip
-    ridge_init: bool = arg(False, "with linear_pool: start it as the ridge regression (penalty by cross-validation) "
-                           "from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
-                           "labels (ours; needs class labels)", "model")  # fmt: skip
+    cond_dropout: float = arg(
+        0.0,
+        "replace the fMRI context by a learned null context with this probability, "
+        "for classifier-free guidance (0: the published method)",
+        "model",
+    )
+    linear_pool: bool = arg(
+        False,
+        "with global_pool: the one context token is a Linear map of all encoder tokens, not their mean (ours)",
+        "model",
+    )
+    ridge_init: bool = arg(
+        False,
+        "with linear_pool: start it as the ridge regression (penalty by cross-validation) "
+        "from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
+        "labels (ours; needs class labels)",
+        "model",
+    )
     freeze_encoder: bool = arg(False, "keep the Stage A encoder fixed (published: trained)", "model")
-    freeze_mapper: bool = arg(False, "keep the conditioner's mappers fixed, e.g. after ridge_init (published: "
-                              "trained)", "model")  # fmt: skip
+    freeze_mapper: bool = arg(
+        False, "keep the conditioner's mappers fixed, e.g. after ridge_init (published: trained)", "model"
+    )
     patch_size: int = arg(16, "taken from the Stage A checkpoint", "model", cli=False)
     model_meta: dict | None = arg(None, "the encoder architecture, stored for gen_eval", "model", cli=False)
-    latent_views: int = arg(0, "> 0: encode every training image (its random crops) this many times once, instead "
-                            "of at every step (faster; 0: as published)", "data")  # fmt: skip
+    latent_views: int = arg(
+        0,
+        "> 0: encode every training image (its random crops) this many times once, instead "
+        "of at every step (faster; 0: as published)",
+        "data",
+    )
     img_size: int = arg(256, "image side the LDM sees (a multiple of 8)", "data")
     crop_ratio: float = arg(0.2, "random crop (p = 0.5) removing this share of the side, resized back", "data")
-    fmri_dropout: float = arg(0.0, "voxel dropout of the training fMRI (0: as published, see docs/defects.md #2)",
-                              "data")  # fmt: skip
+    fmri_dropout: float = arg(
+        0.0, "voxel dropout of the training fMRI (0: as published, see docs/defects.md #2)", "data"
+    )
     include_nonavg_test: bool = arg(False, "validate on single test trials too", "data")
     lr: float = arg(5.3e-5, "AdamW learning rate (constant)", "optimisation")
     num_epoch: int = arg(500, "epochs", "optimisation")
-    batch_size: int | None = arg(None, f"pairs per step and process (default: {_by_dataset('batch_size_b')})",
-                                 "optimisation")  # fmt: skip
+    batch_size: int | None = arg(
+        None, f"pairs per step and process (default: {_by_dataset('batch_size_b')})", "optimisation"
+    )
     accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
-    allow_new_schedule: bool = arg(False, "with --resume: accept a changed lr (the rate changes mid-run)",
-                                   "optimisation")  # fmt: skip
+    allow_new_schedule: bool = arg(
+        False, "with --resume: accept a changed lr (the rate changes mid-run)", "optimisation"
+    )
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
     num_val_items: int = arg(5, "fMRI decoded at each validation (the first of the validation set)", "run")
-    snapshot_epochs: list[int] | None = arg(None, "also write the model after these epochs (counted from 1) as "
-                                            "snapshot_epoch<N>.pth, each readable by gen_eval: a learning curve",
-                                            "run")  # fmt: skip
-    select_on: str = arg("val_split", "where the kept model is chosen: 'val_split', images held out of the training "
-                         "pairs; 'test', the first test items, as published (the test score is then chosen on the "
-                         "test set)", "run")  # fmt: skip
-    val_split: int = arg(50, "with select_on val_split: training images held out (all their fMRI) to validate on",
-                         "run")  # fmt: skip
+    snapshot_epochs: list[int] | None = arg(
+        None,
+        "also write the model after these epochs (counted from 1) as "
+        "snapshot_epoch<N>.pth, each readable by gen_eval: a learning curve",
+        "run",
+    )
+    select_on: str = arg(
+        "val_split",
+        "where the kept model is chosen: 'val_split', images held out of the training "
+        "pairs; 'test', the first test items, as published (the test score is then chosen on the "
+        "test set)",
+        "run",
+    )
+    val_split: int = arg(
+        50, "with select_on val_split: training images held out (all their fMRI) to validate on", "run"
+    )
     num_samples: int = arg(5, "images per fMRI (validation here, the default of gen_eval)", "run")
     ddim_steps: int = arg(250, f"PLMS steps per image (at least {MIN_SAMPLER_STEPS})", "run")
     guidance_scale: float = arg(1.0, "classifier-free guidance at validation (needs cond_dropout > 0)", "run")
-    classifier: str | None = arg(None, "n-way classifier file (a torch.export program, see docs/formats.md); "
-                                 "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
+    classifier: str | None = arg(
+        None,
+        "n-way classifier file (a torch.export program, see docs/formats.md); "
+        "default: ViT-H/14 from the local torchvision cache",
+        "run",
+    )
 
     def __post_init__(self) -> None:
         self._resolve_data()
         self.output_path = _under(self.root_path, self.output_path, "results")
         self.pretrain_gm_path = _under(self.root_path, self.pretrain_gm_path, "pretrains/ldm/label2img")
-        self.pretrain_mbm_path = _under(self.root_path, self.pretrain_mbm_path,
-                                        f"pretrains/{self.dataset}/fmri_encoder.pth")  # fmt: skip
+        self.pretrain_mbm_path = _under(
+            self.root_path, self.pretrain_mbm_path, f"pretrains/{self.dataset}/fmri_encoder.pth"
+        )
         if self.batch_size is None:
             self.batch_size = self.target.batch_size_b
         self.validate()
@@ -292,11 +336,15 @@ class StageBConfig(_Run, TargetData):
         check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
-        check(not self.snapshot_epochs or 1 <= min(self.snapshot_epochs), f"snapshot_epochs count from 1, got "
-               f"{self.snapshot_epochs}")  # fmt: skip
+        check(
+            not self.snapshot_epochs or 1 <= min(self.snapshot_epochs),
+            f"snapshot_epochs count from 1, got {self.snapshot_epochs}",
+        )
         check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        check(self.select_on != "val_split" or self.val_split >= 2,
-               f"val_split must hold out at least 2 images, got {self.val_split}")  # fmt: skip
+        check(
+            self.select_on != "val_split" or self.val_split >= 2,
+            f"val_split must hold out at least 2 images, got {self.val_split}",
+        )
         _check_sampling(self.num_samples, self.ddim_steps, self.guidance_scale, self.cond_dropout)
 
 
@@ -308,47 +356,79 @@ class GenEvalConfig(TargetData):
     the paths stored in it (relative stored paths are resolved against root_path).
     """
 
-    protocol: str | None = arg(None, "'published': the paper's protocol (5 samples, 250 PLMS steps, mse_uint8, 50- "
-                               "and 100-way top-1 over 1000 trials, FID), printed beside the paper's numbers; it "
-                               "sets those flags", "run")  # fmt: skip
-    checkpoint: str | None = arg(None, "Stage B checkpoint (default: <root_path>/pretrains/<dataset>/finetuned.pth)",
-                                 "model")  # fmt: skip
-    pretrain_gm_path: str | None = arg(None, "LDM folder whose config.yaml gives the architecture (default: the "
-                                       "checkpoint's, else <root_path>/pretrains/ldm/label2img)", "model")  # fmt: skip
-    pretrain_mbm_path: str | None = arg(None, "Stage A checkpoint giving the encoder architecture when the Stage B "
-                                        "checkpoint lacks it, as the original reads it (default: <root_path>/"
-                                        "pretrains/<dataset>/fmri_encoder.pth)", "model")  # fmt: skip
+    protocol: str | None = arg(
+        None,
+        "'published': the paper's protocol (5 samples, 250 PLMS steps, mse_uint8, 50- "
+        "and 100-way top-1 over 1000 trials, FID), printed beside the paper's numbers; it "
+        "sets those flags",
+        "run",
+    )
+    checkpoint: str | None = arg(
+        None, "Stage B checkpoint (default: <root_path>/pretrains/<dataset>/finetuned.pth)", "model"
+    )
+    pretrain_gm_path: str | None = arg(
+        None,
+        "LDM folder whose config.yaml gives the architecture (default: the "
+        "checkpoint's, else <root_path>/pretrains/ldm/label2img)",
+        "model",
+    )
+    pretrain_mbm_path: str | None = arg(
+        None,
+        "Stage A checkpoint giving the encoder architecture when the Stage B "
+        "checkpoint lacks it, as the original reads it (default: <root_path>/"
+        "pretrains/<dataset>/fmri_encoder.pth)",
+        "model",
+    )
     dataset: str | None = arg(None, f"one of {DATASETS} (default: the checkpoint's)", "data")
     kam_subs: list[str] | None = arg(None, "GOD subjects (default: the checkpoint's)", "data")
     bold5000_subs: list[str] | None = arg(None, "BOLD5000 subjects (default: the checkpoint's)", "data")
     roi: str | None = arg(None, "region of interest (default: the checkpoint's)", "data")
     output_path: str | None = arg(None, "where run folders go (default: <root_path>/results)", "run")
     limit: int | None = arg(None, "decode only the first N test fMRI", "data")
-    shuffle_fmri: bool = arg(False, "control: decode each test image from another image's fMRI (a fixed "
-                             "derangement); scores should fall to chance", "data")  # fmt: skip
+    shuffle_fmri: bool = arg(
+        False,
+        "control: decode each test image from another image's fMRI (a fixed "
+        "derangement); scores should fall to chance",
+        "data",
+    )
     num_samples: int = arg(5, "images per fMRI", "run")
     ddim_steps: int = arg(250, f"sampler steps per image (at least {MIN_SAMPLER_STEPS})", "run")
     sampler: str = arg("plms", f"one of {tuple(SAMPLERS)} (published: plms)", "run")
     eta: float = arg(0.0, "DDIM eta (0: deterministic)", "run")
-    guidance_scale: float | None = arg(None, "classifier-free guidance (needs a model trained with cond_dropout > 0; "
-                                       "default: the checkpoint's own, 1 for published ones)", "run")  # fmt: skip
+    guidance_scale: float | None = arg(
+        None,
+        "classifier-free guidance (needs a model trained with cond_dropout > 0; "
+        "default: the checkpoint's own, 1 for published ones)",
+        "run",
+    )
     batch_size: int = arg(25, "images per sampler call (test fMRI x samples are batched together)", "run")
     n_way: int = arg(50, "n of the n-way top-1 accuracy", "run")
     num_trials: int = arg(1000, "n-way trials per image", "run")
-    metrics: list[str] = arg(["mse", "pcc", "ssim", "lpips", "n_way", "fid"], "metrics to compute (see "
-                             "eval_metrics.METRICS)", "run")  # fmt: skip
+    metrics: list[str] = arg(
+        ["mse", "pcc", "ssim", "lpips", "n_way", "fid"], "metrics to compute (see eval_metrics.METRICS)", "run"
+    )
     baselines: bool = arg(False, "also score a ridge regression from the training fMRI to the images", "run")
-    precision: str = arg("auto", f"one of {PRECISIONS}; auto: bf16 on GPUs that have it, else fp16, fp32 on CPU",
-                         "run")  # fmt: skip
+    precision: str = arg(
+        "auto", f"one of {PRECISIONS}; auto: bf16 on GPUs that have it, else fp16, fp32 on CPU", "run"
+    )
     device: str = arg("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", "run")
-    compile: bool = arg(False, "torch.compile the UNet for sampling, weights frozen (benchmarks/README.md: 1.45-1.7x "
-                        "a UNet call on a CPU after 2-3 minutes of compiling): for long runs", "run")  # fmt: skip
-    classifier: str | None = arg(None, "n-way classifier file (a torch.export program, see docs/formats.md); "
-                                 "default: ViT-H/14 from the local torchvision cache", "run")  # fmt: skip
+    compile: bool = arg(
+        False,
+        "torch.compile the UNet for sampling, weights frozen (benchmarks/README.md: 1.45-1.7x "
+        "a UNet call on a CPU after 2-3 minutes of compiling): for long runs",
+        "run",
+    )
+    classifier: str | None = arg(
+        None,
+        "n-way classifier file (a torch.export program, see docs/formats.md); "
+        "default: ViT-H/14 from the local torchvision cache",
+        "run",
+    )
 
     def __post_init__(self) -> None:
-        check(self.dataset is None or self.dataset in TARGETS,
-               f"dataset must be one of {DATASETS}, got {self.dataset!r}")  # fmt: skip
+        check(
+            self.dataset is None or self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"
+        )
         check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
         if self.protocol == "published":
             self.num_samples, self.ddim_steps, self.sampler, self.eta, self.guidance_scale = 5, 250, "plms", 0.0, 1.0
@@ -367,9 +447,13 @@ class GenEvalConfig(TargetData):
 
 def _check_sampling(num_samples: int, ddim_steps: int, guidance_scale: float, cond_dropout: float | None) -> None:
     check(num_samples > 0, f"num_samples must be positive, got {num_samples}")
-    check(ddim_steps >= MIN_SAMPLER_STEPS,
-           f"ddim_steps must be at least {MIN_SAMPLER_STEPS}, got {ddim_steps}: with fewer the first step starts "
-           "where the schedule still expects signal in the start noise, and the image stays noise (published: 250)")
+    check(
+        ddim_steps >= MIN_SAMPLER_STEPS,
+        f"ddim_steps must be at least {MIN_SAMPLER_STEPS}, got {ddim_steps}: with fewer the first step starts "
+        "where the schedule still expects signal in the start noise, and the image stays noise (published: 250)",
+    )
     check(guidance_scale >= 1.0, f"guidance_scale must be >= 1 (1: no guidance), got {guidance_scale}")
-    check(cond_dropout is None or guidance_scale == 1.0 or cond_dropout > 0,
-           "guidance_scale > 1 needs a model trained with cond_dropout > 0 (it learns the null context)")
+    check(
+        cond_dropout is None or guidance_scale == 1.0 or cond_dropout > 0,
+        "guidance_scale > 1 needs a model trained with cond_dropout > 0 (it learns the null context)",
+    )

@@ -102,11 +102,13 @@ def build_parser(cls: type, usage: str | None = None) -> argparse.ArgumentParser
         if tp is bool and not is_list:
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         elif is_list:
-            group.add_argument(f"--{f.name}", nargs="*", type=_parse_scalar(tp, False), metavar=tp.__name__.upper(),
-                               help=help_text)  # fmt: skip
+            group.add_argument(
+                f"--{f.name}", nargs="*", type=_parse_scalar(tp, False), metavar=tp.__name__.upper(), help=help_text
+            )
         else:
-            group.add_argument(f"--{f.name}", type=_parse_scalar(tp, optional), metavar=tp.__name__.upper(),
-                               help=help_text)  # fmt: skip
+            group.add_argument(
+                f"--{f.name}", type=_parse_scalar(tp, optional), metavar=tp.__name__.upper(), help=help_text
+            )
     return parser
 
 
@@ -159,8 +161,10 @@ def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> A
         return value
     if tp in (int, float):
         what = "a whole number" if tp is int else "a number"
-        check(isinstance(value, int | float | str) and not isinstance(value, bool), f"{name} must be {what}, got "
-               f"{value!r}")  # fmt: skip
+        check(
+            isinstance(value, int | float | str) and not isinstance(value, bool),
+            f"{name} must be {what}, got {value!r}",
+        )
         try:
             number = int(value) if tp is int and isinstance(value, str) else float(value)
         except ValueError:
@@ -171,8 +175,9 @@ def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> A
             return int(number)
         return number
     if tp is str:  # numbers become text (the published `precision: 32`); a list, mapping or boolean does not
-        check(isinstance(value, str | int | float) and not isinstance(value, bool), f"{name} must be text, got "
-               f"{value!r}")  # fmt: skip
+        check(
+            isinstance(value, str | int | float) and not isinstance(value, bool), f"{name} must be text, got {value!r}"
+        )
         return str(value)
     if tp is dict:
         check(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")

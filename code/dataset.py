@@ -82,8 +82,16 @@ class FMRIImageDataset(FMRIDataset):
 
     def subset(self, rows: np.ndarray) -> FMRIImageDataset:
         """The same images and transforms with only the fMRI rows `rows`."""
-        return FMRIImageDataset(self.fmri[rows], self.images, self.image_index[rows], self.labels, self.naive_labels,
-                                self.class_names, self.transform, self.image_transform)  # fmt: skip
+        return FMRIImageDataset(
+            self.fmri[rows],
+            self.images,
+            self.image_index[rows],
+            self.labels,
+            self.naive_labels,
+            self.class_names,
+            self.transform,
+            self.image_transform,
+        )
 
     def hold_out(self, num_images: int, seed: int) -> tuple[FMRIImageDataset, FMRIImageDataset]:
         """(rest, held out): every fMRI row of `num_images` images drawn at random (seeded) goes to the second set.
@@ -117,10 +125,18 @@ class LatentViews(torch.utils.data.Dataset):
         self.base, self.views = base, views
         device = next(model.parameters()).device
         with torch.no_grad():
-            self.latents = torch.stack([torch.cat([
-                model.encode_first_stage(b.to(device)).cpu()
-                for b in torch.stack([base.image_transform(img) for img in base.images]).split(batch_size)
-            ]) for _ in range(views)], 1)  # (M, views, C, h, w)  # fmt: skip
+            self.latents = torch.stack(
+                [
+                    torch.cat(
+                        [
+                            model.encode_first_stage(b.to(device)).cpu()
+                            for b in torch.stack([base.image_transform(img) for img in base.images]).split(batch_size)
+                        ]
+                    )
+                    for _ in range(views)
+                ],
+                1,
+            )  # (M, views, C, h, w)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -128,5 +144,7 @@ class LatentViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         fmri = torch.from_numpy(self.base.fmri[i])
         view = int(torch.randint(self.views, ()))
-        return {"fmri": self.base.transform(fmri) if self.base.transform else fmri,
-                "latent": self.latents[self.base.image_index[i], view]}  # fmt: skip
+        return {
+            "fmri": self.base.transform(fmri) if self.base.transform else fmri,
+            "latent": self.latents[self.base.image_index[i], view],
+        }

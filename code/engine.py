@@ -124,8 +124,9 @@ class AmpScaler:
             self.scaler.load_state_dict(state)
 
 
-def make_loader(dataset: Dataset, batch_size: int, seed: int, dist_info: DistInfo, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:  # fmt: skip
+def make_loader(
+    dataset: Dataset, batch_size: int, seed: int, dist_info: DistInfo, num_workers: int = 0, drop_last: bool = False
+) -> DataLoader:
     """Shuffled loader whose order depends only on (seed, epoch) via `loader.sampler.set_epoch`; one share per rank.
 
     The sampler drops the few samples that do not divide among the ranks (different ones each epoch), so the
@@ -133,13 +134,21 @@ def make_loader(dataset: Dataset, batch_size: int, seed: int, dist_info: DistInf
     keeps it, Stage B drops it).
     """
     if len(dataset) < dist_info.world_size * (batch_size if drop_last else 1):
-        raise UserError(f"{len(dataset)} training samples are too few for batches of {batch_size} on "
-                        f"{dist_info.world_size} process(es); use a smaller --batch_size")  # fmt: skip
+        raise UserError(
+            f"{len(dataset)} training samples are too few for batches of {batch_size} on "
+            f"{dist_info.world_size} process(es); use a smaller --batch_size"
+        )
     sampler = DistributedSampler(
         dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed, drop_last=True
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      pin_memory=dist_info.device.type == "cuda")  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=dist_info.device.type == "cuda",
+    )
 
 
 def wrap_ddp(model: nn.Module, dist_info: DistInfo) -> nn.Module:
@@ -219,9 +228,17 @@ def train_one_epoch(
                 )
             now = time.time()
             means = "  ".join(f"{k} {v / values[1]:.4f}" for k, v in zip(metrics, values[3:], strict=True))
-            log.info("epoch %d step %d/%d  loss %.4f  lr %.3e  %s  samples/s %.1f  epoch ETA %s", epoch, i + 1,
-                     num_steps, values[0] / values[1], lr, means, values[1] / max(now - window_start, 1e-9),
-                     eta(i + 1, num_steps, now - start))  # fmt: skip
+            log.info(
+                "epoch %d step %d/%d  loss %.4f  lr %.3e  %s  samples/s %.1f  epoch ETA %s",
+                epoch,
+                i + 1,
+                num_steps,
+                values[0] / values[1],
+                lr,
+                means,
+                values[1] / max(now - window_start, 1e-9),
+                eta(i + 1, num_steps, now - start),
+            )
             totals = sums if totals is None else totals + sums
             sums, window_start = None, now
 
@@ -241,8 +258,9 @@ class TrainingRun:
 
 
 @contextmanager
-def training_run(cfg: Any, stage: str, dist_info: DistInfo, amp: AmpScaler, resume: Path | None,
-                 start_epoch: int) -> Iterator[TrainingRun]:  # fmt: skip
+def training_run(
+    cfg: Any, stage: str, dist_info: DistInfo, amp: AmpScaler, resume: Path | None, start_epoch: int
+) -> Iterator[TrainingRun]:
     """What every training stage does around its loop: the run folder (`<output_path>/<stage>/<time>`, or the resumed
     run's), its log, `config.yaml` and the resolved config in the log, the precision hint, wandb; on the way out
     wandb finished and the process group torn down, and a folder the run wrote no result into removed."""
@@ -257,8 +275,9 @@ def training_run(cfg: Any, stage: str, dist_info: DistInfo, amp: AmpScaler, resu
                 log.info("%s %s:\n%s", title, how, format_config(cfg))
                 if hint := precision_hint(cfg.precision, amp.precision, dist_info.device):
                     log.info(hint)
-            run = TrainingRun(folder, init_wandb(cfg.use_wandb, cfg.wandb_project, folder, config_to_dict(cfg),
-                                                 dist_info.is_main))  # fmt: skip
+            run = TrainingRun(
+                folder, init_wandb(cfg.use_wandb, cfg.wandb_project, folder, config_to_dict(cfg), dist_info.is_main)
+            )
             yield run
             if run.wandb is not None:
                 run.wandb.finish()
@@ -266,13 +285,26 @@ def training_run(cfg: Any, stage: str, dist_info: DistInfo, amp: AmpScaler, resu
         cleanup_distributed()
 
 
-def record_epoch(run_dir: Path, epoch: int, stats: dict[str, Any], start_epoch: int, num_epoch: int, started: float,
-                 wandb_run: Any = None) -> None:  # fmt: skip
+def record_epoch(
+    run_dir: Path,
+    epoch: int,
+    stats: dict[str, Any],
+    start_epoch: int,
+    num_epoch: int,
+    started: float,
+    wandb_run: Any = None,
+) -> None:
     """After an epoch (rank 0): a JSON line in metrics.jsonl, wandb when on, and a log line with the run's ETA."""
     append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, **stats})
     if wandb_run is not None:
         wandb_run.log({f"epoch/{k}": v for k, v in stats.items()} | {"epoch": epoch})
     elapsed = time.time() - started
     numbers = "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, int | float))
-    log.info("epoch %d/%d done: %s  (%s elapsed, run ETA %s)", epoch + 1, num_epoch, numbers, format_seconds(elapsed),
-             eta(epoch + 1 - start_epoch, num_epoch - start_epoch, elapsed))  # fmt: skip
+    log.info(
+        "epoch %d/%d done: %s  (%s elapsed, run ETA %s)",
+        epoch + 1,
+        num_epoch,
+        numbers,
+        format_seconds(elapsed),
+        eta(epoch + 1 - start_epoch, num_epoch - start_epoch, elapsed),
+    )

@@ -77,8 +77,9 @@ def run_main(main: Callable[[], Any]) -> None:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except MemoryError:
-        print("error: out of memory; use a smaller --batch_size (rerun with --debug for the traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: out of memory; use a smaller --batch_size (rerun with --debug for the traceback)", file=sys.stderr
+        )
         sys.exit(1)
     except Exception as err:  # a bug or an environment problem: still one line, the traceback on request
         print(f"error: {one_line(err)} (rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)

@@ -159,8 +159,10 @@ def check_out(out: Path, overwrite: bool) -> None:
     if any((out / name).is_symlink() for name in present):
         raise UsageError(f"--out {out}: {', '.join(present)} include a link; refusing to write through it")
     if present and not overwrite:
-        raise UsageError(f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them, or "
-                         "choose another --out")  # fmt: skip
+        raise UsageError(
+            f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them, or "
+            "choose another --out"
+        )
 
 
 def main() -> None:
@@ -170,11 +172,18 @@ def main() -> None:
     parser.add_argument("--gt", required=True, type=Path, help="ground truth images: a folder or a .npy (see above)")
     names = f"metrics: {', '.join(eval_metrics.METRICS)}; groups: {', '.join(eval_metrics.METRIC_GROUPS)}"
     default = " ".join(DEFAULT_METRICS)
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
-                        help=f"metric or group names (default: {default}); {names}")  # fmt: skip
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(DEFAULT_METRICS),
+        help=f"metric or group names (default: {default}); {names}",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: a new results/evaluate/<time stamp>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace metrics.json and metrics.png of an --out "
-                        "that already holds them (refused otherwise)")  # fmt: skip
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace metrics.json and metrics.png of an --out that already holds them (refused otherwise)",
+    )
     parser.add_argument("--n_way", type=int, default=50, help="n of the n-way top-k classification (default: 50)")
     parser.add_argument("--num_trials", type=int, default=1000, help="n-way trials per reconstruction")
     parser.add_argument("--top_k", type=int, default=1, help="k of the n-way top-k classification (default: 1)")
@@ -209,8 +218,16 @@ def main() -> None:
     out = args.out or make_run_dir(Path("results"), "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     lower = sorted(eval_metrics.LOWER_IS_BETTER & set(result["scores"]))
-    report = {**result, "chance": chance, "lower_is_better": lower, "gt": str(args.gt), "recon": str(args.recon),
-              "num_items": len(gt), "num_samples": recon.shape[0], **settings}  # fmt: skip
+    report = {
+        **result,
+        "chance": chance,
+        "lower_is_better": lower,
+        "gt": str(args.gt),
+        "recon": str(args.recon),
+        "num_items": len(gt),
+        "num_samples": recon.shape[0],
+        **settings,
+    }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     print(format_table(result, chance))
     if result["scores"]:

@@ -103,8 +103,10 @@ def plain_weights_only(path: Path) -> Iterator[None]:
         yield
     except pickle.UnpicklingError as err:
         reason = next(iter(str(err).splitlines()), "")
-        raise UnsafeCheckpointError(f"{path}: refused: not a plain weights file, it may have been tampered with; "
-                                    f"delete it and fetch it again ({reason})") from None  # fmt: skip
+        raise UnsafeCheckpointError(
+            f"{path}: refused: not a plain weights file, it may have been tampered with; "
+            f"delete it and fetch it again ({reason})"
+        ) from None
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None)
@@ -166,8 +168,9 @@ def load_fid_metric(fid_model: nn.Module | None) -> nn.Module:
         ) from err
     path = require_cached(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)")
     with plain_weights_only(path):
-        return FrechetInceptionDistance(feature=2048, reset_real_features=False,
-                                        feature_extractor_weights_path=str(path))  # fmt: skip
+        return FrechetInceptionDistance(
+            feature=2048, reset_real_features=False, feature_extractor_weights_path=str(path)
+        )
 
 
 def _layers(model: nn.Module, net: str) -> nn.Module:

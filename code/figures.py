@@ -36,8 +36,15 @@ def metric_bar_chart(
             if value is None or not math.isfinite(value):
                 continue
             ax.bar(i, value, width=0.8, color=f"C{i}")
-            ax.annotate(f"{value:.3g}", (i, value), xytext=(0, 2 if value >= 0 else -2), textcoords="offset points",
-                        ha="center", va="bottom" if value >= 0 else "top", fontsize=7)  # fmt: skip
+            ax.annotate(
+                f"{value:.3g}",
+                (i, value),
+                xytext=(0, 2 if value >= 0 else -2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom" if value >= 0 else "top",
+                fontsize=7,
+            )
         if metric in chance:
             ax.axhline(chance[metric], color="k", ls="--", lw=0.8)
         ax.set_xlim(-0.6, len(series) - 0.4)

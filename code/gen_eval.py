@@ -67,8 +67,14 @@ def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
         fields[key] = getattr(cfg, key) or check_subjects(stored.get(key) or list(default), where)
     for key, default in ((t.path_field, t.default_path) for t in TARGETS.values()):
         fields[key] = resolve_stored_path(getattr(cfg, key), stored, key, default, root, path)
-    return TargetData(root_path=root, dataset=dataset, **fields, roi=cfg.roi or stored.get("roi", "VC"),
-                      test_category=cfg.test_category or stored.get("test_category"), seed=cfg.seed)
+    return TargetData(
+        root_path=root,
+        dataset=dataset,
+        **fields,
+        roi=cfg.roi or stored.get("roi", "VC"),
+        test_category=cfg.test_category or stored.get("test_category"),
+        seed=cfg.seed,
+    )
 
 
 def paper_table(metrics: dict, dataset: str, subjects: list[str]) -> str:
@@ -112,10 +118,17 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / dataset / "finetuned.pth")
     state, stored = read_finetuned(path)
     data = target_data(cfg, stored, path)
-    gm_path = resolve_stored_path(cfg.pretrain_gm_path, stored, "pretrain_gm_path", "pretrains/ldm/label2img",
-                                  cfg.root_path, path)  # fmt: skip
-    mbm_path = resolve_stored_path(cfg.pretrain_mbm_path, stored, "pretrain_mbm_path",
-                                   f"pretrains/{data.dataset}/fmri_encoder.pth", cfg.root_path, path)  # fmt: skip
+    gm_path = resolve_stored_path(
+        cfg.pretrain_gm_path, stored, "pretrain_gm_path", "pretrains/ldm/label2img", cfg.root_path, path
+    )
+    mbm_path = resolve_stored_path(
+        cfg.pretrain_mbm_path,
+        stored,
+        "pretrain_mbm_path",
+        f"pretrains/{data.dataset}/fmri_encoder.pth",
+        cfg.root_path,
+        path,
+    )
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     use_attention(model, attention_kind(device, precision))
     model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder: 1.00-1.05x (benchmarks/README.md)
@@ -132,8 +145,10 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     train_set, test_set = load_target(data, patch_size, bool(stored.get("include_nonavg_test", False)))
     expected = model.cond_stage_model.mae.num_voxels
     if test_set.num_voxels != expected:
-        raise UserError(f"{path} expects {expected} voxels but the {data.dataset} test fMRI of {data.subjects} "
-                        f"(roi {data.roi}) has {test_set.num_voxels}: pass the subjects and --roi it was trained on")
+        raise UserError(
+            f"{path} expects {expected} voxels but the {data.dataset} test fMRI of {data.subjects} "
+            f"(roi {data.roi}) has {test_set.num_voxels}: pass the subjects and --roi it was trained on"
+        )
     n = len(test_set) if cfg.limit is None else min(cfg.limit, len(test_set))
     if n < 2:
         raise UserError(f"the {data.dataset} test set of {data.subjects} holds {n} item(s); scoring needs at least 2")
@@ -147,45 +162,99 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         setup_logging(run_dir)
         save_config(cfg, run_dir)
         log.info("gen_eval config:\n%s", format_config(cfg))
-        log.info("checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on "
-                 "%s%s", path, gm_path, n, data.dataset, " (shuffled: the control)" if cfg.shuffle_fmri else "",
-                 cfg.num_samples, cfg.sampler, cfg.ddim_steps, guidance, precision, device,
-                 ", UNet compiled (the first call compiles it)" if cfg.compile else "")  # fmt: skip
+        log.info(
+            "checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on %s%s",
+            path,
+            gm_path,
+            n,
+            data.dataset,
+            " (shuffled: the control)" if cfg.shuffle_fmri else "",
+            cfg.num_samples,
+            cfg.sampler,
+            cfg.ddim_steps,
+            guidance,
+            precision,
+            device,
+            ", UNet compiled (the first call compiles it)" if cfg.compile else "",
+        )
 
-        samples = generate(model, fmri, cfg.num_samples, cfg.ddim_steps, cfg.sampler, cfg.eta, cfg.batch_size,
-                           cfg.seed, precision, guidance_scale=guidance)  # fmt: skip
+        samples = generate(
+            model,
+            fmri,
+            cfg.num_samples,
+            cfg.ddim_steps,
+            cfg.sampler,
+            cfg.eta,
+            cfg.batch_size,
+            cfg.seed,
+            precision,
+            guidance_scale=guidance,
+        )
         image_grid(gt, samples, run_dir / "grid.png")
         np.save(run_dir / "samples.npy", samples)
         (run_dir / "samples").mkdir()
         for s, i in np.ndindex(samples.shape[:2]):
             Image.fromarray(samples[s, i]).save(run_dir / "samples" / f"{i:03d}_{s}.png")
 
-        metrics = eval_metrics.evaluate(gt, samples, metrics=cfg.metrics, classifier=classifier, n_way=cfg.n_way,
-                                        num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
+        metrics = eval_metrics.evaluate(
+            gt,
+            samples,
+            metrics=cfg.metrics,
+            classifier=classifier,
+            n_way=cfg.n_way,
+            num_trials=cfg.num_trials,
+            seed=cfg.seed,
+            device=device,
+        )
         if cfg.protocol == "published":  # the paper's table also has 100-way accuracy
-            hundred = eval_metrics.evaluate(gt, samples, metrics=["n_way"], classifier=classifier, n_way=100,
-                                            num_trials=cfg.num_trials, seed=cfg.seed, device=device)  # fmt: skip
+            hundred = eval_metrics.evaluate(
+                gt,
+                samples,
+                metrics=["n_way"],
+                classifier=classifier,
+                n_way=100,
+                num_trials=cfg.num_trials,
+                seed=cfg.seed,
+                device=device,
+            )
             metrics["scores"].update({f"100-way {k}": v for k, v in hundred["scores"].items()})
             metrics["skipped"].update({f"100-way {k}": v for k, v in hundred["skipped"].items()})
-        metrics.update(num_items=n, num_samples=cfg.num_samples, sampler=cfg.sampler, ddim_steps=cfg.ddim_steps,
-                       guidance_scale=guidance, shuffled_fmri=cfg.shuffle_fmri)  # fmt: skip
+        metrics.update(
+            num_items=n,
+            num_samples=cfg.num_samples,
+            sampler=cfg.sampler,
+            ddim_steps=cfg.ddim_steps,
+            guidance_scale=guidance,
+            shuffled_fmri=cfg.shuffle_fmri,
+        )
         if cfg.baselines:  # what a linear read-out gets from the same fMRI (never the shuffled fMRI)
             train_images = train_set.resized_images(img_size)[train_set.image_index]
             metrics["baselines"], ridge = ridge_image_baseline(
                 train_set.fmri[:, 0], train_images, test_set.fmri[:n, 0], gt, seed=cfg.seed
             )
             image_grid(gt, ridge[None], run_dir / "ridge_grid.png")
-            log.info("ridge regression baseline: pair-wise PCC identification %.3f (penalty %g)",
-                     metrics["baselines"]["ridge_pcc"], metrics["baselines"]["ridge_alpha"])  # fmt: skip
+            log.info(
+                "ridge regression baseline: pair-wise PCC identification %.3f (penalty %g)",
+                metrics["baselines"]["ridge_pcc"],
+                metrics["baselines"]["ridge_alpha"],
+            )
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if metrics["scores"]:
             chance = {k: eval_metrics.chance_level(k, cfg.n_way) for k in metrics["scores"]}
-            metric_bar_chart({"decoded": metrics["scores"]}, run_dir / "metrics.png",
-                             {k: v for k, v in chance.items() if v is not None}, title=f"gen_eval: {path}")
+            metric_bar_chart(
+                {"decoded": metrics["scores"]},
+                run_dir / "metrics.png",
+                {k: v for k, v in chance.items() if v is not None},
+                title=f"gen_eval: {path}",
+            )
         log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
         if cfg.protocol == "published":
-            log.info("beside the paper (%s %s):\n%s", data.dataset, data.subjects,
-                     paper_table(metrics, data.dataset, data.subjects))  # fmt: skip
+            log.info(
+                "beside the paper (%s %s):\n%s",
+                data.dataset,
+                data.subjects,
+                paper_table(metrics, data.dataset, data.subjects),
+            )
         log.info("wrote %s", run_dir)
     return run_dir
 

@@ -72,8 +72,7 @@ for _cls in PUBLISHED_CLASSES:  # pickled by reference under the original's modu
 PUBLISHED_EXTRAS = {
     Config_MBM_fMRI: {"use_nature_img_loss": False, "img_recon_weight": 0.5, "local_rank": 0},
     Config_MBM_finetune: {"local_rank": 0},
-    Config_Generative_Model: {"eval_avg": True, "HW": None, "checkpoint_path": None, "logger": None,
-                              "trainer": None},  # fmt: skip
+    Config_Generative_Model: {"eval_avg": True, "HW": None, "checkpoint_path": None, "logger": None, "trainer": None},
 }
 
 

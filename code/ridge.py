@@ -15,8 +15,9 @@ from correlation import row_pearson
 ALPHAS = tuple(10.0 ** np.arange(-1, 6))  # relative to the mean squared singular value of the training fMRI
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS, folds: int = 5,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge from x (N, V) to y (N, P), the penalty of the best mean held-out correlation over `folds` folds.
 
     Returns the map in the original units, weights (V, P) and bias (P,) with y ~ x @ weights + bias, and the

@@ -200,8 +200,10 @@ def precision_hint(requested: str, resolved: str, device: torch.device) -> str |
     `auto` keeps fp32 on every CPU so that a run's numbers do not depend on the CPU it ran on."""
     if requested != "auto" or resolved != "fp32" or device.type != "cpu" or not cpu_has_native_bf16():
         return None
-    return ("this CPU computes bf16 natively: --precision bf16 may train much faster (the Stage A1 step 2x on an "
-            "AMX Xeon, benchmarks/README.md); auto keeps fp32 on CPUs so results do not depend on the CPU")
+    return (
+        "this CPU computes bf16 natively: --precision bf16 may train much faster (the Stage A1 step 2x on an "
+        "AMX Xeon, benchmarks/README.md); auto keeps fp32 on CPUs so results do not depend on the CPU"
+    )
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
@@ -236,13 +238,22 @@ def machine() -> dict[str, Any]:
     """What a timing was measured on: CPU model, cores, torch threads, native bf16, GPU, torch version."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))  # fmt: skip
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "native_bf16": cpu_has_native_bf16(), "gpu": gpu, "torch": torch.__version__}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_native_bf16(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
 
 
 def is_interactive() -> bool:
@@ -274,6 +285,13 @@ def progress(items: Iterable[T], total: int, desc: str, every_s: float = 30.0) -
         yield item
         now = time.time()
         if now - last >= every_s or i == total:
-            log.info("%s: %d/%d (%d%%), %s elapsed, ETA %s", desc, i, total, 100 * i // max(total, 1),
-                     format_seconds(now - start), eta(i, total, now - start))  # fmt: skip
+            log.info(
+                "%s: %d/%d (%d%%), %s elapsed, ETA %s",
+                desc,
+                i,
+                total,
+                100 * i // max(total, 1),
+                format_seconds(now - start),
+                eta(i, total, now - start),
+            )
             last = now

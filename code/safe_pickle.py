@@ -88,8 +88,10 @@ class _StateCheckingUnpickler(pickle._Unpickler):
         target = self.stack[-2] if len(self.stack) > 1 else None
         if not isinstance(target, self.buildable):
             what = getattr(target, "__qualname__", type(target).__qualname__)
-            raise UnsafeCheckpointError(f"refused to set the state of {what!r} ({type(target).__name__}): only "
-                                        "data objects may be rebuilt from a file")  # fmt: skip
+            raise UnsafeCheckpointError(
+                f"refused to set the state of {what!r} ({type(target).__name__}): only "
+                "data objects may be rebuilt from a file"
+            )
         pickle._Unpickler.load_build(self)
 
     dispatch[pickle.BUILD[0]] = load_build
@@ -102,8 +104,9 @@ def _no_hooks(hooks: Any) -> None:
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
     _no_hooks(backward_hooks)
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-                                           collections.OrderedDict(), metadata)  # fmt: skip
+    return torch._utils._rebuild_tensor_v2(
+        storage, storage_offset, size, stride, requires_grad, collections.OrderedDict(), metadata
+    )
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks):
@@ -172,8 +175,9 @@ def load_pickled_npy(path: str | os.PathLike) -> Any:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0  # fmt: skip
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             if not dtype.hasobject:
                 f.seek(0)

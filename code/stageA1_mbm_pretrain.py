@@ -59,8 +59,9 @@ def held_out_fmri(cfg: StageA1Config) -> dict[str, torch.Tensor]:
         trained = _hcp_subjects(cfg.hcp_path, cfg.num_sub_limit) if cfg.include_hcp else []
         shared = set(_hcp_subjects(cfg.val_hcp_path)) & set(trained)
         if shared:
-            raise ConfigError(f"val_hcp_path shares subjects with hcp_path, so they are not held out: "
-                              f"{sorted(shared)}")
+            raise ConfigError(
+                f"val_hcp_path shares subjects with hcp_path, so they are not held out: {sorted(shared)}"
+            )
         sets["hcp"] = create_hcp_dataset(cfg.val_hcp_path, cfg.roi, cfg.patch_size).fmri
     if cfg.val_kam_subs:
         sets["god"] = create_god_dataset(cfg.kam_path, cfg.roi, cfg.patch_size, subjects=cfg.val_kam_subs)[1].fmri
@@ -91,9 +92,17 @@ def main(cfg: StageA1Config) -> Path:
     seed_everything(cfg.seed, dist_info.rank)
 
     # ---- data: HCP window means (+ GOD training fMRI), all padded to one voxel count
-    dataset = create_hcp_dataset(cfg.hcp_path, cfg.roi, cfg.patch_size, aug_times=cfg.aug_times,
-                                 num_sub_limit=cfg.num_sub_limit, include_kam=cfg.include_kam, kam_path=cfg.kam_path,
-                                 include_hcp=cfg.include_hcp, seed=cfg.seed)  # fmt: skip
+    dataset = create_hcp_dataset(
+        cfg.hcp_path,
+        cfg.roi,
+        cfg.patch_size,
+        aug_times=cfg.aug_times,
+        num_sub_limit=cfg.num_sub_limit,
+        include_kam=cfg.include_kam,
+        kam_path=cfg.kam_path,
+        include_hcp=cfg.include_hcp,
+        seed=cfg.seed,
+    )
     cfg.num_voxels = dataset.num_voxels
     val_sets = held_out_fmri(cfg)
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers)
@@ -108,16 +117,31 @@ def main(cfg: StageA1Config) -> Path:
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
     if resume:
-        start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
-                                         same_fields=(*ARCH_FIELDS, "num_voxels"))  # fmt: skip
+        start_epoch, _ = resume_training(
+            resume,
+            cfg,
+            model,
+            "model",
+            optimizer,
+            amp,
+            dist_info,
+            SCHEDULE_FIELDS,
+            same_fields=(*ARCH_FIELDS, "num_voxels"),
+        )
 
     with training_run(cfg, "stageA1", dist_info, amp, resume, start_epoch) as run:
         run_dir = run.folder
         if dist_info.is_main:
-            log.info("data: %d samples of %d voxels; %d process(es), %s on %s (%s attention); model: %.2fM "
-                     "parameters", len(dataset), cfg.num_voxels, dist_info.world_size, amp.precision, device,
-                     attention_kind(device, amp.precision),
-                     sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+            log.info(
+                "data: %d samples of %d voxels; %d process(es), %s on %s (%s attention); model: %.2fM parameters",
+                len(dataset),
+                cfg.num_voxels,
+                dist_info.world_size,
+                amp.precision,
+                device,
+                attention_kind(device, amp.precision),
+                sum(p.numel() for p in model.parameters()) / 1e6,
+            )
         examples = pick_examples(next(iter(val_sets.values())).numpy() if val_sets else dataset.fmri)
         if val_sets and start_epoch == 0 and dist_info.is_main:
             scores = score_held_out(model, val_sets, cfg, amp)
@@ -128,14 +152,35 @@ def main(cfg: StageA1Config) -> Path:
         started = time.time()
         for epoch in range(start_epoch, cfg.num_epoch):
             loader.sampler.set_epoch(epoch)
-            stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule,
-                                    cfg.accum_iter, cfg.clip_grad, cfg.log_every)  # fmt: skip
+            stats = train_one_epoch(
+                train_model,
+                loader,
+                optimizer,
+                amp,
+                epoch,
+                mae_step(cfg.mask_ratio),
+                schedule,
+                cfg.accum_iter,
+                cfg.clip_grad,
+                cfg.log_every,
+            )
             if dist_info.is_main:
                 stats |= score_held_out(model, val_sets, cfg, amp)
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
-                save_stage_a(run_dir, model, optimizer, amp, epoch, config_to_dict(cfg), None, examples, "Stage A1",
-                             dist_info, cfg)  # fmt: skip
+                save_stage_a(
+                    run_dir,
+                    model,
+                    optimizer,
+                    amp,
+                    epoch,
+                    config_to_dict(cfg),
+                    None,
+                    examples,
+                    "Stage A1",
+                    dist_info,
+                    cfg,
+                )
     return run_dir
 
 

@@ -84,30 +84,72 @@ def main(cfg: StageA2Config) -> Path:
     # ---- resume (restores the RNG streams last, just before the loop)
     start_epoch = 0
     if resume:
-        start_epoch, _ = resume_training(resume, cfg, model, "model", optimizer, amp, dist_info, SCHEDULE_FIELDS,
-                                         config_key="finetune_config", ckpt=source.raw)  # fmt: skip
+        start_epoch, _ = resume_training(
+            resume,
+            cfg,
+            model,
+            "model",
+            optimizer,
+            amp,
+            dist_info,
+            SCHEDULE_FIELDS,
+            config_key="finetune_config",
+            ckpt=source.raw,
+        )
     architecture = {**source.config, **source.arch}  # what Stage B rebuilds the encoder from
 
     with training_run(cfg, "stageA2", dist_info, amp, resume, start_epoch) as run:
         run_dir = run.folder
         if dist_info.is_main:
             how = {-1: "padded", 0: "kept", 1: "cut"}[int(np.sign(test_set.num_voxels - num_voxels))]
-            log.info("data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s "
-                     "(%s attention)", cfg.dataset, cfg.subjects, len(dataset), test_set.num_voxels, how, num_voxels,
-                     dist_info.world_size, amp.precision, device, attention_kind(device, amp.precision))  # fmt: skip
+            log.info(
+                "data: %s %s, %d test fMRI of %d voxels, %s to %d (pre-trained); %d process(es), %s on %s "
+                "(%s attention)",
+                cfg.dataset,
+                cfg.subjects,
+                len(dataset),
+                test_set.num_voxels,
+                how,
+                num_voxels,
+                dist_info.world_size,
+                amp.precision,
+                device,
+                attention_kind(device, amp.precision),
+            )
         examples = pick_examples(dataset.fmri)
 
         # ---- the loop
         started = time.time()
         for epoch in range(start_epoch, cfg.num_epoch):
             loader.sampler.set_epoch(epoch)
-            stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule,
-                                    cfg.accum_iter, cfg.clip_grad, cfg.log_every)  # fmt: skip
+            stats = train_one_epoch(
+                train_model,
+                loader,
+                optimizer,
+                amp,
+                epoch,
+                mae_step(cfg.mask_ratio),
+                schedule,
+                cfg.accum_iter,
+                cfg.clip_grad,
+                cfg.log_every,
+            )
             if dist_info.is_main:
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
-                save_stage_a(run_dir, model, optimizer, amp, epoch, architecture, config_to_dict(cfg), examples,
-                             f"Stage A2 ({cfg.dataset})", dist_info, cfg)  # fmt: skip
+                save_stage_a(
+                    run_dir,
+                    model,
+                    optimizer,
+                    amp,
+                    epoch,
+                    architecture,
+                    config_to_dict(cfg),
+                    examples,
+                    f"Stage A2 ({cfg.dataset})",
+                    dist_info,
+                    cfg,
+                )
     return run_dir
 
 

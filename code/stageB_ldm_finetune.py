@@ -95,27 +95,45 @@ class Validation:
         """Carry on the selection a resumed run's checkpoint holds (`checkpoint_layouts.read_selection`)."""
         if selection is not None:
             if selection[1] not in SELECT_BY:
-                raise CheckpointError(f"--resume {self.cfg.resume}: it selected by {selection[1]!r}, expected one of "
-                                      f"{SELECT_BY}")  # fmt: skip
+                raise CheckpointError(
+                    f"--resume {self.cfg.resume}: it selected by {selection[1]!r}, expected one of {SELECT_BY}"
+                )
             self.best, self.select_by = selection
 
     def __call__(self, model, epoch: int, run_dir: Path, precision: str) -> dict[str, float]:
         cfg = self.cfg
         model.eval()
-        samples = generate(model, self.fmri, cfg.num_samples, cfg.ddim_steps, batch_size=len(self.fmri),
-                           seed=cfg.seed, precision=precision, desc=f"validation, epoch {epoch}",
-                           guidance_scale=cfg.guidance_scale)  # fmt: skip
+        samples = generate(
+            model,
+            self.fmri,
+            cfg.num_samples,
+            cfg.ddim_steps,
+            batch_size=len(self.fmri),
+            seed=cfg.seed,
+            precision=precision,
+            desc=f"validation, epoch {epoch}",
+            guidance_scale=cfg.guidance_scale,
+        )
         model.train()
         image_grid(self.gt, samples, run_dir / f"val_epoch{epoch:04d}.png")
         n_classes = getattr(self.classifier[0], "num_classes", None) if self.classifier else None
-        result = eval_metrics.evaluate(self.gt, samples, metrics=["mse", "pcc", "ssim", "n_way"],
-                                       classifier=self.classifier, n_way=min(50, n_classes or 50), num_trials=100,
-                                       seed=cfg.seed, device=next(model.parameters()).device)  # fmt: skip
+        result = eval_metrics.evaluate(
+            self.gt,
+            samples,
+            metrics=["mse", "pcc", "ssim", "n_way"],
+            classifier=self.classifier,
+            n_way=min(50, n_classes or 50),
+            num_trials=100,
+            seed=cfg.seed,
+            device=next(model.parameters()).device,
+        )
         scores = {f"val/{k}": float(v) for k, v in result["scores"].items()}
         if SELECT_BY[0] not in result["scores"] and self.select_by == SELECT_BY[0]:
             self.select_by = SELECT_BY[1]  # no classifier available: keep the best by pair-wise SSIM instead
-            log.info("validation: n-way accuracy skipped (%s); selecting the best model by pair-wise SSIM",
-                     result["skipped"].get("n_way"))  # fmt: skip
+            log.info(
+                "validation: n-way accuracy skipped (%s); selecting the best model by pair-wise SSIM",
+                result["skipped"].get("n_way"),
+            )
         if result["scores"][self.select_by] > self.best:
             self.best = result["scores"][self.select_by]
             save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / "finetuned.pth")
@@ -142,8 +160,9 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     if cfg.select_on == "val_split":
         train_images = len(np.unique(train_set.image_index))
         if cfg.val_split >= train_images:
-            raise UserError(f"--val_split {cfg.val_split}: the training pairs show only {train_images} images; hold "
-                            "out fewer")  # fmt: skip
+            raise UserError(
+                f"--val_split {cfg.val_split}: the training pairs show only {train_images} images; hold out fewer"
+            )
         train_set, val_set = train_set.hold_out(cfg.val_split, cfg.seed)
     else:
         val_set = test_set
@@ -151,22 +170,36 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
 
     # ---- model: the LDM with the fMRI conditioner, the Stage A encoder loaded; optimiser over the cond path
-    model = build_ldm_for_fmri(cfg.pretrain_gm_path, stage_a.arch, train_set.num_voxels, cfg.global_pool,
-                               cfg.use_time_cond, cond_dropout=cfg.cond_dropout,
-                               linear_pool=cfg.linear_pool).to(device)  # fmt: skip
+    model = build_ldm_for_fmri(
+        cfg.pretrain_gm_path,
+        stage_a.arch,
+        train_set.num_voxels,
+        cfg.global_pool,
+        cfg.use_time_cond,
+        cond_dropout=cfg.cond_dropout,
+        linear_pool=cfg.linear_pool,
+    ).to(device)
     model.cond_stage_model.mae.load_checkpoint(stage_a.model)
     use_attention(model, attention_kind(device, amp.precision))
     fit = None
     if cfg.ridge_init and not resume:
         if model.class_table is None:
-            raise UserError(f"--ridge_init needs the label LDM's class embeddings: {cfg.pretrain_gm_path}/model.ckpt "
-                            "holds no cond_stage_model.embedding.weight")
-        fit = ridge_init_pool(model.cond_stage_model, torch.from_numpy(train_set.fmri), train_set.item_labels(),
-                              model.class_table.to(device), cfg.seed)  # fmt: skip
+            raise UserError(
+                f"--ridge_init needs the label LDM's class embeddings: {cfg.pretrain_gm_path}/model.ckpt "
+                "holds no cond_stage_model.embedding.weight"
+            )
+        fit = ridge_init_pool(
+            model.cond_stage_model,
+            torch.from_numpy(train_set.fmri),
+            train_set.item_labels(),
+            model.class_table.to(device),
+            cfg.seed,
+        )
     optimizer = conditioning_optimizer(model, cfg)
     pairs = LatentViews(train_set, model, cfg.latent_views) if cfg.latent_views else train_set
-    loader = make_loader(pairs, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers,
-                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
+    loader = make_loader(
+        pairs, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers, drop_last=len(train_set) > cfg.batch_size
+    )
     train_model = wrap_ddp(model, dist_info)
     validation = Validation(cfg, val_set, classifier)
 
@@ -181,33 +214,58 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     with training_run(cfg, "stageB", dist_info, amp, resume, start_epoch) as run:
         run_dir = run.folder
         if dist_info.is_main:
-            log.info("the kept model is chosen on %s", f"{len(val_set)} fMRI of {cfg.val_split} training images "
-                     "held out" if cfg.select_on == "val_split" else "the first test items, as published (the test "
-                     "score is then chosen on the test set)")  # fmt: skip
+            log.info(
+                "the kept model is chosen on %s",
+                f"{len(val_set)} fMRI of {cfg.val_split} training images held out"
+                if cfg.select_on == "val_split"
+                else "the first test items, as published (the test score is then chosen on the test set)",
+            )
             if fit is not None:
-                log.info("linear pool started as the ridge map to the LDM's class embeddings (penalty %g)",
-                         fit["penalty"])  # fmt: skip
+                log.info(
+                    "linear pool started as the ridge map to the LDM's class embeddings (penalty %g)", fit["penalty"]
+                )
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            log.info("data: %s %s, %d training pairs, %d test items, %d voxels; %d process(es), %s on %s; "
-                     "training %.2fM of %.2fM parameters", cfg.dataset, cfg.subjects, len(train_set), len(test_set),
-                     train_set.num_voxels, dist_info.world_size, amp.precision, device, trained / 1e6,
-                     sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+            log.info(
+                "data: %s %s, %d training pairs, %d test items, %d voxels; %d process(es), %s on %s; "
+                "training %.2fM of %.2fM parameters",
+                cfg.dataset,
+                cfg.subjects,
+                len(train_set),
+                len(test_set),
+                train_set.num_voxels,
+                dist_info.world_size,
+                amp.precision,
+                device,
+                trained / 1e6,
+                sum(p.numel() for p in model.parameters()) / 1e6,
+            )
 
         # ---- the loop
         schedule = Schedule(cfg.lr, cfg.lr, 0, cfg.num_epoch)  # constant, as published
         started = time.time()
         for epoch in range(start_epoch, cfg.num_epoch):
             loader.sampler.set_epoch(epoch)
-            stats = train_one_epoch(train_model, loader, optimizer, amp, epoch, ldm_step, schedule,
-                                    cfg.accumulate_grad, cfg.clip_grad, cfg.log_every)  # fmt: skip
+            stats = train_one_epoch(
+                train_model,
+                loader,
+                optimizer,
+                amp,
+                epoch,
+                ldm_step,
+                schedule,
+                cfg.accumulate_grad,
+                cfg.clip_grad,
+                cfg.log_every,
+            )
             last = epoch + 1 == cfg.num_epoch
             if dist_info.is_main and epoch + 1 in (cfg.snapshot_epochs or ()):
                 save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / f"snapshot_epoch{epoch + 1:04d}.pth")
             if (epoch + 1) % cfg.val_every == 0 or last:
                 if dist_info.is_main:
                     stats |= validation(model, epoch, run_dir, amp.precision)
-                state = stage_b_training_checkpoint(model, cfg, optimizer, amp.state_dict(), epoch, validation.best,
-                                                    validation.select_by)  # a collective  # fmt: skip
+                state = stage_b_training_checkpoint(
+                    model, cfg, optimizer, amp.state_dict(), epoch, validation.best, validation.select_by
+                )  # a collective
                 if dist_info.is_main:
                     save_checkpoint(state, run_dir / CHECKPOINT)
                 barrier()
@@ -215,11 +273,14 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
 
         if dist_info.is_main:
-            log.info("kept the model with the best validation %s (%.4f): %s", validation.select_by, validation.best,
-                     run_dir / "finetuned.pth")  # fmt: skip
+            log.info(
+                "kept the model with the best validation %s (%.4f): %s",
+                validation.select_by,
+                validation.best,
+                run_dir / "finetuned.pth",
+            )
     return run_dir
 
 
 if __name__ == "__main__":
     run_main(lambda: main(parse_config(StageBConfig, usage=__doc__)))
-

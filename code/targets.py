@@ -37,22 +37,45 @@ class Target:
 
 
 GOD = Target(
-    name="GOD", read=create_god_dataset, path_field="kam_path", default_path="data/Kamitani/npz",
-    subjects_field="kam_subs", default_subjects=("sbj_3",), rois=GOD_ROIS, batch_size_a2=16, batch_size_b=5,
+    name="GOD",
+    read=create_god_dataset,
+    path_field="kam_path",
+    default_path="data/Kamitani/npz",
+    subjects_field="kam_subs",
+    default_subjects=("sbj_3",),
+    rois=GOD_ROIS,
+    batch_size_a2=16,
+    batch_size_b=5,
     options=("roi", "test_category"),
     # 50-way top-1 of each subject's model; sbj_3 also 100-way and FID (best sample set / mean of 5)
-    paper={"sbj_3": {"top-1-class (max)": 0.274, "top-1-class": 0.2385, "100-way top-1-class (max)": 0.212,
-                     "100-way top-1-class": 0.1736, "fid (best set)": 1.67, "fid": 2.22},
-           **{f"sbj_{k}": {"top-1-class": v} for k, v in ((1, 0.091), (2, 0.139), (4, 0.152), (5, 0.143))}},
-)  # fmt: skip
+    paper={
+        "sbj_3": {
+            "top-1-class (max)": 0.274,
+            "top-1-class": 0.2385,
+            "100-way top-1-class (max)": 0.212,
+            "100-way top-1-class": 0.1736,
+            "fid (best set)": 1.67,
+            "fid": 2.22,
+        },
+        **{f"sbj_{k}": {"top-1-class": v} for k, v in ((1, 0.091), (2, 0.139), (4, 0.152), (5, 0.143))},
+    },
+)
 BOLD5000 = Target(
-    name="BOLD5000", read=create_bold5000_dataset, path_field="bold5000_path", default_path="data/BOLD5000",
-    subjects_field="bold5000_subs", default_subjects=("CSI1",), batch_size_a2=4, batch_size_b=25,
+    name="BOLD5000",
+    read=create_bold5000_dataset,
+    path_field="bold5000_path",
+    default_path="data/BOLD5000",
+    subjects_field="bold5000_subs",
+    default_subjects=("CSI1",),
+    batch_size_a2=4,
+    batch_size_b=25,
     rois=GOD_ROIS,  # read whole (all five ROIs); --roi takes GOD's names, as the published config, and is unused
     # 50-way top-1 and FID of each subject's model
-    paper={f"CSI{k}": {"top-1-class": a, "fid": f}
-           for k, a, f in ((1, 0.345, 1.2), (2, 0.185, 1.9), (3, 0.210, 1.4), (4, 0.209, 1.3))},
-)  # fmt: skip
+    paper={
+        f"CSI{k}": {"top-1-class": a, "fid": f}
+        for k, a, f in ((1, 0.345, 1.2), (2, 0.185, 1.9), (3, 0.210, 1.4), (4, 0.209, 1.3))
+    },
+)
 
 TARGETS = {target.name: target for target in (GOD, BOLD5000)}
 DATASETS = tuple(TARGETS)
@@ -67,6 +90,10 @@ def load_target(data: Any, patch_size: int, include_nonavg_test: bool) -> tuple[
     """
     target = TARGETS[data.dataset]
     options = {name: getattr(data, name) for name in target.options}
-    return target.read(getattr(data, target.path_field), patch_size=patch_size,
-                       subjects=getattr(data, target.subjects_field), include_nonavg_test=include_nonavg_test,
-                       **options)  # fmt: skip
+    return target.read(
+        getattr(data, target.path_field),
+        patch_size=patch_size,
+        subjects=getattr(data, target.subjects_field),
+        include_nonavg_test=include_nonavg_test,
+        **options,
+    )

@@ -1,4 +1,5 @@
 """Shared pytest set-up: `code/` on the import path, the reference-fixture folder, small helpers."""
+
 import json
 import os
 import sys

@@ -14,7 +14,12 @@ def test_published_defaults():
     a1 = StageA1Config()
     assert (a1.lr, a1.weight_decay, a1.num_epoch, a1.warmup_epochs, a1.batch_size) == (2.5e-4, 0.05, 500, 40, 100)
     assert (a1.mask_ratio, a1.embed_dim, a1.depth, a1.num_heads, a1.mlp_ratio, a1.clip_grad) == (
-        0.75, 1024, 24, 16, 1.0, 0.8,
+        0.75,
+        1024,
+        24,
+        16,
+        1.0,
+        0.8,
     )
     assert a1.hcp_path.endswith("data/HCP/npz") and a1.output_path.endswith("results")
     a2 = StageA2Config()
@@ -23,7 +28,13 @@ def test_published_defaults():
     assert StageA2Config(dataset="BOLD5000").batch_size == 4
     b = StageBConfig()
     assert (b.lr, b.num_epoch, b.batch_size, b.clip_grad, b.crop_ratio, b.ddim_steps, b.num_samples) == (
-        5.3e-5, 500, 5, 0.5, 0.2, 250, 5,
+        5.3e-5,
+        500,
+        5,
+        0.5,
+        0.2,
+        250,
+        5,
     )
     assert StageBConfig(dataset="BOLD5000").batch_size == 25
     assert b.use_time_cond and not b.global_pool
@@ -34,8 +45,20 @@ def test_published_defaults():
 def test_command_line_types_booleans_lists_and_none():
     cfg = parse_config(
         StageA1Config,
-        ["--mask_ratio", "0.65", "--num_epoch", "800", "--no-include_kam", "--focus_range", "0", "1500",
-         "--num_sub_limit", "None", "--seed", "7"],
+        [
+            "--mask_ratio",
+            "0.65",
+            "--num_epoch",
+            "800",
+            "--no-include_kam",
+            "--focus_range",
+            "0",
+            "1500",
+            "--num_sub_limit",
+            "None",
+            "--seed",
+            "7",
+        ],
     )
     assert cfg.mask_ratio == 0.65 and cfg.num_epoch == 800 and isinstance(cfg.num_epoch, int)
     assert cfg.include_kam is False and cfg.include_hcp is True  # defect #1: "--include_hcp False" was True
@@ -85,9 +108,23 @@ def test_unknown_yaml_field_and_bad_type_are_errors(tmp_path):
 
 def test_published_config_object_maps_onto_ours():
     published = PickledObject(
-        seed=2022, root_path=".", dataset="GOD", kam_subs=["sbj_3"], img_size=256, batch_size=5, lr=5.3e-5,
-        num_epoch=500, precision=32, global_pool=False, use_time_cond=True, num_samples=5, ddim_steps=250,
-        HW=None, model_meta=None, checkpoint_path=None, logger=None,
+        seed=2022,
+        root_path=".",
+        dataset="GOD",
+        kam_subs=["sbj_3"],
+        img_size=256,
+        batch_size=5,
+        lr=5.3e-5,
+        num_epoch=500,
+        precision=32,
+        global_pool=False,
+        use_time_cond=True,
+        num_samples=5,
+        ddim_steps=250,
+        HW=None,
+        model_meta=None,
+        checkpoint_path=None,
+        logger=None,
     )
     cfg = from_dict(StageBConfig, published.to_dict(), strict=False)
     assert cfg.precision == "fp32" and cfg.ddim_steps == 250 and cfg.batch_size == 5

@@ -16,12 +16,27 @@ def _steps(out) -> dict[str, bool]:
 def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     world = pipeline.run_world("tiny", seed=0, root=tmp_path)
     out = world.out
-    for name in ("grid.png", "grid_shuffled.png", "metrics.json", "metrics_shuffled.json", "metrics.png",
-                 "summary.md", "report.json", "fmri_encoder_A1.pth", "fmri_encoder.pth", "finetuned.pth"):
+    for name in (
+        "grid.png",
+        "grid_shuffled.png",
+        "metrics.json",
+        "metrics_shuffled.json",
+        "metrics.png",
+        "summary.md",
+        "report.json",
+        "fmri_encoder_A1.pth",
+        "fmri_encoder.pth",
+        "finetuned.pth",
+    ):
         assert (out / name).is_file(), name
     models = tmp_path / "pretrains" / "demo" / "tiny"
-    for name in ("label2img/config.yaml", "label2img/model.ckpt", "classifier.pth", "report.json",
-                 "classifier.pth.recipe.json"):
+    for name in (
+        "label2img/config.yaml",
+        "label2img/model.ckpt",
+        "classifier.pth",
+        "report.json",
+        "classifier.pth.recipe.json",
+    ):
         assert (models / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"mse", "pcc", "ssim", "top-1-class"} <= set(metrics["scores"])
@@ -47,8 +62,13 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     assert curve_b["recipe"]["flags"]["lr"] == 5.3e-5 and curve_b["recipe"]["flags"]["batch_size"] == 5
     assert not curve_b["recipe"]["flags"]["global_pool"] and curve_b["recipe"]["flags"]["guidance_scale"] == 1.0
     probe = studies.stage_a_probe(world, {"A2": out / "fmri_encoder.pth"}, masks=1)
-    assert set(probe) == {"mask_ratio", "masks", "A2", "linear map from sbj_3's training fMRI",
-                          "linear map from the HCP resting state"}  # fmt: skip
+    assert set(probe) == {
+        "mask_ratio",
+        "masks",
+        "A2",
+        "linear map from sbj_3's training fMRI",
+        "linear map from the HCP resting state",
+    }
     assert all(-1 <= v <= 1 for k, v in probe.items() if k not in ("mask_ratio", "masks"))
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
@@ -113,8 +133,13 @@ def test_the_method_never_imports_the_demo():
         if "demo" in path.relative_to(code).parts[:1] or path.name == "make_synthetic_data.py":
             continue  # the demo itself, and the simulator's documented command-line shim
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.relative_to(code)}: {n}" for n in names if n.split(".")[0] == "demo"]
     assert not offenders
 
@@ -122,9 +147,15 @@ def test_the_method_never_imports_the_demo():
 def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch):
     """The table's assembly: every variant for both conditionings, the demo's own run as the recipe's full row,
     Stage A retrained per mask ratio, a random encoder for no pre-training (the runs themselves are faked)."""
-    world = types.SimpleNamespace(out=tmp_path, hashes={"a2": "a2", "b": "b"}, seed=0, steps=steps.Steps(),
-                                  n_way=lambda: 50, kam="unused", b_flags=lambda encoder, **change: {
-                                      "encoder": str(encoder), **change})  # fmt: skip
+    world = types.SimpleNamespace(
+        out=tmp_path,
+        hashes={"a2": "a2", "b": "b"},
+        seed=0,
+        steps=steps.Steps(),
+        n_way=lambda: 50,
+        kam="unused",
+        b_flags=lambda encoder, **change: {"encoder": str(encoder), **change},
+    )
     encoders, decoded = [], []
 
     def fake_train_encoder(w, folder, label, **change):
@@ -138,15 +169,24 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
         (folder / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": scores}))
 
     (tmp_path / "gen_eval").mkdir()
-    (tmp_path / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": {"top-1-class": 0.6,
-                                                                    "top-1-class (max)": 0.62, "pcc": 0.95}}))
+    (tmp_path / "gen_eval" / "metrics.json").write_text(
+        json.dumps({"scores": {"top-1-class": 0.6, "top-1-class (max)": 0.62, "pcc": 0.95}})
+    )
     monkeypatch.setattr(studies, "train_encoder", fake_train_encoder)
     monkeypatch.setattr(studies, "decode", fake_decode)
     monkeypatch.setattr(studies, "random_encoder", lambda template, path, seed: {})
     monkeypatch.setattr(studies, "_steps_per_epoch", lambda w, flags: 230)
-    monkeypatch.setattr(studies, "stage_a_probe", lambda w, encoders: {"mask_ratio": 0.75, "masks": 4, **{
-        name: 0.1 for name in encoders}, "linear map from sbj_3's training fMRI": 0.8})  # fmt: skip
-    text = (studies.ablations(world, epochs=2) and (tmp_path / "ablations.md").read_text())
+    monkeypatch.setattr(
+        studies,
+        "stage_a_probe",
+        lambda w, encoders: {
+            "mask_ratio": 0.75,
+            "masks": 4,
+            **{name: 0.1 for name in encoders},
+            "linear map from sbj_3's training fMRI": 0.8,
+        },
+    )
+    text = studies.ablations(world, epochs=2) and (tmp_path / "ablations.md").read_text()
     assert encoders == [{"mask_ratio": 0.35}, {"mask_ratio": 0.85}]
     rows = [line for line in text.splitlines() if line.startswith("| published") or line.startswith("| the demo")]
     assert len(rows) == 2 * len(studies.PAPER) and len(decoded) == 2 * len(studies.PAPER) - 1
@@ -164,8 +204,17 @@ def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):
     from checkpoint_layouts import read_stage_a
     from sc_mbm.mae_for_fmri import MAEforFMRI
 
-    arch = dict(num_voxels=64, patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16,
-                decoder_depth=1, decoder_num_heads=4, mlp_ratio=1.0)  # fmt: skip
+    arch = dict(
+        num_voxels=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=4,
+        mlp_ratio=1.0,
+    )
     trained = MAEforFMRI(**arch)
     save_checkpoint({"model": trained.state_dict(), "config": arch, "epoch": 3}, tmp_path / "a2.pth")
     studies.random_encoder(tmp_path / "a2.pth", tmp_path / "random" / "fmri_encoder.pth", seed=5)

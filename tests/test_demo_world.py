@@ -27,7 +27,9 @@ def test_classes_that_share_words_start_near_each_other():
 def test_class_names_follow_the_class_index(tmp_path):
     folder = tmp_path / "Kamitani" / "npz"
     folder.mkdir(parents=True)
-    index = {"1": ["n00000002", "blue plain ring on sand flat"],
-             "0": ["n00000001", "n00000003", "red dotted bar on sky flat"]}  # a class may own a second WordNet id
+    index = {
+        "1": ["n00000002", "blue plain ring on sand flat"],
+        "0": ["n00000001", "n00000003", "red dotted bar on sky flat"],
+    }  # a class may own a second WordNet id
     (folder / "imagenet_class_index.json").write_text(json.dumps(index))
     assert class_names(tmp_path) == ["red dotted bar on sky flat", "blue plain ring on sand flat"]

@@ -64,8 +64,18 @@ def _single() -> DistInfo:
 
 def _epoch(model, loader, optimizer, amp, epoch, cfg) -> dict:
     schedule = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.num_epoch)
-    return train_one_epoch(model, loader, optimizer, amp, epoch, mae_step(cfg.mask_ratio), schedule, cfg.accum_iter,
-                           cfg.clip_grad, cfg.log_every)
+    return train_one_epoch(
+        model,
+        loader,
+        optimizer,
+        amp,
+        epoch,
+        mae_step(cfg.mask_ratio),
+        schedule,
+        cfg.accum_iter,
+        cfg.clip_grad,
+        cfg.log_every,
+    )
 
 
 def _train(model, data, batch_size, cfg, epochs=1) -> list[dict]:

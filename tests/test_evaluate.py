@@ -18,8 +18,11 @@ N, SETS, SIZE = 5, 2, 24
 def _run(*args, env=None):
     return subprocess.run(
         [sys.executable, str(CODE / "evaluate.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -42,8 +45,20 @@ def data(tmp_path):
 def test_folders_give_table_json_and_chart(data):
     out = data / "out"
     empty_cache = {"TORCH_HOME": str(data / "no_weights")}
-    done = _run("--recon", data / "recon", "--gt", data / "gt", "--metrics", "mse", "pcc", "pixcorr", "alexnet2",
-                "--out", out, env=empty_cache)  # fmt: skip
+    done = _run(
+        "--recon",
+        data / "recon",
+        "--gt",
+        data / "gt",
+        "--metrics",
+        "mse",
+        "pcc",
+        "pixcorr",
+        "alexnet2",
+        "--out",
+        out,
+        env=empty_cache,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stdout.splitlines()
@@ -114,9 +129,18 @@ def _missing_flag(data):
 
 @pytest.mark.parametrize(
     "case",
-    [_drop_one_sample, _misnamed_file, _fewer_items, _greyscale_npy, _float_npy, _missing_folder, _not_images,
-     _unknown_metric, _missing_flag],
-)  # fmt: skip
+    [
+        _drop_one_sample,
+        _misnamed_file,
+        _fewer_items,
+        _greyscale_npy,
+        _float_npy,
+        _missing_folder,
+        _not_images,
+        _unknown_metric,
+        _missing_flag,
+    ],
+)
 def test_bad_input_is_one_clear_line(data, case):
     args, exit_code, named = case(data)
     done = _run(*args, "--out", data / "out")
@@ -139,8 +163,12 @@ def test_bar_chart_of_two_series_with_gaps(tmp_path):
 
     decoded = {"mse": 0.67, "top-1-class": 0.09, "pixcorr": 0.2, "fid": 120.0}
     control = {"mse": 0.5, "top-1-class": 0.029, "pixcorr": -0.03, "fid": float("nan")}  # NaN: no bar
-    path = metric_bar_chart({"decoded": decoded, "shuffled control": control}, tmp_path / "bars.png",
-                            chance={"mse": 0.5, "top-1-class": 0.02}, title="demo")  # fmt: skip
+    path = metric_bar_chart(
+        {"decoded": decoded, "shuffled control": control},
+        tmp_path / "bars.png",
+        chance={"mse": 0.5, "top-1-class": 0.02},
+        title="demo",
+    )
     with Image.open(path) as chart:
         assert chart.format == "PNG"
     with pytest.raises(ValueError, match="at least one value"):

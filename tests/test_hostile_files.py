@@ -121,9 +121,13 @@ def test_2_build_cannot_change_how_every_later_tensor_loads(tmp_path):
     """A file setting `_rebuild_tensor_v2.__defaults__` would negate every tensor loaded afterwards, silently."""
     rebuild = torch._utils._rebuild_tensor_v2
     defaults = rebuild.__defaults__
-    evil = save_injected({"model": {"w": torch.ones(2)}, "x": build_on("torch._utils", "_rebuild_tensor_v2",
-                                                                       (None, {"__defaults__": ({"neg": True},)}))},
-                         tmp_path / "evil.pth")  # fmt: skip
+    evil = save_injected(
+        {
+            "model": {"w": torch.ones(2)},
+            "x": build_on("torch._utils", "_rebuild_tensor_v2", (None, {"__defaults__": ({"neg": True},)})),
+        },
+        tmp_path / "evil.pth",
+    )
     clean = save_checkpoint({"w": torch.ones(2)}, tmp_path / "clean.pth")
     try:
         with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth: .*_rebuild_tensor_v2"):
@@ -165,8 +169,9 @@ def test_2_build_cannot_reach_the_legacy_source_patch_writer(tmp_path, monkeypat
 def test_2_build_on_a_published_config_class_is_refused(tmp_path):
     """Our data-only config classes are allowed globals; a BUILD on the class itself is refused. Before the fix this
     chain did not work either: the C unpickler called the class's own `__setstate__` unbound (a TypeError)."""
-    path = save_injected({"config": build_on("config", "Config_MBM_fMRI", (None, {"to_dict": None}))},
-                         tmp_path / "cls.pth")  # fmt: skip
+    path = save_injected(
+        {"config": build_on("config", "Config_MBM_fMRI", (None, {"to_dict": None}))}, tmp_path / "cls.pth"
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"cls\.pth: .*Config_MBM_fMRI"):
         load_checkpoint(path)
 
@@ -179,12 +184,16 @@ def _fid_weights_url() -> str:
 
 
 NETS = {  # name -> (the URL whose cached file the loader reads, the loader)
-    "alexnet": (lambda: __import__("torchvision").models.AlexNet_Weights.IMAGENET1K_V1.url,
-                lambda: feature_nets.load_feature_net("alexnet")),
-    "lpips": (lambda: __import__("torchvision").models.AlexNet_Weights.DEFAULT.url,
-              lambda: feature_nets.load_lpips_alex()),
+    "alexnet": (
+        lambda: __import__("torchvision").models.AlexNet_Weights.IMAGENET1K_V1.url,
+        lambda: feature_nets.load_feature_net("alexnet"),
+    ),
+    "lpips": (
+        lambda: __import__("torchvision").models.AlexNet_Weights.DEFAULT.url,
+        lambda: feature_nets.load_lpips_alex(),
+    ),
     "fid (torch-fidelity)": (_fid_weights_url, lambda: feature_nets.load_fid_metric(None)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -219,8 +228,15 @@ def test_3_plain_cached_weights_still_load(net, tmp_path, monkeypatch):
 
 
 def timm_classifier_file(path: Path, name: str, model_args: dict) -> Path:
-    spec = {"format": "mindvis-classifier/1", "timm_model": name, "model_args": model_args, "state_dict": {},
-            "input_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    spec = {
+        "format": "mindvis-classifier/1",
+        "timm_model": name,
+        "model_args": model_args,
+        "state_dict": {},
+        "input_size": 16,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     return save_checkpoint(spec, path)
 
 
@@ -271,8 +287,15 @@ def test_4_plain_timm_architecture_still_loads(tmp_path):
     from classifier_file import load_classifier_file
 
     model = timm.create_model("test_resnet", num_classes=3)
-    spec = {"format": "mindvis-classifier/1", "timm_model": "test_resnet", "model_args": {"num_classes": 3},
-            "state_dict": model.state_dict(), "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    spec = {
+        "format": "mindvis-classifier/1",
+        "timm_model": "test_resnet",
+        "model_args": {"num_classes": 3},
+        "state_dict": model.state_dict(),
+        "input_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     loaded, _ = load_classifier_file(save_checkpoint(spec, tmp_path / "clf.pth"))
     assert loaded.num_classes == 3
 
@@ -413,8 +436,11 @@ def _linked_config(run: Path, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("hostile", [_users_file, _folder_without_config, _linked_config],
-                         ids=["another file", "no config.yaml", "linked config.yaml"])  # fmt: skip
+@pytest.mark.parametrize(
+    "hostile",
+    [_users_file, _folder_without_config, _linked_config],
+    ids=["another file", "no config.yaml", "linked config.yaml"],
+)
 def test_7_resume_refuses_a_folder_it_did_not_write(hostile, a1_killed, simulation, tmp_path, monkeypatch):
     import stageA1_mbm_pretrain as a1
 
@@ -451,8 +477,21 @@ def test_8_evaluate_keeps_the_metrics_of_an_existing_folder(tmp_path, capsys, mo
     np.save(tmp_path / "recon.npy", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
     out = tmp_path / "results"
     mine = write(out / "metrics.json", '{"mine": 1}')
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--recon", str(tmp_path / "recon.npy"), "--gt",
-                                      str(tmp_path / "gt.npy"), "--metrics", "mse", "--out", str(out)])  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "evaluate.py",
+            "--recon",
+            str(tmp_path / "recon.npy"),
+            "--gt",
+            str(tmp_path / "gt.npy"),
+            "--metrics",
+            "mse",
+            "--out",
+            str(out),
+        ],
+    )
     monkeypatch.delenv("MINDVIS_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_main(evaluate.main)
@@ -492,10 +531,14 @@ def _stored(world: Path, tmp: Path, **values) -> Path:
     return save_checkpoint(ckpt, tmp / "stored.pth")
 
 
-@pytest.mark.parametrize("entry, value, message", [
-    ("pretrain_gm_path", "../{root}_ldm", r"pretrain_gm_path '\.\./.*' leads outside --root_path"),
-    ("kam_subs", ["../npz/sbj_3"], r"kam_subs: subject '\.\./npz/sbj_3'.*letters, digits"),
-], ids=["relative path", "subject name"])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry, value, message",
+    [
+        ("pretrain_gm_path", "../{root}_ldm", r"pretrain_gm_path '\.\./.*' leads outside --root_path"),
+        ("kam_subs", ["../npz/sbj_3"], r"kam_subs: subject '\.\./npz/sbj_3'.*letters, digits"),
+    ],
+    ids=["relative path", "subject name"],
+)
 def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_path, capsys, monkeypatch):
     """A stored `../` path or subject name escaped --root_path (both resolved to files that exist here)."""
     import gen_eval
@@ -505,8 +548,16 @@ def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_
         shutil.copytree(world / "ldm", world.parent / f"{world.name}_ldm", dirs_exist_ok=True)
         value = value.format(root=world.name)
     path = _stored(world, tmp_path, **{entry: value})
-    cfg = GenEvalConfig(checkpoint=str(path), root_path=str(world), kam_path=str(world / "data/Kamitani/npz"),
-                        output_path=str(tmp_path / "o"), num_samples=1, ddim_steps=4, limit=2, metrics=["pcc"])
+    cfg = GenEvalConfig(
+        checkpoint=str(path),
+        root_path=str(world),
+        kam_path=str(world / "data/Kamitani/npz"),
+        output_path=str(tmp_path / "o"),
+        num_samples=1,
+        ddim_steps=4,
+        limit=2,
+        metrics=["pcc"],
+    )
     code, err = fail(lambda: gen_eval.main(cfg), capsys, monkeypatch)
     assert code == 1 and "stored.pth" in err and len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
@@ -530,10 +581,25 @@ def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypa
     from config_engine import ConfigError
 
     def config(**overrides) -> StageBConfig:
-        return StageBConfig(**{**dict(root_path=str(world), output_path=str(tmp_path), img_size=32, batch_size=8,
-                                      kam_path=str(world / "data/Kamitani/npz"), pretrain_gm_path=str(world / "ldm"),
-                                      pretrain_mbm_path=str(world / "fmri_encoder.pth"), num_epoch=2, val_every=1,
-                                      num_val_items=2, num_samples=1, ddim_steps=4), **overrides})  # fmt: skip
+        return StageBConfig(
+            **{
+                **dict(
+                    root_path=str(world),
+                    output_path=str(tmp_path),
+                    img_size=32,
+                    batch_size=8,
+                    kam_path=str(world / "data/Kamitani/npz"),
+                    pretrain_gm_path=str(world / "ldm"),
+                    pretrain_mbm_path=str(world / "fmri_encoder.pth"),
+                    num_epoch=2,
+                    val_every=1,
+                    num_val_items=2,
+                    num_samples=1,
+                    ddim_steps=4,
+                ),
+                **overrides,
+            }
+        )
 
     kill_at(monkeypatch, 1, stage_b)
     with pytest.raises(Killed):
@@ -548,12 +614,15 @@ def test_10_stage_b_resume_refuses_a_new_learning_rate(world, tmp_path, monkeypa
 # ---- 11. a YAML value of the wrong type is refused, not converted --------------------------------------------------
 
 
-@pytest.mark.parametrize("line, field, expected", [
-    ("lr: true", "lr", "a number"),
-    ("min_lr: false", "min_lr", "a number"),
-    ("hcp_path: [a, b]", "hcp_path", "text"),
-    ("wandb_project: {name: x}", "wandb_project", "text"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, field, expected",
+    [
+        ("lr: true", "lr", "a number"),
+        ("min_lr: false", "min_lr", "a number"),
+        ("hcp_path: [a, b]", "hcp_path", "text"),
+        ("wandb_project: {name: x}", "wandb_project", "text"),
+    ],
+)
 def test_11_yaml_values_keep_their_type(line, field, expected, tmp_path, capsys):
     """`lr: true` became 1.0 and a list became the text of the list."""
     from config import StageA1Config
@@ -573,4 +642,3 @@ def test_11_numbers_yaml_reads_as_text_still_load(tmp_path):
 
     cfg = parse_config(StageA1Config, ["--config", str(write(tmp_path / "run.yaml", "lr: 1e-4\nnum_epoch: 300\n"))])
     assert cfg.lr == 1e-4 and cfg.num_epoch == 300
-

@@ -20,30 +20,42 @@ from sc_mbm.mae_for_fmri import build_mae
 NUMBER, TEXT = (int, float), (str,)
 READS = {
     "Config_MBM_fMRI": {
-        **dict.fromkeys("lr min_lr weight_decay mask_ratio mlp_ratio img_recon_weight focus_rate clip_grad".split(),
-                        NUMBER),
-        **dict.fromkeys("num_epoch warmup_epochs batch_size patch_size embed_dim decoder_embed_dim depth num_heads "
-                        "decoder_num_heads seed aug_times accum_iter local_rank".split(), (int,)),
+        **dict.fromkeys(
+            "lr min_lr weight_decay mask_ratio mlp_ratio img_recon_weight focus_rate clip_grad".split(), NUMBER
+        ),
+        **dict.fromkeys(
+            "num_epoch warmup_epochs batch_size patch_size embed_dim decoder_embed_dim depth num_heads "
+            "decoder_num_heads seed aug_times accum_iter local_rank".split(),
+            (int,),
+        ),
         **dict.fromkeys("root_path output_path roi".split(), TEXT),
         **dict.fromkeys("include_hcp include_kam use_nature_img_loss".split(), (bool,)),
         **dict.fromkeys("num_sub_limit focus_range".split(), (type(None), int, list)),
     },
     "Config_MBM_finetune": {
         **dict.fromkeys("root_path output_path kam_path bold5000_path dataset pretrain_mbm_path".split(), TEXT),
-        "include_nonavg_test": (bool,), "kam_subs": (list,), "bold5000_subs": (list,),
+        "include_nonavg_test": (bool,),
+        "kam_subs": (list,),
+        "bold5000_subs": (list,),
         **dict.fromkeys("lr weight_decay mask_ratio clip_grad min_lr".split(), NUMBER),
         **dict.fromkeys("num_epoch batch_size accum_iter warmup_epochs local_rank".split(), (int,)),
     },
     "Config_Generative_Model": {
-        **dict.fromkeys("seed patch_size img_size batch_size num_epoch accumulate_grad num_samples ddim_steps".split(),
-                        (int,)),
-        **dict.fromkeys("root_path kam_path bold5000_path roi pretrain_gm_path dataset pretrain_mbm_path".split(),
-                        TEXT),
-        "kam_subs": (list,), "bold5000_subs": (list,), "lr": NUMBER, "crop_ratio": NUMBER, "precision": (int, str),
+        **dict.fromkeys(
+            "seed patch_size img_size batch_size num_epoch accumulate_grad num_samples ddim_steps".split(), (int,)
+        ),
+        **dict.fromkeys(
+            "root_path kam_path bold5000_path roi pretrain_gm_path dataset pretrain_mbm_path".split(), TEXT
+        ),
+        "kam_subs": (list,),
+        "bold5000_subs": (list,),
+        "lr": NUMBER,
+        "crop_ratio": NUMBER,
+        "precision": (int, str),
         **dict.fromkeys("global_pool use_time_cond eval_avg".split(), (bool,)),
         **dict.fromkeys("HW model_meta checkpoint_path logger test_category".split(), (type(None), dict, list)),
     },
-}  # fmt: skip
+}
 ARCH = dict(embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8, decoder_num_heads=2, decoder_depth=1)
 
 
@@ -78,11 +90,16 @@ def files(tmp_path_factory):
     model = build_mae(config_to_dict(a1))
     optimizer = torch.optim.AdamW(model.parameters())
     amp = AmpScaler("fp32", torch.device("cpu"))
-    paths = {"a1": save_checkpoint(stage_a_checkpoint(model, optimizer, amp.state_dict(), 3, config_to_dict(a1)),
-                                   tmp / "a1.pth")}  # fmt: skip
+    paths = {
+        "a1": save_checkpoint(
+            stage_a_checkpoint(model, optimizer, amp.state_dict(), 3, config_to_dict(a1)), tmp / "a1.pth"
+        )
+    }
     a2 = StageA2Config()
-    paths["a2"] = save_checkpoint(stage_a_checkpoint(model, optimizer, amp.state_dict(), 1, config_to_dict(a1),
-                                                     config_to_dict(a2)), tmp / "a2.pth")  # fmt: skip
+    paths["a2"] = save_checkpoint(
+        stage_a_checkpoint(model, optimizer, amp.state_dict(), 1, config_to_dict(a1), config_to_dict(a2)),
+        tmp / "a2.pth",
+    )
     b = StageBConfig(model_meta={"patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0})
     finetuned = finetuned_checkpoint(model, b)
     paths["finetuned"] = save_checkpoint(finetuned, tmp / "finetuned.pth")
@@ -90,10 +107,16 @@ def files(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("name, key, cls", [("a1", "config", "Config_MBM_fMRI"), ("a2", "config", "Config_MBM_fMRI"),
-                                            ("a2", "finetune_config", "Config_MBM_finetune"),
-                                            ("finetuned", "config", "Config_Generative_Model"),
-                                            ("b_run", "config", "Config_Generative_Model")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, key, cls",
+    [
+        ("a1", "config", "Config_MBM_fMRI"),
+        ("a2", "config", "Config_MBM_fMRI"),
+        ("a2", "finetune_config", "Config_MBM_finetune"),
+        ("finetuned", "config", "Config_Generative_Model"),
+        ("b_run", "config", "Config_Generative_Model"),
+    ],
+)
 def test_the_original_reads_every_field_it_needs(files, name, key, cls, monkeypatch):
     monkeypatch.setitem(sys.modules, "config", _original_config_module())
     ckpt = torch.load(files[name], map_location="cpu", weights_only=False)  # the original's plain torch.load

@@ -32,10 +32,15 @@ def build(cfg: dict, fmri_cond: bool = True, **params) -> LatentDiffusion:
     if fmri_cond:
         mae = cfg["mae"]
         model.cond_stage_model = FMRICondStage(
-            num_voxels=mae["num_voxels"], patch_size=mae["patch_size"], embed_dim=mae["embed_dim"], depth=mae["depth"],
-            num_heads=mae["num_heads"], mlp_ratio=mae["mlp_ratio"],
-            cond_dim=model_cfg["params"]["unet_config"]["params"]["context_dim"], global_pool=False,
-        )  # fmt: skip
+            num_voxels=mae["num_voxels"],
+            patch_size=mae["patch_size"],
+            embed_dim=mae["embed_dim"],
+            depth=mae["depth"],
+            num_heads=mae["num_heads"],
+            mlp_ratio=mae["mlp_ratio"],
+            cond_dim=model_cfg["params"]["unet_config"]["params"]["context_dim"],
+            global_pool=False,
+        )
     return model
 
 
@@ -83,9 +88,14 @@ def test_reference_samplers(fixture, ref_model, name):
     cfg, ref = fixture
     sampler = SAMPLERS[name](ref_model)
     samples, _ = sampler.sample(
-        S=cfg["sampler_steps"], batch_size=ref["x_T"].shape[0], shape=tuple(ref["z"].shape[1:]),
-        conditioning=ref["cond"], x_T=ref["x_T"], eta=cfg["eta"], verbose=False,
-    )  # fmt: skip
+        S=cfg["sampler_steps"],
+        batch_size=ref["x_T"].shape[0],
+        shape=tuple(ref["z"].shape[1:]),
+        conditioning=ref["cond"],
+        x_T=ref["x_T"],
+        eta=cfg["eta"],
+        verbose=False,
+    )
     assert torch.equal(sampler.ddim_timesteps, ref["ddim_timesteps"])
     assert rel_err(samples, ref[name]) <= SAMPLER_TOL
 

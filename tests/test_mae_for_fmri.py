@@ -10,8 +10,17 @@ from errors import CheckpointError
 from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
-MAE_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
-            "decoder_num_heads", "mlp_ratio")  # fmt: skip
+MAE_ARGS = (
+    "num_voxels",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "decoder_embed_dim",
+    "decoder_depth",
+    "decoder_num_heads",
+    "mlp_ratio",
+)
 ENCODER_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TINY = dict(patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=1.0)
 TINY_DECODER = dict(decoder_embed_dim=8, decoder_depth=2, decoder_num_heads=2)
@@ -130,8 +139,9 @@ def test_explicit_attention_computes_what_sdpa_does(monkeypatch):
     torch.manual_seed(0)
     model, fmri, noise = tiny_mae(), torch.randn(3, 1, 32), torch.rand(3, 8)
     outputs, calls, sdpa = {}, [], torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
     for kind in ("sdpa", "explicit"):
         model.zero_grad()
         use_attention(model, kind)
@@ -155,13 +165,30 @@ def test_focus_range_masks_inside_the_range():
 
 
 def test_architecture_is_read_off_the_weights():
-    model = MAEforFMRI(num_voxels=48, patch_size=8, embed_dim=16, depth=3, num_heads=2, decoder_embed_dim=12,
-                       decoder_depth=2, decoder_num_heads=3, mlp_ratio=2.0)
+    model = MAEforFMRI(
+        num_voxels=48,
+        patch_size=8,
+        embed_dim=16,
+        depth=3,
+        num_heads=2,
+        decoder_embed_dim=12,
+        decoder_depth=2,
+        decoder_num_heads=3,
+        mlp_ratio=2.0,
+    )
     arch = architecture_from_weights(model.state_dict())
-    assert arch == {"patch_size": 8, "embed_dim": 16, "depth": 3, "mlp_ratio": 2.0, "num_voxels": 48,
-                    "decoder_embed_dim": 12, "decoder_depth": 2}  # never the head counts: not determinable
+    assert arch == {
+        "patch_size": 8,
+        "embed_dim": 16,
+        "depth": 3,
+        "mlp_ratio": 2.0,
+        "num_voxels": 48,
+        "decoder_embed_dim": 12,
+        "decoder_depth": 2,
+    }  # never the head counts: not determinable
     prefixed = {f"cond_stage_model.mae.{k}": v for k, v in model.state_dict().items() if not k.startswith("decoder")}
     assert architecture_from_weights(prefixed, "cond_stage_model.mae.")["depth"] == 3
+
 
 def test_initialisation():
     model = tiny_mae()

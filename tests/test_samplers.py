@@ -65,9 +65,14 @@ def test_runs_on_cpu_and_visits_the_schedule(sampler_cls, model):
     sampler = sampler_cls(model)
     steps_seen = []
     samples, inter = sampler.sample(
-        S=7, batch_size=2, shape=SHAPE, conditioning=_cond(), verbose=False, log_every_t=3,
+        S=7,
+        batch_size=2,
+        shape=SHAPE,
+        conditioning=_cond(),
+        verbose=False,
+        log_every_t=3,
         callback=lambda i, x, x0: steps_seen.append(i),
-    )  # fmt: skip
+    )
     assert samples.shape == (2, *SHAPE) and torch.isfinite(samples).all()
     assert len(sampler.ddim_timesteps) == 8 and steps_seen == list(range(8))
     # start + schedule indices 7, 6, 3, 0 (every log_every_t-th and the first step)
@@ -100,12 +105,24 @@ def test_classifier_free_guidance(sampler_cls, model):
     scale_one = _sample(sampler_cls, model, x_T=x_T, conditioning=cond, unconditional_conditioning=uncond)
     assert torch.equal(plain, scale_one)
     # guidance combines the two passes: with uncond == cond any scale gives the unguided ε
-    same = _sample(sampler_cls, model, x_T=x_T, conditioning=cond, unconditional_conditioning=cond,
-                   unconditional_guidance_scale=3.0)  # fmt: skip
+    same = _sample(
+        sampler_cls,
+        model,
+        x_T=x_T,
+        conditioning=cond,
+        unconditional_conditioning=cond,
+        unconditional_guidance_scale=3.0,
+    )
     torch.testing.assert_close(same, plain, rtol=1e-5, atol=1e-5)
     calls = model.calls
-    guided = _sample(sampler_cls, model, x_T=x_T, conditioning=cond, unconditional_conditioning=uncond,
-                     unconditional_guidance_scale=3.0)  # fmt: skip
+    guided = _sample(
+        sampler_cls,
+        model,
+        x_T=x_T,
+        conditioning=cond,
+        unconditional_conditioning=uncond,
+        unconditional_guidance_scale=3.0,
+    )
     assert not torch.allclose(guided, plain)
     assert model.calls - calls == 5 + (sampler_cls is PLMSSampler)  # cond and uncond batched in one call
     with pytest.raises(ValueError, match="unconditional_conditioning"):

@@ -51,15 +51,26 @@ def world(tmp_path_factory):
     stage_a = root / "fmri_encoder.pth"
     config = {**MAE, "decoder_embed_dim": 16, "decoder_num_heads": 4, "num_voxels": num_voxels}
     save_checkpoint({"model": mae.state_dict(), "config": config, "epoch": 0}, stage_a)
-    return types.SimpleNamespace(root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a,
-                                 label2img=label2img.state_dict())
+    return types.SimpleNamespace(
+        root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a, label2img=label2img.state_dict()
+    )
 
 
 def _stage_b_config(world, **overrides) -> StageBConfig:
     values = dict(
-        root_path=str(world.root), output_path=str(world.root / "results"), kam_path=str(world.data / "Kamitani/npz"),
-        pretrain_gm_path=str(world.ldm_dir), pretrain_mbm_path=str(world.stage_a), img_size=32, batch_size=8,
-        num_epoch=2, val_every=1, num_val_items=3, num_samples=2, ddim_steps=4, seed=1,
+        root_path=str(world.root),
+        output_path=str(world.root / "results"),
+        kam_path=str(world.data / "Kamitani/npz"),
+        pretrain_gm_path=str(world.ldm_dir),
+        pretrain_mbm_path=str(world.stage_a),
+        img_size=32,
+        batch_size=8,
+        num_epoch=2,
+        val_every=1,
+        num_val_items=3,
+        num_samples=2,
+        ddim_steps=4,
+        seed=1,
     )
     values.update(overrides)
     return StageBConfig(**values)
@@ -96,9 +107,20 @@ def test_stage_b_trains_only_the_conditioning_path(world, finetuned):
 
 def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
     def run():
-        cfg = GenEvalConfig(dataset="GOD", root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
-                            output_path=str(world.root / "results"), num_samples=2, ddim_steps=4, batch_size=5,
-                            seed=7, limit=4, n_way=3, num_trials=10, metrics=["mse", "pcc", "ssim", "n_way"])
+        cfg = GenEvalConfig(
+            dataset="GOD",
+            root_path=str(world.root),
+            checkpoint=str(finetuned / "finetuned.pth"),
+            output_path=str(world.root / "results"),
+            num_samples=2,
+            ddim_steps=4,
+            batch_size=5,
+            seed=7,
+            limit=4,
+            n_way=3,
+            num_trials=10,
+            metrics=["mse", "pcc", "ssim", "n_way"],
+        )
         return gen_eval.main(cfg)
 
     a, b = run(), run()
@@ -120,9 +142,19 @@ def test_gen_eval_compile_samples_through_the_compiled_unet(world, finetuned, mo
     monkeypatch.setattr(gen_eval, "compile_for_inference", through_dynamo)
     runs = {}
     for compile_unet in (False, True):
-        cfg = GenEvalConfig(dataset="GOD", root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
-                            output_path=str(world.root / "results"), num_samples=1, ddim_steps=4, batch_size=3,
-                            seed=7, limit=3, metrics=["mse"], compile=compile_unet)  # fmt: skip
+        cfg = GenEvalConfig(
+            dataset="GOD",
+            root_path=str(world.root),
+            checkpoint=str(finetuned / "finetuned.pth"),
+            output_path=str(world.root / "results"),
+            num_samples=1,
+            ddim_steps=4,
+            batch_size=3,
+            seed=7,
+            limit=3,
+            metrics=["mse"],
+            compile=compile_unet,
+        )
         runs[compile_unet] = gen_eval.main(cfg)
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "DiffusionWrapper"
     assert "UNet compiled" in (runs[True] / "log.txt").read_text()
@@ -142,11 +174,20 @@ def test_published_checkpoint_with_pickled_config_loads(world, finetuned, tmp_pa
     Config_Generative_Model.__qualname__ = "Config_Generative_Model"
     mod.Config_Generative_Model = Config_Generative_Model
     published = Config_Generative_Model()
-    published.__dict__.update({**vars(ours["config"]), "model_meta": None, "precision": 32, "logger": None,
-                               "pretrain_gm_path": "/authors/machine/pretrains/ldm/label2img"})
+    published.__dict__.update(
+        {
+            **vars(ours["config"]),
+            "model_meta": None,
+            "precision": 32,
+            "logger": None,
+            "pretrain_gm_path": "/authors/machine/pretrains/ldm/label2img",
+        }
+    )
     monkeypatch.setitem(sys.modules, "config", mod)
-    torch.save({"model_state_dict": ours["model_state_dict"], "config": published, "state": ours["state"]},
-               tmp_path / "finetuned.pth")
+    torch.save(
+        {"model_state_dict": ours["model_state_dict"], "config": published, "state": ours["state"]},
+        tmp_path / "finetuned.pth",
+    )
     monkeypatch.undo()
     model, values = load_finetuned(tmp_path / "finetuned.pth", world.ldm_dir, world.stage_a)
     assert values["model_meta"]["num_heads"] == MAE["num_heads"] and values["precision"] == 32
@@ -162,8 +203,17 @@ def test_bad_inputs(world, finetuned, tmp_path):
     with pytest.raises(UserError, match="LDM config not found: .*config.yaml"):
         stageB_ldm_finetune.main(_stage_b_config(world, pretrain_gm_path=str(tmp_path)))
     with pytest.raises(UserError, match="expects .* voxels.*--roi"):
-        gen_eval.main(GenEvalConfig(root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
-                                    output_path=str(tmp_path), roi="HVC", num_samples=1, ddim_steps=4, limit=2))
+        gen_eval.main(
+            GenEvalConfig(
+                root_path=str(world.root),
+                checkpoint=str(finetuned / "finetuned.pth"),
+                output_path=str(tmp_path),
+                roi="HVC",
+                num_samples=1,
+                ddim_steps=4,
+                limit=2,
+            )
+        )
     assert not (tmp_path / "gen_eval").exists() or not any((tmp_path / "gen_eval").iterdir())
 
 
@@ -178,16 +228,31 @@ def test_resume_continues_the_run_and_refuses_a_finished_one(world, finetuned, t
 
 
 def test_classifier_file_drives_the_n_way_metric(world, finetuned, tmp_path):
-    layers = [["Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1}], ["ReLU", {}],
-              ["AdaptiveAvgPool2d", {"output_size": 1}], ["Flatten", {}], ["Linear", {"in_features": 4,
-                                                                                       "out_features": 6}]]
+    layers = [
+        ["Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1}],
+        ["ReLU", {}],
+        ["AdaptiveAvgPool2d", {"output_size": 1}],
+        ["Flatten", {}],
+        ["Linear", {"in_features": 4, "out_features": 6}],
+    ]
     torch.manual_seed(0)
     model = build_sequential(layers)
     save_classifier_file(tmp_path / "clf.pth", layers, model, 16, [0.5] * 3, [0.5] * 3)
-    run = gen_eval.main(GenEvalConfig(root_path=str(world.root), checkpoint=str(finetuned / "finetuned.pth"),
-                                      output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=4, n_way=3,
-                                      num_trials=10, metrics=["n_way"], classifier=str(tmp_path / "clf.pth"),
-                                    baselines=True))
+    run = gen_eval.main(
+        GenEvalConfig(
+            root_path=str(world.root),
+            checkpoint=str(finetuned / "finetuned.pth"),
+            output_path=str(tmp_path),
+            num_samples=1,
+            ddim_steps=4,
+            limit=4,
+            n_way=3,
+            num_trials=10,
+            metrics=["n_way"],
+            classifier=str(tmp_path / "clf.pth"),
+            baselines=True,
+        )
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert "top-1-class" in metrics["scores"] and 0 <= metrics["baselines"]["ridge_pcc"] <= 1
     assert (run / "metrics.png").is_file() and (run / "ridge_grid.png").is_file()
@@ -206,15 +271,24 @@ def test_ridge_baseline_reads_a_linear_code_and_not_noise():
 
 
 def test_condition_dropout_learns_a_null_context_for_guidance(world, finetuned, tmp_path):
-    run = stageB_ldm_finetune.main(_stage_b_config(world, output_path=str(tmp_path), num_epoch=1, cond_dropout=0.5,
-                                                   guidance_scale=2.0))
+    run = stageB_ldm_finetune.main(
+        _stage_b_config(world, output_path=str(tmp_path), num_epoch=1, cond_dropout=0.5, guidance_scale=2.0)
+    )
     ckpt = load_checkpoint(run / "finetuned.pth")
     assert ckpt["model_state_dict"]["cond_stage_model.null_context"].abs().sum() > 0  # trained from zeros
     # a null context far from every fMRI context, so that guidance visibly moves this barely trained model
     ckpt["model_state_dict"]["cond_stage_model.null_context"].normal_(0, 3.0)
     save_checkpoint(ckpt, tmp_path / "far.pth")
-    cfg = dict(root_path=str(world.root), output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=2,
-               metrics=["pcc"], guidance_scale=2.0, pretrain_gm_path=str(world.ldm_dir))
+    cfg = dict(
+        root_path=str(world.root),
+        output_path=str(tmp_path),
+        num_samples=1,
+        ddim_steps=4,
+        limit=2,
+        metrics=["pcc"],
+        guidance_scale=2.0,
+        pretrain_gm_path=str(world.ldm_dir),
+    )
     guided = gen_eval.main(GenEvalConfig(checkpoint=str(tmp_path / "far.pth"), **cfg))
     plain = gen_eval.main(GenEvalConfig(checkpoint=str(tmp_path / "far.pth"), **{**cfg, "guidance_scale": 1.0}))
     assert not np.array_equal(np.load(guided / "samples.npy"), np.load(plain / "samples.npy"))
@@ -231,24 +305,46 @@ def test_ridge_started_linear_pool_with_frozen_conditioner(world, tmp_path):
     state = dict(world.label2img)
     state["cond_stage_model.embedding.weight"] = torch.randn(51, state["cond_stage_model.embedding.weight"].shape[1])
     torch.save({"state_dict": state}, ldm_dir / "model.ckpt")
-    run = stageB_ldm_finetune.main(_stage_b_config(
-        world, output_path=str(tmp_path), pretrain_gm_path=str(ldm_dir), num_epoch=1, global_pool=True,
-        linear_pool=True, ridge_init=True, freeze_encoder=True, freeze_mapper=True, cond_dropout=0.2,
-        guidance_scale=2.0, latent_views=2))  # fmt: skip
+    run = stageB_ldm_finetune.main(
+        _stage_b_config(
+            world,
+            output_path=str(tmp_path),
+            pretrain_gm_path=str(ldm_dir),
+            num_epoch=1,
+            global_pool=True,
+            linear_pool=True,
+            ridge_init=True,
+            freeze_encoder=True,
+            freeze_mapper=True,
+            cond_dropout=0.2,
+            guidance_scale=2.0,
+            latent_views=2,
+        )
+    )
     after = load_checkpoint(run / "finetuned.pth")["model_state_dict"]
     stage_a = load_checkpoint(world.stage_a)["model"]
     assert torch.equal(after["cond_stage_model.mae.blocks.0.attn.qkv.weight"], stage_a["blocks.0.attn.qkv.weight"])
-    assert after["cond_stage_model.dim_mapper.weight"].shape[1] == 32 * (after["cond_stage_model.mae.pos_embed"]
-                                                                         .shape[1] - 1)  # L * D inputs
+    assert after["cond_stage_model.dim_mapper.weight"].shape[1] == 32 * (
+        after["cond_stage_model.mae.pos_embed"].shape[1] - 1
+    )  # L * D inputs
     assert "linear pool started as the ridge map" in (run / "log.txt").read_text()
     changed = [k for k, v in world.label2img.items() if k in after and "attn2" in k and not torch.equal(v, after[k])]
     assert changed  # the UNet's cross-attention trained
     null = state["cond_stage_model.embedding.weight"][-1]  # the null context started at the "no class" row
-    assert (load_checkpoint(run / "finetuned.pth")["model_state_dict"]["cond_stage_model.null_context"][0, 0]
-            - null).abs().max() < 0.05  # fmt: skip
-    decoded = gen_eval.main(GenEvalConfig(checkpoint=str(run / "finetuned.pth"), root_path=str(world.root),
-                                          output_path=str(tmp_path), num_samples=1, ddim_steps=4, limit=2,
-                                          metrics=["pcc"]))  # fmt: skip
+    assert (
+        load_checkpoint(run / "finetuned.pth")["model_state_dict"]["cond_stage_model.null_context"][0, 0] - null
+    ).abs().max() < 0.05
+    decoded = gen_eval.main(
+        GenEvalConfig(
+            checkpoint=str(run / "finetuned.pth"),
+            root_path=str(world.root),
+            output_path=str(tmp_path),
+            num_samples=1,
+            ddim_steps=4,
+            limit=2,
+            metrics=["pcc"],
+        )
+    )
     assert json.loads((decoded / "metrics.json").read_text())["guidance_scale"] == 2.0  # the checkpoint's own
 
 
@@ -265,10 +361,12 @@ def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypa
     trained = []
     real_loader = stageB_ldm_finetune.make_loader
     monkeypatch.setattr(stageB_ldm_finetune, "Validation", Spy)
-    monkeypatch.setattr(stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or
-                        real_loader(pairs, *a, **k))  # fmt: skip
-    run_dir = stageB_ldm_finetune.main(_stage_b_config(world, select_on=select_on, val_split=6, num_epoch=1,
-                                                       num_samples=1, snapshot_epochs=[1]))  # fmt: skip
+    monkeypatch.setattr(
+        stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or real_loader(pairs, *a, **k)
+    )
+    run_dir = stageB_ldm_finetune.main(
+        _stage_b_config(world, select_on=select_on, val_split=6, num_epoch=1, num_samples=1, snapshot_epochs=[1])
+    )
     model, _ = load_finetuned(run_dir / "snapshot_epoch0001.pth", world.ldm_dir)  # a learning-curve point
     assert model.cond_stage_model is not None
     from readers.god import create_god_dataset

@@ -63,8 +63,9 @@ class FMRICondStage(nn.Module):
         if linear_pool and not global_pool:
             raise ValueError("linear_pool makes one context token: it needs global_pool")
         self.linear_pool = linear_pool
-        self.mae = FMRIEncoder(num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio,
-                               global_pool and not linear_pool)  # fmt: skip
+        self.mae = FMRIEncoder(
+            num_voxels, patch_size, embed_dim, depth, num_heads, mlp_ratio, global_pool and not linear_pool
+        )
         seq_len = self.mae.num_patches
         if global_pool:
             self.channel_mapper = None
@@ -101,14 +102,17 @@ class FMRICondStage(nn.Module):
     def unconditional(self, batch: int) -> torch.Tensor:
         """The null context for classifier-free guidance, (batch, tokens, cond_dim)."""
         if self.cond_dropout <= 0:
-            raise UserError("classifier-free guidance needs a model trained with --cond_dropout > 0 (it learns the "
-                            "null context); sample with --guidance_scale 1")  # fmt: skip
+            raise UserError(
+                "classifier-free guidance needs a model trained with --cond_dropout > 0 (it learns the "
+                "null context); sample with --guidance_scale 1"
+            )
         return self.null_context.expand(batch, -1, -1)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Assembly: the label-conditioned LDM with the fMRI conditioner in place of its class embedder
 # ----------------------------------------------------------------------------------------------------
+
 
 def build_ldm_for_fmri(
     ldm_dir: str | Path,
@@ -143,12 +147,18 @@ def build_ldm_for_fmri(
             nn.init.zeros_(last[-1].weight)
             nn.init.zeros_(last[-1].bias)
     elif load_ldm_weights:
-        log.warning("%s not found: the LDM starts from random weights (fine for tests, not for real results)",
-                    ckpt_path)
+        log.warning(
+            "%s not found: the LDM starts from random weights (fine for tests, not for real results)", ckpt_path
+        )
     context_dim = params["unet_config"]["params"]["context_dim"]
-    model.cond_stage_model = FMRICondStage(num_voxels=num_voxels, cond_dim=context_dim, global_pool=global_pool,
-                                           cond_dropout=cond_dropout, linear_pool=linear_pool,
-                                           **{k: mae_meta[k] for k in ENCODER_FIELDS})  # fmt: skip
+    model.cond_stage_model = FMRICondStage(
+        num_voxels=num_voxels,
+        cond_dim=context_dim,
+        global_pool=global_pool,
+        cond_dropout=cond_dropout,
+        linear_pool=linear_pool,
+        **{k: mae_meta[k] for k in ENCODER_FIELDS},
+    )
     model.class_table = class_table  # the label LDM's class embeddings (N classes + 1 unconditional), or None
     if cond_dropout > 0 and class_table is not None and class_table.shape[1] == context_dim:
         with torch.no_grad():  # the null context starts as the label LDM's own "no class" embedding (its last row)
@@ -157,8 +167,9 @@ def build_ldm_for_fmri(
 
 
 @torch.no_grad()
-def ridge_init_pool(cond: FMRICondStage, fmri: torch.Tensor, labels: np.ndarray, class_table: torch.Tensor,
-                    seed: int = 0) -> dict:  # fmt: skip
+def ridge_init_pool(
+    cond: FMRICondStage, fmri: torch.Tensor, labels: np.ndarray, class_table: torch.Tensor, seed: int = 0
+) -> dict:
     """Start a linear pool as the ridge map from the encoder's tokens of training fMRI (N, 1, V) to the LDM's class
     embedding of each one's label (N,): the context starts where it already means a class to the UNet.
 
@@ -168,8 +179,10 @@ def ridge_init_pool(cond: FMRICondStage, fmri: torch.Tensor, labels: np.ndarray,
     if not cond.linear_pool:
         raise ValueError("ridge_init_pool needs a conditioner built with linear_pool")
     if (labels < 0).any() or labels.max() >= len(class_table):
-        raise UserError(f"ridge_init needs the class of every training image among the LDM's {len(class_table)} "
-                        "classes (GOD's labels are ImageNet classes; BOLD5000 has none)")  # fmt: skip
+        raise UserError(
+            f"ridge_init needs the class of every training image among the LDM's {len(class_table)} "
+            "classes (GOD's labels are ImageNet classes; BOLD5000 has none)"
+        )
     was_training = cond.training
     cond.eval()
     tokens = torch.cat([cond.mae(b.to(cond.dim_mapper.weight.device)).flatten(1).cpu() for b in fmri.split(100)])
@@ -181,18 +194,24 @@ def ridge_init_pool(cond: FMRICondStage, fmri: torch.Tensor, labels: np.ndarray,
 
 
 def load_finetuned(
-    path: str | Path, pretrain_gm_path: str | Path, pretrain_mbm_path: str | Path | None = None,
+    path: str | Path,
+    pretrain_gm_path: str | Path,
+    pretrain_mbm_path: str | Path | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[LatentDiffusion, dict]:  # fmt: skip
+) -> tuple[LatentDiffusion, dict]:
     """A Stage B checkpoint (published or ours) -> (LatentDiffusion in eval mode on `device`, its stored config)."""
     state, values = read_finetuned(path)
     return model_from_finetuned(state, values, path, pretrain_gm_path, pretrain_mbm_path, device), values
 
 
 def model_from_finetuned(
-    state: Mapping[str, torch.Tensor], values: dict, path: str | Path, pretrain_gm_path: str | Path,
-    pretrain_mbm_path: str | Path | None = None, device: torch.device | str = "cpu",
-) -> LatentDiffusion:  # fmt: skip
+    state: Mapping[str, torch.Tensor],
+    values: dict,
+    path: str | Path,
+    pretrain_gm_path: str | Path,
+    pretrain_mbm_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> LatentDiffusion:
     """The model of a Stage B checkpoint's weights `state` and stored config `values` (`model_meta` is filled in).
 
     The LDM's architecture comes from `pretrain_gm_path/config.yaml`; the encoder's from the checkpoint's
@@ -206,14 +225,22 @@ def model_from_finetuned(
         meta = stage_a_config(pretrain_mbm_path)
     arch = read_architecture(dict(meta) if isinstance(meta, Mapping) else {}, state, path, prefix, ENCODER_FIELDS)
     values["model_meta"] = {k: arch[k] for k in ENCODER_FIELDS}
-    model = build_ldm_for_fmri(pretrain_gm_path, arch, arch["num_voxels"], bool(values.get("global_pool", False)),
-                               bool(values.get("use_time_cond", True)), load_ldm_weights=False,
-                               cond_dropout=float(values.get("cond_dropout") or 0.0),
-                               linear_pool=bool(values.get("linear_pool", False)))  # fmt: skip
+    model = build_ldm_for_fmri(
+        pretrain_gm_path,
+        arch,
+        arch["num_voxels"],
+        bool(values.get("global_pool", False)),
+        bool(values.get("use_time_cond", True)),
+        load_ldm_weights=False,
+        cond_dropout=float(values.get("cond_dropout") or 0.0),
+        linear_pool=bool(values.get("linear_pool", False)),
+    )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: does not match the LDM of {pretrain_gm_path}/config.yaml: missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: does not match the LDM of {pretrain_gm_path}/config.yaml: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     return model.to(device).eval()
 
 
@@ -236,9 +263,18 @@ def sample_images(
     cls = SAMPLERS[sampler]
     cond = model.get_learned_conditioning(fmri)  # (B, 77, context_dim)
     uncond = model.cond_stage_model.unconditional(len(fmri)) if guidance_scale != 1.0 else None
-    latents, _ = cls(model).sample(S=ddim_steps, batch_size=fmri.shape[0], shape=model.latent_shape,
-                                   conditioning=cond, x_T=x_T, eta=eta, verbose=False, generator=generator,
-                                   unconditional_guidance_scale=guidance_scale, unconditional_conditioning=uncond)
+    latents, _ = cls(model).sample(
+        S=ddim_steps,
+        batch_size=fmri.shape[0],
+        shape=model.latent_shape,
+        conditioning=cond,
+        x_T=x_T,
+        eta=eta,
+        verbose=False,
+        generator=generator,
+        unconditional_guidance_scale=guidance_scale,
+        unconditional_conditioning=uncond,
+    )
     return model.decode_first_stage(latents.float()).float()  # (B, 3, H, W), about [-1, 1]
 
 
@@ -270,9 +306,16 @@ def generate(
         items = torch.tensor([i for i, _ in chunk])
         x_T = torch.stack([start_noise(seed, i, s, model.latent_shape) for i, s in chunk]).to(device)
         with autocast(precision, device):
-            images = sample_images(model, fmri[items].to(device), ddim_steps, sampler, eta, x_T=x_T,
-                                   generator=torch.Generator(device).manual_seed(seed + start),
-                                   guidance_scale=guidance_scale)  # (B, 3, H, W)
+            images = sample_images(
+                model,
+                fmri[items].to(device),
+                ddim_steps,
+                sampler,
+                eta,
+                x_T=x_T,
+                generator=torch.Generator(device).manual_seed(seed + start),
+                guidance_scale=guidance_scale,
+            )  # (B, 3, H, W)
         images = to_uint8_images(images)  # (B, H, W, 3)
         if out is None:
             out = np.zeros((num_samples, len(fmri), *images.shape[1:]), dtype=np.uint8)

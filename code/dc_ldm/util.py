@@ -74,8 +74,11 @@ def instantiate_from_config(config: Mapping | DictConfig) -> Any:
         raise KeyError(f"config section needs a 'target' import string (and optional 'params'); got {found}")
     params = dict(config.get("params") or {})
     if params.get("ckpt_path") is not None:  # a weights file named by a config is never read
-        log.warning("%s: ignoring ckpt_path %r of its config section (weights load only from the files flags name)",
-                    config["target"], params["ckpt_path"])  # fmt: skip
+        log.warning(
+            "%s: ignoring ckpt_path %r of its config section (weights load only from the files flags name)",
+            config["target"],
+            params["ckpt_path"],
+        )
         params["ckpt_path"] = None
     return get_obj_from_str(config["target"])(**params)
 
@@ -94,8 +97,10 @@ def load_ldm_config(path: str | Path) -> dict:
         raise UserError(f"{path}: not a readable LDM config.yaml: {' '.join(str(e).split())}") from None
     for key, value in _leaves(config):
         if isinstance(value, str) and "${" in value:
-            raise UnsafeConfigError(f"{path}: key '{key}': interpolations such as {value!r} are not read from a "
-                                    "config file (they can pull in environment variables); write the value itself")
+            raise UnsafeConfigError(
+                f"{path}: key '{key}': interpolations such as {value!r} are not read from a "
+                "config file (they can pull in environment variables); write the value itself"
+            )
     model = config.get("model", config) if isinstance(config, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("params"), dict) or "target" not in model:
         raise UserError(f"{path}: expected a 'model' section with 'target' and 'params' (the label2img layout)")

@@ -31,8 +31,11 @@ def classifier_layers(num_classes: int, width: int = 32) -> list:
             conv = {"in_channels": a, "out_channels": b, "kernel_size": 3, "padding": 1, "bias": False}
             layers += [["Conv2d", conv], ["BatchNorm2d", {"num_features": b}], ["ReLU", {"inplace": True}]]
         layers.append(["MaxPool2d", {"kernel_size": 2}])
-    return layers + [["AdaptiveAvgPool2d", {"output_size": 1}], ["Flatten", {}],
-                     ["Linear", {"in_features": widths[-1], "out_features": num_classes}]]  # fmt: skip
+    return layers + [
+        ["AdaptiveAvgPool2d", {"output_size": 1}],
+        ["Flatten", {}],
+        ["Linear", {"in_features": widths[-1], "out_features": num_classes}],
+    ]
 
 
 def build_classifier(num_classes: int, width: int = 32) -> tuple[nn.Sequential, list]:
@@ -47,8 +50,17 @@ def build_classifier(num_classes: int, width: int = 32) -> tuple[nn.Sequential, 
     return model, layers
 
 
-def train_classifier(images: torch.Tensor, degraded: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     steps: int, batch: int, lr: float, width: int, device: torch.device) -> nn.Sequential:
+def train_classifier(
+    images: torch.Tensor,
+    degraded: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    width: int,
+    device: torch.device,
+) -> nn.Sequential:
     """Cross-entropy on clean and degraded pictures, uint8 (N, 3, S, S): shifts and pixel noise on all, Gaussian
     blur on half of each batch, and a third of the images replaced by `degraded` (the same images after a VQ
     round trip).

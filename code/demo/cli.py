@@ -31,19 +31,37 @@ from errors import DEBUG_HELP, ArgumentParser
 
 def main(argv: list[str] | None = None) -> Path:
     """Command line: see the module docstring."""
-    parser = ArgumentParser(prog="python -m demo", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
-    parser.add_argument("--snr", type=float, nargs="+", default=None, help="the simulation's single-trial SNR "
-                        "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
-                        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png")
-    parser.add_argument("--levers", action="store_true", help="also run each change of the recipe in LEVERS "
-                        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md")
-    parser.add_argument("--curve", action="store_true", help="also the published Stage B's learning curve "
-                        "(10,120 optimiser steps, 8 points each decoded) -> curve.md, curve.png")
-    parser.add_argument("--ablations", action="store_true", help="also the paper's ablations in miniature (Stage A "
-                        "and Stage B retrained per row) -> ablations.md")
+    parser.add_argument(
+        "--snr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the simulation's single-trial SNR "
+        "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
+        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png",
+    )
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="also run each change of the recipe in LEVERS "
+        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md",
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="also the published Stage B's learning curve "
+        "(10,120 optimiser steps, 8 points each decoded) -> curve.md, curve.png",
+    )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the paper's ablations in miniature (Stage A and Stage B retrained per row) -> ablations.md",
+    )
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)

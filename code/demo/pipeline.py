@@ -78,15 +78,29 @@ class World:
 
     def b_flags(self, encoder: Path, **change: Any) -> dict:
         """Stage B's flags: the preset's, on the encoder `encoder`, with `change` applied."""
-        return {"kam_path": self.kam, "pretrain_gm_path": str(self.models / "label2img"), "pretrain_mbm_path":
-                str(encoder), "classifier": str(self.models / "classifier.pth"), "seed": self.seed, **self.preset.b,
-                **change}  # fmt: skip
+        return {
+            "kam_path": self.kam,
+            "pretrain_gm_path": str(self.models / "label2img"),
+            "pretrain_mbm_path": str(encoder),
+            "classifier": str(self.models / "classifier.pth"),
+            "seed": self.seed,
+            **self.preset.b,
+            **change,
+        }
 
     def eval_flags(self, checkpoint: Path, **change: Any) -> dict:
         """gen_eval's flags for the Stage B checkpoint `checkpoint`, with `change` applied."""
-        return {"root_path": str(self.root), "checkpoint": str(checkpoint), "kam_path": self.kam,
-                "pretrain_gm_path": str(self.models / "label2img"), "classifier": str(self.models / "classifier.pth"),
-                "metrics": ["mse", "pcc", "ssim", "n_way"], "seed": self.seed, **self.preset.gen_eval, **change}
+        return {
+            "root_path": str(self.root),
+            "checkpoint": str(checkpoint),
+            "kam_path": self.kam,
+            "pretrain_gm_path": str(self.models / "label2img"),
+            "classifier": str(self.models / "classifier.pth"),
+            "metrics": ["mse", "pcc", "ssim", "n_way"],
+            "seed": self.seed,
+            **self.preset.gen_eval,
+            **change,
+        }
 
     def n_way(self) -> int:
         return min(50, load_classifier_file(self.models / "classifier.pth")[0].num_classes)
@@ -111,16 +125,34 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None) -> World
     sim = simulate(data, preset, seed, steps, snr)
     # the world's images: every simulation setting but the single-trial SNR, so an SNR sweep shares the models
     images = {**{k: v for k, v in dataclasses.asdict(SIZES[preset.simulation]).items() if k != "snr"}, "seed": seed}
-    vq = steps("vq autoencoder", models / "vq.pth", {"images": images, "sizes": dataclasses.asdict(world),
-               "img": img}, lambda: world_models.make_vq(data, models / "vq.pth", world, img, seed, device))
-    ldm = steps("label-conditioned LDM", models / "label2img", {"vq": vq},
-                lambda: world_models.make_ldm(data, models / "vq.pth", models / "label2img", world, img, seed, device))
-    clf = steps("classifier", models / "classifier.pth", {"ldm": ldm},
-                lambda: world_models.make_classifier(data, models / "label2img", models / "classifier.pth", world, img,
-                                                     seed, device))
-    steps("world models' report", models / "report.json", {"ldm": ldm, "classifier": clf},
-          lambda: world_models.measure(data, models / "label2img", models / "classifier.pth", models, world, img, seed,
-                                       device))
+    vq = steps(
+        "vq autoencoder",
+        models / "vq.pth",
+        {"images": images, "sizes": dataclasses.asdict(world), "img": img},
+        lambda: world_models.make_vq(data, models / "vq.pth", world, img, seed, device),
+    )
+    ldm = steps(
+        "label-conditioned LDM",
+        models / "label2img",
+        {"vq": vq},
+        lambda: world_models.make_ldm(data, models / "vq.pth", models / "label2img", world, img, seed, device),
+    )
+    clf = steps(
+        "classifier",
+        models / "classifier.pth",
+        {"ldm": ldm},
+        lambda: world_models.make_classifier(
+            data, models / "label2img", models / "classifier.pth", world, img, seed, device
+        ),
+    )
+    steps(
+        "world models' report",
+        models / "report.json",
+        {"ldm": ldm, "classifier": clf},
+        lambda: world_models.measure(
+            data, models / "label2img", models / "classifier.pth", models, world, img, seed, device
+        ),
+    )
     w = World(preset, size, seed, root, data, models, out, steps, {"sim": sim, "vq": vq, "ldm": ldm, "clf": clf})
 
     # ---- Stage A, through the command lines
@@ -133,20 +165,48 @@ def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple
     `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`; returns their recipe hashes."""
     kam, hcp = w.kam, str(w.data / "HCP" / "npz")
     a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.seed, **w.preset.a1, **a1_change}
-    a1 = w.steps(f"{label}stage A1", folder / "fmri_encoder_A1.pth", {"data": w.hashes["sim"], "flags": a1_flags},
-                 lambda: train_stage("stageA1_mbm_pretrain.py", a1_flags, folder / "runs" / "a1", "checkpoint.pth",
-                                folder / "fmri_encoder_A1.pth"))  # fmt: skip
-    a2_flags = {"kam_path": kam, "pretrain_mbm_path": str(folder / "fmri_encoder_A1.pth"), "seed": w.seed,
-                **w.preset.a2, **{k: v for k, v in a1_change.items() if k == "mask_ratio"}}  # fmt: skip
-    a2 = w.steps(f"{label}stage A2", folder / "fmri_encoder.pth", {"a1": a1, "flags": a2_flags},
-                 lambda: train_stage("stageA2_mbm_finetune.py", a2_flags, folder / "runs" / "a2", "checkpoint.pth",
-                                folder / "fmri_encoder.pth"))  # fmt: skip
+    a1 = w.steps(
+        f"{label}stage A1",
+        folder / "fmri_encoder_A1.pth",
+        {"data": w.hashes["sim"], "flags": a1_flags},
+        lambda: train_stage(
+            "stageA1_mbm_pretrain.py",
+            a1_flags,
+            folder / "runs" / "a1",
+            "checkpoint.pth",
+            folder / "fmri_encoder_A1.pth",
+        ),
+    )
+    a2_flags = {
+        "kam_path": kam,
+        "pretrain_mbm_path": str(folder / "fmri_encoder_A1.pth"),
+        "seed": w.seed,
+        **w.preset.a2,
+        **{k: v for k, v in a1_change.items() if k == "mask_ratio"},
+    }
+    a2 = w.steps(
+        f"{label}stage A2",
+        folder / "fmri_encoder.pth",
+        {"a1": a1, "flags": a2_flags},
+        lambda: train_stage(
+            "stageA2_mbm_finetune.py", a2_flags, folder / "runs" / "a2", "checkpoint.pth", folder / "fmri_encoder.pth"
+        ),
+    )
     return a1, a2
 
 
-def decode(w: World, folder: Path, label: str, b_flags: dict | None, eval_change: dict, a2: str,
-           checkpoint: Path | None = None, b_hash: str | None = None, control: bool = False,
-           baselines: bool = False) -> str:  # fmt: skip
+def decode(
+    w: World,
+    folder: Path,
+    label: str,
+    b_flags: dict | None,
+    eval_change: dict,
+    a2: str,
+    checkpoint: Path | None = None,
+    b_hash: str | None = None,
+    control: bool = False,
+    baselines: bool = False,
+) -> str:
     """Stage B with `b_flags` into `folder/finetuned.pth` (None: sample the Stage B model `checkpoint`, made by the
     recipe `b_hash`, default the demo's), then gen_eval into `folder/gen_eval` (with `baselines`, also the ridge
     baseline), and with `control` the shuffled-fMRI control into `folder/control`. `a2` is the recipe hash of the
@@ -156,14 +216,22 @@ def decode(w: World, folder: Path, label: str, b_flags: dict | None, eval_change
     if b_flags is not None:
         checkpoint = folder / "finetuned.pth"
         recipe = {"a2": a2, "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": b_flags}
-        b_hash = w.steps(f"{label}stage B", checkpoint, recipe,
-                         lambda: train_stage("stageB_ldm_finetune.py", b_flags, folder / "runs" / "b", "finetuned.pth",
-                                        checkpoint))  # fmt: skip
+        b_hash = w.steps(
+            f"{label}stage B",
+            checkpoint,
+            recipe,
+            lambda: train_stage("stageB_ldm_finetune.py", b_flags, folder / "runs" / "b", "finetuned.pth", checkpoint),
+        )
     for step, shuffled in (("gen_eval", False), ("control", True))[: 1 + control]:
         flags = w.eval_flags(checkpoint, shuffle_fmri=shuffled, baselines=baselines and not shuffled, **eval_change)
-        w.steps(f"{label}{step}", folder / step, {"b": b_hash, "flags": flags},
-                lambda flags=flags, step=step: copy_result(run_stage("gen_eval.py", flags, folder / "runs" / step),
-                                                     folder / step))  # fmt: skip
+        w.steps(
+            f"{label}{step}",
+            folder / step,
+            {"b": b_hash, "flags": flags},
+            lambda flags=flags, step=step: copy_result(
+                run_stage("gen_eval.py", flags, folder / "runs" / step), folder / step
+            ),
+        )
     return b_hash
 
 
@@ -178,30 +246,57 @@ def run_world(size: str, seed: int, root: Path, snr: float | None = None, levers
     start = time.time()
     w = prepare(size, seed, root, snr)
     out = w.out
-    w.hashes["b"] = decode(w, out, "", w.b_flags(out / "fmri_encoder.pth"), {}, w.hashes["a2"], control=True,
-                           baselines=True)  # fmt: skip
-    w.steps("attribute read-out", out / "attributes.json", {"data": w.hashes["sim"]},
-            lambda: write_json(attribute_readout(w.kam, seed=seed), out / "attributes.json"))
+    w.hashes["b"] = decode(
+        w, out, "", w.b_flags(out / "fmri_encoder.pth"), {}, w.hashes["a2"], control=True, baselines=True
+    )
+    w.steps(
+        "attribute read-out",
+        out / "attributes.json",
+        {"data": w.hashes["sim"]},
+        lambda: write_json(attribute_readout(w.kam, seed=seed), out / "attributes.json"),
+    )
 
     for i, (b_change, eval_change) in enumerate(LEVERS.values() if levers else ()):
         b_flags = None if b_change is None else w.b_flags(out / "fmri_encoder.pth", **b_change)
-        decode(w, out / "levers" / str(i), f"lever {i}: ", b_flags, eval_change, w.hashes["a2"],
-               checkpoint=out / "finetuned.pth")  # fmt: skip
+        decode(
+            w,
+            out / "levers" / str(i),
+            f"lever {i}: ",
+            b_flags,
+            eval_change,
+            w.hashes["a2"],
+            checkpoint=out / "finetuned.pth",
+        )
 
     # ---- the results
     decoded = json.loads((out / "gen_eval" / "metrics.json").read_text())
     control = json.loads((out / "control" / "metrics.json").read_text())
-    for name, source in (("grid.png", "gen_eval/grid.png"), ("grid_shuffled.png", "control/grid.png"),
-                         ("metrics.json", "gen_eval/metrics.json"), ("metrics_shuffled.json", "control/metrics.json")):
+    for name, source in (
+        ("grid.png", "gen_eval/grid.png"),
+        ("grid_shuffled.png", "control/grid.png"),
+        ("metrics.json", "gen_eval/metrics.json"),
+        ("metrics_shuffled.json", "control/metrics.json"),
+    ):
         shutil.copy2(out / source, out / name)
     names = ("mse", "pcc", "ssim", "top-1-class", "top-1-class (max)")
     chance = {k: chance_level(k, w.n_way()) for k in names}
-    metric_bar_chart({"decoded": pick_scores(decoded, names), "shuffled fMRI (control)": pick_scores(control, names)},
-                     out / "metrics.png", chance, title=f"MinD-Vis demo ({size}, seed {seed})")
+    metric_bar_chart(
+        {"decoded": pick_scores(decoded, names), "shuffled fMRI (control)": pick_scores(control, names)},
+        out / "metrics.png",
+        chance,
+        title=f"MinD-Vis demo ({size}, seed {seed})",
+    )
     world_report = json.loads((w.models / "report.json").read_text())
     baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
-    report = {"size": size, "snr": snr, "seed": seed, "baselines": baselines, "machine": machine(),
-              "total_seconds": round(time.time() - start, 1), "steps": w.steps.records}
+    report = {
+        "size": size,
+        "snr": snr,
+        "seed": seed,
+        "baselines": baselines,
+        "machine": machine(),
+        "total_seconds": round(time.time() - start, 1),
+        "steps": w.steps.records,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     summary = write_summary(out, decoded, control, chance, world_report, report)
     if levers:

@@ -31,20 +31,47 @@ class Preset:
 # encoder; the UNet's conditioning path (the published set) and a null context trained with 10% condition dropout;
 # sampling with classifier-free guidance 3. Stage A's share is short: a linear read-out of the encoder's tokens
 # holds what the fMRI holds after one epoch already.
-RECIPE_B = dict(global_pool=True, linear_pool=True, ridge_init=True, freeze_encoder=True, freeze_mapper=True,
-                cond_dropout=0.1, guidance_scale=3.0, latent_views=4)
+RECIPE_B = dict(
+    global_pool=True,
+    linear_pool=True,
+    ridge_init=True,
+    freeze_encoder=True,
+    freeze_mapper=True,
+    cond_dropout=0.1,
+    guidance_scale=3.0,
+    latent_views=4,
+)
 DEMO = Preset(
-    simulation="demo", img_size=32, world=WorldSizes(),
+    simulation="demo",
+    img_size=32,
+    world=WorldSizes(),
     a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
     a2=dict(num_epoch=2, warmup_epochs=1, lr=5e-4, ckpt_every=2),
-    b=dict(img_size=32, batch_size=25, lr=1e-4, num_epoch=12, val_every=4, num_val_items=10, num_samples=1,
-           ddim_steps=50, **RECIPE_B),
+    b=dict(
+        img_size=32,
+        batch_size=25,
+        lr=1e-4,
+        num_epoch=12,
+        val_every=4,
+        num_val_items=10,
+        num_samples=1,
+        ddim_steps=50,
+        **RECIPE_B,
+    ),
     gen_eval=dict(num_samples=5, ddim_steps=50, batch_size=50, num_trials=1000),
-)  # fmt: skip
+)
 # `--levers`: each one change of the recipe, Stage B retrained (or only sampled) and scored like the recipe. The
 # published conditioning trains the encoder, the mappers and the UNet's conditioning path on 77 mapped tokens.
-PUBLISHED_B = dict(global_pool=False, linear_pool=False, ridge_init=False, freeze_encoder=False, freeze_mapper=False,
-                   cond_dropout=0.0, guidance_scale=1.0, latent_views=0)
+PUBLISHED_B = dict(
+    global_pool=False,
+    linear_pool=False,
+    ridge_init=False,
+    freeze_encoder=False,
+    freeze_mapper=False,
+    cond_dropout=0.0,
+    guidance_scale=1.0,
+    latent_views=0,
+)
 # The published Stage B, unchanged: its conditioning (PUBLISHED_B) and its optimisation (Config_Generative_Model).
 PUBLISHED_STAGE_B = {**PUBLISHED_B, "lr": 5.3e-5, "batch_size": 5, "clip_grad": 0.5, "crop_ratio": 0.2}
 LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_eval flags changed)
@@ -62,14 +89,37 @@ PRESETS = {
     "demo": DEMO,
     "hard": dataclasses.replace(DEMO, simulation="hard"),  # the same recipe on the harder brain (data/README.md)
     "tiny": Preset(
-        simulation="tiny", img_size=32,
-        world=WorldSizes(per_class=2, heldout_per_class=1, n_embed=16, vq_steps=2, vq_batch=4, unet_channels=32,
-                         context_dim=32, ldm_steps=2, ldm_batch=4, clf_width=8, clf_steps=2, clf_batch=4,
-                         eval_samples=1, eval_steps=5),
+        simulation="tiny",
+        img_size=32,
+        world=WorldSizes(
+            per_class=2,
+            heldout_per_class=1,
+            n_embed=16,
+            vq_steps=2,
+            vq_batch=4,
+            unet_channels=32,
+            context_dim=32,
+            ldm_steps=2,
+            ldm_batch=4,
+            clf_width=8,
+            clf_steps=2,
+            clf_batch=4,
+            eval_samples=1,
+            eval_steps=5,
+        ),
         a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
         a2=dict(num_epoch=1, warmup_epochs=1, lr=5e-4, ckpt_every=1),
-        b=dict(img_size=32, batch_size=8, lr=1e-4, num_epoch=1, val_every=1, num_val_items=10, num_samples=1,
-               ddim_steps=5, **{**RECIPE_B, "latent_views": 1}),
+        b=dict(
+            img_size=32,
+            batch_size=8,
+            lr=1e-4,
+            num_epoch=1,
+            val_every=1,
+            num_val_items=10,
+            num_samples=1,
+            ddim_steps=5,
+            **{**RECIPE_B, "latent_views": 1},
+        ),
         gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=20),
     ),
-}  # fmt: skip
+}

@@ -23,8 +23,13 @@ VALUES = (SHAPES, COLOUR_NAMES, TEXTURES, BG_TYPES, TINT_NAMES)  # in ATTRIBUTES
 def attributes_of(name: str) -> list[int]:
     """The attribute indices of a class name 'red striped star on sky horizon' (ATTRIBUTES order)."""
     colour, texture, shape, _, tint, bg = name.split()
-    return [SHAPES.index(shape), COLOUR_NAMES.index(colour), TEXTURES.index(texture), BG_TYPES.index(bg),
-            TINT_NAMES.index(tint)]  # fmt: skip
+    return [
+        SHAPES.index(shape),
+        COLOUR_NAMES.index(colour),
+        TEXTURES.index(texture),
+        BG_TYPES.index(bg),
+        TINT_NAMES.index(tint),
+    ]
 
 
 def one_hot(attrs: np.ndarray) -> np.ndarray:
@@ -35,8 +40,10 @@ def one_hot(attrs: np.ndarray) -> np.ndarray:
 def attribute_readout(kam_path: str | Path, subject: str = "sbj_3", seed: int = 0) -> dict[str, float]:
     """Ridge from the training fMRI to the attributes; accuracy on the averaged test fMRI (unseen categories)."""
     train, test = create_god_dataset(kam_path, subjects=[subject])
-    attrs = {split: np.array([attributes_of(n) for n in d.item_class_names()]) for split, d in
-             (("train", train), ("test", test))}  # fmt: skip
+    attrs = {
+        split: np.array([attributes_of(n) for n in d.item_class_names()])
+        for split, d in (("train", train), ("test", test))
+    }
     weights, bias, _ = fit_ridge(train.fmri[:, 0].astype(np.float64), one_hot(attrs["train"]), seed=seed)
     scores = test.fmri[:, 0] @ weights + bias
     out, start = {}, 0

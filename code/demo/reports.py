@@ -24,14 +24,19 @@ def levers_table(out: Path, records: list[dict]) -> str:
 
     def row(name: str, folder: Path, b_step: str | None) -> str:
         scores = json.loads((folder / "metrics.json").read_text())["scores"]
-        cells = [f"{scores[k]:.3f}" if scores.get(k) is not None else "skipped"
-                 for k in ("pcc", "top-1-class", "top-1-class (max)")]  # fmt: skip
+        cells = [
+            f"{scores[k]:.3f}" if scores.get(k) is not None else "skipped"
+            for k in ("pcc", "top-1-class", "top-1-class (max)")
+        ]
         b_time = format_seconds(seconds[b_step]) if b_step in seconds else "(the recipe's model)"
         return f"| {name} | {' | '.join(cells)} | {b_time} |"
 
-    rows = ["| Stage B / sampling | pair-wise PCC | n-way top-1 | n-way top-1 (max) | Stage B time |",
-            "| --- | --- | --- | --- | --- |", row("**the recipe**", out / "gen_eval", "stage B"),
-            row("the recipe, shuffled fMRI (control)", out / "control", None)]  # fmt: skip
+    rows = [
+        "| Stage B / sampling | pair-wise PCC | n-way top-1 | n-way top-1 (max) | Stage B time |",
+        "| --- | --- | --- | --- | --- |",
+        row("**the recipe**", out / "gen_eval", "stage B"),
+        row("the recipe, shuffled fMRI (control)", out / "control", None),
+    ]
     rows += [row(name, out / "levers" / f"{i}" / "gen_eval", f"lever {i}: stage B") for i, name in enumerate(LEVERS)]
     text = "\n".join(["# One change of the recipe at a time", "", *rows, ""])
     (out / "levers.md").write_text(text)
@@ -43,52 +48,61 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     what each step did on which machine."""
     fmt = lambda v: "skipped" if v is None else f"{v:.3f}"  # noqa: E731
     rows = ["| metric | decoded | shuffled fMRI (control) | chance |", "| --- | --- | --- | --- |"]
-    rows += [f"| {k} | {fmt(decoded['scores'].get(k))} | {fmt(control['scores'].get(k))} | {fmt(v)} |"
-             for k, v in chance.items()]  # fmt: skip
+    rows += [
+        f"| {k} | {fmt(decoded['scores'].get(k))} | {fmt(control['scores'].get(k))} | {fmt(v)} |"
+        for k, v in chance.items()
+    ]
     steps = ["| step | steps | time | cached |", "| --- | --- | --- | --- |"]
-    steps += [f"| {r['step']} | {r.get('steps', '')} | {format_seconds(r['seconds'])} | {'yes' * r['reused']} |"
-              for r in report["steps"]]  # fmt: skip
+    steps += [
+        f"| {r['step']} | {r.get('steps', '')} | {format_seconds(r['seconds'])} | {'yes' * r['reused']} |"
+        for r in report["steps"]
+    ]
     m = report["machine"]
     attributes = report["baselines"]["attributes"]
     accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
     ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1"))
     n_way = round(1 / chance["top-1-class"])
-    text = "\n".join([
-        "# MinD-Vis demo on the simulated brain",
-        "",
-        f"Decoded images of {decoded.get('num_items', '?')} held-out test fMRI (GOD layout, subject sbj_3, test "
-        "categories never seen in Stage B), scored against the images the simulated subject saw. Pair-wise rows: "
-        "the fraction of other test images the reconstruction is closer to its own ground truth than to (chance "
-        f"0.5). n-way: {n_way}-way top-1 semantic accuracy with the simulated world's classifier (chance 1/{n_way}), "
-        "the mean over the sample sets and the best set (max). The control feeds the same model the test fMRI of "
-        "other images.",
-        "",
-        *rows,
-        "",
-        "![decoded, control and chance per metric](metrics.png)",
-        "",
-        "What a linear read-out gets from the same fMRI (ridge regressions from the training fMRI, penalty by "
-        "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
-        f"identification **{report['baselines'].get('ridge_pcc', float('nan')):.3f}** (chance 0.5; the decoded images "
-        f"{fmt(decoded['scores'].get('pcc'))}); the unseen test categories' attributes (shape, colour, texture, "
-        f"background type and tint) **{attributes['mean']:.2f}** (chance {attributes['chance']:.2f}).",
-        "",
-        "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
-        f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD test "
-        f"stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; label-conditioned LDM "
-        f"samples of the test categories given the true label reach {ceiling:.3f} {n_way}-way top-1 (one unguided "
-        "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
-        "further).",
-        "",
-        f"Seed {report['seed']}; machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-        f"native bf16 {'yes' if m['native_bf16'] else 'no'}, torch {m['torch']}. Total "
-        f"{format_seconds(report['total_seconds'])}; every step trains a fixed number of steps:",
-        "",
-        *steps,
-        "",
-        "Grid: `grid.png` (ground truth first in each row); control: `grid_shuffled.png`.",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# MinD-Vis demo on the simulated brain",
+            "",
+            f"Decoded images of {decoded.get('num_items', '?')} held-out test fMRI (GOD layout, subject sbj_3, test "
+            "categories never seen in Stage B), scored against the images the simulated subject saw. Pair-wise rows: "
+            "the fraction of other test images the reconstruction is closer to its own ground truth than to (chance "
+            f"0.5). n-way: {n_way}-way top-1 semantic accuracy with the simulated world's classifier "
+            f"(chance 1/{n_way}), "
+            "the mean over the sample sets and the best set (max). The control feeds the same model the test fMRI of "
+            "other images.",
+            "",
+            *rows,
+            "",
+            "![decoded, control and chance per metric](metrics.png)",
+            "",
+            "What a linear read-out gets from the same fMRI (ridge regressions from the training fMRI, penalty by "
+            "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
+            f"identification **{report['baselines'].get('ridge_pcc', float('nan')):.3f}** (chance 0.5; the decoded "
+            "images "
+            f"{fmt(decoded['scores'].get('pcc'))}); the unseen test categories' attributes (shape, colour, texture, "
+            f"background type and tint) **{attributes['mean']:.2f}** (chance {attributes['chance']:.2f}).",
+            "",
+            "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
+            f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD "
+            f"test stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; "
+            "label-conditioned LDM "
+            f"samples of the test categories given the true label reach {ceiling:.3f} {n_way}-way top-1 (one unguided "
+            "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
+            "further).",
+            "",
+            f"Seed {report['seed']}; machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+            f"native bf16 {'yes' if m['native_bf16'] else 'no'}, torch {m['torch']}. Total "
+            f"{format_seconds(report['total_seconds'])}; every step trains a fixed number of steps:",
+            "",
+            *steps,
+            "",
+            "Grid: `grid.png` (ground truth first in each row); control: `grid_shuffled.png`.",
+            "",
+        ]
+    )
     (out / "summary.md").write_text(text)
     return text
 
@@ -100,8 +114,13 @@ def sweep_figure(outs: list[Path], path: Path) -> Path:
     def load(out: Path, name: str) -> dict:
         return json.loads((out / name).read_text())
 
-    rows = sorted(((load(o, "report.json"), load(o, "metrics.json")["scores"], load(o, "metrics_shuffled.json")
-                    ["scores"]) for o in outs), key=lambda row: row[0]["snr"])  # fmt: skip
+    rows = sorted(
+        (
+            (load(o, "report.json"), load(o, "metrics.json")["scores"], load(o, "metrics_shuffled.json")["scores"])
+            for o in outs
+        ),
+        key=lambda row: row[0]["snr"],
+    )
     reports, scores, control = zip(*rows, strict=True)
     snr = [r["snr"] for r in reports]
     fig = Figure(figsize=(9, 3.4), layout="constrained")
@@ -113,8 +132,7 @@ def sweep_figure(outs: list[Path], path: Path) -> Path:
     left.set(title="pair-wise PCC identification", xlabel="single-trial SNR", xscale="log", ylim=(0.4, 1.0))
     right.plot(snr, [s["top-1-class"] for s in scores], "o-", label="pipeline")
     right.plot(snr, [c["top-1-class"] for c in control], "x:", label="shuffled-fMRI control")
-    right.plot(snr, [r["baselines"]["attributes"]["mean"] for r in reports], "s--",
-               label="ridge attribute read-out")  # fmt: skip
+    right.plot(snr, [r["baselines"]["attributes"]["mean"] for r in reports], "s--", label="ridge attribute read-out")
     right.axhline(1 / 50, color="grey", lw=0.8, label="50-way chance")
     right.set(title="50-way top-1 (mean of sample sets)", xlabel="single-trial SNR", xscale="log", ylim=(0, 1.05))
     for ax in (left, right):

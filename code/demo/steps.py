@@ -40,8 +40,10 @@ def stamp_of(target: Path) -> Path:
 def remove_made(target: Path) -> None:
     """Delete `target` (a file or a folder) only if the demo made it, i.e. its recipe stamp lies beside it."""
     if not stamp_of(target).is_file():
-        raise UserError(f"{target} was not made by the demo (no {stamp_of(target).name} beside it); refusing to "
-                        "delete it: move it away or choose another --root_path")  # fmt: skip
+        raise UserError(
+            f"{target} was not made by the demo (no {stamp_of(target).name} beside it); refusing to "
+            "delete it: move it away or choose another --root_path"
+        )
     shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
 
 
@@ -51,8 +53,9 @@ class Steps:
     def __init__(self) -> None:
         self.records: list[dict] = []
 
-    def __call__(self, name: str, target: Path, recipe: dict, run: Callable[[], dict | None],
-                 remove_stale: bool = True) -> str:  # fmt: skip
+    def __call__(
+        self, name: str, target: Path, recipe: dict, run: Callable[[], dict | None], remove_stale: bool = True
+    ) -> str:
         """Make `target` with `run()` (which may return facts to record, e.g. steps done); returns the recipe hash.
 
         A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own); one

@@ -34,6 +34,7 @@ from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import World, decode, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
 from demo.steps import run_stage, write_json
+from demo.world_models import load_world_ldm
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset
@@ -51,22 +52,45 @@ CURVE_EPOCHS = (1, 2, 4, 8, 16, 24, 32, 44)  # 230 steps an epoch at batch 5: 44
 def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     """The published Stage B's learning curve on the demo brain: test scores and conditioning gain per epoch."""
     out = w.out / "curve"
-    flags = w.b_flags(w.out / "fmri_encoder.pth", **PUBLISHED_STAGE_B, num_epoch=max(epochs),
-                      snapshot_epochs=list(epochs), val_every=max(epochs))  # fmt: skip
+    flags = w.b_flags(
+        w.out / "fmri_encoder.pth",
+        **PUBLISHED_STAGE_B,
+        num_epoch=max(epochs),
+        snapshot_epochs=list(epochs),
+        val_every=max(epochs),
+    )
     recipe = {"a2": w.hashes["a2"], "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": flags}
     snapshots = out / "snapshots"
-    b_hash = w.steps("curve: stage B", snapshots, recipe, lambda: _train_snapshots(flags, out / "runs" / "b",
-                                                                                   snapshots))  # fmt: skip
+    b_hash = w.steps(
+        "curve: stage B", snapshots, recipe, lambda: _train_snapshots(flags, out / "runs" / "b", snapshots)
+    )
     rows = []
     for e in epochs:
         folder, checkpoint = out / f"epoch{e:03d}", snapshots / f"snapshot_epoch{e:04d}.pth"
-        decode(w, folder, f"curve, epoch {e}: ", None, {}, w.hashes["a2"], checkpoint=checkpoint,
-               b_hash=f"{b_hash}/{e}", control=True)  # fmt: skip
-        w.steps(f"curve, epoch {e}: conditioning gain", folder / "conditioning.json", {"b": f"{b_hash}/{e}"},
-                lambda c=checkpoint, f=folder: write_json(conditioning_gain(w, c), f / "conditioning.json"))
+        decode(
+            w,
+            folder,
+            f"curve, epoch {e}: ",
+            None,
+            {},
+            w.hashes["a2"],
+            checkpoint=checkpoint,
+            b_hash=f"{b_hash}/{e}",
+            control=True,
+        )
+        w.steps(
+            f"curve, epoch {e}: conditioning gain",
+            folder / "conditioning.json",
+            {"b": f"{b_hash}/{e}"},
+            lambda c=checkpoint, f=folder: write_json(conditioning_gain(w, c), f / "conditioning.json"),
+        )
         rows.append(_point(folder, e, e * _steps_per_epoch(w, flags)))
-    w.steps("the recipe: conditioning gain", w.out / "conditioning.json", {"b": w.hashes["b"]},
-            lambda: write_json(conditioning_gain(w, w.out / "finetuned.pth"), w.out / "conditioning.json"))
+    w.steps(
+        "the recipe: conditioning gain",
+        w.out / "conditioning.json",
+        {"b": w.hashes["b"]},
+        lambda: write_json(conditioning_gain(w, w.out / "finetuned.pth"), w.out / "conditioning.json"),
+    )
     recipe_row = _point(w.out, None, None)
     seconds = next(r["seconds"] for r in w.steps.records if r["step"] == "curve: stage B")
     text = curve_table(rows, recipe_row, w.n_way(), seconds)
@@ -102,10 +126,17 @@ def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]
     """One point of the curve: the decoded and control scores, and the conditioning gain."""
     decoded, control = (_read(folder / f / "metrics.json")["scores"] for f in ("gen_eval", "control"))
     gain = folder / "conditioning.json"
-    return {"epoch": epoch, "steps": steps, "top1": decoded["top-1-class"], "top1_max": decoded["top-1-class (max)"],
-            "pcc": decoded["pcc"], "control_top1": control["top-1-class"], "control_pcc": control["pcc"],
-            "gain": _read(gain)["gain"] if gain.is_file() else None,
-            "label_gain": _read(gain)["label_gain"] if gain.is_file() else None}  # fmt: skip
+    return {
+        "epoch": epoch,
+        "steps": steps,
+        "top1": decoded["top-1-class"],
+        "top1_max": decoded["top-1-class (max)"],
+        "pcc": decoded["pcc"],
+        "control_top1": control["top-1-class"],
+        "control_pcc": control["pcc"],
+        "gain": _read(gain)["gain"] if gain.is_file() else None,
+        "label_gain": _read(gain)["label_gain"] if gain.is_file() else None,
+    }
 
 
 # ---- the paper's ablations in miniature -----------------------------------------------------------------------------
@@ -127,15 +158,24 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
         if name == "full":
             encoders[name] = (w.out / "fmri_encoder.pth", w.hashes["a2"])
         elif change is None:
-            a2 = w.steps(f"{name}: random encoder", folder / "fmri_encoder.pth", {"a2": w.hashes["a2"]},
-                         lambda f=folder: random_encoder(w.out / "fmri_encoder.pth", f / "fmri_encoder.pth", w.seed))
+            a2 = w.steps(
+                f"{name}: random encoder",
+                folder / "fmri_encoder.pth",
+                {"a2": w.hashes["a2"]},
+                lambda f=folder: random_encoder(w.out / "fmri_encoder.pth", f / "fmri_encoder.pth", w.seed),
+            )
             encoders[name] = (folder / "fmri_encoder.pth", a2)
         else:
             encoders[name] = (folder / "fmri_encoder.pth", train_encoder(w, folder, f"{name}: ", **change)[1])
-    probe = {name: path for name, (path, _) in encoders.items()} | {"A1 of the full method": w.out /
-                                                                      "fmri_encoder_A1.pth"}  # fmt: skip
-    w.steps("ablation: what Stage A learns", out / "stage_a.json", {n: h for n, (_, h) in encoders.items()},
-            lambda: write_json(stage_a_probe(w, probe), out / "stage_a.json"))
+    probe = {name: path for name, (path, _) in encoders.items()} | {
+        "A1 of the full method": w.out / "fmri_encoder_A1.pth"
+    }
+    w.steps(
+        "ablation: what Stage A learns",
+        out / "stage_a.json",
+        {n: h for n, (_, h) in encoders.items()},
+        lambda: write_json(stage_a_probe(w, probe), out / "stage_a.json"),
+    )
     published = {**PUBLISHED_STAGE_B, "num_epoch": epochs, "val_every": epochs}
     variants = {f"{name}": (encoders[name], {}) for name in ENCODERS}
     variants["cross-attention only"] = (encoders["full"], {"use_time_cond": False})
@@ -148,9 +188,16 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
             else:
                 decode(w, folder, f"ablation, {conditioning}, {name}: ", w.b_flags(encoder, **base, **change), {}, a2)
             scores = _read(folder / "gen_eval" / "metrics.json")["scores"]
-            rows.append({"conditioning": conditioning, "variant": name, "top1": scores["top-1-class"],
-                         "top1_max": scores["top-1-class (max)"], "pcc": scores["pcc"],
-                         "paper": PAPER[name]})  # fmt: skip
+            rows.append(
+                {
+                    "conditioning": conditioning,
+                    "variant": name,
+                    "top1": scores["top-1-class"],
+                    "top1_max": scores["top-1-class (max)"],
+                    "pcc": scores["pcc"],
+                    "paper": PAPER[name],
+                }
+            )
     text = ablation_table(rows, w.n_way(), epochs * _steps_per_epoch(w, published), _read(out / "stage_a.json"))
     (w.out / "ablations.md").write_text(text)
     log.info("\n%s", text)
@@ -178,12 +225,21 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
         "",
         "| Stage B | change | top-1 (mean) | top-1 (best set) | pair-wise PCC | paper, top-1 % |",
         "| --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
-    lines += [f"| {r['conditioning']} | {r['variant']} | {r['top1']:.3f} | {r['top1_max']:.3f} | {r['pcc']:.3f} | "
-              f"{r['paper']} |" for r in rows]  # fmt: skip
-    lines += ["", f"What Stage A learns: masked reconstruction of sbj_3's held-out test fMRI (mask ratio "
-              f"{stage_a['mask_ratio']}, {stage_a['masks']} fixed masks), the Pearson correlation on the masked "
-              "voxels (`studies.stage_a_probe`).", "", "| model | masked-voxel correlation |", "| --- | --- |"]
+    ]
+    lines += [
+        f"| {r['conditioning']} | {r['variant']} | {r['top1']:.3f} | {r['top1_max']:.3f} | {r['pcc']:.3f} | "
+        f"{r['paper']} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        f"What Stage A learns: masked reconstruction of sbj_3's held-out test fMRI (mask ratio "
+        f"{stage_a['mask_ratio']}, {stage_a['masks']} fixed masks), the Pearson correlation on the masked "
+        "voxels (`studies.stage_a_probe`).",
+        "",
+        "| model | masked-voxel correlation |",
+        "| --- | --- |",
+    ]
     lines += [f"| {k} | {v:.3f} |" for k, v in stage_a.items() if k not in ("mask_ratio", "masks")]
     return "\n".join(lines) + "\n"
 
@@ -208,13 +264,14 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
         model = build_mae(stage_a.arch)
         model.load_state_dict(stage_a.model)
         fmri = torch.from_numpy(fit_voxels(test.fmri, stage_a.arch["num_voxels"]))
-        scores = [score(model, fmri, mask_ratio, batch_size=50, seed=w.seed + k)["masked_cor"]
-                  for k in range(masks)]  # fmt: skip
+        scores = [score(model, fmri, mask_ratio, batch_size=50, seed=w.seed + k)["masked_cor"] for k in range(masks)]
         out[name] = float(np.mean(scores))
     x_test = test.fmri[:, 0].astype(np.float64)
     hcp = create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri[:, 0]
-    references = {"linear map from sbj_3's training fMRI": train.fmri[:, 0],
-                  "linear map from the HCP resting state": fit_voxels(hcp, x_test.shape[1])}  # fmt: skip
+    references = {
+        "linear map from sbj_3's training fMRI": train.fmri[:, 0],
+        "linear map from the HCP resting state": fit_voxels(hcp, x_test.shape[1]),
+    }
     patches = x_test.shape[1] // 16
     for name, x_fit in references.items():
         rng, scores = np.random.default_rng(w.seed), []  # the same masks for each reference
@@ -222,8 +279,9 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
             keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
             visible = (keep[:, None] * 16 + np.arange(16)).ravel()
             masked = np.setdiff1d(np.arange(patches * 16), visible)
-            weights, bias, _ = fit_ridge(x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64),
-                                         seed=w.seed)  # fmt: skip
+            weights, bias, _ = fit_ridge(
+                x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64), seed=w.seed
+            )
             pred = torch.from_numpy(x_test[:, visible] @ weights + bias)
             scores.append(row_pearson(pred.float(), torch.from_numpy(x_test[:, masked]).float()).mean().item())
         out[name] = float(np.mean(scores))
@@ -268,8 +326,6 @@ def _denoising_losses(model, z: torch.Tensor, contexts: list[torch.Tensor], draw
 
 
 def _label_gain(w: World, z: torch.Tensor, labels: np.ndarray, other: torch.Tensor, draws: int) -> dict[str, float]:
-    from demo.world_models import load_world_ldm
-
     ldm = load_world_ldm(w.models / "label2img")
     context = ldm.get_learned_conditioning(torch.from_numpy(labels))
     own, shuffled = _denoising_losses(ldm, z, [context, context[other]], draws, w.seed)
@@ -293,10 +349,12 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
         "| epochs | optimiser steps | top-1 (mean) | top-1 (best set) | pair-wise PCC | control top-1 | control PCC | "
         "conditioning gain |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in [*rows, {**recipe, "epoch": "the demo's recipe", "steps": None}]:
-        lines.append(f"| {r['epoch']} | {r['steps'] or ''} | {fmt(r['top1'])} | {fmt(r['top1_max'])} | "
-                     f"{fmt(r['pcc'])} | {fmt(r['control_top1'])} | {fmt(r['control_pcc'])} | {fmt(r['gain'])} |")
+        lines.append(
+            f"| {r['epoch']} | {r['steps'] or ''} | {fmt(r['top1'])} | {fmt(r['top1_max'])} | "
+            f"{fmt(r['pcc'])} | {fmt(r['control_top1'])} | {fmt(r['control_pcc'])} | {fmt(r['gain'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -307,8 +365,11 @@ def curve_figure(rows: list[dict], recipe: dict, n_way: int, path: Path) -> Path
     steps = [r["steps"] for r in rows]
     fig = Figure(figsize=(11, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
-    panels = (("top1", "control_top1", f"{n_way}-way top-1 (mean of 5 sample sets)", 1 / n_way),
-              ("pcc", "control_pcc", "pair-wise PCC identification", 0.5), ("gain", None, "conditioning gain", 0.0))
+    panels = (
+        ("top1", "control_top1", f"{n_way}-way top-1 (mean of 5 sample sets)", 1 / n_way),
+        ("pcc", "control_pcc", "pair-wise PCC identification", 0.5),
+        ("gain", None, "conditioning gain", 0.0),
+    )
     for ax, (key, control, title, chance) in zip(axes, panels, strict=True):
         ax.plot(steps, [r[key] for r in rows], "o-", label="published Stage B")
         if control:

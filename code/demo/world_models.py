@@ -82,28 +82,54 @@ def ldm_config(sizes: WorldSizes, img_size: int, n_classes: int) -> dict:
             "base_learning_rate": sizes.ldm_lr,
             "target": "dc_ldm.models.diffusion.ddpm.LatentDiffusion",
             "params": {
-                "linear_start": 0.0015, "linear_end": 0.0195, "num_timesteps_cond": 1, "log_every_t": 200,
-                "timesteps": 1000, "first_stage_key": "image", "cond_stage_key": "fmri", "image_size": latent,
-                "channels": 3, "cond_stage_trainable": True, "conditioning_key": "crossattn",
-                "monitor": "val/loss", "use_ema": False,
+                "linear_start": 0.0015,
+                "linear_end": 0.0195,
+                "num_timesteps_cond": 1,
+                "log_every_t": 200,
+                "timesteps": 1000,
+                "first_stage_key": "image",
+                "cond_stage_key": "fmri",
+                "image_size": latent,
+                "channels": 3,
+                "cond_stage_trainable": True,
+                "conditioning_key": "crossattn",
+                "monitor": "val/loss",
+                "use_ema": False,
                 "unet_config": {
                     "target": "dc_ldm.modules.diffusionmodules.openaimodel.UNetModel",
                     "params": {
-                        "image_size": latent, "in_channels": 3, "out_channels": 3,
-                        "model_channels": sizes.unet_channels, "attention_resolutions": [2, 4], "num_res_blocks": 1,
-                        "channel_mult": [1, 2, 2], "num_heads": 1, "use_spatial_transformer": True,
-                        "transformer_depth": 1, "context_dim": sizes.context_dim, "cond_scale": 1.0,
-                        "use_time_cond": True, "global_pool": False,
+                        "image_size": latent,
+                        "in_channels": 3,
+                        "out_channels": 3,
+                        "model_channels": sizes.unet_channels,
+                        "attention_resolutions": [2, 4],
+                        "num_res_blocks": 1,
+                        "channel_mult": [1, 2, 2],
+                        "num_heads": 1,
+                        "use_spatial_transformer": True,
+                        "transformer_depth": 1,
+                        "context_dim": sizes.context_dim,
+                        "cond_scale": 1.0,
+                        "use_time_cond": True,
+                        "global_pool": False,
                     },
                 },
                 "first_stage_config": {
                     "target": "dc_ldm.models.autoencoder.VQModelInterface",
                     "params": {
-                        "embed_dim": 3, "n_embed": sizes.n_embed,
+                        "embed_dim": 3,
+                        "n_embed": sizes.n_embed,
                         "ddconfig": {
-                            "double_z": False, "z_channels": 3, "resolution": img_size, "in_channels": 3,
-                            "out_ch": 3, "ch": sizes.vq_ch, "ch_mult": [1, 1, 2], "num_res_blocks": 1,
-                            "attn_resolutions": [], "dropout": 0.0,
+                            "double_z": False,
+                            "z_channels": 3,
+                            "resolution": img_size,
+                            "in_channels": 3,
+                            "out_ch": 3,
+                            "ch": sizes.vq_ch,
+                            "ch_mult": [1, 1, 2],
+                            "num_res_blocks": 1,
+                            "attn_resolutions": [],
+                            "dropout": 0.0,
                         },
                         "lossconfig": {"target": "torch.nn.Identity"},
                     },
@@ -114,7 +140,7 @@ def ldm_config(sizes: WorldSizes, img_size: int, n_classes: int) -> dict:
                 },
             },
         }
-    }  # fmt: skip
+    }
 
 
 def build_ldm(config: dict, use_time_cond: bool) -> LatentDiffusion:
@@ -333,8 +359,13 @@ def make_vq(data_dir: Path, path: Path, sizes: WorldSizes, img_size: int, seed: 
     images, labels = draw_images(data_dir, sizes.per_class, img_size, seed)
     config = ldm_config(sizes, img_size, int(labels.max()) + 1)
     vq = train_vq(config, images, sizes, device)
-    save_checkpoint({"state_dict": {k: v.cpu() for k, v in vq.state_dict().items()},
-                     "config": config["model"]["params"]["first_stage_config"]}, path)  # fmt: skip
+    save_checkpoint(
+        {
+            "state_dict": {k: v.cpu() for k, v in vq.state_dict().items()},
+            "config": config["model"]["params"]["first_stage_config"],
+        },
+        path,
+    )
     return {"steps": sizes.vq_steps, "images": len(images)}
 
 
@@ -351,16 +382,18 @@ def make_ldm(data_dir: Path, vq_path: Path, folder: Path, sizes: WorldSizes, img
     return {"steps": sizes.ldm_steps}
 
 
-def make_classifier(data_dir: Path, ldm_folder: Path, path: Path, sizes: WorldSizes, img_size: int, seed: int,
-                    device) -> dict:  # fmt: skip
+def make_classifier(
+    data_dir: Path, ldm_folder: Path, path: Path, sizes: WorldSizes, img_size: int, seed: int, device
+) -> dict:
     """Train the n-way classifier on clean draws and their VQ round trips; save it as a classifier file."""
     seed_everything(seed + 2)
     images, labels = draw_images(data_dir, sizes.per_class, img_size, seed)
     first_stage = load_world_ldm(ldm_folder).to(device)
     degraded = _vq_roundtrip(first_stage, images, device)
     names = class_names(data_dir)
-    model = train_classifier(images, degraded, labels, len(names), sizes.clf_steps, sizes.clf_batch, sizes.clf_lr,
-                             sizes.clf_width, device)  # fmt: skip
+    model = train_classifier(
+        images, degraded, labels, len(names), sizes.clf_steps, sizes.clf_batch, sizes.clf_lr, sizes.clf_width, device
+    )
     save_classifier(model, sizes.clf_width, img_size, names, path)
     return {"steps": sizes.clf_steps}
 
@@ -368,13 +401,18 @@ def make_classifier(data_dir: Path, ldm_folder: Path, path: Path, sizes: WorldSi
 def load_world_ldm(folder: Path) -> LatentDiffusion:
     """The world's label-conditioned LDM as trained (without the untrained `time_embed_condtion`), in eval mode."""
     ldm = build_ldm({"model": load_ldm_config(folder / "config.yaml")}, use_time_cond=False)
-    load_ldm_checkpoint(ldm, folder / "model.ckpt", ignore_cond_stage=False,
-                        ignore_keys=("model.diffusion_model.time_embed_condtion.",))  # fmt: skip
+    load_ldm_checkpoint(
+        ldm,
+        folder / "model.ckpt",
+        ignore_cond_stage=False,
+        ignore_keys=("model.diffusion_model.time_embed_condtion.",),
+    )
     return ldm.eval()
 
 
-def measure(data_dir: Path, ldm_folder: Path, clf_path: Path, out: Path, sizes: WorldSizes, img_size: int,
-            seed: int, device) -> dict:  # fmt: skip
+def measure(
+    data_dir: Path, ldm_folder: Path, clf_path: Path, out: Path, sizes: WorldSizes, img_size: int, seed: int, device
+) -> dict:
     """VQ reconstruction, classifier accuracy per split, and the classification of LDM samples of test classes."""
     seed_everything(seed + 3)
     ldm = load_world_ldm(ldm_folder).to(device)
@@ -407,8 +445,14 @@ def measure(data_dir: Path, ldm_folder: Path, clf_path: Path, out: Path, sizes: 
     samples = sample_classes(ldm, labels_rep, sizes.eval_steps, seed, device)  # (S * N, 3, S, S)
     top1 = (_predict(clf, preprocess, samples, device) == labels_rep).float().mean().item()
     hwc = samples.view(sizes.eval_samples, len(gt), *samples.shape[1:]).permute(0, 1, 3, 4, 2)
-    n_way = eval_metrics.evaluate(gt.permute(0, 2, 3, 1), hwc, metrics=["n_way"], classifier=(clf, preprocess),
-                                  n_way=min(50, n_classes), device=device)["scores"]  # fmt: skip
+    n_way = eval_metrics.evaluate(
+        gt.permute(0, 2, 3, 1),
+        hwc,
+        metrics=["n_way"],
+        classifier=(clf, preprocess),
+        n_way=min(50, n_classes),
+        device=device,
+    )["scores"]
     report["ldm_samples_of_test_classes"] = {
         "plms_steps": sizes.eval_steps,
         "samples_per_class": sizes.eval_samples,

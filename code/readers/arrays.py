@@ -24,8 +24,10 @@ def pad_to_patch_size(x: np.ndarray, patch_size: int, source: object = "fMRI") -
     Data with fewer voxels than one patch would be repeated many times into it: DataFormatError naming `source`.
     """
     if x.shape[-1] < patch_size:
-        raise DataFormatError(f"{source}: {x.shape[-1]} voxels, fewer than one patch of {patch_size}; use a larger "
-                              "ROI or a smaller patch_size")  # fmt: skip
+        raise DataFormatError(
+            f"{source}: {x.shape[-1]} voxels, fewer than one patch of {patch_size}; use a larger "
+            "ROI or a smaller patch_size"
+        )
     return pad_to_length(x, x.shape[-1] + patch_size - x.shape[-1] % patch_size)
 
 
@@ -48,8 +50,9 @@ def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None, s
     mean = np.mean(x) if mean is None else mean
     std = np.std(x) if std is None else std
     if not std > 0:
-        raise DataFormatError(f"{source}: the fMRI is constant (standard deviation 0), so it holds no signal to "
-                              "normalise or learn from")  # fmt: skip
+        raise DataFormatError(
+            f"{source}: the fMRI is constant (standard deviation 0), so it holds no signal to normalise or learn from"
+        )
     return ((x - mean) / std).astype(np.float32)
 
 

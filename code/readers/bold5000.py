@@ -71,8 +71,13 @@ def create_bold5000_dataset(
     if not isinstance(img_dict, dict):
         raise DataFormatError(f"{dict_file}: expected a pickled dict of image name -> uint8 image")
 
-    fmri = [zscore(pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size, f"{fmri_dir} ({s})"),
-                   source=f"{fmri_dir} ({s})") for s in subjects]  # fmt: skip
+    fmri = [
+        zscore(
+            pad_to_patch_size(_bold5000_subject_fmri(fmri_dir, s), patch_size, f"{fmri_dir} ({s})"),
+            source=f"{fmri_dir} ({s})",
+        )
+        for s in subjects
+    ]
     shown = [read_bold5000_presentation(stim, s) for s in subjects]
     for sub, f, names in zip(subjects, fmri, shown, strict=True):
         if len(f) != len(names):

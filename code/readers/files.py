@@ -31,8 +31,10 @@ def check_subjects(subjects: Sequence[str], source: object) -> list[str]:
     subjects = [subjects] if isinstance(subjects, str) else list(subjects)
     for name in subjects:
         if not (isinstance(name, str) and SUBJECT_NAME.fullmatch(name)):
-            raise DataFormatError(f"{source}: subject {name!r} is not a subject name (letters, digits, '_' and '-' "
-                                  "only: names become file paths)")  # fmt: skip
+            raise DataFormatError(
+                f"{source}: subject {name!r} is not a subject name (letters, digits, '_' and '-' "
+                "only: names become file paths)"
+            )
     return subjects
 
 
@@ -85,8 +87,9 @@ def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     except DataFormatError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbage, object arrays
-        raise DataFormatError(f"{path}: not a readable .npz archive of arrays (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from None  # fmt: skip
+        raise DataFormatError(
+            f"{path}: not a readable .npz archive of arrays (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from None
 
 
 def check_fmri(x: np.ndarray, path: Path, key: str | None = None, rows: int | None = None) -> np.ndarray:

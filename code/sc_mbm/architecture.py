@@ -48,8 +48,10 @@ class MAEArchitecture:
         check(self.patch_size > 0, f"patch_size must be positive, got {self.patch_size}")
         problem = width_problem({name: getattr(self, name) for name in ARCH_FIELDS})
         check(problem is None, str(problem))
-        check(min(self.depth, self.decoder_depth) > 0 and self.mlp_ratio > 0,
-              "depth, decoder_depth and mlp_ratio must be positive")  # fmt: skip
+        check(
+            min(self.depth, self.decoder_depth) > 0 and self.mlp_ratio > 0,
+            "depth, decoder_depth and mlp_ratio must be positive",
+        )
 
 
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(MAEArchitecture))

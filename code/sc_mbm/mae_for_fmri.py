@@ -156,8 +156,12 @@ class MAEforFMRI(_FMRIBackbone):
         focus_range: Sequence[int] | None = None,
         focus_rate: float | None = None,
     ):
-        widths = dict(embed_dim=embed_dim, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
-                      decoder_num_heads=decoder_num_heads)  # fmt: skip
+        widths = dict(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            decoder_embed_dim=decoder_embed_dim,
+            decoder_num_heads=decoder_num_heads,
+        )
         _check_sizes(num_voxels, patch_size, widths)
         if (focus_range is None) != (focus_rate is None):
             raise ValueError("focus_range and focus_rate must be given together")
@@ -361,7 +365,7 @@ def architecture_from_weights(state: Mapping[str, torch.Tensor], prefix: str = "
     Widths, depths, patch size and the MLP ratio are read off the tensors; the head counts cannot be (attention
     weights have the same shapes for any number of heads), so they are never returned.
     """
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise CheckpointError(f"no encoder weights (patch_embed.proj.weight, pos_embed) under '{prefix}'")
     embed_dim, _, patch_size = state["patch_embed.proj.weight"].shape
@@ -371,7 +375,8 @@ def architecture_from_weights(state: Mapping[str, torch.Tensor], prefix: str = "
         "patch_size": int(patch_size),
         "embed_dim": int(embed_dim),
         "depth": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
-        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim if "blocks.0.mlp.fc1.weight" in state
+        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+        if "blocks.0.mlp.fc1.weight" in state
         else None,
         "num_voxels": (state["pos_embed"].shape[1] - 1) * int(patch_size),
     }

@@ -35,13 +35,30 @@ def pick_examples(fmri: np.ndarray, num: int = 4) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(fmri[rows]))
 
 
-def save_stage_a(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, amp: AmpScaler, epoch: int,
-                 config: Mapping, finetune_config: Mapping | None, examples: torch.Tensor, title: str,
-                 dist_info: DistInfo, cfg: Any) -> None:  # fmt: skip
+def save_stage_a(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    amp: AmpScaler,
+    epoch: int,
+    config: Mapping,
+    finetune_config: Mapping | None,
+    examples: torch.Tensor,
+    title: str,
+    dist_info: DistInfo,
+    cfg: Any,
+) -> None:
     """A reconstruction figure and `checkpoint.pth` (rank 0 writes; every rank joins the RNG gathering)."""
     if dist_info.is_main:
-        save_reconstruction_figure(model, examples, cfg.mask_ratio, amp.precision, run_dir / f"recon_epoch{epoch}.png",
-                                   f"{title}, epoch {epoch}", seed=cfg.seed)  # fmt: skip
+        save_reconstruction_figure(
+            model,
+            examples,
+            cfg.mask_ratio,
+            amp.precision,
+            run_dir / f"recon_epoch{epoch}.png",
+            f"{title}, epoch {epoch}",
+            seed=cfg.seed,
+        )
     state = stage_a_checkpoint(model, optimizer, amp.state_dict(), epoch, config, finetune_config)
     if dist_info.is_main:
         save_checkpoint(state, run_dir / CHECKPOINT)

@@ -79,16 +79,20 @@ def _listed_files(out: Path) -> set[str]:
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
         listed = None
     if not isinstance(listed, list) or not all(isinstance(rel, str) for rel in listed):
-        raise SimulationExistsError(f"{marker}: not the simulator's record ('files' must list paths); refusing to "
-                                    "delete anything: remove the data yourself or choose another --out")  # fmt: skip
+        raise SimulationExistsError(
+            f"{marker}: not the simulator's record ('files' must list paths); refusing to "
+            "delete anything: remove the data yourself or choose another --out"
+        )
     root = out.resolve()
     for rel in listed:
         parts = PurePosixPath(rel).parts
         inside = len(parts) > 1 and parts[0] in LAYOUTS and ".." not in parts and not PurePosixPath(rel).is_absolute()
         if not inside or (out / rel).parent.resolve() != root.joinpath(*parts[:-1]):
-            raise SimulationExistsError(f"{marker} lists {rel!r}, outside the simulation's folders {LAYOUTS} of {out} "
-                                        "(or through a link); refusing to delete anything: remove the files yourself "
-                                        "or choose another --out")  # fmt: skip
+            raise SimulationExistsError(
+                f"{marker} lists {rel!r}, outside the simulation's folders {LAYOUTS} of {out} "
+                "(or through a link); refusing to delete anything: remove the files yourself "
+                "or choose another --out"
+            )
     return set(listed)
 
 
@@ -108,8 +112,10 @@ def _prepare(out: Path, overwrite: bool) -> None:
         )
     linked = [name for name in (*LAYOUTS, STAGING) if (out / name).is_symlink()]
     if linked:
-        raise SimulationExistsError(f"{out}: {', '.join(linked)} is a link, which the simulator never writes; "
-                                    "refusing to replace it even with --overwrite: choose another --out")  # fmt: skip
+        raise SimulationExistsError(
+            f"{out}: {', '.join(linked)} is a link, which the simulator never writes; "
+            "refusing to replace it even with --overwrite: choose another --out"
+        )
     listed = _listed_files(out)
     foreign = sorted(_files_under(out, LAYOUTS) - listed)
     if foreign:
@@ -211,8 +217,9 @@ def draw_class_images(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: simulate one preset size, with any knob overridden by a flag."""
-    parser = ArgumentParser(prog="make_synthetic_data.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = ArgumentParser(
+        prog="make_synthetic_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder that receives HCP/, Kamitani/, BOLD5000/")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,4 +236,3 @@ def main(argv: list[str] | None = None) -> None:
         make_synthetic_data(args.out, args.size, args.seed, args.overwrite, **overrides)
     except (ValueError, TypeError) as e:  # settings that cannot be simulated
         parser.error(str(e))
-

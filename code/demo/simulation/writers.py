@@ -150,8 +150,9 @@ def write_god(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_for: Rn
         rng = rng_for("god", "subject", k)
         pop = brain.build_population(rng, god_blocks(rng, spec.voxel_scale, taken), spec.snr, spec.embed_dim)
         silent = brain.silent_voxels(pop, spec.silent_share, rng_for("god", "silent", k))
-        drive = brain.stimulus_drive(pop, feats, cats.attrs[category], own[category], space, fit,
-                                     spec.category_drive, silent)
+        drive = brain.stimulus_drive(
+            pop, feats, cats.attrs[category], own[category], space, fit, spec.category_drive, silent
+        )
         order = rng.permutation(n_train)  # presentation order of the training images
         shown = np.r_[order, n_train + np.repeat(np.arange(len(test_cat)), spec.test_repeats)]
         x = brain.trial_responses(pop, drive, shown, rng, spec.structured_noise)
@@ -256,8 +257,9 @@ def write_bold5000(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_fo
         _bump_until(counts, {"all": list(counts)}, taken, "all")
         pop = brain.build_population(rng, [(h + roi, n) for (h, roi), n in counts.items()], spec.snr, spec.embed_dim)
         silent = brain.silent_voxels(pop, spec.silent_share, rng_for("bold5000", "silent", k))
-        drive = brain.stimulus_drive(pop, feats, cats.attrs[category], own[category], space, fit,
-                                     spec.category_drive, silent)
+        drive = brain.stimulus_drive(
+            pop, feats, cats.attrs[category], own[category], space, fit, spec.category_drive, silent
+        )
         x = brain.trial_responses(pop, drive, shown, rng, spec.structured_noise)
         x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
         start = 0

@@ -310,7 +310,11 @@ def load_ldm_checkpoint(
         )
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(
-        str(path), len(state) - len(result.unexpected_keys), result.missing_keys, result.unexpected_keys, ignored,
+        str(path),
+        len(state) - len(result.unexpected_keys),
+        result.missing_keys,
+        result.unexpected_keys,
+        ignored,
         ckpt.get("state_dict", ckpt).get("cond_stage_model.embedding.weight"),
     )
     log.info("%s", report)

@@ -135,8 +135,9 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         if num_res_blocks < 1:
-            raise ValueError(f"ddconfig num_res_blocks must be >= 1 (each level changes width in a ResBlock), got "
-                             f"{num_res_blocks}")  # fmt: skip
+            raise ValueError(
+                f"ddconfig num_res_blocks must be >= 1 (each level changes width in a ResBlock), got {num_res_blocks}"
+            )
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         widths = [ch] + [ch * m for m in ch_mult]
         res = resolution
