@@ -18,6 +18,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check code tests benchmarks
+	$(PY) -m ruff format --check code tests benchmarks
 
 demo: $(STAMP)
 	PYTHONPATH=code $(PY) -m demo
