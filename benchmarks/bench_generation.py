@@ -8,16 +8,16 @@ protocol's total time with the full-size model, ours against the original, in th
 
 Per batch of B images the protocol runs the conditioner on the (repeated) fMRI, the UNet 251 times (250 PLMS
 steps, the first Heun-started with a second call) and the VQ decoder. Running all of it for every variant would
-take hours, so the protocol is measured on fewer steps and scaled: the UNet call (over 99% of the time) is timed
-for every variant, the conditioner and the decoder for the baseline and ours, and the protocol time is composed
-as (250 / B) x (conditioner + 251 x UNet + decode). In full mode one `sample_images` run with 25 steps checks that
-composition. The baseline: the original's own code (`--original`), one fMRI's 5 samples per call, fp32; without
-a checkout its way emulated with ours (fp32, explicit-softmax attention, 5 per call). Ours: SDPA, 25 images per
-call, then channels-last, the fixed context (cross-attention keys/values and the time-embedding term computed
-once per run), bf16 autocast and torch.compile (with inductor's freezing: inference only) where each helps.
-Random weights (the zero-initialised layers filled in, so the outputs depend on every layer); with `--original`
-both implementations hold the same weights, and the largest difference of their outputs is printed (UNet ε,
-conditioner, decoder, a short PLMS run).
+take hours, so the protocol is measured on fewer steps and scaled: the UNet call (most of the time; its share in
+each run is in benchmarks/README.md) is timed for every variant, the conditioner and the decoder for the baseline
+and ours, and the protocol time is composed as (250 / B) x (conditioner + 251 x UNet + decode). In full mode one
+`sample_images` run with 25 steps checks that composition. The baseline: the original's own code (`--original`),
+one fMRI's 5 samples per call, fp32; without a checkout its way emulated with ours (fp32, explicit-softmax
+attention, 5 per call). Ours: SDPA, 25 images per call, then channels-last, the fixed context (cross-attention
+keys/values and the time-embedding term computed once per run), bf16 autocast and torch.compile (with inductor's
+freezing: inference only) where each helps. Random weights (the zero-initialised layers filled in, so the outputs
+depend on every layer); with `--original` both implementations hold the same weights, and the largest difference
+of their outputs is printed (UNet ε, conditioner, decoder, a short PLMS run).
 """
 
 from __future__ import annotations

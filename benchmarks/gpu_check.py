@@ -1,9 +1,10 @@
-"""The checks that need a GPU, in one command (one H100/H200, under 8 minutes): the CUDA tests, Stage A1 and Stage B
-at the published size through their command lines on simulated data, the GOD protocol on a slice, and the largest
-Stage B batch per dtype. Writes `benchmarks/results/gpu_check-<gpu>.json` and prints its Markdown table.
+"""The checks that need a GPU, in one command on one H100/H200 (its run time: benchmarks/README.md): the CUDA tests,
+Stage A1 and Stage B at the published size through their command lines on simulated data, the GOD protocol on a
+slice, and the largest Stage B batch per dtype. Writes `benchmarks/results/gpu_check-<gpu>.json` and prints its
+Markdown table.
 
     bash benchmarks/gpu_check.sh                  # on a CUDA machine
-    bash benchmarks/gpu_check.sh --dry-run        # the same steps at toy sizes on the CPU (well under a minute)
+    bash benchmarks/gpu_check.sh --dry-run        # the same steps at toy sizes on the CPU
     bash benchmarks/gpu_check.sh --work DIR       # keep the simulated data, the LDM folder and the run folders in DIR
 
 Steps and goals:
@@ -65,7 +66,7 @@ GOALS = {"stage_a1": 0.40, "god_protocol_s": 40.0, "stage_b_batch": 32}
 PROTOCOL = {"fmri": 50, "samples": 5, "steps": 250}
 MEMORY_BUDGET_GIB = 80
 
-# What each mode runs. "gpu": published model sizes on a slice of data; "dry": toy sizes, seconds on a CPU.
+# What each mode runs. "gpu": published model sizes on a slice of data; "dry": toy sizes on a CPU.
 SIZES = {
     "gpu": SimpleNamespace(
         simulate=["--size", "tiny", "--voxel_scale", "1.0", "--image_size", "256", "--hcp_subjects", "5"],
