@@ -8,16 +8,16 @@ protocol's total time with the full-size model, ours against the original, in th
 
 Per batch of B images the protocol runs the conditioner on the (repeated) fMRI, the UNet 251 times (250 PLMS
 steps, the first Heun-started with a second call) and the VQ decoder. Running all of it for every variant would
-take hours, so the protocol is measured on fewer steps and scaled: the UNet call (over 99% of the time) is timed
-for every variant, the conditioner and the decoder for the baseline and ours, and the protocol time is composed
-as (250 / B) x (conditioner + 251 x UNet + decode). In full mode one `sample_images` run with 25 steps checks that
-composition. The baseline: the original's own code (`--original`), one fMRI's 5 samples per call, fp32; without
-a checkout its way emulated with ours (fp32, explicit-softmax attention, 5 per call). Ours: SDPA, 25 images per
-call, then channels-last, the fixed context (cross-attention keys/values and the time-embedding term computed
-once per run), bf16 autocast and torch.compile (with inductor's freezing: inference only) where each helps.
-Random weights (the zero-initialised layers filled in, so the outputs depend on every layer); with `--original`
-both implementations hold the same weights, and the largest difference of their outputs is printed (UNet ε,
-conditioner, decoder, a short PLMS run).
+take hours, so the protocol is measured on fewer steps and scaled: the UNet call (most of the time; its share in
+each run is in benchmarks/README.md) is timed for every variant, the conditioner and the decoder for the baseline
+and ours, and the protocol time is composed as (250 / B) x (conditioner + 251 x UNet + decode). In full mode one
+`sample_images` run with 25 steps checks that composition. The baseline: the original's own code (`--original`),
+one fMRI's 5 samples per call, fp32; without a checkout its way emulated with ours (fp32, explicit-softmax
+attention, 5 per call). Ours: SDPA, 25 images per call, then channels-last, the fixed context (cross-attention
+keys/values and the time-embedding term computed once per run), bf16 autocast and torch.compile (with inductor's
+freezing: inference only) where each helps. Random weights (the zero-initialised layers filled in, so the outputs
+depend on every layer); with `--original` both implementations hold the same weights, and the largest difference
+of their outputs is printed (UNet ε, conditioner, decoder, a short PLMS run).
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ from pathlib import Path
 
 import torch
 
+import attention
 import common
+import hardware
 import models
+import report
+import timing
 from dc_ldm.ldm_for_fmri import sample_images
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
@@ -57,11 +61,11 @@ def component_flops(model: torch.nn.Module, latent: int) -> dict[str, float]:
     fmri = torch.randn(1, 1, model.cond_stage_model.mae.num_voxels, device="meta")
     z = torch.randn(1, vq.quant_conv.out_channels, latent, latent, device="meta")
     with torch.no_grad():
-        cond = common.count_flops(lambda: model.cond_stage_model(fmri))
+        cond = hardware.count_flops(lambda: model.cond_stage_model(fmri))
         ctx = model.cond_stage_model(fmri)
-        step = common.count_flops(lambda: unet(z, torch.zeros(1, dtype=torch.long, device="meta"), context=ctx))
+        step = hardware.count_flops(lambda: unet(z, torch.zeros(1, dtype=torch.long, device="meta"), context=ctx))
         # the quantiser's autocast guard does not run on meta: count the decoder, add the distance matmul
-        decode = common.count_flops(lambda: vq.decode(z, force_not_quantize=True))
+        decode = hardware.count_flops(lambda: vq.decode(z, force_not_quantize=True))
     decode += 2 * latent * latent * vq.quantize.n_embed * vq.quantize.embed_dim
     return {"cond": cond, "unet": step, "decode": decode}
 
@@ -84,7 +88,7 @@ class Parts:
         self._fixed: dict[tuple, object] = {}
         self.compiled: dict[str, object] = {}
 
-    def unet(self, v: common.Variant) -> torch.nn.Module:
+    def unet(self, v: timing.Variant) -> torch.nn.Module:
         """What `model.apply_model` runs (the DiffusionWrapper), in the variant's memory format."""
         if v.channels_last not in self._unet:
             self._unet[True] = copy.deepcopy(self._unet[False]).to(memory_format=torch.channels_last)
@@ -93,12 +97,12 @@ class Parts:
             return net
         return self.compiled.setdefault(f"unet{v.channels_last}", compile_for_inference(net))
 
-    def vq(self, v: common.Variant) -> torch.nn.Module:
+    def vq(self, v: timing.Variant) -> torch.nn.Module:
         if v.channels_last not in self._vq:
             self._vq[True] = copy.deepcopy(self._vq[False]).to(memory_format=torch.channels_last)
         return self._vq[v.channels_last]
 
-    def context(self, v: common.Variant, context: torch.Tensor) -> object:
+    def context(self, v: timing.Variant, context: torch.Tensor) -> object:
         """The variant's context for `v.batch` items: the tensor, or fixed once (under the variant's autocast)."""
         if not v.fixed_context:
             return context[: v.batch]
@@ -108,19 +112,19 @@ class Parts:
                 self._fixed[key] = self.model.model.diffusion_model.fix_context(context[: v.batch])
         return self._fixed[key]
 
-    def run_unet(self, v: common.Variant, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def run_unet(self, v: timing.Variant, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if v.code == "original":
             return self.theirs.apply_model(x[: v.batch], t[: v.batch], context[: v.batch])
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
         return self.unet(v)(x[: v.batch].contiguous(memory_format=fmt), t[: v.batch], self.context(v, context))
 
-    def run_cond(self, v: common.Variant, fmri: torch.Tensor) -> object:
+    def run_cond(self, v: timing.Variant, fmri: torch.Tensor) -> object:
         if v.code == "original":
             return self.theirs.get_learned_conditioning(fmri[: v.batch])
         context = self.model.get_learned_conditioning(fmri[: v.batch])
         return self.model.model.diffusion_model.fix_context(context) if v.fixed_context else context
 
-    def run_decode(self, v: common.Variant, z: torch.Tensor) -> torch.Tensor:
+    def run_decode(self, v: timing.Variant, z: torch.Tensor) -> torch.Tensor:
         if v.code == "original":
             return self.theirs.decode_first_stage(z[: v.batch])
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the JSON written."""
     args = common.parse_args(__doc__, argv)
     device, (b_orig, b_ours), side = args.device, BATCH[args.mode], LATENT[args.mode]
-    info = common.device_info(device)
+    info = hardware.device_info(device)
     print(f"GOD-protocol generation on {info['name']} ({args.mode} mode)")
 
     model = models.build_ldm(args).eval()
@@ -145,25 +149,25 @@ def main(argv: list[str] | None = None) -> Path:
     with torch.no_grad():
         context = model.get_learned_conditioning(fmri)  # (B, 77, 512)
 
-    def unet_call(v: common.Variant) -> None:
+    def unet_call(v: timing.Variant) -> None:
         with torch.no_grad():
             parts.run_unet(v, x, t, context)
 
-    def prepare(v: common.Variant) -> None:  # outside the timed call: what a sampling run does once
+    def prepare(v: timing.Variant) -> None:  # outside the timed call: what a sampling run does once
         if v.code == "ours":
             parts.unet(v)
             parts.context(v, context)
 
     levers, notes = common.optional_levers(args, info, conv=True)
     levers.insert(1, {"fixed_context": True})
-    notes.insert(0, common.baseline_note(args))
-    calls = common.original_attention_calls()
-    original = common.Variant(b_orig, "fp32", "explicit")
-    rungs = common.baseline_rungs(args, original, [original, common.Variant(b_orig), common.Variant(b_ours)])
-    with common.cast_weights_once(device):
-        measured, ours = common.climb(rungs, levers, unet_call, device, args.warmup, args.runs, prepare)
+    notes.insert(0, timing.baseline_note(args))
+    calls = attention.original_attention_calls()
+    original = timing.Variant(b_orig, "fp32", "explicit")
+    rungs = timing.baseline_rungs(args, original, [original, timing.Variant(b_orig), timing.Variant(b_ours)])
+    with timing.cast_weights_once(device):
+        measured, ours = timing.climb(rungs, levers, unet_call, device, args.warmup, args.runs, prepare)
         # ours with every lever kept, at the original's batch (one fMRI's samples per call): a phase of its own
-        ref, theirs_batch = common.measure([ours, replace(ours, batch=b_orig)], unet_call, device, args.warmup,
+        ref, theirs_batch = timing.measure([ours, replace(ours, batch=b_orig)], unet_call, device, args.warmup,
                                            args.runs, prepare, phase=measured[-1].phase + 1)  # fmt: skip
     ref.speedup = next(m.speedup for m in reversed(measured) if m.variant == ours)
     theirs_batch.speedup = ref.speedup * ref.per_item / theirs_batch.per_item
@@ -172,17 +176,17 @@ def main(argv: list[str] | None = None) -> Path:
     side_batch = SIDE_BATCH[args.mode]
     pair = [baseline, ours] if side_batch is None else [_rebatch(baseline, side_batch), _rebatch(ours, side_batch)]
 
-    def cond_call(v: common.Variant) -> None:
+    def cond_call(v: timing.Variant) -> None:
         with torch.no_grad():
             parts.run_cond(v, fmri)
 
-    def decode_call(v: common.Variant) -> None:
+    def decode_call(v: timing.Variant) -> None:
         with torch.no_grad():
             parts.run_decode(v, x)
 
-    cond = common.measure(pair, cond_call, device, args.warmup, args.runs, lambda v: parts.vq(v))
-    decode = common.measure(pair, decode_call, device, args.warmup, args.runs, lambda v: parts.vq(v))
-    common.check_patch_reached(calls)
+    cond = timing.measure(pair, cond_call, device, args.warmup, args.runs, lambda v: parts.vq(v))
+    decode = timing.measure(pair, decode_call, device, args.warmup, args.runs, lambda v: parts.vq(v))
+    attention.check_patch_reached(calls)
     differences = compare(args, parts, ours, fmri, x, t, context) if parts.theirs is not None else None
 
     evals = plms_unet_calls(PROTOCOL["steps"])
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path:
     if side_batch is not None:
         notes.append(f"--quick: {side}^2 latents instead of 64^2, UNet batches {b_orig}/{b_ours} instead of 5/25, "
                      f"conditioner and decoder timed at batch {side_batch} (per image they cost the same on a CPU)")
-    unet_record = common.workload_record(
+    unet_record = report.workload_record(
         "Generation: one UNet call (x251 per image)", {"latent": side, "batch_original": b_orig, "batch_ours": b_ours},
         measured, ours, flops["unet"], info, notes, differences,
     )  # fmt: skip
@@ -226,14 +230,14 @@ def main(argv: list[str] | None = None) -> Path:
         protocol["end_to_end_check"] = end_to_end_check(parts, fmri, ours, (cond[1], unet_m[ours], decode[1]))
     print_protocol(protocol)
     payload = {"device": info, "workloads": [unet_record], "protocol": protocol}
-    return common.write_results("bench_generation", args, payload)
+    return report.write_results("bench_generation", args, payload)
 
 
-def _rebatch(v: common.Variant, batch: int) -> common.Variant:
+def _rebatch(v: timing.Variant, batch: int) -> timing.Variant:
     return replace(v, batch=batch)
 
 
-def compare(args, parts: Parts, ours: common.Variant, fmri, x, t, context) -> dict[str, dict[str, float]]:
+def compare(args, parts: Parts, ours: timing.Variant, fmri, x, t, context) -> dict[str, dict[str, float]]:
     """|ours - original| on the same inputs and weights: the UNet's ε (ours in fp32 and as chosen), the conditioner,
     the decoder, and the latents of a short PLMS run from the same noise (ours in fp32 and as chosen).
 
@@ -241,18 +245,18 @@ def compare(args, parts: Parts, ours: common.Variant, fmri, x, t, context) -> di
     becomes a near-tie between codes, so a last-bit difference can pick another code.
     """
     b = BATCH[args.mode][0]
-    fp32 = common.Variant(ours.batch)
+    fp32 = timing.Variant(ours.batch)
     with torch.no_grad():
         with parts.checkout.quiet():
             eps_theirs = parts.theirs.apply_model(x[:b], t[:b], context[:b])
             cond_theirs = parts.theirs.get_learned_conditioning(fmri[:b])
             image_theirs = parts.theirs.decode_first_stage(x[:b])
-        out = {"UNet eps, ours fp32": common.difference(parts.run_unet(fp32, x, t, context)[:b], eps_theirs)}
+        out = {"UNet eps, ours fp32": timing.difference(parts.run_unet(fp32, x, t, context)[:b], eps_theirs)}
         with ours.context(x.device):
             eps_ours = parts.run_unet(ours, x, t, context)[:b]
-        out[f"UNet eps, ours = {ours.name}"] = common.difference(eps_ours, eps_theirs)
-        out["conditioner, fp32"] = common.difference(parts.model.get_learned_conditioning(fmri[:b]), cond_theirs)
-        out["VQ decode, fp32"] = common.difference(parts.model.decode_first_stage(x[:b]), image_theirs)
+        out[f"UNet eps, ours = {ours.name}"] = timing.difference(eps_ours, eps_theirs)
+        out["conditioner, fp32"] = timing.difference(parts.model.get_learned_conditioning(fmri[:b]), cond_theirs)
+        out["VQ decode, fp32"] = timing.difference(parts.model.decode_first_stage(x[:b]), image_theirs)
         steps = SAME_STEPS[args.mode]
         theirs_latents = original_latents(parts, fmri[:b], steps)
         for v in (fp32, ours):
@@ -262,7 +266,7 @@ def compare(args, parts: Parts, ours: common.Variant, fmri, x, t, context) -> di
                                                           conditioning=cond, x_T=_noise(parts.model, b, x.device),
                                                           verbose=False)  # fmt: skip
             label = "fp32" if v.dtype == "fp32" else f"ours = {v.dtype}"
-            out[f"latents of a {steps}-step PLMS run, {label}"] = common.difference(mine, theirs_latents)
+            out[f"latents of a {steps}-step PLMS run, {label}"] = timing.difference(mine, theirs_latents)
     return out
 
 
@@ -281,7 +285,7 @@ def original_latents(parts: Parts, fmri: torch.Tensor, steps: int) -> torch.Tens
     return samples
 
 
-def protocol_floor(args: argparse.Namespace, info: dict, meta_model, ours: common.Variant) -> dict:
+def protocol_floor(args: argparse.Namespace, info: dict, meta_model, ours: timing.Variant) -> dict:
     """FLOPs of the full protocol at the published size and the time the device's peak needs for them."""
     if meta_model is None:  # quick/tiny ran smaller models: count the published one on meta
         meta_model = models.build_ldm(argparse.Namespace(mode="full", device=args.device), meta=True).eval()
@@ -298,7 +302,7 @@ def protocol_floor(args: argparse.Namespace, info: dict, meta_model, ours: commo
     }
 
 
-def end_to_end_check(parts: Parts, fmri: torch.Tensor, ours: common.Variant, measured_parts) -> dict:
+def end_to_end_check(parts: Parts, fmri: torch.Tensor, ours: timing.Variant, measured_parts) -> dict:
     """Time one real `sample_images` run of CHECK_STEPS PLMS steps for ours, against the composed prediction.
 
     The variant's UNet (its memory format, compiled when chosen) is swapped in for the run.
@@ -310,11 +314,11 @@ def end_to_end_check(parts: Parts, fmri: torch.Tensor, ours: common.Variant, mea
     model.model, model.first_stage_model = parts.unet(ours), parts.vq(ours)
     try:
         for _ in range(2):  # the first run warms up
-            common.synchronize(fmri.device)
+            hardware.synchronize(fmri.device)
             start = time.perf_counter()
             with ours.context(fmri.device):
                 sample_images(model, batch, ddim_steps=CHECK_STEPS, x_T=x_T)
-            common.synchronize(fmri.device)
+            hardware.synchronize(fmri.device)
             elapsed = time.perf_counter() - start
     finally:
         model.model, model.first_stage_model = wrapper, first_stage

@@ -29,9 +29,14 @@ from types import SimpleNamespace
 import torch
 from timm.optim import param_groups_weight_decay
 
+import attention
 import common
+import hardware
+import report
+import timing
 from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
 from errors import run_main
+from runtime import autocast
 from sc_mbm.mae_for_fmri import MAEforFMRI, attention_kind, use_attention
 from sc_mbm.training import mae_step
 
@@ -104,7 +109,7 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     amps = {dtype: AmpScaler(dtype, device) for dtype in ("fp32", "bf16")}
     compiled: dict[str, torch.nn.Module] = {}
 
-    def step(v: common.Variant) -> None:
+    def step(v: timing.Variant) -> None:
         if v.code == "original":
             theirs.step(fmri[: v.batch])
             return
@@ -114,30 +119,30 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
         train_one_epoch(net, [{"fmri": fmri[: v.batch]}], optimizers[v.optimizer], amps[v.dtype], TRAIN.warmup_epochs,
                         fn, schedule, clip_grad=TRAIN.clip_grad)  # fmt: skip
 
-    original = common.Variant(batch, "fp32", "explicit", original_loop=True, optimizer="plain")
+    original = timing.Variant(batch, "fp32", "explicit", original_loop=True, optimizer="plain")
     if args.original is not None and device.type == "cuda":
         original = replace(original, dtype="fp16")  # its loop's own torch.cuda.amp.autocast
     with torch.device("meta"):  # FLOPs per sample without real compute
         meta_model = MAEforFMRI(**arch).train()
-    flops = common.count_flops(lambda: meta_model(fmri[:1].to("meta"), mask_ratio=TRAIN.mask_ratio)[0].backward())
+    flops = hardware.count_flops(lambda: meta_model(fmri[:1].to("meta"), mask_ratio=TRAIN.mask_ratio)[0].backward())
     levers, notes = common.optional_levers(args, info, conv=False)
     if attention_kind(device, "bf16") == "explicit" and {"dtype": "bf16"} in levers:  # as the stages run bf16 here
         at = levers.index({"dtype": "bf16"})
         levers[at : at + 1] = [{"dtype": "bf16", "attention": "softmax"}, {"dtype": "bf16", "attention": "sdpa"}]
-    notes.insert(0, common.baseline_note(args))
-    calls_before = common.original_attention_calls()
+    notes.insert(0, timing.baseline_note(args))
+    calls_before = attention.original_attention_calls()
     emulated = replace(original, dtype="fp32")
-    rungs = [emulated, replace(emulated, original_loop=False), common.Variant(batch, optimizer="plain"),
-             common.Variant(batch)]  # our loop, then SDPA, then the fused AdamW
-    rungs = common.baseline_rungs(args, original, rungs)
-    measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs)
-    common.check_patch_reached(calls_before)
+    rungs = [emulated, replace(emulated, original_loop=False), timing.Variant(batch, optimizer="plain"),
+             timing.Variant(batch)]  # our loop, then SDPA, then the fused AdamW
+    rungs = timing.baseline_rungs(args, original, rungs)
+    measured, ours = timing.climb(rungs, levers, step, device, args.warmup, args.runs)
+    attention.check_patch_reached(calls_before)
     if args.mode == "quick":
         notes.append(f"--quick: batch {batch} instead of {BATCH['full'][name]} (samples/s is per sample either way; "
                      "at small batches the optimiser's pass over the weights weighs more)")  # fmt: skip
     sizes = {k: arch[k] for k in ("num_voxels", "embed_dim", "depth", "num_heads", "decoder_embed_dim")}
     sizes |= {"decoder_depth": arch["decoder_depth"], "mask_ratio": TRAIN.mask_ratio, "batch": batch}
-    return common.workload_record(f"Stage A1 training, {name} size", sizes, measured, ours, flops, info, notes,
+    return report.workload_record(f"Stage A1 training, {name} size", sizes, measured, ours, flops, info, notes,
                                   differences)  # fmt: skip
 
 
@@ -155,23 +160,23 @@ def compare(checkout, model: torch.nn.Module, arch: dict, fmri: torch.Tensor) ->
         ours = copy.deepcopy(model)
         use_attention(ours, attention_kind(fmri.device, dtype))  # as the stages run it
         torch.manual_seed(1)
-        with common.autocast(dtype, fmri.device):
+        with autocast(dtype, fmri.device):
             loss, pred, _ = ours(fmri, mask_ratio=TRAIN.mask_ratio)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in ours.parameters() if p.grad is not None])
-        out[f"loss, {dtype}"] = common.difference(loss, loss_t)
-        out[f"reconstruction, {dtype}"] = common.difference(pred, pred_t)
-        out[f"gradients, {dtype}"] = common.difference(grads, grads_t)
+        out[f"loss, {dtype}"] = timing.difference(loss, loss_t)
+        out[f"reconstruction, {dtype}"] = timing.difference(pred, pred_t)
+        out[f"gradients, {dtype}"] = timing.difference(grads, grads_t)
     return out
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the JSON written."""
     args = common.parse_args(__doc__, argv)
-    info = common.device_info(args.device)
+    info = hardware.device_info(args.device)
     print(f"Stage A1 training throughput on {info['name']} ({args.mode} mode)")
     workloads = [bench_size(name, batch, args, info) for name, batch in BATCH[args.mode].items()]
-    return common.write_results("bench_stageA", args, {"device": info, "workloads": workloads})
+    return report.write_results("bench_stageA", args, {"device": info, "workloads": workloads})
 
 
 if __name__ == "__main__":

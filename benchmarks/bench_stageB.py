@@ -29,11 +29,16 @@ from pathlib import Path
 
 import torch
 
+import attention
 import common
+import hardware
 import memory
 import models
+import report
+import timing
 from engine import fused_adam
 from errors import run_main
+from runtime import autocast
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
 
 BATCH = {"full": 5, "quick": 1, "tiny": 2}
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the JSON written."""
     args = common.parse_args(__doc__, argv, add_options)
     device, batch = args.device, BATCH[args.mode]
-    info = common.device_info(device)
+    info = hardware.device_info(device)
     print(f"Stage B training step on {info['name']} ({args.mode} mode)")
 
     model = models.build_ldm(args).train()
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     differences = compare(args, model, inputs) if args.original is not None else None
     theirs = OriginalStep(args, model) if args.original is not None else None
 
-    def step(v: common.Variant, size: int | None = None) -> None:
+    def step(v: timing.Variant, size: int | None = None) -> None:
         if v.code == "original":
             theirs.step(inputs)
             return
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
         optimizers[v.original_loop].step()
         optimizers[v.original_loop].zero_grad(set_to_none=True)
 
-    def prepare(v: common.Variant) -> None:
+    def prepare(v: timing.Variant) -> None:
         if v.code == "original":
             return
         models.set_memory_format(model, v.channels_last)
@@ -92,17 +97,17 @@ def main(argv: list[str] | None = None) -> Path:
     meta_model = models.build_ldm(args, meta=True).train()  # FLOPs and the memory estimate without real compute
     models.stage_b_trainable(meta_model)
     meta_batch = models.stage_b_batch(args, 1, "meta")
-    flops = common.count_flops(lambda: models.stage_b_loss(meta_model, meta_batch).backward())
+    flops = hardware.count_flops(lambda: models.stage_b_loss(meta_model, meta_batch).backward())
     levers, notes = common.optional_levers(args, info, conv=True)
     if attention_kind(device, "bf16") == "explicit" and {"dtype": "bf16"} in levers:  # as Stage B runs bf16 here
         levers[levers.index({"dtype": "bf16"})] = {"dtype": "bf16", "attention": "softmax"}
-    notes.insert(0, common.baseline_note(args))
-    calls = common.original_attention_calls()
-    original = common.Variant(batch, "fp32", "explicit", original_loop=True)
-    rungs = common.baseline_rungs(args, original, [original, common.Variant(batch, original_loop=True),
-                                                   common.Variant(batch)])  # fmt: skip
-    measured, ours = common.climb(rungs, levers, step, device, args.warmup, args.runs, prepare)
-    common.check_patch_reached(calls)
+    notes.insert(0, timing.baseline_note(args))
+    calls = attention.original_attention_calls()
+    original = timing.Variant(batch, "fp32", "explicit", original_loop=True)
+    rungs = timing.baseline_rungs(args, original, [original, timing.Variant(batch, original_loop=True),
+                                                   timing.Variant(batch)])  # fmt: skip
+    measured, ours = timing.climb(rungs, levers, step, device, args.warmup, args.runs, prepare)
+    attention.check_patch_reached(calls)
     side = models.IMAGE_SIZE[args.mode]
     if args.mode == "quick":
         notes.append(f"--quick: {side}^2 images (latents {side // 4}^2) and batch {batch} instead of 256^2 and 5, "
@@ -110,14 +115,14 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = {"image": side, "latent": models.latent_side(args), "batch": batch,
              "num_voxels": models.NUM_VOXELS[models.size_name(args)], "trained_params": sum(p.numel() for p in params),
              "total_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    workload = common.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes,
+    workload = report.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes,
                                       differences)  # fmt: skip
     payload = {"device": info, "workloads": [workload]}
 
     if args.memory:
         prepare(ours)
         payload["memory"] = memory_section(args, model, meta_model, step, ours)
-    return common.write_results("bench_stageB", args, payload)
+    return report.write_results("bench_stageB", args, payload)
 
 
 class OriginalStep:
@@ -165,21 +170,21 @@ def compare(args: argparse.Namespace, model: torch.nn.Module, batch: dict) -> di
     for dtype in ("fp32", "bf16"):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(3)
-        with common.autocast(dtype, batch["fmri"].device):
+        with autocast(dtype, batch["fmri"].device):
             loss = models.stage_b_loss(model, batch)
         loss.backward()
         # the conditioning path's parameters the loss reaches (the encoder's unused cls/mask tokens get none)
         trained = trained or [n for n, p in model.named_parameters() if p.grad is not None]
         grads = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n in trained])
         grads_t = torch.cat([p.grad.flatten() for n, p in theirs.named_parameters() if n in trained])
-        out[f"loss, {dtype}"] = common.difference(loss, loss_t)
-        out[f"conditioning-path gradients, {dtype}"] = common.difference(grads, grads_t)
+        out[f"loss, {dtype}"] = timing.difference(loss, loss_t)
+        out[f"conditioning-path gradients, {dtype}"] = timing.difference(grads, grads_t)
     model.zero_grad(set_to_none=True)
     return out
 
 
 def memory_section(
-    args: argparse.Namespace, model: torch.nn.Module, meta_model: torch.nn.Module, step, ours: common.Variant
+    args: argparse.Namespace, model: torch.nn.Module, meta_model: torch.nn.Module, step, ours: timing.Variant
 ) -> dict:
     """Largest batch per budget: measured on CUDA (with the estimate beside it), estimated elsewhere."""
     estimate = memory.estimate(meta_model, lambda b, dt: models.stage_b_batch(args, b, "meta", dt))
@@ -188,11 +193,11 @@ def memory_section(
         out["note"] = "estimate at the --quick image size; run without --quick for 256^2"
     if args.device.type == "cuda":
         unet = model.model.diffusion_model
-        state: dict[str, common.Variant] = {}
+        state: dict[str, timing.Variant] = {}
 
         def set_config(dtype: str, ckpt: bool) -> None:
             unet.use_checkpoint = ckpt
-            state["variant"] = common.Variant(1, dtype, "sdpa", ours.channels_last)
+            state["variant"] = timing.Variant(1, dtype, "sdpa", ours.channels_last)
 
         def run(b: int) -> None:
             v = state["variant"]

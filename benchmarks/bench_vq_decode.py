@@ -19,8 +19,12 @@ from pathlib import Path
 
 import torch
 
+import attention
 import common
+import hardware
 import models
+import report
+import timing
 from errors import run_main
 from runtime import compile_for_inference
 
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the JSON written."""
     args = common.parse_args(__doc__, argv)
     device, (b_orig, b_ours) = args.device, BATCH[args.mode]
-    info = common.device_info(device)
+    info = hardware.device_info(device)
     print(f"VQ decode throughput on {info['name']} ({args.mode} mode)")
 
     vq = models.build_vq(args)
@@ -43,33 +47,33 @@ def main(argv: list[str] | None = None) -> Path:
     compiled: dict[str, object] = {}
 
     @torch.no_grad()
-    def decode(v: common.Variant) -> torch.Tensor:
+    def decode(v: timing.Variant) -> torch.Tensor:
         if v.code == "original":
             return theirs.decode(latents[: v.batch])
         fmt = torch.channels_last if v.channels_last else torch.contiguous_format
         fn = compiled.setdefault("decode", compile_for_inference(vq.decode)) if v.compiled else vq.decode
         return fn(latents[: v.batch].contiguous(memory_format=fmt))
 
-    def prepare(v: common.Variant) -> None:
+    def prepare(v: timing.Variant) -> None:
         if v.code == "ours":
             models.set_memory_format(vq, v.channels_last)
 
-    flops = common.count_flops(lambda: decode(common.Variant(1)))  # per image
+    flops = hardware.count_flops(lambda: decode(timing.Variant(1)))  # per image
     levers, notes = common.optional_levers(args, info, conv=True)
-    notes.insert(0, common.baseline_note(args))
-    calls = common.original_attention_calls()
-    original = common.Variant(b_orig, "fp32", "explicit")
-    rungs = common.baseline_rungs(args, original, [original, common.Variant(b_orig), common.Variant(b_ours)])
-    measured, ours = common.climb(rungs, levers, decode, device, args.warmup, args.runs, prepare)
-    common.check_patch_reached(calls)
+    notes.insert(0, timing.baseline_note(args))
+    calls = attention.original_attention_calls()
+    original = timing.Variant(b_orig, "fp32", "explicit")
+    rungs = timing.baseline_rungs(args, original, [original, timing.Variant(b_orig), timing.Variant(b_ours)])
+    measured, ours = timing.climb(rungs, levers, decode, device, args.warmup, args.runs, prepare)
+    attention.check_patch_reached(calls)
     differences = None
     if theirs is not None:
         reference = decode(rungs[0])
         differences = {}
-        for v in (common.Variant(b_orig), ours):
+        for v in (timing.Variant(b_orig), ours):
             prepare(v)
             with v.context(device):
-                differences["fp32" if v == common.Variant(b_orig) else f"ours = {v.name}"] = common.difference(
+                differences["fp32" if v == timing.Variant(b_orig) else f"ours = {v.name}"] = timing.difference(
                     decode(v)[:b_orig], reference
                 )
     image = side * 2 ** (len(vq.decoder.up) - 1)  # the decoder doubles the side once per level but the first
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> Path:
                      "(256^2) and 5/25; images/s is per image at that size")  # fmt: skip
     sizes = {"latent": side, "image": image, "batch_original": b_orig, "batch_ours": b_ours,
              "n_embed": vq.quantize.n_embed}  # fmt: skip
-    workload = common.workload_record("VQ decode", sizes, measured, ours, flops, info, notes, differences)
-    return common.write_results("bench_vq_decode", args, {"device": info, "workloads": [workload]})
+    workload = report.workload_record("VQ decode", sizes, measured, ours, flops, info, notes, differences)
+    return report.write_results("bench_vq_decode", args, {"device": info, "workloads": [workload]})
 
 
 if __name__ == "__main__":

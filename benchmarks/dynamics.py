@@ -48,8 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import common
 import models
+import repo
+import report
 from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
 from errors import DEBUG_HELP, UsageError, run_main
 from original import OriginalCheckout
@@ -347,8 +348,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--original", type=Path, required=True, metavar="PATH", help="a checkout of zjc062/mind-vis")
     p.add_argument("--steps", type=int, default=300, help="training steps per stage")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="folder for dynamics-cpu.json")
-    p.add_argument("--figure", type=Path, default=common.ROOT / "docs" / "dynamics.png")
+    p.add_argument("--out", type=Path, default=repo.RESULTS_DIR, help="folder for dynamics-cpu.json")
+    p.add_argument("--figure", type=Path, default=repo.ROOT / "docs" / "dynamics.png")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
     if args.steps < 3:
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
             results[name] = run(checkout, args.steps, args.seed)
         results[name]["seconds"] = round(time.time() - start, 1)
         print(f"{name}: {args.steps} steps in {results[name]['seconds']} s")
-    record = {"script": "dynamics", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": common.git_commit(),
+    record = {"script": "dynamics", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": report.git_commit(),
               "original": checkout.commit, "torch": torch.__version__, "seed": args.seed,
               "total_s": round(time.time() - started, 1), **results}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

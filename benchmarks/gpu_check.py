@@ -1,9 +1,10 @@
-"""The checks that need a GPU, in one command (one H100/H200, under 8 minutes): the CUDA tests, Stage A1 and Stage B
-at the published size through their command lines on simulated data, the GOD protocol on a slice, and the largest
-Stage B batch per dtype. Writes `benchmarks/results/gpu_check-<gpu>.json` and prints its Markdown table.
+"""The checks that need a GPU, in one command on one H100/H200 (its run time: benchmarks/README.md): the CUDA tests,
+Stage A1 and Stage B at the published size through their command lines on simulated data, the GOD protocol on a
+slice, and the largest Stage B batch per dtype. Writes `benchmarks/results/gpu_check-<gpu>.json` and prints its
+Markdown table.
 
     bash benchmarks/gpu_check.sh                  # on a CUDA machine
-    bash benchmarks/gpu_check.sh --dry-run        # the same steps at toy sizes on the CPU (well under a minute)
+    bash benchmarks/gpu_check.sh --dry-run        # the same steps at toy sizes on the CPU
     bash benchmarks/gpu_check.sh --work DIR       # keep the simulated data, the LDM folder and the run folders in DIR
 
 Steps and goals:
@@ -47,22 +48,25 @@ from typing import Any
 import torch
 import yaml
 
-import common
+import hardware
 import memory
 import models
+import repo
+import report
 from checkpoint import load_checkpoint
 from dc_ldm.ldm_for_fmri import sample_images
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
 from dc_ldm.util import instantiate_from_config
 from errors import DEBUG_HELP, UsageError, UserError, run_main
+from runtime import autocast
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
-ROOT = common.ROOT
+ROOT = repo.ROOT
 GOALS = {"stage_a1": 0.40, "god_protocol_s": 40.0, "stage_b_batch": 32}
 PROTOCOL = {"fmri": 50, "samples": 5, "steps": 250}
 MEMORY_BUDGET_GIB = 80
 
-# What each mode runs. "gpu": published model sizes on a slice of data; "dry": toy sizes, seconds on a CPU.
+# What each mode runs. "gpu": published model sizes on a slice of data; "dry": toy sizes on a CPU.
 SIZES = {
     "gpu": SimpleNamespace(
         simulate=["--size", "tiny", "--voxel_scale", "1.0", "--image_size", "256", "--hcp_subjects", "5"],
@@ -161,7 +165,7 @@ def step_stage_a1(ctx: SimpleNamespace) -> dict:
     with torch.device("meta"):
         mae = MAEforFMRI(**arch).train()
     fmri = torch.randn(1, 1, arch["num_voxels"], device="meta")
-    flops = common.count_flops(lambda: mae(fmri, mask_ratio=config.get("mask_ratio", 0.75))[0].backward())
+    flops = hardware.count_flops(lambda: mae(fmri, mask_ratio=config.get("mask_ratio", 0.75))[0].backward())
     epochs = epoch_metrics(run)
     timed = epochs[1:] or epochs  # the first epoch warms up (allocator, kernels, compile)
     samples_per_s = sum(e["samples_per_s"] for e in timed) / len(timed)
@@ -220,14 +224,14 @@ def step_god_protocol(ctx: SimpleNamespace) -> dict:
         times = {}
         try:
             compile_start = time.perf_counter()
-            with common.autocast(precision, ctx.device):
+            with autocast(precision, ctx.device):
                 sample_images(model, fmri, ddim_steps=min(ctx.size.god["steps"]))  # warm-up (and compile)
                 warmup_s = time.perf_counter() - compile_start
                 for steps in ctx.size.god["steps"]:
-                    common.synchronize(ctx.device)
+                    hardware.synchronize(ctx.device)
                     start = time.perf_counter()
                     sample_images(model, fmri, ddim_steps=steps)
-                    common.synchronize(ctx.device)
+                    hardware.synchronize(ctx.device)
                     times[steps] = time.perf_counter() - start
         finally:
             model.model = unet
@@ -268,7 +272,7 @@ def step_stage_b_memory(ctx: SimpleNamespace) -> dict:
         def step(batch: int, dtype: str = dtype) -> None:
             data = models.stage_b_batch(args, batch, ctx.device)
             data["image"] = data["image"].contiguous(memory_format=torch.channels_last)
-            with common.autocast(dtype, ctx.device):
+            with autocast(dtype, ctx.device):
                 loss = models.stage_b_loss(model, data)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 0.5)
@@ -299,7 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="every step at toy sizes on the CPU (checks the script)")
     p.add_argument("--work", type=Path, default=None, help="folder for data, LDM and runs (default: a temporary one)")
-    p.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="folder for gpu_check-<device>.json")
+    p.add_argument("--out", type=Path, default=repo.RESULTS_DIR, help="folder for gpu_check-<device>.json")
     p.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS), help="run only these steps")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
@@ -313,7 +317,7 @@ def write_record(path: Path, args: argparse.Namespace, info: dict, started: floa
         "script": "gpu_check",
         "mode": "dry-run" if args.dry_run else "gpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": common.git_commit(),
+        "commit": report.git_commit(),
         "torch": torch.__version__,
         "device": info,
         "total_s": time.perf_counter() - started,
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> Path:
     goal does not."""
     args = parse_args(argv)
     device = torch.device("cpu") if args.dry_run else torch.device("cuda")
-    info = common.device_info(device)
+    info = hardware.device_info(device)
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     ctx = SimpleNamespace(work=work, size=SIZES["dry" if args.dry_run else "gpu"], device=device, info=info,
                           cuda=device.type == "cuda", stage_a_checkpoint=None)  # fmt: skip
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> Path:
     results: dict[str, Any] = {}
     started = time.perf_counter()
     suffix = "-dry" if args.dry_run else ""
-    path = args.out / f"gpu_check-{common.device_slug(device)}{suffix}.json"
+    path = args.out / f"gpu_check-{report.device_slug(device)}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in args.steps:
         print(f"\n[{name}]")

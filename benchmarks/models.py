@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-import common
+import repo
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 
-LDM_DIR = common.ROOT / "pretrains" / "ldm" / "label2img"
+LDM_DIR = repo.ROOT / "pretrains" / "ldm" / "label2img"
 
 # The Stage A encoder inside the conditioner (published: ViT-1024 x 24 over GOD sbj_3's 4656 voxels).
 MAE_META = {

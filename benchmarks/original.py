@@ -41,7 +41,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-import common  # noqa: F401  (puts code/ on sys.path)
+import repo  # noqa: F401  (puts code/ on sys.path)
 from errors import UsageError
 
 # Top-level modules both trees define: ours leave sys.modules while the original's are active.

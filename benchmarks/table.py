@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parents[1] / "code"))  # errors.py
-
-from errors import DEBUG_HELP, UsageError, run_main  # noqa: E402
+import repo  # first: puts code/ on sys.path (errors.py)
+from errors import DEBUG_HELP, UsageError, run_main
 
 
 def _throughput(record: dict, name: str) -> float:
@@ -136,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="*", type=Path, help="result JSON files (default: benchmarks/results/*.json)")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
-    paths = args.files or sorted(p for p in RESULTS.glob("*.json") if not p.stem.endswith(("-tiny", "-dry")))
+    paths = args.files or sorted(p for p in repo.RESULTS_DIR.glob("*.json") if not p.stem.endswith(("-tiny", "-dry")))
     for path in paths:
         try:
             record = json.loads(path.read_text())

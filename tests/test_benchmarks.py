@@ -16,7 +16,8 @@ import torch.nn.functional as F
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import common  # noqa: E402
+import attention  # noqa: E402
+import timing  # noqa: E402
 
 
 def test_explicit_attention_equals_sdpa():
@@ -26,19 +27,19 @@ def test_explicit_attention_equals_sdpa():
     mask[..., 0] = True  # every query keeps one key
     for m in (None, mask):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
-        torch.testing.assert_close(common.explicit_attention(q, k, v, attn_mask=m), want)
+        torch.testing.assert_close(attention.explicit_attention(q, k, v, attn_mask=m), want)
 
 
 def test_original_attention_patch_is_scoped():
     fused = F.scaled_dot_product_attention
-    before = common.original_attention_calls()
-    with common.original_attention():
+    before = attention.original_attention_calls()
+    with attention.original_attention():
         assert F.scaled_dot_product_attention is not fused
         F.scaled_dot_product_attention(*(torch.randn(1, 1, 3, 4) for _ in range(3)))
     assert F.scaled_dot_product_attention is fused
-    assert common.original_attention_calls() == before + 1
+    assert attention.original_attention_calls() == before + 1
     with pytest.raises(RuntimeError, match="never ran"):
-        common.check_patch_reached(common.original_attention_calls())
+        attention.check_patch_reached(attention.original_attention_calls())
 
 
 def test_the_original_training_metric_computes_ours():
@@ -56,20 +57,14 @@ def test_climb_keeps_a_lever_only_when_it_helps():
 
     slow = {"bf16"}  # pretend bf16 is slower here; channels-last faster
 
-    def call(v: common.Variant) -> None:
-        time.sleep(
-            0.004
-            * v.batch
-            * (2.0 if v.attention == "explicit" else 1.0)
-            * (1.5 if v.dtype in slow else 1.0)
-            * (0.5 if v.channels_last else 1.0)
-        )
+    def call(v: timing.Variant) -> None:
+        time.sleep(0.004 * v.batch * (2.0 if v.attention == "explicit" else 1.0) * (1.5 if v.dtype in slow else 1.0)
+                   * (0.5 if v.channels_last else 1.0))  # fmt: skip
 
-    rungs = [common.Variant(1, "fp32", "explicit"), common.Variant(1)]
-    measured, ours = common.climb(
-        rungs, [{"channels_last": True}, {"dtype": "bf16"}], call, torch.device("cpu"), warmup=0, runs=3
-    )
-    assert ours == common.Variant(1, channels_last=True)
+    rungs = [timing.Variant(1, "fp32", "explicit"), timing.Variant(1)]
+    measured, ours = timing.climb(rungs, [{"channels_last": True}, {"dtype": "bf16"}], call, torch.device("cpu"),
+                                  warmup=0, runs=3)  # fmt: skip
+    assert ours == timing.Variant(1, channels_last=True)
     assert measured[0].speedup == 1.0
     assert 2.5 < next(m.speedup for m in reversed(measured) if m.variant == ours) < 6
 
@@ -145,12 +140,8 @@ def test_original_needing_a_missing_package_is_one_clear_line_and_ours_stay(tmp_
 
 def test_original_that_is_not_a_checkout_is_one_clear_line(tmp_path):
     (tmp_path / "code").mkdir()
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = subprocess.run([sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a checkout of the original MinD-Vis" in lines[0] and str(tmp_path) in lines[0]
@@ -179,9 +170,8 @@ def test_dynamics_against_the_original(tmp_path):
     pytest.importorskip("pytorch_lightning", reason="the original's Stage B needs its Lightning")
     import dynamics
 
-    path = dynamics.main(
-        ["--original", ORIGINAL, "--steps", "9", "--out", str(tmp_path), "--figure", str(tmp_path / "dynamics.png")]
-    )
+    path = dynamics.main(["--original", ORIGINAL, "--steps", "9", "--out", str(tmp_path), "--figure",
+                          str(tmp_path / "dynamics.png")])  # fmt: skip
     record = json.loads(Path(path).read_text())
     for stage in ("stage_a1", "stage_b", "stage_b_duplicates_emulated"):
         r = record[stage]
@@ -210,17 +200,8 @@ def test_dynamics_comparison_sees_a_different_learning_rate():
     def train(model, lr):
         optimizer = make_optimizer(model, lr, 0.05)
         with dynamics.recorded(model, lambda: optimizer, seed=1) as record:
-            train_one_epoch(
-                model,
-                data,
-                optimizer,
-                AmpScaler("fp32", torch.device("cpu")),
-                0,
-                mae_step(0.75),
-                Schedule(lr, lr, 0, 1),
-                clip_grad=0.8,
-                log_every=10**9,
-            )
+            train_one_epoch(model, data, optimizer, AmpScaler("fp32", torch.device("cpu")), 0, mae_step(0.75),
+                            Schedule(lr, lr, 0, 1), clip_grad=0.8, log_every=10**9)  # fmt: skip
         return record, dynamics.optimiser_view(model, optimizer)
 
     runs = [(copy.deepcopy(first), lr) for lr in (1e-3, 1e-3, 2e-3)]
