@@ -167,8 +167,15 @@ def main(argv: list[str] | None = None) -> Path:
     with timing.cast_weights_once(device):
         measured, ours = timing.climb(rungs, levers, unet_call, device, args.warmup, args.runs, prepare)
         # ours with every lever kept, at the original's batch (one fMRI's samples per call): a phase of its own
-        ref, theirs_batch = timing.measure([ours, replace(ours, batch=b_orig)], unet_call, device, args.warmup,
-                                           args.runs, prepare, phase=measured[-1].phase + 1)  # fmt: skip
+        ref, theirs_batch = timing.measure(
+            [ours, replace(ours, batch=b_orig)],
+            unet_call,
+            device,
+            args.warmup,
+            args.runs,
+            prepare,
+            phase=measured[-1].phase + 1,
+        )
     ref.speedup = next(m.speedup for m in reversed(measured) if m.variant == ours)
     theirs_batch.speedup = ref.speedup * ref.per_item / theirs_batch.per_item
     measured += [ref, theirs_batch]
@@ -199,17 +206,27 @@ def main(argv: list[str] | None = None) -> Path:
         per_image[v] = cond[k].per_item + evals * unet_call[v] + decode[k].per_item
     ratio = per_image[baseline] / per_image[ours]
     images = PROTOCOL["fmri"] * PROTOCOL["samples"]
-    notes.append(f"protocol time composed from the measured parts: {images} images x (conditioner + {evals} UNet "
-                 f"calls + decode) per image, ours' UNet call as the baseline's over the chained speed-up; not a "
-                 f"timed {evals}-call run")  # fmt: skip
+    notes.append(
+        f"protocol time composed from the measured parts: {images} images x (conditioner + {evals} UNet "
+        f"calls + decode) per image, ours' UNet call as the baseline's over the chained speed-up; not a "
+        f"timed {evals}-call run"
+    )
     notes.append("bf16 weights are cast once per sampling run (autocast's cache, as in gen_eval), not per UNet call")
     if side_batch is not None:
-        notes.append(f"--quick: {side}^2 latents instead of 64^2, UNet batches {b_orig}/{b_ours} instead of 5/25, "
-                     f"conditioner and decoder timed at batch {side_batch} (per image they cost the same on a CPU)")
+        notes.append(
+            f"--quick: {side}^2 latents instead of 64^2, UNet batches {b_orig}/{b_ours} instead of 5/25, "
+            f"conditioner and decoder timed at batch {side_batch} (per image they cost the same on a CPU)"
+        )
     unet_record = report.workload_record(
-        "Generation: one UNet call (x251 per image)", {"latent": side, "batch_original": b_orig, "batch_ours": b_ours},
-        measured, ours, flops["unet"], info, notes, differences,
-    )  # fmt: skip
+        "Generation: one UNet call (x251 per image)",
+        {"latent": side, "batch_original": b_orig, "batch_ours": b_ours},
+        measured,
+        ours,
+        flops["unet"],
+        info,
+        notes,
+        differences,
+    )
     unet_record["ratio_at_original_batch"] = theirs_batch.speedup
     print(f"  ours at the original's batch ({theirs_batch.variant.name}): {theirs_batch.speedup:.2f}x")
     protocol = {
@@ -262,9 +279,14 @@ def compare(args, parts: Parts, ours: timing.Variant, fmri, x, t, context) -> di
         for v in (fp32, ours):
             with v.context(x.device):
                 cond = parts.model.get_learned_conditioning(fmri[:b])
-                mine, _ = PLMSSampler(parts.model).sample(S=steps, batch_size=b, shape=parts.model.latent_shape,
-                                                          conditioning=cond, x_T=_noise(parts.model, b, x.device),
-                                                          verbose=False)  # fmt: skip
+                mine, _ = PLMSSampler(parts.model).sample(
+                    S=steps,
+                    batch_size=b,
+                    shape=parts.model.latent_shape,
+                    conditioning=cond,
+                    x_T=_noise(parts.model, b, x.device),
+                    verbose=False,
+                )
             label = "fp32" if v.dtype == "fp32" else f"ours = {v.dtype}"
             out[f"latents of a {steps}-step PLMS run, {label}"] = timing.difference(mine, theirs_latents)
     return out
@@ -280,8 +302,14 @@ def original_latents(parts: Parts, fmri: torch.Tensor, steps: int) -> torch.Tens
     sampler = parts.checkout.plms_sampler(parts.theirs)
     with parts.checkout.quiet():
         c = parts.theirs.get_learned_conditioning(fmri)
-        samples, _ = sampler.sample(S=steps, conditioning=c, batch_size=fmri.shape[0], shape=parts.model.latent_shape,
-                                    verbose=False, x_T=_noise(parts.model, fmri.shape[0], fmri.device))  # fmt: skip
+        samples, _ = sampler.sample(
+            S=steps,
+            conditioning=c,
+            batch_size=fmri.shape[0],
+            shape=parts.model.latent_shape,
+            verbose=False,
+            x_T=_noise(parts.model, fmri.shape[0], fmri.device),
+        )
     return samples
 
 
@@ -290,8 +318,11 @@ def protocol_floor(args: argparse.Namespace, info: dict, meta_model, ours: timin
     if meta_model is None:  # quick/tiny ran smaller models: count the published one on meta
         meta_model = models.build_ldm(argparse.Namespace(mode="full", device=args.device), meta=True).eval()
     f = component_flops(meta_model, LATENT["full"])
-    total = PROTOCOL["fmri"] * PROTOCOL["samples"] * (f["cond"] + plms_unet_calls(PROTOCOL["steps"]) * f["unet"]
-                                                      + f["decode"])  # fmt: skip
+    total = (
+        PROTOCOL["fmri"]
+        * PROTOCOL["samples"]
+        * (f["cond"] + plms_unet_calls(PROTOCOL["steps"]) * f["unet"] + f["decode"])
+    )
     peaks = info.get("peak_flops") or {}
     return {
         "size": "published (64^2 latents)",
@@ -331,16 +362,20 @@ def print_protocol(p: dict) -> None:
     print(f"\nGOD protocol: {p['images']} images x {p['unet_calls_per_image']} UNet calls, composed from the parts")
     for who in ("original", "ours"):
         label = "original" if who == "ours" or p["baseline"] == "original code" else "original's way"
-        print(f"  {label if who == 'original' else 'ours':<15} {p['images_per_s'][who]:.4g} images/s, "
-              f"protocol {p['protocol_s'][who]:.4g} s")  # fmt: skip
+        print(
+            f"  {label if who == 'original' else 'ours':<15} {p['images_per_s'][who]:.4g} images/s, "
+            f"protocol {p['protocol_s'][who]:.4g} s"
+        )
     print(f"  ratio (ours / baseline throughput): {p['ratio']:.2f}x")
     floor = p["floor"]
     cells = ", ".join(f"{k} {v:.4g} s" for k, v in floor["floor_s"].items())
     print(f"  published-size protocol: {floor['flops'] / 1e15:.4g} PFLOP; floor at the device's peak: {cells}")
     if "end_to_end_check" in p:
         c = p["end_to_end_check"]
-        print(f"  check: sample_images with {c['steps']} steps took {c['measured_s']:.4g} s, "
-              f"predicted {c['predicted_s']:.4g} s ({c['ratio']:.2f}x)")  # fmt: skip
+        print(
+            f"  check: sample_images with {c['steps']} steps took {c['measured_s']:.4g} s, "
+            f"predicted {c['predicted_s']:.4g} s ({c['ratio']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

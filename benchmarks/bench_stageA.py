@@ -41,17 +41,45 @@ from sc_mbm.mae_for_fmri import MAEforFMRI, attention_kind, use_attention
 from sc_mbm.training import mae_step
 
 ARCH = {
-    "published": dict(num_voxels=4656, patch_size=16, embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512,
-                      decoder_depth=8, decoder_num_heads=16, mlp_ratio=1.0),
-    "small": dict(num_voxels=4656, patch_size=16, embed_dim=256, depth=6, num_heads=8, decoder_embed_dim=128,
-                  decoder_depth=2, decoder_num_heads=4, mlp_ratio=1.0),
-    "tiny": dict(num_voxels=256, patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=16,
-                 decoder_depth=1, decoder_num_heads=2, mlp_ratio=1.0),
-}  # fmt: skip
+    "published": dict(
+        num_voxels=4656,
+        patch_size=16,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        mlp_ratio=1.0,
+    ),
+    "small": dict(
+        num_voxels=4656,
+        patch_size=16,
+        embed_dim=256,
+        depth=6,
+        num_heads=8,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+        mlp_ratio=1.0,
+    ),
+    "tiny": dict(
+        num_voxels=256,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        mlp_ratio=1.0,
+    ),
+}
 BATCH = {"full": {"published": 100, "small": 100}, "quick": {"published": 4, "small": 32}, "tiny": {"tiny": 4}}
 # The published Stage A1 training values (its Config_MBM_fMRI); the step runs at the first epoch after warm-up.
-TRAIN = SimpleNamespace(lr=2.5e-4, min_lr=0.0, weight_decay=0.05, num_epoch=500, warmup_epochs=40, clip_grad=0.8,
-                        mask_ratio=0.75)  # fmt: skip
+TRAIN = SimpleNamespace(
+    lr=2.5e-4, min_lr=0.0, weight_decay=0.05, num_epoch=500, warmup_epochs=40, clip_grad=0.8, mask_ratio=0.75
+)
 
 
 def original_correlation(pred: torch.Tensor, fmri: torch.Tensor) -> float:
@@ -89,8 +117,18 @@ class OriginalLoop:
 
     def step(self, fmri: torch.Tensor) -> None:
         with self.checkout.quiet():
-            self.train_one_epoch(self.model, [{"fmri": fmri}], self.optimizer, self.device, self.config.warmup_epochs,
-                                 self.scaler, None, self.config, None, self.model)  # fmt: skip
+            self.train_one_epoch(
+                self.model,
+                [{"fmri": fmri}],
+                self.optimizer,
+                self.device,
+                self.config.warmup_epochs,
+                self.scaler,
+                None,
+                self.config,
+                None,
+                self.model,
+            )
 
 
 def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> dict:
@@ -103,9 +141,12 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     differences = compare(args.original, model, arch, fmri) if args.original is not None else None
     theirs = OriginalLoop(args.original, arch, model.state_dict(), device) if args.original is not None else None
     schedule = Schedule(TRAIN.lr, TRAIN.min_lr, TRAIN.warmup_epochs, TRAIN.num_epoch)
-    optimizers = {"default": make_optimizer(model, TRAIN.lr, TRAIN.weight_decay),  # the stages'
-                  "plain": torch.optim.AdamW(param_groups_weight_decay(model, TRAIN.weight_decay), lr=TRAIN.lr,
-                                             betas=(0.9, 0.95))}  # the original's  # fmt: skip
+    optimizers = {
+        "default": make_optimizer(model, TRAIN.lr, TRAIN.weight_decay),  # the stages'
+        "plain": torch.optim.AdamW(
+            param_groups_weight_decay(model, TRAIN.weight_decay), lr=TRAIN.lr, betas=(0.9, 0.95)
+        ),
+    }  # the original's
     amps = {dtype: AmpScaler(dtype, device) for dtype in ("fp32", "bf16")}
     compiled: dict[str, torch.nn.Module] = {}
 
@@ -116,8 +157,16 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
         use_attention(model, "explicit" if v.attention == "softmax" else "sdpa")
         net = compiled.setdefault("model", torch.compile(model)) if v.compiled else model
         fn = emulated_original_step(TRAIN.mask_ratio) if v.original_loop else mae_step(TRAIN.mask_ratio)
-        train_one_epoch(net, [{"fmri": fmri[: v.batch]}], optimizers[v.optimizer], amps[v.dtype], TRAIN.warmup_epochs,
-                        fn, schedule, clip_grad=TRAIN.clip_grad)  # fmt: skip
+        train_one_epoch(
+            net,
+            [{"fmri": fmri[: v.batch]}],
+            optimizers[v.optimizer],
+            amps[v.dtype],
+            TRAIN.warmup_epochs,
+            fn,
+            schedule,
+            clip_grad=TRAIN.clip_grad,
+        )
 
     original = timing.Variant(batch, "fp32", "explicit", original_loop=True, optimizer="plain")
     if args.original is not None and device.type == "cuda":
@@ -132,18 +181,25 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
     notes.insert(0, timing.baseline_note(args))
     calls_before = attention.original_attention_calls()
     emulated = replace(original, dtype="fp32")
-    rungs = [emulated, replace(emulated, original_loop=False), timing.Variant(batch, optimizer="plain"),
-             timing.Variant(batch)]  # our loop, then SDPA, then the fused AdamW
+    rungs = [
+        emulated,
+        replace(emulated, original_loop=False),
+        timing.Variant(batch, optimizer="plain"),
+        timing.Variant(batch),
+    ]  # our loop, then SDPA, then the fused AdamW
     rungs = timing.baseline_rungs(args, original, rungs)
     measured, ours = timing.climb(rungs, levers, step, device, args.warmup, args.runs)
     attention.check_patch_reached(calls_before)
     if args.mode == "quick":
-        notes.append(f"--quick: batch {batch} instead of {BATCH['full'][name]} (samples/s is per sample either way; "
-                     "at small batches the optimiser's pass over the weights weighs more)")  # fmt: skip
+        notes.append(
+            f"--quick: batch {batch} instead of {BATCH['full'][name]} (samples/s is per sample either way; "
+            "at small batches the optimiser's pass over the weights weighs more)"
+        )
     sizes = {k: arch[k] for k in ("num_voxels", "embed_dim", "depth", "num_heads", "decoder_embed_dim")}
     sizes |= {"decoder_depth": arch["decoder_depth"], "mask_ratio": TRAIN.mask_ratio, "batch": batch}
-    return report.workload_record(f"Stage A1 training, {name} size", sizes, measured, ours, flops, info, notes,
-                                  differences)  # fmt: skip
+    return report.workload_record(
+        f"Stage A1 training, {name} size", sizes, measured, ours, flops, info, notes, differences
+    )
 
 
 def compare(checkout, model: torch.nn.Module, arch: dict, fmri: torch.Tensor) -> dict[str, dict[str, float]]:

@@ -46,9 +46,13 @@ CLIP_GRAD, LR = 0.5, 5.3e-5
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="also find the largest batch per memory budget (measured on CUDA, estimated elsewhere)")
-    p.add_argument("--max_batch", type=int, default=1024, help="upper end of the measured batch search")  # fmt: skip
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also find the largest batch per memory budget (measured on CUDA, estimated elsewhere)",
+    )
+    p.add_argument("--max_batch", type=int, default=1024, help="upper end of the measured batch search")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -104,19 +108,26 @@ def main(argv: list[str] | None = None) -> Path:
     notes.insert(0, timing.baseline_note(args))
     calls = attention.original_attention_calls()
     original = timing.Variant(batch, "fp32", "explicit", original_loop=True)
-    rungs = timing.baseline_rungs(args, original, [original, timing.Variant(batch, original_loop=True),
-                                                   timing.Variant(batch)])  # fmt: skip
+    rungs = timing.baseline_rungs(
+        args, original, [original, timing.Variant(batch, original_loop=True), timing.Variant(batch)]
+    )
     measured, ours = timing.climb(rungs, levers, step, device, args.warmup, args.runs, prepare)
     attention.check_patch_reached(calls)
     side = models.IMAGE_SIZE[args.mode]
     if args.mode == "quick":
-        notes.append(f"--quick: {side}^2 images (latents {side // 4}^2) and batch {batch} instead of 256^2 and 5, "
-                     "every model at its published width and depth; times are per step at that size")
-    sizes = {"image": side, "latent": models.latent_side(args), "batch": batch,
-             "num_voxels": models.NUM_VOXELS[models.size_name(args)], "trained_params": sum(p.numel() for p in params),
-             "total_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    workload = report.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes,
-                                      differences)  # fmt: skip
+        notes.append(
+            f"--quick: {side}^2 images (latents {side // 4}^2) and batch {batch} instead of 256^2 and 5, "
+            "every model at its published width and depth; times are per step at that size"
+        )
+    sizes = {
+        "image": side,
+        "latent": models.latent_side(args),
+        "batch": batch,
+        "num_voxels": models.NUM_VOXELS[models.size_name(args)],
+        "trained_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
+    workload = report.workload_record("Stage B training step", sizes, measured, ours, flops, info, notes, differences)
     payload = {"device": info, "workloads": [workload]}
 
     if args.memory:

@@ -78,10 +78,17 @@ def main(argv: list[str] | None = None) -> Path:
                 )
     image = side * 2 ** (len(vq.decoder.up) - 1)  # the decoder doubles the side once per level but the first
     if args.mode == "quick":
-        notes.append(f"--quick: {side}^2 latents ({image}^2 images) and batches {b_orig}/{b_ours} instead of 64^2 "
-                     "(256^2) and 5/25; images/s is per image at that size")  # fmt: skip
-    sizes = {"latent": side, "image": image, "batch_original": b_orig, "batch_ours": b_ours,
-             "n_embed": vq.quantize.n_embed}  # fmt: skip
+        notes.append(
+            f"--quick: {side}^2 latents ({image}^2 images) and batches {b_orig}/{b_ours} instead of 64^2 "
+            "(256^2) and 5/25; images/s is per image at that size"
+        )
+    sizes = {
+        "latent": side,
+        "image": image,
+        "batch_original": b_orig,
+        "batch_ours": b_ours,
+        "n_embed": vq.quantize.n_embed,
+    }
     workload = report.workload_record("VQ decode", sizes, measured, ours, flops, info, notes, differences)
     return report.write_results("bench_vq_decode", args, {"device": info, "workloads": [workload]})
 

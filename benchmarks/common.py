@@ -33,17 +33,30 @@ def parse_args(description: str, argv: list[str] | None = None, add: Callable | 
         help="try torch.compile: auto = on CUDA, not on CPU in --quick/--tiny (compiling takes minutes)",
     )
     p.add_argument("--out", type=Path, default=repo.RESULTS_DIR, help="folder for <script>-<device>.json")
-    p.add_argument("--original", type=Path, default=None, metavar="PATH",
-                   help="a checkout of the original MinD-Vis (zjc062/mind-vis): its own code becomes the baseline, "
-                        "run beside ours on the same inputs and weights (default: its way, emulated with our code)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (torch.set_num_threads; default: PyTorch's, one per core). On a machine shared "
-                        "with other jobs 1 is steadier: with one thread per core, every parallel op waits for its "
-                        "slowest thread, which another job may have descheduled")
-    p.add_argument("--stat", choices=STATISTICS, default="median",
-                   help="time of a variant from its measured rounds: the median, or the fastest round (steadier "
-                        "when other jobs load the machine)")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # fmt: skip
+    p.add_argument(
+        "--original",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a checkout of the original MinD-Vis (zjc062/mind-vis): its own code becomes the baseline, "
+        "run beside ours on the same inputs and weights (default: its way, emulated with our code)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads; default: PyTorch's, one per core). On a machine shared "
+        "with other jobs 1 is steadier: with one thread per core, every parallel op waits for its "
+        "slowest thread, which another job may have descheduled",
+    )
+    p.add_argument(
+        "--stat",
+        choices=STATISTICS,
+        default="median",
+        help="time of a variant from its measured rounds: the median, or the fastest round (steadier "
+        "when other jobs load the machine)",
+    )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     if add is not None:
         add(p)
     args = p.parse_args(argv)
@@ -92,4 +105,3 @@ def optional_levers(args: argparse.Namespace, info: dict[str, Any], conv: bool) 
             "these models takes minutes there); --compile on tries it"
         )
     return levers, notes
-

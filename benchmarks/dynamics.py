@@ -59,11 +59,21 @@ from sc_mbm.training import mae_step
 from stageB_ldm_finetune import conditioning_optimizer, ldm_step
 from transforms import RandomVoxelDropout, model_image_transform
 
-ARCH_A1 = dict(num_voxels=512, patch_size=16, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
-               decoder_depth=1, decoder_num_heads=4, mlp_ratio=1.0)  # fmt: skip
+ARCH_A1 = dict(
+    num_voxels=512,
+    patch_size=16,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=4,
+    mlp_ratio=1.0,
+)
 # The published Stage A1 values (Config_MBM_fMRI), the schedule compressed to 3 epochs with 1 of warm-up.
-TRAIN_A1 = dict(lr=2.5e-4, min_lr=0.0, weight_decay=0.05, clip_grad=0.8, mask_ratio=0.75, epochs=3, warmup_epochs=1,
-                batch_size=32)  # fmt: skip
+TRAIN_A1 = dict(
+    lr=2.5e-4, min_lr=0.0, weight_decay=0.05, clip_grad=0.8, mask_ratio=0.75, epochs=3, warmup_epochs=1, batch_size=32
+)
 # The published Stage B values (Config_Generative_Model): lr 5.3e-5, batch 5, clipping 0.5, fp32.
 TRAIN_B = dict(lr=5.3e-5, clip_grad=0.5, batch_size=5)
 DEVICE = torch.device("cpu")
@@ -92,8 +102,10 @@ def batches(world: dict[str, torch.Tensor], batch_size: int, steps: int, seed: i
     g, n, out = torch.Generator().manual_seed(seed), len(world["fmri"]), []
     while len(out) < steps:
         order = torch.randperm(n, generator=g)
-        out += [{k: v[order[i : i + batch_size]] for k, v in world.items()}
-                for i in range(0, n - batch_size + 1, batch_size)]  # fmt: skip
+        out += [
+            {k: v[order[i : i + batch_size]] for k, v in world.items()}
+            for i in range(0, n - batch_size + 1, batch_size)
+        ]
     return out[:steps]
 
 
@@ -129,16 +141,26 @@ def recorded(model: nn.Module, optimizer: Callable[[], torch.optim.Optimizer | N
 def optimiser_view(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
     """{parameter name: its group's lr, weight decay, betas, eps} for every parameter the optimiser updates."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: {k: g[k] for k in ("weight_decay", "betas", "eps")}
-            for g in optimizer.param_groups for p in g["params"]}  # fmt: skip
+    return {
+        names[id(p)]: {k: g[k] for k in ("weight_decay", "betas", "eps")}
+        for g in optimizer.param_groups
+        for p in g["params"]
+    }
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def compare_runs(ours: dict, theirs: dict, ours_model: nn.Module, their_model: nn.Module, start: dict,
-                 ours_opt: dict, their_opt: dict) -> dict[str, Any]:  # fmt: skip
+def compare_runs(
+    ours: dict,
+    theirs: dict,
+    ours_model: nn.Module,
+    their_model: nn.Module,
+    start: dict,
+    ours_opt: dict,
+    their_opt: dict,
+) -> dict[str, Any]:
     """Loss and lr step by step, where the weights ended (`start`: both models' weights before training), and the
     optimisers' parameter sets and hyper-parameters."""
     loss_o, loss_t = np.array(ours["loss"]), np.array(theirs["loss"])
@@ -191,8 +213,17 @@ def stage_a1(checkout: OriginalCheckout, steps: int, seed: int) -> dict[str, Any
     with recorded(ours, lambda: optimizer, seed) as record_ours:
         for epoch in range(TRAIN_A1["epochs"]):
             epoch_batches = data[epoch * per_epoch : (epoch + 1) * per_epoch]
-            train_one_epoch(ours, epoch_batches, optimizer, amp, epoch, mae_step(TRAIN_A1["mask_ratio"]), schedule,
-                            clip_grad=TRAIN_A1["clip_grad"], log_every=10**9)  # fmt: skip
+            train_one_epoch(
+                ours,
+                epoch_batches,
+                optimizer,
+                amp,
+                epoch,
+                mae_step(TRAIN_A1["mask_ratio"]),
+                schedule,
+                clip_grad=TRAIN_A1["clip_grad"],
+                log_every=10**9,
+            )
 
     # the original, as its stageA1_mbm_pretrain.py runs it
     trainer = checkout.module("sc_mbm.trainer")
@@ -209,10 +240,18 @@ def stage_a1(checkout: OriginalCheckout, steps: int, seed: int) -> dict[str, Any
     with recorded(theirs, lambda: their_opt, seed) as record_theirs, checkout.quiet():
         for epoch in range(TRAIN_A1["epochs"]):
             epoch_batches = data[epoch * per_epoch : (epoch + 1) * per_epoch]
-            trainer.train_one_epoch(theirs, epoch_batches, their_opt, DEVICE, epoch, scaler, None, config,
-                                    model_without_ddp=theirs)  # fmt: skip
-    return compare_runs(record_ours, record_theirs, ours, theirs, start, optimiser_view(ours, optimizer),
-                        optimiser_view(theirs, their_opt))  # fmt: skip
+            trainer.train_one_epoch(
+                theirs, epoch_batches, their_opt, DEVICE, epoch, scaler, None, config, model_without_ddp=theirs
+            )
+    return compare_runs(
+        record_ours,
+        record_theirs,
+        ours,
+        theirs,
+        start,
+        optimiser_view(ours, optimizer),
+        optimiser_view(theirs, their_opt),
+    )
 
 
 # ---- Stage B --------------------------------------------------------------------------------------------------
@@ -240,8 +279,17 @@ def stage_b(checkout: OriginalCheckout, steps: int, seed: int, duplicates: bool 
         optimizer = torch.optim.AdamW(optimizer.param_groups[0]["params"] + twice, lr=cfg.lr)
     schedule = Schedule(cfg.lr, cfg.lr, 0, 1)  # constant, as published
     with recorded(ours, lambda: optimizer, seed) as record_ours:
-        train_one_epoch(ours, data, optimizer, AmpScaler("fp32", DEVICE), 0, ldm_step, schedule,
-                        clip_grad=TRAIN_B["clip_grad"], log_every=10**9)  # fmt: skip
+        train_one_epoch(
+            ours,
+            data,
+            optimizer,
+            AmpScaler("fp32", DEVICE),
+            0,
+            ldm_step,
+            schedule,
+            clip_grad=TRAIN_B["clip_grad"],
+            log_every=10**9,
+        )
 
     # the original: fLDM.finetune's set-up, then Lightning's Trainer with create_trainer's flags
     import pytorch_lightning as pl
@@ -254,20 +302,38 @@ def stage_b(checkout: OriginalCheckout, steps: int, seed: int, duplicates: bool 
         # Lightning >= 2 calls on_train_batch_start(batch, batch_idx); the original's takes a third argument
         hook = theirs.on_train_batch_start
         theirs.on_train_batch_start = lambda batch, batch_idx, *rest: hook(batch, batch_idx, 0)
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=32, accumulate_grad_batches=1,
-                             gradient_clip_val=TRAIN_B["clip_grad"], logger=False, enable_checkpointing=False,
-                             enable_model_summary=False, enable_progress_bar=False, limit_val_batches=0,
-                             num_sanity_val_steps=0)  # fmt: skip
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            precision=32,
+            accumulate_grad_batches=1,
+            gradient_clip_val=TRAIN_B["clip_grad"],
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
         loader = torch.utils.data.DataLoader(their_batches, batch_size=None, shuffle=False)
         their_optimizer = lambda: trainer.optimizers[0] if trainer.optimizers else None  # noqa: E731
         with recorded(theirs, their_optimizer, seed) as record_theirs:
             trainer.fit(theirs, loader)
-    result = compare_runs(record_ours, record_theirs, ours, theirs, start, optimiser_view(ours, optimizer),
-                          optimiser_view(theirs, trainer.optimizers[0]))  # fmt: skip
+    result = compare_runs(
+        record_ours,
+        record_theirs,
+        ours,
+        theirs,
+        start,
+        optimiser_view(ours, optimizer),
+        optimiser_view(theirs, trainer.optimizers[0]),
+    )
     # what the original leaves trainable but never updates (gradients computed for nothing, see bench_stageB.py)
     updated = set(optimiser_view(theirs, trainer.optimizers[0]))
     result["original_requires_grad_not_updated"] = sum(
-        p.numel() for n, p in theirs.named_parameters() if p.requires_grad and n not in updated)
+        p.numel() for n, p in theirs.named_parameters() if p.requires_grad and n not in updated
+    )
     return result
 
 
@@ -280,8 +346,13 @@ def transforms(checkout: OriginalCheckout, seeds: int = 200) -> dict[str, Any]:
     from torchvision import transforms as T
 
     size, crop_ratio = 256, 0.2
-    theirs = T.Compose([stage_b_script.normalize, stage_b_script.random_crop(size - int(crop_ratio * size), p=0.5),
-                        T.Resize((size, size))])  # fmt: skip
+    theirs = T.Compose(
+        [
+            stage_b_script.normalize,
+            stage_b_script.random_crop(size - int(crop_ratio * size), p=0.5),
+            T.Resize((size, size)),
+        ]
+    )
     ours = model_image_transform(size, crop_ratio)
     g = np.random.default_rng(0)
     image = g.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -298,9 +369,13 @@ def transforms(checkout: OriginalCheckout, seeds: int = 200) -> dict[str, Any]:
     np.random.seed(0)
     with checkout.quiet():
         sparse = stage_b_script.fmri_transform(fmri.numpy())
-    return {"seeds": seeds, "image_max_abs_difference": worst, "cropped_share": cropped / seeds,
-            "fmri_sparse_changed_voxels": int((sparse != fmri).sum()),
-            "fmri_dropout0_changed_voxels": int((RandomVoxelDropout(0.0)(fmri) != fmri).sum())}  # fmt: skip
+    return {
+        "seeds": seeds,
+        "image_max_abs_difference": worst,
+        "cropped_share": cropped / seeds,
+        "fmri_sparse_changed_voxels": int((sparse != fmri).sum()),
+        "fmri_dropout0_changed_voxels": int((RandomVoxelDropout(0.0)(fmri) != fmri).sum()),
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
@@ -317,8 +392,11 @@ def figure(results: dict[str, Any], path: Path) -> None:
         top, bottom = axes[0, col], axes[1, col]
         top.plot(r["loss_original"], lw=2.5, alpha=0.5, label="original (its loop)")
         top.plot(r["loss_ours"], lw=0.9, label="ours")
-        top.set(title=f"{'Stage A1 (MAE)' if stage == 'stage_a1' else 'Stage B (DC-LDM)'}: training loss per step",
-                xlabel="step", ylabel="loss")  # fmt: skip
+        top.set(
+            title=f"{'Stage A1 (MAE)' if stage == 'stage_a1' else 'Stage B (DC-LDM)'}: training loss per step",
+            xlabel="step",
+            ylabel="loss",
+        )
         top.legend(fontsize=8)
         bottom.semilogy(np.maximum(r["rel_loss_difference_by_step"], 1e-12))
         bottom.set(title="|ours - original| / original", xlabel="step", ylim=(1e-10, 1))
@@ -326,20 +404,27 @@ def figure(results: dict[str, Any], path: Path) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = ["| stage | steps | trained tensors (both) | only ours / only original | hyper-parameters differ | "
-            "first step: rel. loss diff. | max rel. loss diff. | max lr diff. | weights apart / update at the end |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        "| stage | steps | trained tensors (both) | only ours / only original | hyper-parameters differ | "
+        "first step: rel. loss diff. | max rel. loss diff. | max lr diff. | weights apart / update at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for stage in ("stage_a1", "stage_b", "stage_b_duplicates_emulated"):
         r = results[stage]
-        rows.append(f"| {stage} | {r['steps']} | {r['trained_parameters']} | {len(r['trained_only_by_ours'])} / "
-                    f"{len(r['trained_only_by_original'])} | {len(r['hyper_parameters_differ'])} | "
-                    f"{r['first_step_rel_loss_difference']:.1e} | {r['max_rel_loss_difference']:.1e} | "
-                    f"{r['max_lr_difference']:.1e} | {r['weights_apart_over_update']:.1e} |")  # fmt: skip
+        rows.append(
+            f"| {stage} | {r['steps']} | {r['trained_parameters']} | {len(r['trained_only_by_ours'])} / "
+            f"{len(r['trained_only_by_original'])} | {len(r['hyper_parameters_differ'])} | "
+            f"{r['first_step_rel_loss_difference']:.1e} | {r['max_rel_loss_difference']:.1e} | "
+            f"{r['max_lr_difference']:.1e} | {r['weights_apart_over_update']:.1e} |"
+        )
     t = results["transforms"]
-    rows += ["", f"Image transform (crop ratio 0.2, p 0.5) over {t['seeds']} seeds: max |ours - original| "
-             f"{t['image_max_abs_difference']:.1e} ({t['cropped_share']:.0%} cropped); fMRI: the original's sparse "
-             f"transform changed {t['fmri_sparse_changed_voxels']} voxels, ours at rate 0 "
-             f"{t['fmri_dropout0_changed_voxels']}."]  # fmt: skip
+    rows += [
+        "",
+        f"Image transform (crop ratio 0.2, p 0.5) over {t['seeds']} seeds: max |ours - original| "
+        f"{t['image_max_abs_difference']:.1e} ({t['cropped_share']:.0%} cropped); fMRI: the original's sparse "
+        f"transform changed {t['fmri_sparse_changed_voxels']} voxels, ours at rate 0 "
+        f"{t['fmri_dropout0_changed_voxels']}.",
+    ]
     return "\n".join(rows)
 
 
@@ -358,17 +443,27 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     started = time.time()
     results: dict[str, Any] = {"transforms": transforms(checkout)}
-    runs = {"stage_a1": stage_a1, "stage_b": stage_b,
-            "stage_b_duplicates_emulated": lambda *a: stage_b(*a, duplicates=True)}  # fmt: skip
+    runs = {
+        "stage_a1": stage_a1,
+        "stage_b": stage_b,
+        "stage_b_duplicates_emulated": lambda *a: stage_b(*a, duplicates=True),
+    }
     for name, run in runs.items():
         start = time.time()
         with contextlib.redirect_stderr(io.StringIO()):  # Lightning's and the original's chatter
             results[name] = run(checkout, args.steps, args.seed)
         results[name]["seconds"] = round(time.time() - start, 1)
         print(f"{name}: {args.steps} steps in {results[name]['seconds']} s")
-    record = {"script": "dynamics", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": report.git_commit(),
-              "original": checkout.commit, "torch": torch.__version__, "seed": args.seed,
-              "total_s": round(time.time() - started, 1), **results}  # fmt: skip
+    record = {
+        "script": "dynamics",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": report.git_commit(),
+        "original": checkout.commit,
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "total_s": round(time.time() - started, 1),
+        **results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "dynamics-cpu.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -101,15 +101,51 @@ def stage_commands(work: Path, size: SimpleNamespace, stage_a_checkpoint: Path |
     commands = {
         "cuda_tests": [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"],
         "simulate": [py, "code/make_synthetic_data.py", "--out", data, *size.simulate],
-        "stage_a1": [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                     "code/stageA1_mbm_pretrain.py", "--hcp_path", data / "HCP/npz", "--no-include_kam",
-                     "--output_path", work / "runs", "--ckpt_every", size.a1["num_epoch"], "--log_every", 1000,
-                     *flags(size.a1), *flags(size.arch)],
-        "stage_b": [py, "code/stageB_ldm_finetune.py", "--dataset", "GOD", "--kam_path", data / "Kamitani/npz",
-                    "--pretrain_gm_path", work / "ldm", "--pretrain_mbm_path", stage_a_checkpoint,
-                    "--output_path", work / "runs", "--val_every", 1, "--num_val_items", 2, "--num_samples", 1,
-                    "--ddim_steps", 4, "--log_every", 1000, *flags(size.b)],
-    }  # fmt: skip
+        "stage_a1": [
+            py,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "code/stageA1_mbm_pretrain.py",
+            "--hcp_path",
+            data / "HCP/npz",
+            "--no-include_kam",
+            "--output_path",
+            work / "runs",
+            "--ckpt_every",
+            size.a1["num_epoch"],
+            "--log_every",
+            1000,
+            *flags(size.a1),
+            *flags(size.arch),
+        ],
+        "stage_b": [
+            py,
+            "code/stageB_ldm_finetune.py",
+            "--dataset",
+            "GOD",
+            "--kam_path",
+            data / "Kamitani/npz",
+            "--pretrain_gm_path",
+            work / "ldm",
+            "--pretrain_mbm_path",
+            stage_a_checkpoint,
+            "--output_path",
+            work / "runs",
+            "--val_every",
+            1,
+            "--num_val_items",
+            2,
+            "--num_samples",
+            1,
+            "--ddim_steps",
+            4,
+            "--log_every",
+            1000,
+            *flags(size.b),
+        ],
+    }
     return {name: [str(a) for a in cmd] for name, cmd in commands.items()}
 
 
@@ -159,8 +195,17 @@ def step_stage_a1(ctx: SimpleNamespace) -> dict:
     ctx.stage_a_checkpoint = run / "checkpoint.pth"
     config = load_checkpoint(ctx.stage_a_checkpoint)["config"]
     config = config if isinstance(config, dict) else vars(config)
-    fields = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
-              "decoder_num_heads", "mlp_ratio")  # fmt: skip
+    fields = (
+        "num_voxels",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "decoder_embed_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+        "mlp_ratio",
+    )
     arch = {k: config[k] for k in fields}
     with torch.device("meta"):
         mae = MAEforFMRI(**arch).train()
@@ -173,10 +218,19 @@ def step_stage_a1(ctx: SimpleNamespace) -> dict:
     achieved = flops * samples_per_s
     peak = (ctx.info.get("peak_flops") or {}).get("bf16")
     fraction = achieved / peak if peak else None
-    return {"run": str(run), "arch": arch, "epochs": len(epochs), "steps": steps, "samples_per_s": samples_per_s,
-            "flops_per_sample": flops, "achieved_tflops": achieved / 1e12, "bf16_peak_tflops": peak / 1e12 if peak
-            else None, "fraction_of_bf16_peak": fraction, "goal": f">= {GOALS['stage_a1']:.0%} of the bf16 peak",
-            "met": fraction >= GOALS["stage_a1"] if ctx.cuda and fraction is not None else None}  # fmt: skip
+    return {
+        "run": str(run),
+        "arch": arch,
+        "epochs": len(epochs),
+        "steps": steps,
+        "samples_per_s": samples_per_s,
+        "flops_per_sample": flops,
+        "achieved_tflops": achieved / 1e12,
+        "bf16_peak_tflops": peak / 1e12 if peak else None,
+        "fraction_of_bf16_peak": fraction,
+        "goal": f">= {GOALS['stage_a1']:.0%} of the bf16 peak",
+        "met": fraction >= GOALS["stage_a1"] if ctx.cuda and fraction is not None else None,
+    }
 
 
 def write_ldm_folder(folder: Path, tiny: bool) -> None:
@@ -199,8 +253,14 @@ def step_stage_b(ctx: SimpleNamespace) -> dict:
     run = newest_run(ctx.work, "stageB")
     epochs = epoch_metrics(run)
     rate = [e["samples_per_s"] for e in epochs if "samples_per_s" in e]
-    return {"run": str(run), "wall_s": wall, "epochs": len(epochs), "batch": ctx.size.b["batch_size"],
-            "samples_per_s": rate[-1] if rate else None, "met": None}  # fmt: skip
+    return {
+        "run": str(run),
+        "wall_s": wall,
+        "epochs": len(epochs),
+        "batch": ctx.size.b["batch_size"],
+        "samples_per_s": rate[-1] if rate else None,
+        "met": None,
+    }
 
 
 def step_god_protocol(ctx: SimpleNamespace) -> dict:
@@ -242,15 +302,31 @@ def step_god_protocol(ctx: SimpleNamespace) -> dict:
         if per_call <= 0:  # the longer run was not slower: timing noise (a shared machine) swamps the difference
             per_call, fixed, fit = t2 / calls[s2], 0.0, "upper bound: all of the longer run's time per call"
         protocol_s = math.ceil(images / batch) * (fixed + per_call * full_calls)
-        results.append({"batch": batch, "compiled": compiled, "precision": precision, "warmup_s": warmup_s,
-                        "times_s": times, "per_unet_call_s": per_call, "fixed_s": fixed, "fit": fit,
-                        "protocol_s": protocol_s})  # fmt: skip
-        print(f"  batch {batch}{', compiled' if compiled else ''}: {per_call * 1e3:.1f} ms per UNet call, "
-              f"protocol {protocol_s:.1f} s")  # fmt: skip
+        results.append(
+            {
+                "batch": batch,
+                "compiled": compiled,
+                "precision": precision,
+                "warmup_s": warmup_s,
+                "times_s": times,
+                "per_unet_call_s": per_call,
+                "fixed_s": fixed,
+                "fit": fit,
+                "protocol_s": protocol_s,
+            }
+        )
+        print(
+            f"  batch {batch}{', compiled' if compiled else ''}: {per_call * 1e3:.1f} ms per UNet call, "
+            f"protocol {protocol_s:.1f} s"
+        )
     best = min(results, key=lambda r: r["protocol_s"])
-    return {"variants": results, "protocol_s": best["protocol_s"], "best": {k: best[k] for k in ("batch", "compiled")},
-            "goal": f"<= {GOALS['god_protocol_s']:.0f} s (H100-class)",
-            "met": best["protocol_s"] <= GOALS["god_protocol_s"] if ctx.cuda else None}  # fmt: skip
+    return {
+        "variants": results,
+        "protocol_s": best["protocol_s"],
+        "best": {k: best[k] for k in ("batch", "compiled")},
+        "goal": f"<= {GOALS['god_protocol_s']:.0f} s (H100-class)",
+        "met": best["protocol_s"] <= GOALS["god_protocol_s"] if ctx.cuda else None,
+    }
 
 
 def step_stage_b_memory(ctx: SimpleNamespace) -> dict:
@@ -282,9 +358,14 @@ def step_stage_b_memory(ctx: SimpleNamespace) -> dict:
         best[dtype], seen = memory.largest_fitting(step, ctx.device, budget, ctx.size.max_batch)
         peaks[dtype] = {b: p for b, p in seen.items() if math.isfinite(p)}
         print(f"  {dtype}: largest batch {best[dtype]} within {budget / 2**30:.0f} GiB")
-    return {"method": "measured", "budget_gib": budget / 2**30, "max_batch": best, "peak_bytes": peaks,
-            "goal": f">= {GOALS['stage_b_batch']} in {MEMORY_BUDGET_GIB} GB",
-            "met": min(best.values()) >= GOALS["stage_b_batch"]}  # fmt: skip
+    return {
+        "method": "measured",
+        "budget_gib": budget / 2**30,
+        "max_batch": best,
+        "peak_bytes": peaks,
+        "goal": f">= {GOALS['stage_b_batch']} in {MEMORY_BUDGET_GIB} GB",
+        "met": min(best.values()) >= GOALS["stage_b_batch"],
+    }
 
 
 STEPS: dict[str, Callable[[SimpleNamespace], dict]] = {
@@ -333,8 +414,14 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device("cpu") if args.dry_run else torch.device("cuda")
     info = hardware.device_info(device)
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
-    ctx = SimpleNamespace(work=work, size=SIZES["dry" if args.dry_run else "gpu"], device=device, info=info,
-                          cuda=device.type == "cuda", stage_a_checkpoint=None)  # fmt: skip
+    ctx = SimpleNamespace(
+        work=work,
+        size=SIZES["dry" if args.dry_run else "gpu"],
+        device=device,
+        info=info,
+        cuda=device.type == "cuda",
+        stage_a_checkpoint=None,
+    )
     print(f"gpu_check on {info['name']} ({'dry run, toy sizes' if args.dry_run else 'published sizes'}), work {work}")
     results: dict[str, Any] = {}
     started = time.perf_counter()

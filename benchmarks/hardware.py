@@ -31,11 +31,9 @@ GPU_PEAK_TFLOPS = (
 )
 
 
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 
 # ---- memory -------------------------------------------------------------------------------------------------------
@@ -146,4 +144,3 @@ def _cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-

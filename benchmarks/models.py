@@ -26,8 +26,9 @@ MAE_META = {
 NUM_VOXELS = {"published": 4656, "tiny": 256}
 
 # Toy overrides of the published config.yaml for --tiny (GroupNorm needs widths divisible by 32).
-TINY_UNET = dict(model_channels=32, channel_mult=[1, 2], attention_resolutions=[2], num_res_blocks=1,
-                 context_dim=32, image_size=8)  # fmt: skip
+TINY_UNET = dict(
+    model_channels=32, channel_mult=[1, 2], attention_resolutions=[2], num_res_blocks=1, context_dim=32, image_size=8
+)
 TINY_VQ = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16)
 TINY_N_EMBED = 64
 

@@ -45,8 +45,17 @@ import repo  # noqa: F401  (puts code/ on sys.path)
 from errors import UsageError
 
 # Top-level modules both trees define: ours leave sys.modules while the original's are active.
-SHARED_NAMES = ("dc_ldm", "sc_mbm", "config", "dataset", "eval_metrics", "gen_eval", "stageA1_mbm_pretrain",
-                "stageA2_mbm_finetune", "stageB_ldm_finetune")
+SHARED_NAMES = (
+    "dc_ldm",
+    "sc_mbm",
+    "config",
+    "dataset",
+    "eval_metrics",
+    "gen_eval",
+    "stageA1_mbm_pretrain",
+    "stageA2_mbm_finetune",
+    "stageB_ldm_finetune",
+)
 # Files (and a line in each) that identify a checkout of the original.
 SIGNATURE = {
     "code/sc_mbm/mae_for_fmri.py": "class fmri_encoder",
@@ -193,8 +202,9 @@ def _read(path: Path) -> str:
 
 def _git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     top, commit = out.stdout.split()

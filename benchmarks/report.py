@@ -82,8 +82,10 @@ def workload_record(
     who = "the original code's" if original.code == "original" else "the original's way (emulated)"
     print(f"  ours = {ours.name}: {ratio:.2f}x {who} throughput")
     for label, d in (differences or {}).items():
-        print(f"  max |ours - original| ({label}): {d['max_abs_diff']:.3g}  (|original| up to "
-              f"{d['max_abs_original']:.3g})")  # fmt: skip
+        print(
+            f"  max |ours - original| ({label}): {d['max_abs_diff']:.3g}  (|original| up to "
+            f"{d['max_abs_original']:.3g})"
+        )
     for note in notes:
         print(f"  note: {note}")
     return {

@@ -81,8 +81,10 @@ def speed_table(paths: list[Path]) -> str:
 
 def difference_table(paths: list[Path]) -> str:
     """Max |ours - original| per workload and output (only runs that had `--original`)."""
-    lines = ["| workload | output compared | max abs difference | largest abs value (original) |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| workload | output compared | max abs difference | largest abs value (original) |",
+        "| --- | --- | --- | --- |",
+    ]
     for path in paths:
         for w in json.loads(path.read_text())["workloads"]:
             for label, d in w.get("max_abs_diff_vs_original", {}).items():
@@ -105,8 +107,10 @@ def _gpu_result(name: str, step: dict) -> str:
         return f"{rate}{step['epochs']} epoch(s) at batch {step['batch']} in {step['wall_s']:.0f} s (with start-up)"
     if name == "god_protocol":
         best = step["best"]
-        return (f"{step['protocol_s']:.1f} s (batch {best['batch']}{', compiled' if best['compiled'] else ''}; "
-                f"extrapolated from a slice)")  # fmt: skip
+        return (
+            f"{step['protocol_s']:.1f} s (batch {best['batch']}{', compiled' if best['compiled'] else ''}; "
+            f"extrapolated from a slice)"
+        )
     if name == "stage_b_memory":
         cells = ", ".join(f"{k} {v}" for k, v in step["max_batch"].items())
         return f"{cells} ({step['method']})"
@@ -115,16 +119,20 @@ def _gpu_result(name: str, step: dict) -> str:
 
 def gpu_check_table(paths: list[Path]) -> str:
     """One row per step of each gpu_check JSON: result, goal, verdict, seconds."""
-    lines = ["| device | mode | date | commit | step | result | goal | met | s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| device | mode | date | commit | step | result | goal | met | s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for path in paths:
         run = json.loads(path.read_text())
         commit = run["commit"][:7] + ("-dirty" if run["commit"].endswith("-dirty") else "")
         context = f"{run['device']['name']} | {run['mode']} | {run['date'][:10]} | `{commit}`"
         for name, step in run["steps"].items():
             met = {True: "yes", False: "**no**", None: ""}[step.get("met")]
-            lines.append(f"| {context} | {name} | {_gpu_result(name, step)} | {step.get('goal', '')} | {met} | "
-                         f"{step['seconds']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {context} | {name} | {_gpu_result(name, step)} | {step.get('goal', '')} | {met} | "
+                f"{step['seconds']:.0f} |"
+            )
     return "\n".join(lines)
 
 

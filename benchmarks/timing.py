@@ -68,7 +68,6 @@ class Variant:
         return stack
 
 
-
 @dataclass
 class Measurement:
     """Times (s per call) of one variant in one phase, its peak memory and its speed-up over the original."""
@@ -181,12 +180,13 @@ def baseline_note(args: argparse.Namespace) -> str:
     """What the first row of the table is: the original's code (which checkout), or its way emulated with ours."""
     if args.original is not None:
         return f"baseline: the original's own code, {args.original.root} at commit {args.original.commit[:7]}"
-    return ("baseline: the original's way emulated with our code (fp32, explicit-softmax attention, its batch and "
-            "loop); pass --original PATH (a checkout of zjc062/mind-vis) to run its own code beside ours")  # fmt: skip
+    return (
+        "baseline: the original's way emulated with our code (fp32, explicit-softmax attention, its batch and "
+        "loop); pass --original PATH (a checkout of zjc062/mind-vis) to run its own code beside ours"
+    )
 
 
 def difference(ours: Any, original: Any) -> dict[str, float]:
     """Largest absolute difference of two tensors (or scalars) in float32, and the largest |original| for scale."""
     a, b = torch.as_tensor(ours).detach().float().cpu(), torch.as_tensor(original).detach().float().cpu()
     return {"max_abs_diff": (a - b).abs().max().item(), "max_abs_original": b.abs().max().item()}
-

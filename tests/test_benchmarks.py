@@ -58,12 +58,18 @@ def test_climb_keeps_a_lever_only_when_it_helps():
     slow = {"bf16"}  # pretend bf16 is slower here; channels-last faster
 
     def call(v: timing.Variant) -> None:
-        time.sleep(0.004 * v.batch * (2.0 if v.attention == "explicit" else 1.0) * (1.5 if v.dtype in slow else 1.0)
-                   * (0.5 if v.channels_last else 1.0))  # fmt: skip
+        time.sleep(
+            0.004
+            * v.batch
+            * (2.0 if v.attention == "explicit" else 1.0)
+            * (1.5 if v.dtype in slow else 1.0)
+            * (0.5 if v.channels_last else 1.0)
+        )
 
     rungs = [timing.Variant(1, "fp32", "explicit"), timing.Variant(1)]
-    measured, ours = timing.climb(rungs, [{"channels_last": True}, {"dtype": "bf16"}], call, torch.device("cpu"),
-                                  warmup=0, runs=3)  # fmt: skip
+    measured, ours = timing.climb(
+        rungs, [{"channels_last": True}, {"dtype": "bf16"}], call, torch.device("cpu"), warmup=0, runs=3
+    )
     assert ours == timing.Variant(1, channels_last=True)
     assert measured[0].speedup == 1.0
     assert 2.5 < next(m.speedup for m in reversed(measured) if m.variant == ours) < 6
@@ -140,8 +146,12 @@ def test_original_needing_a_missing_package_is_one_clear_line_and_ours_stay(tmp_
 
 def test_original_that_is_not_a_checkout_is_one_clear_line(tmp_path):
     (tmp_path / "code").mkdir()
-    result = subprocess.run([sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "bench_vq_decode.py"), "--tiny", "--original", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a checkout of the original MinD-Vis" in lines[0] and str(tmp_path) in lines[0]
@@ -170,8 +180,9 @@ def test_dynamics_against_the_original(tmp_path):
     pytest.importorskip("pytorch_lightning", reason="the original's Stage B needs its Lightning")
     import dynamics
 
-    path = dynamics.main(["--original", ORIGINAL, "--steps", "9", "--out", str(tmp_path), "--figure",
-                          str(tmp_path / "dynamics.png")])  # fmt: skip
+    path = dynamics.main(
+        ["--original", ORIGINAL, "--steps", "9", "--out", str(tmp_path), "--figure", str(tmp_path / "dynamics.png")]
+    )
     record = json.loads(Path(path).read_text())
     for stage in ("stage_a1", "stage_b", "stage_b_duplicates_emulated"):
         r = record[stage]
@@ -200,8 +211,17 @@ def test_dynamics_comparison_sees_a_different_learning_rate():
     def train(model, lr):
         optimizer = make_optimizer(model, lr, 0.05)
         with dynamics.recorded(model, lambda: optimizer, seed=1) as record:
-            train_one_epoch(model, data, optimizer, AmpScaler("fp32", torch.device("cpu")), 0, mae_step(0.75),
-                            Schedule(lr, lr, 0, 1), clip_grad=0.8, log_every=10**9)  # fmt: skip
+            train_one_epoch(
+                model,
+                data,
+                optimizer,
+                AmpScaler("fp32", torch.device("cpu")),
+                0,
+                mae_step(0.75),
+                Schedule(lr, lr, 0, 1),
+                clip_grad=0.8,
+                log_every=10**9,
+            )
         return record, dynamics.optimiser_view(model, optimizer)
 
     runs = [(copy.deepcopy(first), lr) for lr in (1e-3, 1e-3, 2e-3)]
