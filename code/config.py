@@ -414,8 +414,8 @@ class GenEvalConfig(TargetData):
     device: str = arg("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", "run")
     compile: bool = arg(
         False,
-        "torch.compile the UNet for sampling, weights frozen (benchmarks/README.md: 1.45-1.7x "
-        "a UNet call on a CPU after 2-3 minutes of compiling): for long runs",
+        "torch.compile the UNet for sampling, weights frozen: faster per sampler step after minutes of compiling "
+        "(benchmarks/README.md), for long runs",
         "run",
     )
     classifier: str | None = arg(

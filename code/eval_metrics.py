@@ -119,7 +119,8 @@ def _ssim_matrix(recon: torch.Tensor, gt: torch.Tensor, batch_size: int) -> torc
     x, y = recon.permute(0, 3, 1, 2).double(), gt.permute(0, 3, 1, 2).double()  # (M, 3, H, W), (N, 3, H, W)
     ux, uy = _box(x), _box(y)  # (M, 3, h, w), (N, 3, h, w)
     vx, vy = cov_norm * (_box(x * x) - ux * ux), cov_norm * (_box(y * y) - uy * uy)
-    # one reconstruction against a block of ground truths at a time; on CPU small blocks stay in cache (3x faster)
+    # one reconstruction against a block of ground truths at a time; on CPU small blocks stay in cache (several
+    # times faster)
     cols = batch_size if x.device.type != "cpu" else min(batch_size, 8)
     out = torch.empty(len(x), len(y), dtype=torch.float64, device=x.device)
     for i in range(len(x)):

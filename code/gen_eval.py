@@ -131,7 +131,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     )
     model = model_from_finetuned(state, stored, path, gm_path, mbm_path, device)
     use_attention(model, attention_kind(device, precision))
-    model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder: 1.00-1.05x (benchmarks/README.md)
+    model.first_stage_model.to(memory_format=torch.channels_last)  # the VQ decoder (benchmarks/README.md measures it)
     if cfg.compile:  # compiles at the first sampler call (minutes on a CPU), again for a new batch shape
         model.model = compile_for_inference(model.model)
     del state

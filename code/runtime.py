@@ -201,8 +201,8 @@ def precision_hint(requested: str, resolved: str, device: torch.device) -> str |
     if requested != "auto" or resolved != "fp32" or device.type != "cpu" or not cpu_has_native_bf16():
         return None
     return (
-        "this CPU computes bf16 natively: --precision bf16 may train much faster (the Stage A1 step 2x on an "
-        "AMX Xeon, benchmarks/README.md); auto keeps fp32 on CPUs so results do not depend on the CPU"
+        "this CPU computes bf16 natively: --precision bf16 may train much faster (benchmarks/README.md has the "
+        "ratios); auto keeps fp32 on CPUs so results do not depend on the CPU"
     )
 
 

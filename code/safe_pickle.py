@@ -77,8 +77,8 @@ class _StateCheckingUnpickler(pickle._Unpickler):
 
     BUILD calls the object's `__setstate__` or sets its attributes; the object below the state on the stack may be
     any value the pickle made, an allowed function or class included. The C unpickler has no hook per opcode, hence
-    the Python one. The pickle holds the structure, not the tensor data (separate zip records): 1000 parameters and
-    their Adam state (4000 tensors) load in 130 ms instead of 96 ms with the C unpickler.
+    the Python one. The pickle holds the structure, not the tensor data (separate zip records), so the slower
+    unpickler costs little (benchmarks/README.md, "Loading checkpoints").
     """
 
     buildable: tuple[type, ...] = ()

@@ -1,7 +1,7 @@
 """`make demo` (= `PYTHONPATH=code python -m demo`): the whole method on the simulated brain, on a laptop CPU.
 
     make demo                                         # the demo brain: simulate, world models, stages, results
-    PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size, in about a minute
+    PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size (the tests run it)
     PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
                                                       # in <folder>/<size>-seed1 beside seed 0's
     PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--levers",
         action="store_true",
-        help="also run each change of the recipe in LEVERS "
-        "(Stage B retrained or only re-sampled, about 2-4 min each here) -> levers.md",
+        help="also run each change of the recipe in LEVERS (Stage B retrained or only re-sampled) -> levers.md",
     )
     parser.add_argument(
         "--curve",

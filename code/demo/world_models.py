@@ -180,8 +180,8 @@ def write_label2img(ldm: LatentDiffusion, config: dict, folder: Path, steps: int
 # ---- training ------------------------------------------------------------------------------------------------
 
 
-# The world models train channels-last (weights and inputs) with fused Adam: on the 2-core Xeon a step of the VQ
-# autoencoder takes 124 ms instead of 190 ms, of the UNet 263 ms instead of 354 ms (bf16 autocast was slower here).
+# The world models train channels-last (weights and inputs) with fused Adam, faster on a CPU than the default
+# layout (the README's "Time" has the step times); bf16 autocast was slower for these small models.
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, clip: float | None = None) -> None:

@@ -64,9 +64,9 @@ def attention_kind(device: torch.device, precision: str) -> str:
     """The attention path of the fMRI transformers for a device and precision: "sdpa" or "explicit".
 
     Explicit for bf16 on a CPU: PyTorch's CPU SDPA kernels run these short sequences of 32- and 64-wide heads
-    2-6x slower in bf16 than three plain ops (forward and backward); the bf16 Stage A1 step on an AMX CPU ran
-    1.4-2.1x faster with them (benchmarks/README.md). SDPA everywhere else (its fused kernels win on GPUs and in
-    fp32). Both compute the same attention.
+    several times slower in bf16 than three plain ops (forward and backward), and the bf16 Stage A1 step on an AMX
+    CPU runs faster with them (benchmarks/README.md has the numbers). SDPA everywhere else (its fused kernels win
+    on GPUs and in fp32). Both compute the same attention.
     """
     return "explicit" if device.type == "cpu" and precision == "bf16" else "sdpa"
 

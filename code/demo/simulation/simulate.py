@@ -1,6 +1,6 @@
 """A simulated brain, written in the published HCP, GOD (Kamitani) and BOLD5000 layouts so the real readers run on it.
 
-    python code/make_synthetic_data.py --out data/synthetic/tiny --size tiny             # ~2 s, for tests
+    python code/make_synthetic_data.py --out data/synthetic/tiny --size tiny             # for tests
     python code/make_synthetic_data.py --out data/synthetic/demo --size demo --seed 0    # the `make demo` data
     python code/make_synthetic_data.py --out data/synthetic/full --size full --hcp_subjects 1200
     python code/make_synthetic_data.py --out DIR --size demo --snr 0.5 --voxel_scale 0.5  # change a knob
