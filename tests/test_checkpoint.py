@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from checkpoint import as_config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from checkpoint_layouts import read_selection
 from errors import CheckpointError, UnsafeCheckpointError
 from safe_pickle import load_pickled_npy
 
@@ -130,3 +131,12 @@ def test_pickled_npy_reads_arrays_and_refuses_code(tmp_path):
     (tmp_path / "cut.npy").write_bytes((tmp_path / "img_dict.npy").read_bytes()[:150])
     with pytest.raises(CheckpointError, match=r"cut\.npy: not a readable \.npy file"):
         load_pickled_npy(tmp_path / "cut.npy")
+
+
+def test_stage_b_selection_is_read_typed():
+    assert read_selection({"epoch": 3}, "c.pth") is None  # a run that has not validated yet
+    assert read_selection({"best": 0.4, "select_by": "ssim"}, "c.pth") == (0.4, "ssim")
+    assert read_selection({"best": 1}, "c.pth") == (1.0, "top-1-class")  # older files carry no select_by
+    for bad in ({"best": "0.4"}, {"best": True}, {"best": 0.4, "select_by": ["ssim"]}):
+        with pytest.raises(CheckpointError, match=r"c\.pth: its 'best'"):
+            read_selection(bad, "c.pth")
