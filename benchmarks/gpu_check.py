@@ -59,6 +59,7 @@ from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
 from dc_ldm.util import instantiate_from_config
 from errors import DEBUG_HELP, UsageError, UserError, run_main
 from runtime import autocast
+from sc_mbm.architecture import ARCH_FIELDS
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
 ROOT = repo.ROOT
@@ -195,17 +196,7 @@ def step_stage_a1(ctx: SimpleNamespace) -> dict:
     ctx.stage_a_checkpoint = run / "checkpoint.pth"
     config = load_checkpoint(ctx.stage_a_checkpoint)["config"]
     config = config if isinstance(config, dict) else vars(config)
-    fields = (
-        "num_voxels",
-        "patch_size",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "decoder_embed_dim",
-        "decoder_depth",
-        "decoder_num_heads",
-        "mlp_ratio",
-    )
+    fields = ("num_voxels", *ARCH_FIELDS)
     arch = {k: config[k] for k in fields}
     with torch.device("meta"):
         mae = MAEforFMRI(**arch).train()

@@ -7,20 +7,11 @@ import torch
 
 from conftest import FORWARD_TOL, load_fixture, rel_err
 from errors import CheckpointError
+from sc_mbm.architecture import ARCH_FIELDS
 from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
-MAE_ARGS = (
-    "num_voxels",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "decoder_embed_dim",
-    "decoder_depth",
-    "decoder_num_heads",
-    "mlp_ratio",
-)
+MAE_ARGS = ("num_voxels", *ARCH_FIELDS)
 ENCODER_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TINY = dict(patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=1.0)
 TINY_DECODER = dict(decoder_embed_dim=8, decoder_depth=2, decoder_num_heads=2)
