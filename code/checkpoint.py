@@ -12,9 +12,7 @@ Every stage loads through `load_checkpoint` and writes through `save_checkpoint`
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from errors import CheckpointError, UnsafeCheckpointError
+from atomic import atomic_write
+from bounded import short_repr
+from errors import CheckpointError, UnsafeCheckpointError, one_line
 from safe_pickle import PickledObject, restricted_pickle
 
 ZIP_MAGIC = b"PK\x03\x04"  # what torch.load takes for its zip format (anything else goes to its legacy loader)
+# data.pkl holds a checkpoint's structure (about 100 bytes a tensor; the values are records of their own): a Stage B
+# checkpoint's is about 1 MB. The bound keeps the pure-Python unpickler's time on any file to seconds.
+MAX_PICKLE_BYTES = 32 * 2**20
 
 
 def _check_format(f: Any) -> None:
@@ -50,6 +53,25 @@ def _check_format(f: Any) -> None:
             "refused: a TorchScript archive (torch.load would run its code through "
             "torch.jit.load); a checkpoint holds weights and data only"
         )
+    try:
+        with zipfile.ZipFile(f) as archive:  # leaves `f` open
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+    finally:
+        f.seek(0)
+    compressed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise UnsafeCheckpointError(
+            f"refused: compressed records ({short_repr(compressed)}); torch.save stores them uncompressed, and a "
+            "compressed record can expand a thousandfold"
+        )
+    structure = max((i.file_size for i in infos if i.filename.rsplit("/", 1)[-1] == "data.pkl"), default=0)
+    if structure > MAX_PICKLE_BYTES:
+        raise UnsafeCheckpointError(
+            f"refused: its pickled structure (data.pkl) is {structure:,} bytes; a checkpoint's is far smaller than "
+            f"{MAX_PICKLE_BYTES:,} (the tensors' values are records of their own)"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -63,38 +85,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             return torch.load(f, map_location=map_location, pickle_module=restricted_pickle, weights_only=False)
     except (UnsafeCheckpointError, CheckpointError) as e:
         raise type(e)(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from e
+    except Exception as e:  # whatever a damaged file makes torch or the unpickler raise: one line naming it
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {one_line(e)}") from e
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
-    """Write `obj` with torch.save atomically: a temporary file in the same folder, then a rename.
-
-    The file gets the permissions of any new file (0666 less the umask), so a shared results folder stays
-    readable; a temporary file left by a save that was killed is removed by the next save to the same path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # what mkstemp below names them
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
+    """Write `obj` with torch.save atomically and never through a link (`atomic.atomic_write`)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:

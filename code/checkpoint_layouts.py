@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bounded import short_repr
 from checkpoint import as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
 from config_engine import ConfigError, load_yaml
 from errors import CheckpointError
@@ -249,16 +251,23 @@ def training_state(optimizer: torch.optim.Optimizer, scaler_state: dict, epoch: 
     }
 
 
-# What a run folder holds that resuming writes again
-RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", CHECKPOINT, "finetuned.pth")
+def linked_entries(folder: Path) -> list[str]:
+    """The entries under `folder` that are symbolic links, or files with more than one hard link (names relative)."""
+    found = []
+    for entry in folder.rglob("*"):  # rglob does not descend into linked folders
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
+            found.append(entry.relative_to(folder).as_posix())
+    return sorted(found)
 
 
 def resume_checkpoint_path(cfg: Any) -> Path:
     """The checkpoint of the run `cfg.resume` names: a run folder of this stage, or its checkpoint.pth.
 
     Resuming writes into that folder again (config.yaml, the log, checkpoint.pth), so it must be one this project
-    wrote: its config.yaml holds settings of the stage (`cfg`'s fields) beside checkpoint.pth, and none of the
-    run's files is a link; the training checkpoint's own entries are checked when it is loaded.
+    wrote: its config.yaml holds settings of the stage (`cfg`'s fields) beside checkpoint.pth, and nothing in it is a
+    link or a file hard-linked from elsewhere (`linked_entries`); the training checkpoint's own entries are checked
+    when it is loaded.
     """
     path = Path(cfg.resume)
     folder = path if path.is_dir() else path.parent
@@ -269,11 +278,11 @@ def resume_checkpoint_path(cfg: Any) -> Path:
             f"--resume {path}: name a run folder or its {CHECKPOINT}; resuming writes into the "
             "folder of the file named, so another file is refused"
         )
-    linked = [name for name in RUN_FILES if (folder / name).is_symlink()]
+    linked = linked_entries(folder)
     if linked:
         raise CheckpointError(
-            f"--resume {path}: {', '.join(linked)} in {folder} is a link, which a run folder of "
-            "this project never holds (resuming would write through it)"
+            f"--resume {path}: {short_repr(linked)} in {folder}: a link, or a file linked from elsewhere (more than "
+            "one hard link), which a run folder of this project never holds (resuming would write through it)"
         )
     try:
         values = load_yaml(folder / "config.yaml")

@@ -19,6 +19,7 @@ normalised with `mean` and `std`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -29,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import load_checkpoint, save_checkpoint
-from errors import CheckpointError
+from bounded import short_repr
+from checkpoint import check_finite, load_checkpoint, save_checkpoint
+from errors import CheckpointError, one_line
 from feature_nets import Classifier
 
 FORMAT = "mindvis-classifier/1"
@@ -117,6 +119,30 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
+def _build(spec: dict) -> nn.Module:
+    if "layers" in spec:
+        return build_sequential(spec["layers"])
+    return build_timm(spec.get("timm_model"), spec.get("model_args", {}))
+
+
+MAX_INPUT_SIZE = 1024  # ViT-H/14 reads 224 pixels; a larger claim only costs memory
+
+
+def _preprocessing(spec: dict) -> tuple[int, list[float], list[float]]:
+    """The file's input size, mean and std, checked: a whole size up to MAX_INPUT_SIZE, three finite means and three
+    finite standard deviations above 0 (a zero std turns every image into inf, and every score into a tie)."""
+    size, mean, std = spec["input_size"], spec["mean"], spec["std"]
+    if not (type(size) is int and 1 <= size <= MAX_INPUT_SIZE):
+        raise CheckpointError(f"input_size must be a whole number from 1 to {MAX_INPUT_SIZE}, got {short_repr(size)}")
+    for name, values in (("mean", mean), ("std", std)):
+        ok = isinstance(values, list | tuple) and len(values) == 3
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not ok or (name == "std" and min(values) <= 0):
+            rule = "three finite numbers above 0" if name == "std" else "three finite numbers"
+            raise CheckpointError(f"{name} must be {rule} (one per colour channel), got {short_repr(values)}")
+    return size, [float(v) for v in mean], [float(v) for v in std]
+
+
 def save_classifier_file(
     path: str | os.PathLike,
     layers: Sequence[Sequence],
@@ -150,16 +176,19 @@ def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "
             "'layers' or 'timm_model', 'state_dict', 'input_size', 'mean', 'std')"
         )
     try:
-        if "layers" in spec:
-            model = build_sequential(spec["layers"])
-        else:
-            model = build_timm(spec.get("timm_model"), spec.get("model_args", {}))
-        model.load_state_dict(spec["state_dict"])
-        size, mean, std = int(spec["input_size"]), spec["mean"], spec["std"]
+        size, mean, std = _preprocessing(spec)
+        state = spec["state_dict"]
+        if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+            raise CheckpointError("state_dict must map names to tensors")
+        check_finite(state, "state_dict")  # NaN weights make every score a tie, and ties were wins
+        with torch.device("meta"):  # no memory yet: the file's tensors must fit the architecture it names
+            _build(spec).load_state_dict(state, assign=True)  # checks names and shapes; copies nothing
+        model = _build(spec)
+        model.load_state_dict(state)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: the classifier cannot be built from this file: {e}") from None
+        raise CheckpointError(f"{path}: the classifier cannot be built from this file: {one_line(e)}") from None
     model = model.to(device).eval()
     with torch.no_grad():  # the class count, for the n in n-way
         model.num_classes = int(model(torch.zeros(1, 3, size, size, device=device)).shape[-1])

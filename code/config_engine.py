@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from atomic import atomic_write
+from bounded import TooLarge, read_yaml, short_repr
 from errors import DEBUG_HELP, ArgumentParser, UsageError
 
 GROUPS = ("data", "model", "optimisation", "run")  # the --help groups, in order
@@ -118,9 +120,11 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (TooLarge, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a config file of field: value lines: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
     return data
@@ -141,46 +145,53 @@ def typed_fields(cls: type, values: dict, strict: bool = True, source: object = 
     does text that reads as a number (PyYAML reads `1e-4` as text)."""
     types_ = _field_types(cls)
     try:
-        unknown = sorted(set(values) - set(types_))
+        unknown = sorted(short_repr(k) if not isinstance(k, str) else k for k in set(values) - set(types_))
         if strict and unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+            more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown[:10])}{more}")
         return {name: _coerce(name, value, *types_[name]) for name, value in values.items() if name in types_}
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if source is not None else str(e)) from None
 
 
 def _coerce(name: str, value: Any, tp: type, is_list: bool, optional: bool) -> Any:
+    def refuse(what: str) -> ConfigError:  # built only when a value is refused, quoting it at a bounded length
+        return ConfigError(f"{name} must be {what}, got {short_repr(value)}")
+
     if value is None:
-        check(optional, f"{name} must not be None")
+        if not optional:
+            raise ConfigError(f"{name} must not be None")
         return None
     if is_list:
-        check(isinstance(value, list | tuple), f"{name} must be a list, got {value!r}")
+        if not isinstance(value, list | tuple):
+            raise refuse("a list")
         return [_coerce(name, v, tp, False, False) for v in value]
     if tp is bool:
-        check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        if not isinstance(value, bool):
+            raise refuse("true or false")
         return value
     if tp in (int, float):
         what = "a whole number" if tp is int else "a number"
-        check(
-            isinstance(value, int | float | str) and not isinstance(value, bool),
-            f"{name} must be {what}, got {value!r}",
-        )
+        if not isinstance(value, int | float | str) or isinstance(value, bool):
+            raise refuse(what)
         try:
             number = int(value) if tp is int and isinstance(value, str) else float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be {what}, got {value!r}") from None
-        check(math.isfinite(number), f"{name} must be a finite number, got {value!r}")
+        except (ValueError, OverflowError):
+            raise refuse(what) from None
+        if not math.isfinite(number):
+            raise refuse("a finite number")
         if tp is int:  # a float that is not a whole number would be truncated silently
-            check(float(number).is_integer(), f"{name} must be a whole number, got {value!r}")
+            if not float(number).is_integer():
+                raise refuse(what)
             return int(number)
         return number
     if tp is str:  # numbers become text (the published `precision: 32`); a list, mapping or boolean does not
-        check(
-            isinstance(value, str | int | float) and not isinstance(value, bool), f"{name} must be text, got {value!r}"
-        )
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise refuse("text")
         return str(value)
     if tp is dict:
-        check(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")
+        if not isinstance(value, dict):
+            raise refuse("a mapping")
         return dict(value)
     raise ConfigError(f"{name}: a field of type {tp.__name__} cannot be read from a file")
 
@@ -216,7 +227,8 @@ def config_to_dict(cfg: Any) -> dict:
 def save_config(cfg: Any, folder: str | os.PathLike) -> Path:
     """Write the resolved config as `config.yaml` into `folder`."""
     path = Path(folder) / "config.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    with atomic_write(path) as f:  # never through a link at `path`
+        f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
     return path
 
 

@@ -57,9 +57,14 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+MAX_MESSAGE = 1000  # characters: a message quoting a file's value is cut, not printed whole
+
+
 def one_line(err: BaseException) -> str:
-    """The error's message on one line (multi-line messages are joined)."""
+    """The error's message on one line (multi-line messages are joined, long ones cut at MAX_MESSAGE)."""
     text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
     return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}"
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 import eval_metrics
 from errors import DEBUG_HELP, ArgumentParser, UsageError, UserError, run_main
 from figures import metric_bar_chart
+from readers.files import DataFormatError, load_npy
 from runtime import make_run_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -63,9 +64,9 @@ def _stack(images: list[np.ndarray], files: list[Path], size: tuple[int, int], w
 
 def _load_npy(path: Path, flag: str, shapes: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{flag} {path}: not a readable .npy file ({err})") from err
+        array = load_npy(path)
+    except DataFormatError as err:
+        raise UserError(f"{flag} {err}") from None
     if array.dtype != np.uint8:
         raise UserError(
             f"{flag} {path}: expected uint8 {shapes}, got {array.dtype} (from floats in [0, 1]: "

@@ -13,6 +13,8 @@ from matplotlib.patches import Patch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from atomic import atomic_write
+
 
 def metric_bar_chart(
     series: dict[str, dict[str, float]], path: str | Path, chance: dict[str, float] | None = None, title: str = ""
@@ -60,7 +62,8 @@ def metric_bar_chart(
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:  # never through a link at `path`
+        fig.savefig(f, format=Path(path).suffix[1:] or "png", dpi=100)
     return Path(path)
 
 
@@ -70,5 +73,6 @@ def image_grid(gt: np.ndarray, samples: np.ndarray, path: str | Path, max_rows: 
     tiles = np.concatenate([gt[:rows, None], samples[:, :rows].swapaxes(0, 1)], axis=1)  # (rows, 1 + S, H, W, 3)
     tiles = torch.from_numpy(np.ascontiguousarray(tiles)).flatten(0, 1).permute(0, 3, 1, 2)  # (rows (1 + S), 3, H, W)
     grid = make_grid(tiles, nrow=1 + len(samples), padding=0)  # (3, rows * H, (1 + S) * W)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    with atomic_write(path) as f:  # never through a link at `path`
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format=Path(path).suffix[1:] or "png")
     return Path(path)

@@ -168,7 +168,8 @@ def setup_logging(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line (e.g. the per-epoch summary) to `path`."""
-    with open(path, "a") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # never through a link
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 

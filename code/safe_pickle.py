@@ -13,11 +13,23 @@ torch's tensor rebuild). torch's tensor rebuilds are checked: no backward hooks,
 
 `load_pickled_npy` reads a `.npy` file of an object array (BOLD5000's `img_dict.npy`) the same way, with an
 allow-list of numpy data only.
+
+Allowed is not enough where the value's own constructor trusts its input. numpy's `dtype.__setstate__` does not
+check field offsets or flags (a field 10^9 bytes into a 16-byte item reads or writes out of bounds; an object flag
+on raw bytes makes them pointers), and `ndarray.__setstate__` does not check an object array's list against its
+shape; so a dtype from a file is a plain one (no fields, subarrays, metadata; its size, alignment and flags those
+numpy gives its type string), always a copy, and an array's state is checked against its shape before numpy sees
+it. Tensors may not claim more elements than their storage holds (zero strides over one value). What a pickle may
+build is bounded: `MAX_MADE` objects (time and memory of a small file stay small), and the result is checked by
+`bounded.check_tree` (depth, cycles, expanded size).
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
+import copyreg
+import math
 import os
 import pickle
 import types
@@ -28,7 +40,8 @@ import numpy as np
 import torch
 
 import published_configs
-from errors import CheckpointError, UnsafeCheckpointError
+from bounded import TooLarge, check_tree, npy_header, short_repr
+from errors import CheckpointError, UnsafeCheckpointError, one_line
 from published_configs import pickled_attributes
 
 
@@ -49,22 +62,104 @@ def _stand_in(module: str, name: str) -> type:
     return type(name, (PickledObject,), {"_pickled_class": f"{module}.{name}", "__module__": "safe_pickle"})
 
 
+# ---- numpy values, checked before numpy trusts them (the module docstring) ----------------------------------------
+
+
+def _refuse(what: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(f"refused {what}")
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    """`dtype` if it is a plain numpy dtype, exactly as numpy builds it from its type string; refused otherwise."""
+    if not isinstance(dtype, np.dtype):
+        raise _refuse(f"a numpy array or scalar whose dtype is {short_repr(dtype)}")
+    plain = dtype.fields is None and dtype.subdtype is None and dtype.metadata is None
+    if plain:
+        ref = np.dtype(dtype.str)
+        same = (type(dtype), dtype.itemsize, dtype.alignment, dtype.flags, dtype.byteorder, dtype.char)
+        plain = same == (type(ref), ref.itemsize, ref.alignment, ref.flags, ref.byteorder, ref.char)
+    if not plain:
+        raise _refuse(
+            f"a numpy dtype {dtype.str!r} with fields, subarrays, metadata or another size or flags than numpy gives "
+            "it: a file's arrays have plain dtypes (numpy does not check the rest)"
+        )
+    return dtype
+
+
+def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """numpy.dtype as a pickle calls it (`dtype('f4', False, True)`), from a type string only, always a copy: a BUILD
+    then changes this copy, never numpy's shared dtype of that type."""
+    if not isinstance(spec, str) or not isinstance(align, bool):
+        raise _refuse(f"numpy.dtype{short_repr((spec, align, copy))}: a file's dtypes are type strings")
+    return _check_dtype(np.dtype(spec, align=align, copy=True))
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """numpy's `_reconstruct` as its pickles call it: an empty ndarray whose state a BUILD then sets."""
+    if subtype is not np.ndarray or not (isinstance(shape, tuple | list) and list(shape) == [0]):
+        raise _refuse(f"numpy _reconstruct{short_repr((subtype, shape))}: numpy pickles an empty ndarray here")
+    return np.ndarray((0,), np.int8)
+
+
+def _check_array_state(state: Any) -> None:
+    """An ndarray's pickled state (version, shape, dtype, fortran, data) whose data holds exactly what it claims."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise _refuse(f"an ndarray state {short_repr(state)}")
+    shape, dtype, fortran, data = state[-4:]
+    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and len(shape) <= 32):
+        raise _refuse(f"an ndarray of shape {short_repr(shape)}")
+    count = math.prod(shape)
+    if _check_dtype(dtype).hasobject:
+        ok = isinstance(data, list) and len(data) == count
+    else:
+        ok = isinstance(data, bytes | bytearray) and len(data) == count * dtype.itemsize
+    if not ok or not isinstance(fortran, bool):
+        raise _refuse(
+            f"an ndarray whose data ({type(data).__name__} of {len(data) if hasattr(data, '__len__') else '?'}) is "
+            f"not the {count} values of {dtype} its shape {shape} declares"
+        )
+
+
+def _scalar(dtype: Any, data: Any) -> Any:
+    """numpy's `scalar` as its pickles call it: a value of a plain dtype from exactly its bytes."""
+    if not (isinstance(data, bytes) and len(data) == _check_dtype(dtype).itemsize):
+        raise _refuse(f"a numpy scalar of {dtype} from {short_repr(data)}")
+    return np.frombuffer(data, dtype)[0]
+
+
+def _encode(text: Any, encoding: Any) -> bytes:
+    """`_codecs.encode` as protocol-2 pickles store bytes: latin-1 text to bytes."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _refuse(f"_codecs.encode{short_repr((text, encoding))}: pickles store bytes as latin-1 text")
+    return codecs.encode(text, "latin1")
+
+
+def _reconstructor(cls: type, base: Any, state: Any) -> Any:
+    """copyreg's `_reconstructor` as protocol 0/1 pickles call it for plain objects: `object.__new__(cls)`."""
+    if base is not object or state is not None:
+        raise _refuse(f"copyreg._reconstructor{short_repr((cls, base, state))}: only plain objects are rebuilt so")
+    return copyreg._reconstructor(cls, base, state)
+
+
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
+_NUMPY = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_CORE},
+    **{(m, "scalar"): _scalar for m in _NUMPY_CORE},
+    ("_codecs", "encode"): _encode,  # protocol-2 pickles store bytes (numpy buffers) this way
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
 _ALLOWED = {
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("copyreg", "_reconstructor"),
-    ("builtins", "object"),
-    ("_codecs", "encode"),  # protocol-2 pickles store bytes (numpy buffers) this way
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    *((m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")),
+    **_NUMPY,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("builtins", "object"): object,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
 }
 # The original's config classes, rebuilt as our data-only classes of the same names (published_configs), which
 # pickle back under those names; other classes whose instances carry only data come back as PickledObject stand-ins.
@@ -72,8 +167,28 @@ _PUBLISHED_CONFIGS = {cls.__name__: cls for cls in published_configs.PUBLISHED_C
 _STAND_IN_MODULES = ("config", "pytorch_lightning.loggers", "lightning.pytorch.loggers")
 
 
+# What a pickle may make: every opcode that creates a value (or a memo entry) counts, sets and dicts (the largest
+# empty values) more. A Stage B checkpoint makes about 10^5, the GOD image dict about as many.
+MAX_MADE = 1_000_000
+_FREE = {pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.STOP, pickle.PROTO, pickle.FRAME}
+_LARGE = {pickle.EMPTY_SET, pickle.FROZENSET, pickle.EMPTY_DICT, pickle.DICT}
+
+
+def _counted(load: Any, cost: int) -> Any:
+    def counted(self: _StateCheckingUnpickler) -> None:
+        self.made += cost
+        if self.made > MAX_MADE:
+            raise UnsafeCheckpointError(
+                f"refused: the pickle builds more than {MAX_MADE:,} values, far more than any file of ours"
+            )
+        load(self)
+
+    return counted
+
+
 class _StateCheckingUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler, whose BUILD is refused unless the object built is an instance of `buildable`.
+    """The pure-Python unpickler, with BUILD refused unless the object built is an instance of `buildable` (numpy
+    values checked), what it makes counted (`MAX_MADE`) and its result checked by `check_tree`.
 
     BUILD calls the object's `__setstate__` or sets its attributes; the object below the state on the stack may be
     any value the pickle made, an allowed function or class included. The C unpickler has no hook per opcode, hence
@@ -82,19 +197,35 @@ class _StateCheckingUnpickler(pickle._Unpickler):
     """
 
     buildable: tuple[type, ...] = ()
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = {
+        op: load if bytes([op]) in _FREE else _counted(load, 4 if bytes([op]) in _LARGE else 1)
+        for op, load in pickle._Unpickler.dispatch.items()
+    }
+    made = 0
+
+    def load(self) -> Any:
+        value = super().load()
+        try:
+            check_tree(value)
+        except TooLarge as e:
+            raise UnsafeCheckpointError(f"refused: {e}") from None
+        return value
 
     def load_build(self) -> None:
-        target = self.stack[-2] if len(self.stack) > 1 else None
+        target, state = self.stack[-2:] if len(self.stack) > 1 else (None, None)
         if not isinstance(target, self.buildable):
             what = getattr(target, "__qualname__", type(target).__qualname__)
             raise UnsafeCheckpointError(
-                f"refused to set the state of {what!r} ({type(target).__name__}): only "
+                f"refused to set the state of {short_repr(what)} ({type(target).__name__}): only "
                 "data objects may be rebuilt from a file"
             )
+        if isinstance(target, np.ndarray):
+            _check_array_state(state)
         pickle._Unpickler.load_build(self)
+        if isinstance(target, np.dtype):
+            _check_dtype(target)
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = _counted(load_build, 1)
 
 
 def _no_hooks(hooks: Any) -> None:
@@ -102,11 +233,28 @@ def _no_hooks(hooks: Any) -> None:
         raise UnsafeCheckpointError("refused a tensor with backward hooks: a file stores no callables")
 
 
+def _within_storage(tensor: torch.Tensor) -> torch.Tensor:
+    # torch checks that the view stays inside its storage, not that it does not repeat it: zero strides make a
+    # tensor of 10^9 elements from one value, which the finiteness check (and any use) would then expand
+    stored = tensor.untyped_storage().nbytes() // tensor.element_size()
+    if tensor.numel() > max(stored, 1):
+        raise UnsafeCheckpointError(
+            f"refused a tensor of {tensor.numel():,} elements over a storage of {stored:,} (repeated by its "
+            "strides); torch.save writes each tensor's own values"
+        )
+    return tensor
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return _within_storage(torch._utils._rebuild_tensor(storage, storage_offset, size, stride))
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
     _no_hooks(backward_hooks)
-    return torch._utils._rebuild_tensor_v2(
+    tensor = torch._utils._rebuild_tensor_v2(
         storage, storage_offset, size, stride, requires_grad, collections.OrderedDict(), metadata
     )
+    return _within_storage(tensor)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks):
@@ -118,12 +266,14 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     _no_hooks(backward_hooks)
     names = [k for part in (state if isinstance(state, tuple) else (state,)) for k in (part or {})]
     if not all(isinstance(k, str) and not k.startswith("__") for k in names):
-        raise UnsafeCheckpointError(f"refused a parameter whose state sets {names}")
+        raise UnsafeCheckpointError(f"refused a parameter whose state sets {short_repr(names)}")
     return torch._utils._rebuild_parameter_with_state(data, requires_grad, collections.OrderedDict(), state)
 
 
-# torch's tensor rebuilds, checked: no hooks, no special attributes
-_REBUILDS = {f.__name__: f for f in (_rebuild_tensor_v2, _rebuild_parameter, _rebuild_parameter_with_state)}
+# torch's tensor rebuilds, checked: no hooks, no special attributes, no more elements than stored
+_REBUILDS = {
+    f.__name__: f for f in (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_parameter, _rebuild_parameter_with_state)
+}
 
 
 class _RestrictedUnpickler(_StateCheckingUnpickler):
@@ -133,16 +283,16 @@ class _RestrictedUnpickler(_StateCheckingUnpickler):
         if module == "torch._utils" and name in _REBUILDS:
             return _REBUILDS[name]
         if (module, name) in _ALLOWED:
-            return getattr(__import__(module, fromlist=[name]), name)
+            return _ALLOWED[module, name]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        if module.startswith("numpy.dtypes") and name.endswith("DType"):
-            return getattr(__import__(module, fromlist=[name]), name)
         if module == "config" and name in _PUBLISHED_CONFIGS:  # data-only classes of ours (published_configs)
             return _PUBLISHED_CONFIGS[name]
         if any(module == m or module.startswith(m + ".") for m in _STAND_IN_MODULES):
             return _stand_in(module, name)
-        raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': not on the checkpoint allow-list")
+        raise UnsafeCheckpointError(
+            f"refused to load global {short_repr(f'{module}.{name}')}: not on the checkpoint allow-list"
+        )
 
 
 class _DataUnpickler(_StateCheckingUnpickler):
@@ -151,18 +301,11 @@ class _DataUnpickler(_StateCheckingUnpickler):
     buildable = (collections.OrderedDict, np.ndarray, np.dtype)
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _DATA_ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
-            return getattr(__import__(module, fromlist=[name]), name)
-        raise UnsafeCheckpointError(f"refused to load global '{module}.{name}': a data file holds only arrays")
-
-
-_DATA_ALLOWED = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),
-    *((m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")),
-}
+        if (module, name) in _NUMPY:
+            return _NUMPY[module, name]
+        raise UnsafeCheckpointError(
+            f"refused to load global {short_repr(f'{module}.{name}')}: a data file holds only arrays"
+        )
 
 
 def load_pickled_npy(path: str | os.PathLike) -> Any:
@@ -174,11 +317,7 @@ def load_pickled_npy(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
+            shape, _, dtype = npy_header(f, os.fstat(f.fileno()).st_size)
             if not dtype.hasobject:
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
@@ -187,8 +326,8 @@ def load_pickled_npy(path: str | os.PathLike) -> Any:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise CheckpointError(f"file not found: {path}") from None
-    except (ValueError, pickle.UnpicklingError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable .npy file (truncated or corrupt?): {e}") from None
+    except Exception as e:  # whatever a damaged file makes numpy or the unpickler raise: one line naming it
+        raise CheckpointError(f"{path}: not a readable .npy file (truncated or corrupt?): {one_line(e)}") from None
     if not isinstance(array, np.ndarray) or array.shape != shape:
         raise CheckpointError(f"{path}: the pickled object is not the {shape} array its header announces")
     return array.item() if array.shape == () else array

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from bounded import read_yaml
 from errors import UserError
 
 log = logging.getLogger("mindvis.dc_ldm")
@@ -92,6 +93,7 @@ def load_ldm_config(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"LDM config not found: {path} (see pretrains/README.md)")
     try:
+        read_yaml(path)  # bounded first: OmegaConf copies every shared reference it meets
         config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except (YAMLError, OmegaConfBaseException, ValueError) as e:
         raise UserError(f"{path}: not a readable LDM config.yaml: {' '.join(str(e).split())}") from None

@@ -13,9 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from bounded import short_repr
 from dataset import FMRIImageDataset
 from readers.arrays import group_mean, make_sets, pad_to_patch_size, zscore
-from readers.files import DataFormatError, check_fmri, check_images, check_subjects, data_root, missing, require
+from readers.files import (
+    DataFormatError,
+    check_fmri,
+    check_images,
+    check_subjects,
+    data_root,
+    load_npy,
+    missing,
+    require,
+)
 from safe_pickle import load_pickled_npy
 
 BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
@@ -43,7 +53,7 @@ def _bold5000_subject_fmri(fmri_dir: Path, subject: str) -> np.ndarray:
         if not roi_files:
             raise missing(fmri_dir / f"{subject}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_<LH|RH>{roi}.npy")
         parts += [
-            check_fmri(np.load(fmri_dir / f), fmri_dir / f, rows=len(parts[0]) if parts else None) for f in roi_files
+            check_fmri(load_npy(fmri_dir / f), fmri_dir / f, rows=len(parts[0]) if parts else None) for f in roi_files
         ]
     return np.concatenate(parts, axis=-1)
 
@@ -86,10 +96,12 @@ def create_bold5000_dataset(
     names, inverse = np.unique(np.concatenate(shown), return_inverse=True)  # the images any subject saw
     absent = [n for n in names if n not in img_dict]
     if absent:
-        raise DataFormatError(f"{dict_file}: no image for {absent[:3]}{' ...' if len(absent) > 3 else ''}")
-    kinds = {(np.shape(img_dict[n]), np.asarray(img_dict[n]).dtype) for n in names}
-    if len(kinds) != 1:
-        raise DataFormatError(f"{dict_file}: images must share one uint8 (H, W, 3) shape, got {sorted(kinds)[:3]}")
+        raise DataFormatError(f"{dict_file}: no image for {short_repr([str(n) for n in absent])}")
+    kinds = {(img.shape, img.dtype.str) if isinstance(img := img_dict[n], np.ndarray) else type(img) for n in names}
+    if len(kinds) != 1 or not isinstance(next(iter(kinds)), tuple):
+        raise DataFormatError(
+            f"{dict_file}: images must be arrays of one uint8 (H, W, 3) shape, got {short_repr(list(kinds))}"
+        )
     images = check_images(np.stack([img_dict[n] for n in names]), dict_file, "<image>")
     # rank of every seen image in the repeated list, -1 for training images
     sorter = np.argsort(repeated, kind="stable")

@@ -8,15 +8,19 @@ become file paths, so they must be plain names.
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from errors import UserError
+from bounded import npy_header, short_repr
+from errors import UserError, one_line
 
 
 class DataFormatError(UserError, ValueError):
@@ -28,11 +32,13 @@ SUBJECT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # subject names become file and fo
 
 def check_subjects(subjects: Sequence[str], source: object) -> list[str]:
     """`subjects` as a list of plain names (letters, digits, `_`, `-`); DataFormatError naming `source` otherwise."""
+    if not isinstance(subjects, str | list | tuple):
+        raise DataFormatError(f"{source}: subjects must be a list of names, got {short_repr(subjects)}")
     subjects = [subjects] if isinstance(subjects, str) else list(subjects)
     for name in subjects:
         if not (isinstance(name, str) and SUBJECT_NAME.fullmatch(name)):
             raise DataFormatError(
-                f"{source}: subject {name!r} is not a subject name (letters, digits, '_' and '-' "
+                f"{source}: subject {short_repr(name)} is not a subject name (letters, digits, '_' and '-' "
                 "only: names become file paths)"
             )
     return subjects
@@ -73,23 +79,80 @@ def data_root(path: Path) -> Path:
     return root
 
 
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
 def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """The arrays `keys` of an .npz file; a missing, truncated or foreign file is one error naming it."""
+    """The arrays `keys` of an .npz file; a missing, truncated or foreign file is one error naming it.
+
+    Each member is checked to hold the data its header declares before numpy allocates it, members of one name
+    twice (numpy would keep the last) and object arrays (pickles) are refused.
+    """
     require(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataFormatError(f"{path}: expected an .npz archive (numpy.savez), got a single array")
-            absent = [k for k in keys if k not in npz.files]
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [i.filename.removesuffix(".npy") for i in infos]
+            twice = sorted({n for n, count in collections.Counter(names).items() if count > 1})
+            if twice:
+                raise DataFormatError(f"{path}: holds two members named {short_repr(twice)}; an .npz names each once")
+            members = dict(zip(names, infos, strict=True))
+            absent = [k for k in keys if k not in members]
             if absent:
-                raise DataFormatError(f"{path}: missing key(s) {absent}; found {sorted(npz.files)}")
-            return {k: npz[k] for k in keys}
+                raise DataFormatError(f"{path}: missing key(s) {absent}; found {short_repr(sorted(members))}")
+            arrays = {}
+            for key in keys:
+                try:
+                    with archive.open(members[key]) as member:
+                        _checked_header(member, members[key].file_size)
+                    with archive.open(members[key]) as member:
+                        arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+                except DataFormatError as e:
+                    raise DataFormatError(f"{path}: key '{key}' {e}") from None
+                except Exception as e:
+                    raise DataFormatError(
+                        f"{path}: key '{key}' is not a readable array (truncated or corrupt?): {one_line(e)}"
+                    ) from None
+            return arrays
     except DataFormatError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbage, object arrays
-        raise DataFormatError(
-            f"{path}: not a readable .npz archive of arrays (truncated or corrupt?): {type(e).__name__}: {e}"
-        ) from None
+    except Exception as e:  # not a zip: truncated, garbage, or a single .npy
+        what = (
+            "expected an .npz archive (numpy.savez), got a single array (.npy)"
+            if _starts_with(path, NPY_MAGIC)
+            else f"not a readable .npz archive of arrays (truncated or corrupt?): {one_line(e)}"
+        )
+        raise DataFormatError(f"{path}: {what}") from None
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file (numpy.save), never a pickle; a missing, truncated or foreign file is one error
+    naming it, and a header declaring more data than the file holds is refused before numpy allocates it."""
+    if _starts_with(require(path), ZIP_MAGIC):
+        raise DataFormatError(f"{path}: an .npz archive, not one array (a .npy file of numpy.save)")
+    try:
+        with open(path, "rb") as f:
+            _checked_header(f, os.fstat(f.fileno()).st_size)
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except DataFormatError as e:
+        raise DataFormatError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or damaged past its header
+        raise DataFormatError(f"{path}: not a readable .npy array (numpy.save): {one_line(e)}") from None
+
+
+def _checked_header(f: BinaryIO, nbytes: int) -> None:
+    try:
+        dtype = npy_header(f, nbytes)[2]
+    except ValueError as e:  # the header's own error, or a declared size the data does not have
+        raise DataFormatError(str(e)) from None
+    if dtype.hasobject:
+        raise DataFormatError("holds Python objects (a pickle), not an array of numbers")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def check_fmri(x: np.ndarray, path: Path, key: str | None = None, rows: int | None = None) -> np.ndarray:

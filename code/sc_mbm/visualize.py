@@ -9,6 +9,7 @@ import torch
 from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's global state alone
 from torch import nn
 
+from atomic import atomic_write
 from correlation import row_pearson
 from sc_mbm.reconstruction import masking_noise, reconstruct
 
@@ -34,7 +35,8 @@ def plot_reconstructions(
         ax.set_xlabel("voxel")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=80)
+    with atomic_write(path) as f:  # never through a link at `path`
+        fig.savefig(f, format=Path(path).suffix[1:] or "png", dpi=80)
     return Path(path)
 
 
