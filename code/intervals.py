@@ -3,7 +3,7 @@
 The unit of resampling is the test item: the S samples decoded from one fMRI are correlated (one brain response,
 one image), so a metric's item score is the mean over its samples and the items are resampled with all their
 samples at once; resampling the samples themselves would treat S correlated scores as S independent ones and give
-an interval about sqrt(S) times too narrow.
+an interval up to sqrt(S) times too narrow.
 
 Scores come as one run's item scores (N,) or as several training seeds' (R, N), the same N items for every seed.
 Each resample draws N items and R seeds with replacement (the same items for every seed) and takes the mean of
@@ -12,7 +12,8 @@ of such a bootstrap is a rough estimate: a percentile interval over 3 values can
 
 Every interval uses a fixed seed, so the same scores always give the same printed interval. scipy.stats.bootstrap
 covers the one-level case only; the two-level and max-over-sets statistics need the resampling counts anyway, so
-one numpy formulation serves all: how often each unit is drawn (a multinomial draw), the means as weighted sums.
+one numpy formulation serves all: how often each unit is drawn (a multinomial draw), the means as count-weighted
+sums.
 """
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ def _grid(scores: np.ndarray | list, what: str = "scores") -> np.ndarray:
     return grid
 
 
-def _draw_weights(rng: np.random.Generator, n: int, num_resamples: int) -> np.ndarray:
-    """(B, n): how often each of n units is drawn in each of B resamples with replacement, divided by n."""
-    return rng.multinomial(n, np.full(n, 1 / n), size=num_resamples) / n
+def _draw_counts(rng: np.random.Generator, n: int, num_resamples: int) -> np.ndarray:
+    """int (B, n): how often each of n units is drawn in each of B resamples with replacement."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=num_resamples)
 
 
-def _resampled_means(grid: np.ndarray, item_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Means (B,) of a grid (R, N) under item weights (B, N), each resample drawing R seeds of its own."""
-    seed_weights = _draw_weights(rng, len(grid), len(item_weights))  # (B, R)
-    return np.einsum("br,rn,bn->b", seed_weights, grid, item_weights)
+def _resampled_means(grid: np.ndarray, item_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Means (B,) of a grid (R, N) under item counts (B, N), each resample drawing R seeds of its own."""
+    seed_counts = _draw_counts(rng, len(grid), len(item_counts))  # (B, R)
+    return np.einsum("br,rn,bn->b", seed_counts, grid, item_counts) / grid.size
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> Interval:
@@ -57,7 +58,7 @@ def bootstrap_interval(
     """Percentile interval of the mean of item scores (N,), or of (R, N) per training seed and item."""
     grid = _grid(scores)
     rng = np.random.default_rng(seed)
-    items = _draw_weights(rng, grid.shape[1], num_resamples)  # (B, N)
+    items = _draw_counts(rng, grid.shape[1], num_resamples)  # (B, N)
     return _percentiles(_resampled_means(grid, items, rng), confidence)
 
 
@@ -77,7 +78,7 @@ def paired_difference(
     if grid_a.shape[1] != grid_b.shape[1]:
         raise ValueError(f"a and b must score the same items, got {grid_a.shape[1]} and {grid_b.shape[1]} items")
     rng = np.random.default_rng(seed)
-    items = _draw_weights(rng, grid_a.shape[1], num_resamples)  # (B, N)
+    items = _draw_counts(rng, grid_a.shape[1], num_resamples)  # (B, N)
     diffs = _resampled_means(grid_b, items, rng) - _resampled_means(grid_a, items, rng)
     return float(grid_b.mean() - grid_a.mean()), _percentiles(diffs, confidence)
 
@@ -88,5 +89,5 @@ def max_over_sets_interval(
     """Interval of the best sample set's mean, scores (S, N) per sample set and item, the items resampled."""
     grid = _grid(per_set, "per_set")
     rng = np.random.default_rng(seed)
-    items = _draw_weights(rng, grid.shape[1], num_resamples)  # (B, N)
-    return _percentiles((items @ grid.T).max(1), confidence)  # (B, S) set means -> the best set's
+    items = _draw_counts(rng, grid.shape[1], num_resamples)  # (B, N)
+    return _percentiles((items @ grid.T).max(1) / grid.shape[1], confidence)  # (B, S) set means -> the best

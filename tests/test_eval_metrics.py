@@ -250,6 +250,34 @@ def test_n_way_ties_count_as_their_expected_outcome(top_k):
         n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k, tie_rule="random")
 
 
+def test_item_scores_and_intervals_resample_items_with_their_samples():
+    gt, recon = _images(N), _images(N, seed=1)
+    recon[:3] = gt[:3] // 2 + recon[:3] // 2
+    classifier, nets = (TinyClassifier(), _preprocess), _tiny_feature_nets()
+    metrics = ["mse", "ssim", "n_way", "pixcorr", "alexnet2", "swav", "fid"]
+    kwargs = dict(classifier=classifier, feature_nets=nets, fid_model=TinyFeatures(), n_way=5, num_trials=20)
+    once = evaluate(gt, recon[None], metrics, **kwargs)
+    twice = evaluate(gt, np.stack([recon, recon]), metrics, **kwargs)  # a second, identical sample set
+
+    def but_n_way(scores):  # n-way draws other trials for each sample set
+        return {name: value for name, value in scores.items() if not name.startswith("top-")}
+
+    assert but_n_way(once["scores"]) == but_n_way(twice["scores"])
+    assert but_n_way(once["intervals"]) == but_n_way(twice["intervals"])  # not narrower: the item is the unit
+    per_item = once["per_item"]
+    assert set(per_item) == set(once["scores"]) - {"fid", "top-1-class (max)"} and once["intervals"]["fid"] is None
+    for name, items in per_item.items():
+        low, high = once["intervals"][name]
+        assert len(items) == N and np.mean(items) == pytest.approx(once["scores"][name], abs=1e-12), name
+        assert min(items) - 1e-12 <= low <= once["scores"][name] <= high <= max(items) + 1e-12, name
+    assert once["ties"] == {"top-1-class": 0}
+
+    other = _images(N, seed=2)
+    both = evaluate(gt, np.stack([recon, other]), ["mse"])["per_item"]["mse"]
+    expected = np.mean([per_item["mse"], evaluate(gt, other[None], ["mse"])["per_item"]["mse"]], axis=0)
+    np.testing.assert_allclose(both, expected, atol=1e-12)  # an item's score: the mean over its samples
+
+
 def test_fid_with_a_feature_module_matches_scipy():
     gt, samples = _images(12), _images(2, 12, seed=1)
     result = evaluate(gt, samples, ["fid"], fid_model=TinyFeatures(), device="cpu", batch_size=5)
