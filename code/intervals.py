@@ -91,3 +91,8 @@ def max_over_sets_interval(
     rng = np.random.default_rng(seed)
     items = _draw_counts(rng, grid.shape[1], num_resamples)  # (B, N)
     return _percentiles((items @ grid.T).max(1) / grid.shape[1], confidence)  # (B, S) set means -> the best
+
+
+def format_interval(interval: list[float] | tuple[float, float] | None) -> str:
+    """An interval as "[low, high]" with 4 decimals, or "n/a" for a score without one."""
+    return "n/a" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
