@@ -234,6 +234,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                 metrics[key].update({f"100-way {k}": v for k, v in values.items()})
         metrics.update(
             tie_rule=tie_rule,
+            items=None,  # the test set's first n items in its order: paired by position (evaluate.py --compare)
             num_items=n,
             num_samples=cfg.num_samples,
             sampler=cfg.sampler,
