@@ -12,7 +12,8 @@ the sets. MinD-Vis's definitions follow its published `eval_metrics.py`, without
   trials come from one seeded CPU generator, so they do not depend on the device or the batch size. We compare
   logits, not the published float32 softmax probabilities, which underflow to 0 for a confident classifier and
   tie: the original gave every tie to the ground truth (a win), we count a tie as its expected outcome and
-  report the number of ties (`tie_rule="published"` keeps the original's arithmetic, for its protocol only);
+  report the number of ties (`tie_rule="published"` keeps the original's arithmetic, for its protocol only;
+  docs/defects.md #15);
 - FID: torchmetrics' Frechet distance on 2048-d Inception features (torch-fidelity's extractor) of each
   sample set against the ground truth, averaged over sets (the published wrapper used 64-d features).
 
