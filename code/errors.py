@@ -40,6 +40,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or does not hold what a stage expects."""
 
 
+class MetricsFileError(UserError):
+    """A metrics.json is unreadable, lacks item scores or was scored on other items than the one it is compared to."""
+
+
 class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A pickled file asked for a class or function outside the allow-list, or for state only code could set."""
 

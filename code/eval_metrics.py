@@ -9,7 +9,11 @@ the sets. MinD-Vis's definitions follow its published `eval_metrics.py`, without
   reconstruction i the fraction of j != i whose score is worse than that of its own ground truth;
 - n-way top-k: the ground-truth class is the classifier's argmax on the ground truth; every trial picks
   n - 1 other classes, success if the ground-truth class is among the k most probable of the n. All
-  trials come from one seeded CPU generator, so they do not depend on the device or the batch size;
+  trials come from one seeded CPU generator, so they do not depend on the device or the batch size. We compare
+  logits, not the published float32 softmax probabilities, which underflow to 0 for a confident classifier and
+  tie: the original gave every tie to the ground truth (a win), we count a tie as its expected outcome and
+  report the number of ties (`tie_rule="published"` keeps the original's arithmetic, for its protocol only;
+  docs/defects.md #15);
 - FID: torchmetrics' Frechet distance on 2048-d Inception features (torch-fidelity's extractor) of each
   sample set against the ground truth, averaged over sets (the published wrapper used 64-d features).
 
@@ -25,6 +29,9 @@ MindEye's eight (`MINDEYE_METRICS`, group name "mindeye"; MedARC-AI/fMRI-reconst
   than its own image's do (chance 0.5);
 - effnet, swav: mean correlation distance (1 - Pearson r) between the features of each reconstruction and
   of its own image (lower is better).
+
+Every score that is a mean over test items comes with its item scores and a 95% bootstrap interval over the
+items (`intervals.py`: the samples of one item resampled together); FID, a statistic of the whole set, has none.
 
 Networks load only from the local caches (`feature_nets`); a metric whose weights (or package) are missing is
 reported under `skipped` with the reason and the path it expected, and nothing is downloaded.
@@ -53,6 +60,7 @@ from feature_nets import (
     load_lpips_alex,
     load_vit_h14_classifier,
 )
+from intervals import bootstrap_interval, max_over_sets_interval
 
 log = logging.getLogger("mindvis.eval_metrics")
 
@@ -69,6 +77,7 @@ TWO_WAY = ("alexnet2", "alexnet5", "inception", "clip")  # feature correlations,
 DISTANCES = ("effnet", "swav")  # feature correlation distance to the own image only
 LOWER_IS_BETTER = frozenset({"fid", *DISTANCES})  # every other score is an accuracy or a similarity
 SSIM_WIN = 7  # skimage's default window (uniform filter, sample covariance)
+TIE_RULES = ("split", "published")  # how n-way accuracy treats ties (n_way_top_k_accuracy)
 TRIAL_KEYS_PER_CHUNK = 2**24  # bounds the memory of the random keys behind the n-way draws
 MINDEYE_SIZE = 256  # both MindEye notebooks bring every image to 256x256 before any metric
 MINDEYE_PIXEL_SIZE = 425  # PixCorr and SSIM compare images at NSD's stimulus size
@@ -77,9 +86,19 @@ GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 
 
 class EvalResult(TypedDict):
-    """`scores`: metric name -> value; `skipped`: metric name -> why it could not be computed."""
+    """What `evaluate` returns, each keyed by score name.
+
+    `scores`: the value; `intervals`: its 95% bootstrap interval [low, high] over test items (None for FID, a
+    statistic of the whole set with no item scores; refitting it on resampled sets would cost a 2048-d Frechet
+    distance per resample, and with duplicated images); `per_item`: the N item scores (each the mean over the
+    item's samples) of every score that is a mean over items; `ties`: n-way trials decided by a tie (expected 0);
+    `skipped`: why a score could not be computed.
+    """
 
     scores: dict[str, float]
+    intervals: dict[str, list[float] | None]
+    per_item: dict[str, list[float]]
+    ties: dict[str, int]
     skipped: dict[str, str]
 
 
@@ -214,29 +233,44 @@ def draw_n_way_trials(num_items: int, num_classes: int, n_way: int, num_trials: 
 
 
 def n_way_top_k_accuracy(
-    probs: torch.Tensor, gt_class: torch.Tensor, n_way: int = 50, num_trials: int = 1000, top_k: int = 1, seed: int = 0
-) -> torch.Tensor:
-    """Probabilities (M, C), classes (M,) -> (M,): share of trials where gt_class is in the top k of n."""
-    m, c = probs.shape
-    picks = draw_n_way_trials(m, c, n_way, num_trials, seed).to(probs.device)  # (M, T, n - 1)
-    gt_class = gt_class.to(probs.device)
+    logits: torch.Tensor,
+    gt_class: torch.Tensor,
+    n_way: int = 50,
+    num_trials: int = 1000,
+    top_k: int = 1,
+    seed: int = 0,
+    tie_rule: str = "split",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (M, C), classes (M,) -> accuracy (M,), the share of trials where gt_class is in the top k of n, and
+    ties (M,), the number of trials where the outcome hangs on a tie with a distractor at the k-th place.
+
+    tie_rule "split" compares the logits, where no float32 softmax underflow can create a tie, and counts a tie as
+    its expected outcome when broken at random (the share of the tied places within the top k); "published" is
+    the original's arithmetic: float32 softmax probabilities compared, every tie a win for the ground truth.
+    """
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
+    scores = logits.float().softmax(-1) if tie_rule == "published" else logits
+    m, c = scores.shape
+    picks = draw_n_way_trials(m, c, n_way, num_trials, seed).to(scores.device)  # (M, T, n - 1)
+    gt_class = gt_class.to(scores.device)
     classes = picks + (picks >= gt_class[:, None, None]).long()  # slot -> class, stepping over the item's own
-    p_other = probs.gather(1, classes.flatten(1)).view_as(classes)  # (M, T, n - 1)
-    p_own = probs.gather(1, gt_class[:, None])[:, :, None]  # (M, 1, 1)
-    # strictly higher only: ties go to the ground truth, as argmax's first index did in the published code
-    beaten_by = (p_other > p_own).sum(-1)  # (M, T)
-    return (beaten_by < top_k).double().mean(-1)
+    other = scores.gather(1, classes.flatten(1)).view_as(classes)  # (M, T, n - 1)
+    own = scores.gather(1, gt_class[:, None])[:, :, None]  # (M, 1, 1)
+    beaten_by, tied = (other > own).sum(-1), (other == own).sum(-1)  # (M, T) each
+    ties = ((beaten_by < top_k) & (beaten_by + tied >= top_k)).sum(-1)
+    if tie_rule == "published":  # as argmax's first index did in the published code
+        return (beaten_by < top_k).double().mean(-1), ties
+    # the own class takes one of the tied places beaten_by + 1 ... beaten_by + tied + 1 with equal chance
+    wins = ((top_k - beaten_by).double() / (tied + 1)).clamp(0.0, 1.0)
+    return wins.mean(-1), ties
 
 
 @torch.no_grad()
-def class_probabilities(images: torch.Tensor, classifier: Classifier, batch_size: int = 64) -> torch.Tensor:
-    """Softmax of the classifier (on the images' device) for images (N, H, W, 3) -> float32 (N, C)."""
+def class_logits(images: torch.Tensor, classifier: Classifier, batch_size: int = 64) -> torch.Tensor:
+    """The classifier's logits (on the images' device) for images (N, H, W, 3) -> float32 (N, C)."""
     model, preprocess = classifier
-    out = [
-        model(preprocess(_as_uint8(batch).permute(0, 3, 1, 2))).float().softmax(-1)
-        for batch in images.split(batch_size)
-    ]
-    return torch.cat(out)
+    return torch.cat([model(preprocess(_as_uint8(b).permute(0, 3, 1, 2))).float() for b in images.split(batch_size)])
 
 
 @torch.no_grad()
@@ -336,12 +370,53 @@ def feature_correlations(
     return torch.cat([_unit_features(batch, net, spec) @ y.T for batch in recon.split(batch_size)])
 
 
-def _mindeye_feature_score(metric: str, gt: torch.Tensor, samples: torch.Tensor, net: nn.Module, batch: int) -> float:
+def _mindeye_feature_scores(
+    metric: str, gt: torch.Tensor, samples: torch.Tensor, net: nn.Module, batch: int
+) -> torch.Tensor:
+    """Each sample's (S, N, H, W, 3) feature score against the images (N, H, W, 3) -> float64 (S, N)."""
     num_sets, n = samples.shape[:2]
     r = feature_correlations(samples.flatten(0, 1), gt, net, FEATURES[metric], batch).view(num_sets, n, n)
     if metric in DISTANCES:  # scipy.spatial.distance.correlation with the own image
-        return (1 - r.diagonal(dim1=-2, dim2=-1)).mean().item()
-    return identification_accuracy(r, lower_is_better=False).mean().item()
+        return 1 - r.diagonal(dim1=-2, dim2=-1)
+    return identification_accuracy(r, lower_is_better=False)
+
+
+def _n_way_scores(
+    gt: torch.Tensor, samples: torch.Tensor, classifier: Classifier, settings: dict, batch_size: int
+) -> tuple[torch.Tensor, int]:
+    """n-way accuracy of each sample (S, N, H, W, 3) -> float64 (S, N), and the number of trials decided by a tie.
+
+    `settings`: n_way_top_k_accuracy's n_way, num_trials, top_k, seed and tie_rule.
+    """
+    gt_logits = class_logits(gt, classifier, batch_size)  # (N, C)
+    # the published rule takes the ground truth's class from its probabilities, as the original did
+    published = settings["tie_rule"] == "published"
+    gt_class = (gt_logits.softmax(-1) if published else gt_logits).argmax(-1)  # (N,)
+    logits = class_logits(samples.flatten(0, 1), classifier, batch_size)  # (S * N, C)
+    accuracy, ties = n_way_top_k_accuracy(logits, gt_class.repeat(len(samples)), **settings)
+    return accuracy.view(samples.shape[:2]), int(ties.sum())
+
+
+def _add_n_way(result: EvalResult, name: str, accuracy: torch.Tensor, ties: int) -> None:
+    """Record n-way accuracy (S, N): the mean and the best sample set's, their intervals, the ties."""
+    per_set = accuracy.mean(1)  # (S,)
+    _add_score(result, name, per_set.mean().item(), accuracy)
+    result["scores"][f"{name} (max)"] = per_set.max().item()
+    result["intervals"][f"{name} (max)"] = list(max_over_sets_interval(accuracy.cpu().numpy()))
+    result["ties"][name] = ties
+    if ties:
+        log.warning("%s: %d n-way trials hang on a tie between the true class and a distractor", name, ties)
+
+
+def _add_score(result: EvalResult, name: str, score: float, per_sample: torch.Tensor | None) -> None:
+    """Record a score with its item scores (the means over the samples of per_sample (S, N)) and their interval."""
+    result["scores"][name] = score
+    if per_sample is None:  # a statistic of the whole set (FID): no item scores, no interval
+        result["intervals"][name] = None
+        return
+    per_item = per_sample.mean(0).cpu().numpy()  # (N,)
+    result["per_item"][name] = per_item.tolist()
+    result["intervals"][name] = list(bootstrap_interval(per_item))
 
 
 def _check_images(gt_images: Images, samples: Images) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,11 +453,13 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str | None = None,
     batch_size: int = 64,
+    tie_rule: str = "split",
 ) -> EvalResult:
-    """Score samples (S, N, H, W, 3) against gt_images (N, H, W, 3) -> {"scores": ..., "skipped": ...}.
+    """Score samples (S, N, H, W, 3) against gt_images (N, H, W, 3) -> scores, intervals, item scores (EvalResult).
 
     `classifier`, `lpips_model`, `fid_model` and `feature_nets` (network name of `feature_nets.FEATURES` ->
-    module) replace the networks otherwise loaded from the local caches.
+    module) replace the networks otherwise loaded from the local caches. `tie_rule` "published" reproduces the
+    original's n-way arithmetic (probabilities compared, ties won by the ground truth; see n_way_top_k_accuracy).
     """
     metrics = expand_metrics(metrics)
     if device is None:
@@ -391,7 +468,8 @@ def evaluate(
     gt, samples = (t.to(device) for t in _check_images(gt_images, samples))
     num_sets, n = samples.shape[:2]
     nets = dict(feature_nets or {})  # loaded once per call: alexnet2 and alexnet5 share AlexNet
-    result = EvalResult(scores={}, skipped={})
+    settings = dict(n_way=n_way, num_trials=num_trials, top_k=top_k, seed=seed, tie_rule=tie_rule)
+    result = EvalResult(scores={}, intervals={}, per_item={}, ties={}, skipped={})
     for metric in metrics:
         try:
             # pixcorr, SSIM and the distances compare a reconstruction with its own image only
@@ -403,26 +481,24 @@ def evaluate(
                     model = lpips_model.to(device) if lpips_model is not None else load_lpips_alex(device)
                 scores = score_matrix(metric, samples.flatten(0, 1), gt, model, batch_size)  # (S * N, N)
                 accuracy = identification_accuracy(scores.view(num_sets, n, n), PAIRWISE[metric])  # (S, N)
-                result["scores"][metric] = accuracy.mean(1).mean().item()
+                _add_score(result, metric, accuracy.mean(1).mean().item(), accuracy)
             elif metric == "n_way":
                 if classifier is None:
                     clf = load_vit_h14_classifier(device)
                 else:
                     clf = (classifier[0].to(device), classifier[1])
-                gt_class = class_probabilities(gt, clf, batch_size).argmax(-1)  # (N,)
-                probs = class_probabilities(samples.flatten(0, 1), clf, batch_size)  # (S * N, C)
-                accuracy = n_way_top_k_accuracy(probs, gt_class.repeat(num_sets), n_way, num_trials, top_k, seed)
-                per_set = accuracy.view(num_sets, n).mean(1)
-                result["scores"][f"top-{top_k}-class"] = per_set.mean().item()
-                result["scores"][f"top-{top_k}-class (max)"] = per_set.max().item()
+                accuracy, ties = _n_way_scores(gt, samples, clf, settings, batch_size)  # (S, N), int
+                _add_n_way(result, f"top-{top_k}-class", accuracy, ties)
             elif metric == "fid":
-                result["scores"]["fid"] = fid(gt, samples, fid_model, batch_size)
+                _add_score(result, "fid", fid(gt, samples, fid_model, batch_size), None)
             elif metric in FEATURES:
                 net = FEATURES[metric].net
                 nets[net] = nets[net].to(device) if net in nets else load_feature_net(net, device)
-                result["scores"][metric] = _mindeye_feature_score(metric, gt, samples, nets[net], batch_size)
+                per_sample = _mindeye_feature_scores(metric, gt, samples, nets[net], batch_size)  # (S, N)
+                _add_score(result, metric, per_sample.mean().item(), per_sample)
             else:
-                result["scores"][metric] = mindeye_pixel_scores(metric, gt, samples, batch_size).mean().item()
+                per_sample = mindeye_pixel_scores(metric, gt, samples, batch_size)  # (S, N)
+                _add_score(result, metric, per_sample.mean().item(), per_sample)
         except MetricUnavailable as err:
             log.warning("metric %s skipped: %s", metric, err)
             result["skipped"].update(dict.fromkeys(_score_names(metric, top_k), str(err)))

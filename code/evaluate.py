@@ -3,6 +3,7 @@
     python code/evaluate.py --recon results/gen_eval/<run>/samples.npy --gt stimuli.npy
     python code/evaluate.py --recon my_recons/ --gt test_images/ --metrics mindeye --out results/mine
     python code/evaluate.py --recon my_recons/ --gt test_images/ --metrics mse pcc ssim n_way --n_way 50
+    python code/evaluate.py --compare results/evaluate/<run A> results/evaluate/<run B>
 
 Accepted layouts (a folder and a .npy may be mixed):
 
@@ -14,10 +15,15 @@ Accepted layouts (a folder and a .npy may be mixed):
            the ground truth's order
 
 Images are read as RGB (greyscale and RGBA files are converted) and must all have the ground truth's size.
-Writes `metrics.json` (scores, the reasons of skipped metrics, chance levels) and `metrics.png` (a bar per
-metric, chance dashed) into --out (a new folder by default; an --out that already holds them is refused unless
---overwrite), and prints a table. Metrics whose network weights are not in the local
-caches are skipped with the path they expect; nothing is downloaded.
+Writes `metrics.json` (scores, their 95% intervals from a bootstrap over the test items, every item's scores,
+the item names, n-way ties, the reasons of skipped metrics, chance levels) and `metrics.png` (a bar per metric,
+chance dashed) into --out (a new folder by default; an --out that already holds them is refused unless
+--overwrite), and prints a table. Metrics whose network weights are not in the local caches are skipped with
+the path they expect; nothing is downloaded.
+
+--compare RUN_A RUN_B (folders holding a metrics.json of evaluate.py or gen_eval, or the files) prints, for each
+metric both scored item by item, B - A with its 95% interval from a paired bootstrap over the same items; runs
+scored on other items, or files without item scores, are refused.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import numpy as np
 from PIL import Image
 
 import eval_metrics
-from errors import DEBUG_HELP, ArgumentParser, UsageError, UserError, run_main
+from bounded import check_tree
+from errors import DEBUG_HELP, ArgumentParser, MetricsFileError, UsageError, UserError, one_line, run_main
 from figures import metric_bar_chart
+from intervals import format_interval, paired_difference
 from readers.files import DataFormatError, load_npy
 from runtime import make_run_dir
 
@@ -138,14 +146,86 @@ def _match_recon_files(folder: Path, names: list[str]) -> dict[str, list[Path]]:
 
 
 def format_table(result: dict, chance: dict[str, float]) -> str:
-    """The scores as an aligned table (metric, value, which way is better, chance), then the skipped ones."""
+    """The scores as an aligned table (metric, value, 95% interval, which way is better, chance), then the skipped
+    ones and any n-way ties."""
     width = max([len("metric"), *map(len, result["scores"]), *map(len, result["skipped"])])
-    lines = [f"{'metric':<{width}}  {'value':>9}  better  chance"]
+    lines = [f"{'metric':<{width}}  {'value':>9}  {'95% interval':<18}  better  chance"]
     for name, value in result["scores"].items():
         better = "lower" if name in eval_metrics.LOWER_IS_BETTER else "higher"
         level = f"{chance[name]:.3f}" if name in chance else "-"
-        lines.append(f"{name:<{width}}  {value:>9.4f}  {better:<6}  {level}")
+        interval = format_interval(result["intervals"].get(name))
+        lines.append(f"{name:<{width}}  {value:>9.4f}  {interval:<18}  {better:<6}  {level}")
     lines += [f"{name:<{width}}  skipped: {reason}" for name, reason in result["skipped"].items()]
+    tied = [(name, n) for name, n in result["ties"].items() if n]  # expected: none (logits rarely tie)
+    lines += [f"{name:<{width}}  {n} n-way trials tied, each counted as its expected outcome" for name, n in tied]
+    return "\n".join(lines)
+
+
+def read_run(path: Path) -> tuple[dict, Path]:
+    """The metrics.json of a run (the file, or the folder holding it) and its path; it must hold item scores."""
+    file = path / "metrics.json" if path.is_dir() else path
+    try:
+        report = json.loads(file.read_text())
+        check_tree(report)
+    except (OSError, ValueError, RecursionError) as err:  # TooLarge is a ValueError
+        raise MetricsFileError(f"{file}: not a readable metrics.json ({one_line(err)})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("per_item"), dict) or not report["per_item"]:
+        raise MetricsFileError(
+            f"{file}: no per-item scores (written by an older evaluate.py or gen_eval); score the run again to compare"
+        )
+    scores, per_item, names = report.get("scores"), report["per_item"], report.get("items")
+    well_formed = (
+        isinstance(scores, dict)
+        and all(_is_number(v) for v in scores.values())
+        and all(isinstance(v, list) and all(map(_is_number, v)) for v in per_item.values())
+        and (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)))
+    )
+    if not well_formed:
+        raise MetricsFileError(
+            f"{file}: expected 'scores' (metric: number), 'per_item' (metric: list of numbers) and 'items' (a list "
+            "of names, or null), as evaluate.py and gen_eval write them"
+        )
+    counts = {len(values) for values in per_item.values()}
+    if len(counts) > 1 or (names is not None and counts != {len(names)}):
+        raise MetricsFileError(f"{file}: item scores of {sorted(counts)} items, item names {len(names or [])}")
+    report["num_items"] = counts.pop()
+    return report, file
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _describe(report: dict) -> str:
+    names = report["items"] or ["unnamed"]
+    return f"{report['num_items']} items ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
+def compare_runs(a: dict, b: dict, file_a: Path, file_b: Path) -> str:
+    """B - A for each metric both runs scored item by item, with its paired 95% interval, as a table.
+
+    Items are paired by name where both runs name them (folders of images), by position otherwise (a .npy).
+    """
+    by_name = a.get("items") is not None and b.get("items") is not None
+    if a["num_items"] != b["num_items"] or (by_name and a["items"] != b["items"]):
+        raise MetricsFileError(
+            f"{file_b}: scored on {_describe(b)}, but {file_a} on {_describe(a)}; a paired comparison needs the "
+            "same items"
+        )
+    names = [name for name in b["scores"] if name in a["scores"]]
+    width = max([len("metric"), *map(len, names)])
+    lines = [
+        f"B - A, paired over {a['num_items']} items by {'name' if by_name else 'position'} (A: {file_a}, B: {file_b})",
+        f"{'metric':<{width}}  {'A':>9}  {'B':>9}  {'B - A':>9}  {'95% interval':<18}  better",
+    ]
+    for name in names:
+        if name not in a["per_item"] or name not in b["per_item"]:
+            lines.append(f"{name:<{width}}  {a['scores'][name]:>9.4f}  {b['scores'][name]:>9.4f}  n/a: no item scores")
+            continue
+        diff, interval = paired_difference(a["per_item"][name], b["per_item"][name])
+        better = "lower" if name in eval_metrics.LOWER_IS_BETTER else "higher"
+        scores = f"{a['scores'][name]:>9.4f}  {b['scores'][name]:>9.4f}  {diff:>+9.4f}"
+        lines.append(f"{name:<{width}}  {scores}  {format_interval(interval):<18}  {better}")
     return "\n".join(lines)
 
 
@@ -169,8 +249,15 @@ def check_out(out: Path, overwrite: bool) -> None:
 def main() -> None:
     """Command line: load, score, write metrics.json and metrics.png, print the table."""
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recon", required=True, type=Path, help="reconstructions: a folder or a .npy (see above)")
-    parser.add_argument("--gt", required=True, type=Path, help="ground truth images: a folder or a .npy (see above)")
+    parser.add_argument("--recon", type=Path, help="reconstructions: a folder or a .npy (see above)")
+    parser.add_argument("--gt", type=Path, help="ground truth images: a folder or a .npy (see above)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("RUN_A", "RUN_B"),
+        help="print B - A of two runs' metrics.json (folders or files) with paired 95%% intervals, instead of scoring",
+    )
     names = f"metrics: {', '.join(eval_metrics.METRICS)}; groups: {', '.join(eval_metrics.METRIC_GROUPS)}"
     default = " ".join(DEFAULT_METRICS)
     parser.add_argument(
@@ -193,6 +280,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="images per network call")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args()
+    if args.compare:
+        (a, file_a), (b, file_b) = map(read_run, args.compare)
+        print(compare_runs(a, b, file_a, file_b))
+        return
+    if args.recon is None or args.gt is None:
+        raise UsageError("--recon and --gt are both needed (or --compare RUN_A RUN_B)")
     try:
         metrics = eval_metrics.expand_metrics(args.metrics)
     except ValueError as err:
@@ -226,6 +319,7 @@ def main() -> None:
         "gt": str(args.gt),
         "recon": str(args.recon),
         "num_items": len(gt),
+        "items": names if args.gt.is_dir() else None,  # a .npy's items have positions only
         "num_samples": recon.shape[0],
         **settings,
     }

@@ -14,10 +14,12 @@ a flag wins over the paths stored in the checkpoint, and stored relative paths a
 `--seed` gives the same images.
 
 Writes `<output_path>/gen_eval/<timestamp>/`: `grid.png` (ground truth first in each row), `samples/`,
-`samples.npy`, `metrics.json` (every metric, or the reason it was skipped), `metrics.png` (a bar chart with
-chance levels) and prints a table. Metric names: eval_metrics.METRICS, or the group `mindeye`. With
-`--baselines`, also a ridge regression from the training fMRI to the images, scored the same way
-(`ridge_grid.png`, `metrics.json["baselines"]`).
+`samples.npy`, `metrics.json` (every metric with its 95% interval over the test items and the items' scores, or
+the reason it was skipped; `python code/evaluate.py --compare RUN_A RUN_B` compares two such runs),
+`metrics.png` (a bar chart with chance levels) and prints a table. Metric names: eval_metrics.METRICS, or the
+group `mindeye`. With `--baselines`, also a ridge regression from the training fMRI to the images, scored the
+same way (`ridge_grid.png`, `metrics.json["baselines"]`). Under `--protocol published` n-way accuracy keeps the
+original's arithmetic (softmax probabilities compared, ties won by the ground truth); otherwise it compares logits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from config_engine import format_config, parse_config, save_config
 from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
 from errors import UserError, run_main
 from figures import image_grid, metric_bar_chart
+from intervals import format_interval
 from readers.files import check_subjects
 from runtime import (
     check_output_folder,
@@ -78,14 +81,15 @@ def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
 
 
 def paper_table(metrics: dict, dataset: str, subjects: list[str]) -> str:
-    """Our scores beside the paper's for one subject's model (the published protocol)."""
+    """Our scores (with their 95% intervals) beside the paper's for one subject's model (the published protocol)."""
     paper = TARGETS[dataset].paper.get(subjects[0], {}) if len(subjects) == 1 else {}
     ours = metrics["scores"]
-    lines = [f"{'metric':<28} {'ours':>8} {'paper':>8}"]
+    lines = [f"{'metric':<28} {'ours':>8} {'95% interval':<18} {'paper':>8}"]
     for name in dict.fromkeys([*ours, *paper]):
         mine = f"{ours[name]:.4f}" if name in ours else "-"
+        interval = format_interval(metrics["intervals"].get(name)) if name in ours else "-"
         theirs = f"{paper[name]:.4f}" if name in paper else "-"
-        lines.append(f"{name:<28} {mine:>8} {theirs:>8}")
+        lines.append(f"{name:<28} {mine:>8} {interval:<18} {theirs:>8}")
     return "\n".join(lines)
 
 
@@ -99,10 +103,15 @@ def derangement(n: int, seed: int) -> np.ndarray:
 
 
 def format_table(metrics: dict) -> str:
-    """The metrics as an aligned two-column table, skipped ones with their reason."""
-    lines = [f"{'metric':<24} value"]
-    lines += [f"{name:<24} {value:.4f}" for name, value in metrics["scores"].items()]
+    """The metrics as an aligned table of values and 95% intervals, skipped ones with their reason, n-way ties."""
+    lines = [f"{'metric':<24} value   95% interval"]
+    lines += [
+        f"{name:<24} {value:.4f}  {format_interval(metrics['intervals'].get(name))}"
+        for name, value in metrics["scores"].items()
+    ]
     lines += [f"{name:<24} skipped: {reason}" for name, reason in metrics.get("skipped", {}).items()]
+    tied = [(name, n) for name, n in metrics["ties"].items() if n]  # expected: none (logits rarely tie)
+    lines += [f"{name:<24} {n} n-way trials tied, each counted as its expected outcome" for name, n in tied]
     return "\n".join(lines)
 
 
@@ -196,6 +205,8 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         for s, i in np.ndindex(samples.shape[:2]):
             Image.fromarray(samples[s, i]).save(run_dir / "samples" / f"{i:03d}_{s}.png")
 
+        # the published protocol keeps the paper's n-way arithmetic (probabilities compared, ties to the truth)
+        tie_rule = "published" if cfg.protocol == "published" else "split"
         metrics = eval_metrics.evaluate(
             gt,
             samples,
@@ -205,6 +216,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
             num_trials=cfg.num_trials,
             seed=cfg.seed,
             device=device,
+            tie_rule=tie_rule,
         )
         if cfg.protocol == "published":  # the paper's table also has 100-way accuracy
             hundred = eval_metrics.evaluate(
@@ -216,10 +228,13 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                 num_trials=cfg.num_trials,
                 seed=cfg.seed,
                 device=device,
+                tie_rule=tie_rule,
             )
-            metrics["scores"].update({f"100-way {k}": v for k, v in hundred["scores"].items()})
-            metrics["skipped"].update({f"100-way {k}": v for k, v in hundred["skipped"].items()})
+            for key, values in hundred.items():  # scores, intervals, per_item, ties, skipped
+                metrics[key].update({f"100-way {k}": v for k, v in values.items()})
         metrics.update(
+            tie_rule=tie_rule,
+            items=None,  # the test set's first n items in its order: paired by position (evaluate.py --compare)
             num_items=n,
             num_samples=cfg.num_samples,
             sampler=cfg.sampler,

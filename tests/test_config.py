@@ -136,8 +136,10 @@ def test_published_protocol_sets_the_papers_settings():
     assert cfg.metrics == ["mse_uint8", "pcc", "ssim", "lpips", "n_way", "fid"]
     import gen_eval
 
-    table = gen_eval.paper_table({"scores": {"top-1-class": 0.2, "100-way top-1-class": 0.1}}, "GOD", ["sbj_3"])
-    assert "top-1-class                    0.2000   0.2385" in table and "fid" in table
+    scores = {"top-1-class": 0.2, "100-way top-1-class": 0.1}
+    intervals = {"top-1-class": [0.15, 0.25], "100-way top-1-class": [0.05, 0.15]}
+    table = gen_eval.paper_table({"scores": scores, "intervals": intervals}, "GOD", ["sbj_3"])
+    assert "top-1-class                    0.2000 [0.1500, 0.2500]     0.2385" in table and "fid" in table
 
 
 def test_whole_numbers_only_for_integer_fields():

@@ -152,13 +152,16 @@ def test_n_way_draws_are_distinct_reproducible_and_chunk_independent(monkeypatch
     assert torch.equal(picks, draw_n_way_trials(5, 12, 4, 30, seed=7))
 
 
+@pytest.mark.parametrize("tie_rule", ["split", "published"])
 @pytest.mark.parametrize("top_k", [1, 3])
-def test_n_way_matches_published_loop_with_the_same_draws(top_k):
+def test_n_way_matches_published_loop_with_the_same_draws(top_k, tie_rule):
     m, c, n_way, trials = 8, 15, 5, 40
     g = torch.Generator().manual_seed(0)
-    probs = torch.randn(m, c, generator=g).mul(2).softmax(-1)
+    logits = torch.randn(m, c, generator=g).mul(2)
+    probs = logits.softmax(-1)
     gt_class = torch.randint(0, c, (m,), generator=g)
-    accuracy = n_way_top_k_accuracy(probs, gt_class, n_way, trials, top_k, seed=5)
+    accuracy, ties = n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k, seed=5, tie_rule=tie_rule)
+    assert ties.tolist() == [0] * m
 
     picks = draw_n_way_trials(m, c, n_way, trials, seed=5)
     expected = []
@@ -193,6 +196,86 @@ def test_n_way_random_classifier_is_chance():
     classifier = (RandomLogits(num_classes=100), _preprocess)
     result = evaluate(gt, samples, ["n_way"], classifier=classifier, n_way=n_way, num_trials=200, batch_size=64)
     assert result["scores"]["top-1-class"] == pytest.approx(1 / n_way, abs=0.04)
+
+
+class OverconfidentLogits(nn.Module):
+    """Ignores its input: one random class per image far ahead of the rest, whose float32 softmax is exactly 0."""
+
+    def __init__(self, num_classes, margin=200.0):
+        super().__init__()
+        self.num_classes, self.margin = num_classes, margin
+        self.generator = torch.Generator().manual_seed(4)
+
+    def forward(self, x):
+        logits = torch.randn(len(x), self.num_classes, generator=self.generator)
+        top = torch.randint(0, self.num_classes, (len(x),), generator=self.generator)
+        return logits + self.margin * F.one_hot(top, self.num_classes)
+
+
+def test_n_way_underflow_gives_no_ties_to_the_ground_truth():
+    n_way = 5
+    gt, samples = _images(64), _images(2, 64, seed=1)
+    classifier = (OverconfidentLogits(num_classes=100), _preprocess)
+    probs = classifier[0](torch.zeros(3, 1)).softmax(-1)
+    assert ((probs == 0).sum(-1) == 99).all()  # the premise: every class but the top one underflows
+    result = evaluate(gt, samples, ["n_way"], classifier=classifier, n_way=n_way, num_trials=200)
+    # unrelated images: about chance (less the trials that pick the reconstruction's own top class), where
+    # comparing underflowed probabilities with ties to the ground truth gave about 1 - 4 / 99
+    assert result["scores"]["top-1-class"] == pytest.approx(1 / n_way, abs=0.04)
+
+    assert result["ties"] == {"top-1-class": 0}  # logits differ where their probabilities underflow
+    published = evaluate(
+        gt, samples, ["n_way"], classifier=classifier, n_way=n_way, num_trials=200, tie_rule="published"
+    )
+    assert published["scores"]["top-1-class"] > 0.9 and published["ties"]["top-1-class"] > 0.9 * 2 * 64 * 200
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_n_way_ties_count_as_their_expected_outcome(top_k):
+    m, c, n_way, trials = 4, 10, 5, 30
+    logits = torch.zeros(m, c)  # every class ties with every other
+    gt_class = torch.arange(m)
+    accuracy, ties = n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k)
+    assert torch.allclose(accuracy, torch.full((m,), top_k / n_way, dtype=torch.float64))
+    assert ties.tolist() == [trials] * m
+    accuracy, ties = n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k, tie_rule="published")
+    assert accuracy.tolist() == [1.0] * m and ties.tolist() == [trials] * m
+
+    logits[:, 0] = 1.0  # class 0 ahead of the rest: item 0 always wins; the others tie below it when it is drawn
+    accuracy, ties = n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k)
+    picked = (draw_n_way_trials(m, c, n_way, trials) == 0).any(-1)  # (M, T): slot 0 is class 0 for items > 0
+    expected = torch.where(picked, (top_k - 1) / (n_way - 1), top_k / n_way).mean(-1)
+    assert accuracy[0] == 1.0 and torch.allclose(accuracy[1:], expected[1:].double())
+    with pytest.raises(ValueError, match="tie_rule"):
+        n_way_top_k_accuracy(logits, gt_class, n_way, trials, top_k, tie_rule="random")
+
+
+def test_item_scores_and_intervals_resample_items_with_their_samples():
+    gt, recon = _images(N), _images(N, seed=1)
+    recon[:3] = gt[:3] // 2 + recon[:3] // 2
+    classifier, nets = (TinyClassifier(), _preprocess), _tiny_feature_nets()
+    metrics = ["mse", "ssim", "n_way", "pixcorr", "alexnet2", "swav", "fid"]
+    kwargs = dict(classifier=classifier, feature_nets=nets, fid_model=TinyFeatures(), n_way=5, num_trials=20)
+    once = evaluate(gt, recon[None], metrics, **kwargs)
+    twice = evaluate(gt, np.stack([recon, recon]), metrics, **kwargs)  # a second, identical sample set
+
+    def but_n_way(scores):  # n-way draws other trials for each sample set
+        return {name: value for name, value in scores.items() if not name.startswith("top-")}
+
+    assert but_n_way(once["scores"]) == but_n_way(twice["scores"])
+    assert but_n_way(once["intervals"]) == but_n_way(twice["intervals"])  # not narrower: the item is the unit
+    per_item = once["per_item"]
+    assert set(per_item) == set(once["scores"]) - {"fid", "top-1-class (max)"} and once["intervals"]["fid"] is None
+    for name, items in per_item.items():
+        low, high = once["intervals"][name]
+        assert len(items) == N and np.mean(items) == pytest.approx(once["scores"][name], abs=1e-12), name
+        assert min(items) - 1e-12 <= low <= once["scores"][name] <= high <= max(items) + 1e-12, name
+    assert once["ties"] == {"top-1-class": 0}
+
+    other = _images(N, seed=2)
+    both = evaluate(gt, np.stack([recon, other]), ["mse"])["per_item"]["mse"]
+    expected = np.mean([per_item["mse"], evaluate(gt, other[None], ["mse"])["per_item"]["mse"]], axis=0)
+    np.testing.assert_allclose(both, expected, atol=1e-12)  # an item's score: the mean over its samples
 
 
 def test_fid_with_a_feature_module_matches_scipy():

@@ -65,7 +65,8 @@ def test_folders_give_table_json_and_chart(data):
     header = next(i for i, line in enumerate(lines) if line.startswith("metric"))
     rows = {line.split()[0]: line for line in lines[header + 1 :] if line and not line.startswith("wrote")}
     assert set(rows) == {"mse", "pcc", "pixcorr", "alexnet2"}
-    assert rows["mse"].split()[1:] == ["1.0000", "higher", "0.500"]  # each reconstruction is its image's
+    # each reconstruction is its image's, so every item scores 1 and so does every resample of them
+    assert rows["mse"].split()[1:] == ["1.0000", "[1.0000,", "1.0000]", "higher", "0.500"]
     assert "skipped" in rows["alexnet2"] and "alexnet-owt-7be5be79.pth" in rows["alexnet2"]
 
     report = json.loads((out / "metrics.json").read_text())
@@ -73,6 +74,12 @@ def test_folders_give_table_json_and_chart(data):
     assert report["chance"] == {"mse": 0.5, "pcc": 0.5}
     assert report["num_items"] == N and report["num_samples"] == SETS
     assert 0 < report["scores"]["pixcorr"] < 1
+    assert report["items"] == [f"stim{i:02d}" for i in range(N)]
+    assert set(report["per_item"]) == set(report["intervals"]) == {"mse", "pcc", "pixcorr"}
+    for name, items in report["per_item"].items():
+        low, high = report["intervals"][name]
+        assert len(items) == N and low <= report["scores"][name] <= high, name
+        assert f"[{low:.4f}, {high:.4f}]" in rows[name], name
     with Image.open(out / "metrics.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 200
 
@@ -82,7 +89,92 @@ def test_npy_files_score_like_the_folders(data):
     by_npy = _run("--recon", data / "recon.npy", "--gt", data / "gt.npy", "--metrics", "ssim", "--out", data / "b")
     assert by_folder.returncode == 0 and by_npy.returncode == 0, by_folder.stderr + by_npy.stderr
     a, b = (json.loads((data / d / "metrics.json").read_text()) for d in "ab")
-    assert a["scores"] == b["scores"] and b["num_samples"] == SETS
+    assert a["scores"] == b["scores"] and b["num_samples"] == SETS and b["items"] is None
+    compared = _run("--compare", data / "a", data / "b" / "metrics.json")  # a folder or its file
+    assert compared.returncode == 0, compared.stderr
+    assert "by position" in compared.stdout  # a .npy names no items
+    same = f"{a['scores']['ssim']:.4f}"
+    assert compared.stdout.splitlines()[-1].split() == ["ssim", same, same, "+0.0000", "[0.0000,", "0.0000]", "higher"]
+
+
+ITEMS = 50
+
+
+def _write_run(path, scores_per_item, items=None):
+    """A metrics.json as evaluate.py writes it, from item scores {metric: (N,)}; FID without item scores."""
+    per_item = {name: list(map(float, values)) for name, values in scores_per_item.items()}
+    report = {
+        "scores": {**{name: float(np.mean(v)) for name, v in per_item.items()}, "fid": 1.0},
+        "intervals": {name: [0.0, 1.0] for name in per_item} | {"fid": None},
+        "per_item": per_item,
+        "items": items,
+    }
+    path.mkdir()
+    (path / "metrics.json").write_text(json.dumps(report))
+    return path
+
+
+def _comparison_rows(stdout):
+    return {line.split()[0]: line.split()[1:] for line in stdout.splitlines()[2:]}
+
+
+def test_compare_gives_the_paired_difference(tmp_path):
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(ITEMS)
+    names = [f"img{i}" for i in range(ITEMS)]
+    a = _write_run(tmp_path / "a", {"ssim": difficulty, "mse": difficulty}, names)
+    b = _write_run(tmp_path / "b", {"ssim": difficulty - 0.05, "mse": difficulty + rng.normal(0, 0.01, ITEMS)}, names)
+    done = _run("--compare", a, b)
+    assert done.returncode == 0, done.stderr
+    assert f"paired over {ITEMS} items by name" in done.stdout.splitlines()[0]
+    rows = _comparison_rows(done.stdout)
+    _, _, diff, low, high, better = rows["ssim"]
+    assert float(diff) == pytest.approx(-0.05) and float(high.rstrip("]")) < 0 and better == "higher"
+    _, _, diff, low, high, _ = rows["mse"]  # no real difference: the interval holds 0
+    assert float(low.strip("[,")) < 0 < float(high.rstrip("]"))
+    assert "n/a" in " ".join(rows["fid"])
+
+
+def _other_items(tmp_path):
+    items = [f"other{i}" for i in range(ITEMS)]
+    return _write_run(tmp_path / "b", {"ssim": np.ones(ITEMS)}, items), ["other0, other1, other2", "same items"]
+
+
+def _fewer_items(tmp_path):
+    return _write_run(tmp_path / "b", {"ssim": np.ones(ITEMS - 1)}), [f"{ITEMS - 1} items", f"{ITEMS} items"]
+
+
+def _nested(tmp_path):
+    (tmp_path / "deep.json").write_text('{"per_item": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return tmp_path / "deep.json", ["deep.json", "not a readable metrics.json"]
+
+
+def _item_scores_as_text(tmp_path):
+    (tmp_path / "text.json").write_text(json.dumps({"scores": {"ssim": 0.5}, "per_item": {"ssim": ["1"] * ITEMS}}))
+    return tmp_path / "text.json", ["text.json", "'per_item' (metric: list of numbers)"]
+
+
+def _no_item_scores(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"scores": {"ssim": 0.5}, "skipped": {}}))
+    return tmp_path / "old.json", ["old.json", "no per-item scores"]
+
+
+def _not_json(tmp_path):
+    (tmp_path / "b.json").write_text("{scores")
+    return tmp_path / "b.json", ["b.json", "not a readable metrics.json"]
+
+
+@pytest.mark.parametrize(
+    "case", [_other_items, _fewer_items, _no_item_scores, _not_json, _nested, _item_scores_as_text]
+)
+def test_compare_refuses_runs_it_cannot_pair(tmp_path, case):
+    a = _write_run(tmp_path / "a", {"ssim": np.ones(ITEMS)}, [f"img{i}" for i in range(ITEMS)])
+    b, named = case(tmp_path)
+    done = _run("--compare", a, b)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+    for text in named:
+        assert text in done.stderr
 
 
 def _drop_one_sample(data):

@@ -129,6 +129,10 @@ def test_gen_eval_reloads_and_is_reproducible(world, finetuned):
     metrics = json.loads((a / "metrics.json").read_text())
     assert {"mse", "pcc", "ssim"} <= set(metrics["scores"])
     assert "top-1-class" in metrics["skipped"] or "top-1-class" in metrics["scores"]  # ViT-H/14 absent here
+    for name in ("mse", "pcc", "ssim"):  # 4 items, each scored over its 2 samples
+        low, high = metrics["intervals"][name]
+        assert len(metrics["per_item"][name]) == 4 and low <= metrics["scores"][name] <= high, name
+    assert metrics["tie_rule"] == "split"
     assert np.array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
 
 
@@ -255,6 +259,7 @@ def test_classifier_file_drives_the_n_way_metric(world, finetuned, tmp_path):
     )
     metrics = json.loads((run / "metrics.json").read_text())
     assert "top-1-class" in metrics["scores"] and 0 <= metrics["baselines"]["ridge_pcc"] <= 1
+    assert len(metrics["per_item"]["top-1-class"]) == 4 and set(metrics["ties"]) == {"top-1-class"}
     assert (run / "metrics.png").is_file() and (run / "ridge_grid.png").is_file()
 
 

@@ -11,7 +11,16 @@ from pathlib import Path
 
 CODE = Path(__file__).resolve().parents[1] / "code"
 # What scores and compares decoded images; the models (sc_mbm, dc_ldm) must train and sample without it.
-EVALUATION = {"eval_metrics", "feature_nets", "baselines", "gen_eval", "evaluate", "figures", "classifier_file"}
+EVALUATION = {
+    "eval_metrics",
+    "intervals",
+    "feature_nets",
+    "baselines",
+    "gen_eval",
+    "evaluate",
+    "figures",
+    "classifier_file",
+}
 MODEL_PACKAGES = ("sc_mbm", "dc_ldm")
 
 
