@@ -3,6 +3,7 @@ simulation preset redoes every step."""
 
 import dataclasses
 import json
+import re
 import types
 
 from demo import pipeline, presets, reports, steps, studies
@@ -72,6 +73,15 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     assert all(-1 <= v <= 1 for k, v in probe.items() if k not in ("mask_ratio", "masks"))
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
+
+    # another training seed over the same world: the world and its models reused, every stage trained again
+    again = pipeline.run("tiny", seed=0, root=tmp_path, train_seed=1)
+    assert again.name == "tiny-train1" and json.loads((again / "report.json").read_text())["train_seed"] == 1
+    reused = _steps(again)
+    world_steps = {"simulate", "vq autoencoder", "label-conditioned LDM", "classifier", "world models' report"}
+    assert all(reused[k] for k in world_steps) and not any(v for k, v in reused.items() if k not in world_steps)
+    assert "training seed 1" in (again / "summary.md").read_text()
+    assert "decoded [95% interval]" in summary and re.search(r"\| pcc \| [\d.]+ \[[\d.]+, [\d.]+\] \|", summary)
 
     monkeypatch.setitem(spec.SIZES, "tiny", dataclasses.replace(spec.SIZES["tiny"], structured_noise=0.2))
     assert not any(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # the data changed: all redone

@@ -4,6 +4,8 @@
     PYTHONPATH=code python -m demo --size tiny        # the same pipeline at test size (the tests run it)
     PYTHONPATH=code python -m demo --seed 1           # a whole second pipeline (its own world, models, stages),
                                                       # in <folder>/<size>-seed1 beside seed 0's
+    PYTHONPATH=code python -m demo --train_seed 1     # the same world, the stages trained again with seed 1
+                                                      # (results/demo/<size>-train1): training's own variance
     PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
     PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
     PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
@@ -35,7 +37,14 @@ def main(argv: list[str] | None = None) -> Path:
         prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=sorted(PRESETS), default="demo", help="preset (default: demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and every stage")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world and its models (and of every stage)")
+    parser.add_argument(
+        "--train_seed",
+        type=int,
+        default=None,
+        help="seed of the stages alone (Stage A, Stage B, gen_eval) over the same world (default: --seed); "
+        "results in results/demo/<size>-train<T>",
+    )
     parser.add_argument(
         "--snr",
         type=float,
@@ -64,17 +73,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.seed < 0 or (args.train_seed is not None and args.train_seed < 0):
+        parser.error(f"--seed and --train_seed must be >= 0, got {args.seed} and {args.train_seed}")
     if args.snr is not None and min(args.snr) <= 0:
         parser.error(f"--snr must be positive, got {args.snr}")
     if (args.curve or args.ablations) and args.snr is not None and len(args.snr) > 1:
         parser.error("--curve and --ablations run on one brain: give at most one --snr")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     if args.snr is not None and len(args.snr) > 1:
-        outs = [run(args.size, args.seed, args.root_path, snr, args.levers) for snr in args.snr]
+        outs = [run(args.size, args.seed, args.root_path, snr, args.levers, args.train_seed) for snr in args.snr]
         return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
-    world = run_world(args.size, args.seed, args.root_path, args.snr[0] if args.snr else None, args.levers)
+    snr = args.snr[0] if args.snr else None
+    world = run_world(args.size, args.seed, args.root_path, snr, args.levers, args.train_seed)
     if args.curve:
         studies.curve(world)
     if args.ablations:

@@ -64,7 +64,8 @@ class World:
 
     preset: Preset
     size: str
-    seed: int
+    seed: int  # the world's: the simulated brain and its models
+    train_seed: int  # every stage's: Stage A, Stage B, gen_eval (the same as `seed` unless asked otherwise)
     root: Path
     data: Path  # the simulated data set
     models: Path  # the world models: vq.pth, label2img/, classifier.pth
@@ -83,7 +84,7 @@ class World:
             "pretrain_gm_path": str(self.models / "label2img"),
             "pretrain_mbm_path": str(encoder),
             "classifier": str(self.models / "classifier.pth"),
-            "seed": self.seed,
+            "seed": self.train_seed,
             **self.preset.b,
             **change,
         }
@@ -97,7 +98,7 @@ class World:
             "pretrain_gm_path": str(self.models / "label2img"),
             "classifier": str(self.models / "classifier.pth"),
             "metrics": ["mse", "pcc", "ssim", "n_way"],
-            "seed": self.seed,
+            "seed": self.train_seed,
             **self.preset.gen_eval,
             **change,
         }
@@ -106,15 +107,19 @@ class World:
         return min(50, load_classifier_file(self.models / "classifier.pth")[0].num_classes)
 
 
-def prepare(size: str, seed: int, root: Path, snr: float | None = None) -> World:
-    """The simulated brain, its world models and Stage A (A1, A2) of the preset: made, or reused when done."""
+def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_seed: int | None = None) -> World:
+    """The simulated brain, its world models and Stage A (A1, A2) of the preset: made, or reused when done.
+
+    `train_seed` (default `seed`) seeds the stages alone: another training run on the same world, whose results sit
+    in `results/demo/<name>-train<T>`."""
     preset = PRESETS[size]
     other_seed = f"-seed{seed}" if seed != 0 else ""  # another seed's world sits beside seed 0's
     name = (size if snr is None else f"{size}-snr{snr:g}") + other_seed
+    out_name = name if train_seed is None or train_seed == seed else f"{name}-train{train_seed}"
     data = root / "data" / "synthetic" / name
     # the world models depend on the categories' images only, which every brain of a preset shares
     models = root / "pretrains" / "demo" / (preset.simulation + other_seed)
-    out = root / "results" / "demo" / name
+    out = root / "results" / "demo" / out_name
     for folder in (models, out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
     device = pick_device("auto")
@@ -153,7 +158,8 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None) -> World
             data, models / "label2img", models / "classifier.pth", models, world, img, seed, device
         ),
     )
-    w = World(preset, size, seed, root, data, models, out, steps, {"sim": sim, "vq": vq, "ldm": ldm, "clf": clf})
+    hashes = {"sim": sim, "vq": vq, "ldm": ldm, "clf": clf}
+    w = World(preset, size, seed, seed if train_seed is None else train_seed, root, data, models, out, steps, hashes)
 
     # ---- Stage A, through the command lines
     w.hashes["a1"], w.hashes["a2"] = train_encoder(w, out, "")
@@ -164,7 +170,7 @@ def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple
     """Stage A1 then A2 of the preset (with `a1_change` applied to both, e.g. a mask ratio) into
     `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`; returns their recipe hashes."""
     kam, hcp = w.kam, str(w.data / "HCP" / "npz")
-    a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.seed, **w.preset.a1, **a1_change}
+    a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.train_seed, **w.preset.a1, **a1_change}
     a1 = w.steps(
         f"{label}stage A1",
         folder / "fmri_encoder_A1.pth",
@@ -180,7 +186,7 @@ def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple
     a2_flags = {
         "kam_path": kam,
         "pretrain_mbm_path": str(folder / "fmri_encoder_A1.pth"),
-        "seed": w.seed,
+        "seed": w.train_seed,
         **w.preset.a2,
         **{k: v for k, v in a1_change.items() if k == "mask_ratio"},
     }
@@ -235,16 +241,20 @@ def decode(
     return b_hash
 
 
-def run(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> Path:
+def run(
+    size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False, train_seed: int | None = None
+) -> Path:
     """The whole demo; returns the results folder. `snr` replaces the simulation's single-trial SNR (a sweep);
-    `levers` also runs every change of the recipe in `LEVERS` (`levers.md`)."""
-    return run_world(size, seed, root, snr, levers).out
+    `levers` also runs every change of the recipe in `LEVERS` (`levers.md`); `train_seed` seeds the stages alone."""
+    return run_world(size, seed, root, snr, levers, train_seed).out
 
 
-def run_world(size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False) -> World:
+def run_world(
+    size: str, seed: int, root: Path, snr: float | None = None, levers: bool = False, train_seed: int | None = None
+) -> World:
     """`run`, returning the world (its folders and recipe hashes) for the studies that build on it."""
     start = time.time()
-    w = prepare(size, seed, root, snr)
+    w = prepare(size, seed, root, snr, train_seed)
     out = w.out
     w.hashes["b"] = decode(
         w, out, "", w.b_flags(out / "fmri_encoder.pth"), {}, w.hashes["a2"], control=True, baselines=True
@@ -284,7 +294,7 @@ def run_world(size: str, seed: int, root: Path, snr: float | None = None, levers
         {"decoded": pick_scores(decoded, names), "shuffled fMRI (control)": pick_scores(control, names)},
         out / "metrics.png",
         chance,
-        title=f"MinD-Vis demo ({size}, seed {seed})",
+        title=f"MinD-Vis demo ({size}, seed {seed}, training seed {w.train_seed})",
     )
     world_report = json.loads((w.models / "report.json").read_text())
     baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
@@ -292,6 +302,7 @@ def run_world(size: str, seed: int, root: Path, snr: float | None = None, levers
         "size": size,
         "snr": snr,
         "seed": seed,
+        "train_seed": w.train_seed,
         "baselines": baselines,
         "machine": machine(),
         "total_seconds": round(time.time() - start, 1),

@@ -47,10 +47,17 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     """summary.md: every metric beside its chance level and the shuffled-fMRI control, the world models' quality, and
     what each step did on which machine."""
     fmt = lambda v: "skipped" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = ["| metric | decoded | shuffled fMRI (control) | chance |", "| --- | --- | --- | --- |"]
+
+    def with_interval(result: dict, metric: str) -> str:
+        interval = result.get("intervals", {}).get(metric)
+        return fmt(result["scores"].get(metric)) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    rows = [
+        "| metric | decoded [95% interval] | shuffled fMRI (control) [95% interval] | chance |",
+        "| --- | --- | --- | --- |",
+    ]
     rows += [
-        f"| {k} | {fmt(decoded['scores'].get(k))} | {fmt(control['scores'].get(k))} | {fmt(v)} |"
-        for k, v in chance.items()
+        f"| {k} | {with_interval(decoded, k)} | {with_interval(control, k)} | {fmt(v)} |" for k, v in chance.items()
     ]
     steps = ["| step | steps | time | cached |", "| --- | --- | --- | --- |"]
     steps += [
@@ -72,7 +79,8 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             f"0.5). n-way: {n_way}-way top-1 semantic accuracy with the simulated world's classifier "
             f"(chance 1/{n_way}), "
             "the mean over the sample sets and the best set (max). The control feeds the same model the test fMRI of "
-            "other images.",
+            "other images. Intervals: 95% bootstrap over the test items (each item's samples resampled together; "
+            "one training run, so they leave out seed-to-seed variation).",
             "",
             *rows,
             "",
@@ -93,7 +101,8 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
             "further).",
             "",
-            f"Seed {report['seed']}; machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+            f"Seed {report['seed']} (world), training seed {report.get('train_seed', report['seed'])}; machine: "
+            f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
             f"native bf16 {'yes' if m['native_bf16'] else 'no'}, torch {m['torch']}. Total "
             f"{format_seconds(report['total_seconds'])}; every step trains a fixed number of steps:",
             "",

@@ -114,7 +114,7 @@ def _steps_per_epoch(w: World, flags: dict) -> int:
     defaults = {f.name: f.default for f in dataclasses.fields(StageBConfig)}
     train, _ = create_god_dataset(w.kam, subjects=["sbj_3"])
     if flags.get("select_on", defaults["select_on"]) == "val_split":
-        train, _ = train.hold_out(flags.get("val_split", defaults["val_split"]), w.seed)
+        train, _ = train.hold_out(flags.get("val_split", defaults["val_split"]), w.train_seed)
     return len(train) // flags["batch_size"]
 
 
@@ -162,7 +162,7 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
                 f"{name}: random encoder",
                 folder / "fmri_encoder.pth",
                 {"a2": w.hashes["a2"]},
-                lambda f=folder: random_encoder(w.out / "fmri_encoder.pth", f / "fmri_encoder.pth", w.seed),
+                lambda f=folder: random_encoder(w.out / "fmri_encoder.pth", f / "fmri_encoder.pth", w.train_seed),
             )
             encoders[name] = (folder / "fmri_encoder.pth", a2)
         else:
