@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from config_engine import arg, check
+from dc_ldm.ldm_for_fmri import TIME_COND_STARTS
 from dc_ldm.models.diffusion.samplers import SAMPLERS
 from eval_metrics import METRIC_GROUPS, METRICS
 from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle them by reference as config.Config_*
@@ -237,6 +238,13 @@ class StageBConfig(_Run, TargetData):
     )
     global_pool: bool = arg(False, "condition on the mean encoder token instead of 77 mapped tokens", "model")
     use_time_cond: bool = arg(True, "double conditioning: add the context to the timestep embedding too", "model")
+    time_cond_start: str = arg(
+        "published",
+        "how double conditioning's new layers (time_embed_condtion, absent from a label LDM's file) start: "
+        "'published' (PyTorch's default initialisation, as the original) or 'zero' (their last Linear zero, so "
+        "training starts from cross-attention only; ours, docs/defects.md #16)",
+        "model",
+    )
     cond_dropout: float = arg(
         0.0,
         "replace the fMRI context by a learned null context with this probability, "
@@ -331,6 +339,10 @@ class StageBConfig(_Run, TargetData):
         check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
         check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")
         check(0.0 <= self.cond_dropout < 1.0, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        check(
+            self.time_cond_start in TIME_COND_STARTS,
+            f"time_cond_start must be one of {', '.join(TIME_COND_STARTS)}, got {self.time_cond_start!r}",
+        )
         check(not self.linear_pool or self.global_pool, "linear_pool makes one context token: it needs --global_pool")
         check(not self.ridge_init or self.linear_pool, "ridge_init starts the linear pool: it needs --linear_pool")
         check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")

@@ -178,6 +178,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
         cfg.use_time_cond,
         cond_dropout=cfg.cond_dropout,
         linear_pool=cfg.linear_pool,
+        time_cond_start=cfg.time_cond_start,
     ).to(device)
     model.cond_stage_model.mae.load_checkpoint(stage_a.model)
     use_attention(model, attention_kind(device, amp.precision))

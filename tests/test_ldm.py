@@ -237,3 +237,46 @@ def test_ema_keys_load_and_update(fixture):
         torch.testing.assert_close(shadows[n.replace(".", "")], expected)
     reloaded = build(cfg, use_ema=True)
     reloaded.load_state_dict(model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("global_pool", [False, True], ids=["77 tokens", "global_pool"])
+def test_time_conditioning_starts_as_published_unless_asked(fixture, global_pool, tmp_path: Path):
+    """The label LDM's file has no time_embed_condtion: the original keeps PyTorch's default initialisation (it
+    loads non-strictly); `time_cond_start="zero"` (ours) zeroes its last Linear, everything else the same."""
+    import yaml
+
+    from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
+
+    cfg, _ = fixture
+    folder = tmp_path / "label2img"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": cfg["model"]}))
+    state = {k: v for k, v in build(cfg, fmri_cond=False).state_dict().items() if "time_embed_condtion" not in k}
+    torch.save({"state_dict": state}, folder / "model.ckpt")
+    mae = {k: cfg["mae"][k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")}
+
+    def built(start: str) -> LatentDiffusion:
+        torch.manual_seed(0)
+        return build_ldm_for_fmri(folder, mae, cfg["mae"]["num_voxels"], global_pool, time_cond_start=start)
+
+    published, zero = built("published"), built("zero")
+    torch.manual_seed(0)  # the same construction, nothing loaded: PyTorch's default initialisation
+    fresh = instantiate_from_config(
+        {**cfg["model"], "params": {**cfg["model"]["params"], "unet_config": _unet(cfg, global_pool)}}
+    )
+    tec = "model.diffusion_model.time_embed_condtion."
+    start = {k: v for k, v in published.state_dict().items() if k.startswith(tec)}
+    assert start and all(torch.equal(v, fresh.state_dict()[k]) for k, v in start.items())
+    last = sorted({k.rsplit(".", 1)[0] for k in start})[-1]
+    assert torch.count_nonzero(published.state_dict()[f"{last}.weight"]) > 0
+    assert not torch.count_nonzero(zero.state_dict()[f"{last}.weight"]) and not torch.count_nonzero(
+        zero.state_dict()[f"{last}.bias"]
+    )
+    others = [k for k in published.state_dict() if not k.startswith((tec, "cond_stage_model."))]
+    assert all(torch.equal(published.state_dict()[k], zero.state_dict()[k]) for k in others)
+
+
+def _unet(cfg: dict, global_pool: bool) -> dict:
+    unet = copy.deepcopy(cfg["model"]["params"]["unet_config"])
+    unet["params"].update(use_time_cond=True, global_pool=global_pool)
+    return unet

@@ -114,6 +114,12 @@ class FMRICondStage(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+# How double conditioning's layers start where the label LDM's file has none (every published label2img file, and
+# the one-token Linear of global_pool): as constructed (PyTorch's default initialisation; the original loads the
+# file non-strictly and keeps it), or with their last Linear zero (ours: training starts from cross-attention only).
+TIME_COND_STARTS = ("published", "zero")
+
+
 def build_ldm_for_fmri(
     ldm_dir: str | Path,
     mae_meta: Mapping,
@@ -123,12 +129,16 @@ def build_ldm_for_fmri(
     load_ldm_weights: bool = True,
     cond_dropout: float = 0.0,
     linear_pool: bool = False,
+    time_cond_start: str = "published",
 ) -> LatentDiffusion:
     """The LDM of `ldm_dir/config.yaml` (+ `model.ckpt` when present) with an fMRI conditioner for `num_voxels`.
 
     The class embedder is replaced by `FMRICondStage` (encoder -> channel_mapper -> dim_mapper) whose
-    output width is the UNet's `context_dim`; double conditioning follows `use_time_cond`.
+    output width is the UNet's `context_dim`; double conditioning follows `use_time_cond`. Its layers that the
+    file lacks start as `time_cond_start` says (TIME_COND_STARTS).
     """
+    if time_cond_start not in TIME_COND_STARTS:
+        raise ValueError(f"time_cond_start must be one of {TIME_COND_STARTS}, got {time_cond_start!r}")
     ldm_dir = Path(ldm_dir)
     ckpt_path = ldm_dir / "model.ckpt"
     model_cfg = load_ldm_config(ldm_dir / "config.yaml")  # every target checked against the allow-list
@@ -140,9 +150,9 @@ def build_ldm_for_fmri(
     if load_ldm_weights and ckpt_path.is_file():
         report = load_ldm_checkpoint(model, ckpt_path, ignore_cond_stage=True)
         class_table = report.class_table
-        if use_time_cond and any(k.startswith("model.diffusion_model.time_embed_condtion.") for k in report.missing):
-            # not in the file (e.g. the one-token Linear of global_pool): double conditioning starts as the
-            # pretrained timestep embedding, not a random vector added to it
+        missing = any(k.startswith("model.diffusion_model.time_embed_condtion.") for k in report.missing)
+        if use_time_cond and missing and time_cond_start == "zero":
+            # double conditioning starts as the pretrained timestep embedding, not a random vector added to it
             last = [m for m in model.model.diffusion_model.time_embed_condtion.modules() if isinstance(m, nn.Linear)]
             nn.init.zeros_(last[-1].weight)
             nn.init.zeros_(last[-1].bias)

@@ -29,7 +29,8 @@ class Preset:
 # Stage B's recipe (the README's "The demo" says why): one context token, a Linear of all the encoder's tokens
 # started at the ridge regression onto the LDM's class embeddings of the training labels and kept there with the
 # encoder; the UNet's conditioning path (the published set) and a null context trained with 10% condition dropout;
-# sampling with classifier-free guidance 3. Stage A's share is short: a linear read-out of the encoder's tokens
+# sampling with classifier-free guidance 3; double conditioning's new Linear starts at zero (training starts from
+# cross-attention only; docs/defects.md #16). Stage A's share is short: a linear read-out of the encoder's tokens
 # holds what the fMRI holds after one epoch already.
 RECIPE_B = dict(
     global_pool=True,
@@ -40,6 +41,7 @@ RECIPE_B = dict(
     cond_dropout=0.1,
     guidance_scale=3.0,
     latent_views=4,
+    time_cond_start="zero",
 )
 DEMO = Preset(
     simulation="demo",
@@ -71,6 +73,7 @@ PUBLISHED_B = dict(
     cond_dropout=0.0,
     guidance_scale=1.0,
     latent_views=0,
+    time_cond_start="published",
 )
 # The published Stage B, unchanged: its conditioning (PUBLISHED_B) and its optimisation (Config_Generative_Model).
 PUBLISHED_STAGE_B = {**PUBLISHED_B, "lr": 5.3e-5, "batch_size": 5, "clip_grad": 0.5, "crop_ratio": 0.2}
@@ -84,6 +87,8 @@ LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_e
     "guidance 1 at sampling (no guidance)": (None, {"guidance_scale": 1.0}),
     "guidance 2 at sampling": (None, {"guidance_scale": 2.0}),
     "guidance 5 at sampling": (None, {"guidance_scale": 5.0}),
+    "time conditioning from PyTorch's default start (published)": ({"time_cond_start": "published"}, {}),
+    "cross-attention only (no time conditioning)": ({"use_time_cond": False}, {}),
 }
 PRESETS = {
     "demo": DEMO,
