@@ -120,6 +120,8 @@ def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
         (folder / "metrics.json").write_text(json.dumps(metrics))
 
     scores(tmp_path / "gen_eval", 0.95, 0.6)
+    recipe = json.loads((tmp_path / "gen_eval" / "metrics.json").read_text())
+    (tmp_path / "gen_eval" / "metrics.json").write_text(json.dumps({**recipe, "intervals": {"pcc": [0.93, 0.97]}}))
     scores(tmp_path / "control", 0.52, 0.02)
     records = [{"step": "stage B", "seconds": 125.0}]
     for i in range(len(presets.LEVERS)):
@@ -129,7 +131,7 @@ def test_levers_table_lists_the_recipe_the_control_and_each_lever(tmp_path):
     assert (tmp_path / "levers.md").read_text() == text
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(lines) == 2 + 2 + len(presets.LEVERS)  # header and rule, recipe, control, one per lever
-    assert "| **the recipe** | 0.950 | 0.600 | 0.610 | 2m05s |" in text
+    assert "| **the recipe** | 0.950 [0.930, 0.970] | 0.600 | 0.610 | 2m05s |" in text
     assert f"| {next(iter(presets.LEVERS))} | 0.500 | 0.100 | 0.110 | 1m00s |" in text
 
 
@@ -161,6 +163,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
         out=tmp_path,
         hashes={"a2": "a2", "b": "b"},
         seed=0,
+        train_seed=0,
         steps=steps.Steps(),
         n_way=lambda: 50,
         kam="unused",
@@ -179,9 +182,8 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
         (folder / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": scores}))
 
     (tmp_path / "gen_eval").mkdir()
-    (tmp_path / "gen_eval" / "metrics.json").write_text(
-        json.dumps({"scores": {"top-1-class": 0.6, "top-1-class (max)": 0.62, "pcc": 0.95}})
-    )
+    recipe = {"scores": {"top-1-class": 0.6, "top-1-class (max)": 0.62, "pcc": 0.95}, "intervals": {"pcc": [0.9, 1]}}
+    (tmp_path / "gen_eval" / "metrics.json").write_text(json.dumps(recipe))
     monkeypatch.setattr(studies, "train_encoder", fake_train_encoder)
     monkeypatch.setattr(studies, "decode", fake_decode)
     monkeypatch.setattr(studies, "random_encoder", lambda template, path, seed: {})
@@ -200,7 +202,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     assert encoders == [{"mask_ratio": 0.35}, {"mask_ratio": 0.85}]
     rows = [line for line in text.splitlines() if line.startswith("| published") or line.startswith("| the demo")]
     assert len(rows) == 2 * len(studies.PAPER) and len(decoded) == 2 * len(studies.PAPER) - 1
-    assert "| the demo's recipe | full | 0.600 | 0.620 | 0.950 | 23.9 |" in text
+    assert "| the demo's recipe | full | 0.600 | 0.620 | 0.950 [0.900, 1.000] | 23.9 |" in text
     assert "| published Stage B | no pre-training | 0.100 | 0.200 | 0.600 | 2.6 |" in text
     published = [flags for flags, _ in decoded if flags.get("lr") == 5.3e-5]
     assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and not f["global_pool"] for f in published)

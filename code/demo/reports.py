@@ -13,6 +13,14 @@ from runtime import format_seconds
 log = logging.getLogger("mindvis.demo")
 
 
+def scored(metrics: dict, name: str) -> str:
+    """A score of a metrics.json as `0.123 [0.100, 0.150]`, with its 95% interval over test items where it has one."""
+    value, interval = metrics["scores"].get(name), metrics.get("intervals", {}).get(name)
+    if value is None:
+        return "skipped"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
 def pick_scores(metrics: dict, names: tuple[str, ...]) -> dict[str, float]:
     """The scores of a metrics.json named in `names` (those it has)."""
     return {k: metrics["scores"][k] for k in names if k in metrics["scores"]}
@@ -23,16 +31,13 @@ def levers_table(out: Path, records: list[dict]) -> str:
     seconds = {r["step"]: r["seconds"] for r in records}
 
     def row(name: str, folder: Path, b_step: str | None) -> str:
-        scores = json.loads((folder / "metrics.json").read_text())["scores"]
-        cells = [
-            f"{scores[k]:.3f}" if scores.get(k) is not None else "skipped"
-            for k in ("pcc", "top-1-class", "top-1-class (max)")
-        ]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        cells = [scored(metrics, k) for k in ("pcc", "top-1-class", "top-1-class (max)")]
         b_time = format_seconds(seconds[b_step]) if b_step in seconds else "(the recipe's model)"
         return f"| {name} | {' | '.join(cells)} | {b_time} |"
 
     rows = [
-        "| Stage B / sampling | pair-wise PCC | n-way top-1 | n-way top-1 (max) | Stage B time |",
+        "| Stage B / sampling | pair-wise PCC [95% interval] | n-way top-1 | n-way top-1 (max) | Stage B time |",
         "| --- | --- | --- | --- | --- |",
         row("**the recipe**", out / "gen_eval", "stage B"),
         row("the recipe, shuffled fMRI (control)", out / "control", None),
@@ -47,18 +52,11 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     """summary.md: every metric beside its chance level and the shuffled-fMRI control, the world models' quality, and
     what each step did on which machine."""
     fmt = lambda v: "skipped" if v is None else f"{v:.3f}"  # noqa: E731
-
-    def with_interval(result: dict, metric: str) -> str:
-        interval = result.get("intervals", {}).get(metric)
-        return fmt(result["scores"].get(metric)) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
     rows = [
         "| metric | decoded [95% interval] | shuffled fMRI (control) [95% interval] | chance |",
         "| --- | --- | --- | --- |",
     ]
-    rows += [
-        f"| {k} | {with_interval(decoded, k)} | {with_interval(control, k)} | {fmt(v)} |" for k, v in chance.items()
-    ]
+    rows += [f"| {k} | {scored(decoded, k)} | {scored(control, k)} | {fmt(v)} |" for k, v in chance.items()]
     steps = ["| step | steps | time | cached |", "| --- | --- | --- | --- |"]
     steps += [
         f"| {r['step']} | {r.get('steps', '')} | {format_seconds(r['seconds'])} | {'yes' * r['reused']} |"

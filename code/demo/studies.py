@@ -33,6 +33,7 @@ from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import World, decode, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
+from demo.reports import scored
 from demo.steps import run_stage, write_json
 from demo.world_models import load_world_ldm
 from readers.arrays import fit_voxels
@@ -124,16 +125,18 @@ def _read(path: Path) -> dict:
 
 def _point(folder: Path, epoch: int | None, steps: int | None) -> dict[str, Any]:
     """One point of the curve: the decoded and control scores, and the conditioning gain."""
-    decoded, control = (_read(folder / f / "metrics.json")["scores"] for f in ("gen_eval", "control"))
+    decoded, control = (_read(folder / f / "metrics.json") for f in ("gen_eval", "control"))
     gain = folder / "conditioning.json"
     return {
         "epoch": epoch,
         "steps": steps,
-        "top1": decoded["top-1-class"],
-        "top1_max": decoded["top-1-class (max)"],
-        "pcc": decoded["pcc"],
-        "control_top1": control["top-1-class"],
-        "control_pcc": control["pcc"],
+        "decoded": decoded,
+        "control": control,
+        "top1": decoded["scores"]["top-1-class"],
+        "top1_max": decoded["scores"]["top-1-class (max)"],
+        "pcc": decoded["scores"]["pcc"],
+        "control_top1": control["scores"]["top-1-class"],
+        "control_pcc": control["scores"]["pcc"],
         "gain": _read(gain)["gain"] if gain.is_file() else None,
         "label_gain": _read(gain)["label_gain"] if gain.is_file() else None,
     }
@@ -187,14 +190,11 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
                 folder = w.out  # the demo's own run
             else:
                 decode(w, folder, f"ablation, {conditioning}, {name}: ", w.b_flags(encoder, **base, **change), {}, a2)
-            scores = _read(folder / "gen_eval" / "metrics.json")["scores"]
             rows.append(
                 {
                     "conditioning": conditioning,
                     "variant": name,
-                    "top1": scores["top-1-class"],
-                    "top1_max": scores["top-1-class (max)"],
-                    "pcc": scores["pcc"],
+                    "metrics": _read(folder / "gen_eval" / "metrics.json"),
                     "paper": PAPER[name],
                 }
             )
@@ -219,7 +219,8 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
         "# The paper's ablations in miniature, on the demo brain",
         "",
         f"One change of the full method per row; {n_way}-way top-1 (chance {1 / n_way:.3f}) as the mean of 5 sample "
-        f"sets and the best set, pair-wise PCC (chance 0.5), on the 50 held-out test fMRI. The published Stage B "
+        f"sets and the best set, pair-wise PCC (chance 0.5), on the 50 held-out test fMRI, each with its 95% interval "
+        f"over the test items (one training seed: seed-to-seed variation is not in it). The published Stage B "
         f"trains {steps} optimiser steps per row; the demo's recipe its own 12 epochs. The paper's column is its "
         "50-way top-1 on GOD (%, mean of 5).",
         "",
@@ -227,8 +228,9 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['conditioning']} | {r['variant']} | {r['top1']:.3f} | {r['top1_max']:.3f} | {r['pcc']:.3f} | "
-        f"{r['paper']} |"
+        f"| {r['conditioning']} | {r['variant']} | "
+        + " | ".join(scored(r["metrics"], k) for k in ("top-1-class", "top-1-class (max)", "pcc"))
+        + f" | {r['paper']} |"
         for r in rows
     ]
     lines += [
@@ -342,7 +344,8 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
         "",
         f"Stage B as published (77 mapped tokens, encoder trained, AdamW 5.3e-5, batch 5, no guidance), {n_way}-way "
         f"top-1 (chance {1 / n_way:.3f}; 5x chance {5 / n_way:.2f}) and pair-wise PCC (chance 0.5) on the 50 held-out "
-        f"test fMRI x 5 samples; the control decodes shuffled fMRI. Conditioning gain: 1 - loss(own fMRI) / "
+        f"test fMRI x 5 samples, each with its 95% interval over the test items (one training seed); the control "
+        f"decodes shuffled fMRI. Conditioning gain: 1 - loss(own fMRI) / "
         f"loss(another image's fMRI) of the ε-prediction on the test pairs (the label-conditioned LDM given the true "
         f"class against another class: {recipe['label_gain']:.3f}). Stage B took {format_seconds(seconds)}.",
         "",
@@ -351,10 +354,10 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in [*rows, {**recipe, "epoch": "the demo's recipe", "steps": None}]:
-        lines.append(
-            f"| {r['epoch']} | {r['steps'] or ''} | {fmt(r['top1'])} | {fmt(r['top1_max'])} | "
-            f"{fmt(r['pcc'])} | {fmt(r['control_top1'])} | {fmt(r['control_pcc'])} | {fmt(r['gain'])} |"
-        )
+        decoded, control = r["decoded"], r["control"]
+        cells = [scored(decoded, k) for k in ("top-1-class", "top-1-class (max)", "pcc")]
+        cells += [scored(control, k) for k in ("top-1-class", "pcc")]
+        lines.append(f"| {r['epoch']} | {r['steps'] or ''} | {' | '.join(cells)} | {fmt(r['gain'])} |")
     return "\n".join(lines) + "\n"
 
 
