@@ -168,8 +168,9 @@ _STAND_IN_MODULES = ("config", "pytorch_lightning.loggers", "lightning.pytorch.l
 
 
 # What a pickle may make: every opcode that creates a value (or a memo entry) counts, sets and dicts (the largest
-# empty values) more. A Stage B checkpoint makes about 10^5, the GOD image dict about as many.
-MAX_MADE = 1_000_000
+# empty values) more. The full-size LDM's 1,212 tensors with AdamW state for each make 1.4 x 10^5 (a 450 KB
+# data.pkl); the bound keeps any 1 MB pickle under a second and 100 MB (benchmarks/README.md, "Loading checkpoints").
+MAX_MADE = 500_000
 _FREE = {pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.STOP, pickle.PROTO, pickle.FRAME}
 _LARGE = {pickle.EMPTY_SET, pickle.FROZENSET, pickle.EMPTY_DICT, pickle.DICT}
 

@@ -6,6 +6,9 @@ import json
 import re
 import types
 
+import numpy as np
+import pytest
+
 from demo import pipeline, presets, reports, steps, studies
 from demo.simulation import spec
 
@@ -233,3 +236,26 @@ def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):
     fresh = read_stage_a(tmp_path / "random" / "fmri_encoder.pth")
     assert fresh.arch == read_stage_a(tmp_path / "a2.pth").arch
     assert not fresh.model["blocks.0.attn.qkv.weight"].equal(trained.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_seeds_table_gives_each_score_over_training_runs_with_its_interval(tmp_path):
+    """Three training runs of one world: the mean, each run's score and an interval over items and runs."""
+    rng = np.random.default_rng(0)
+    outs = []
+    for seed, shift in enumerate((0.0, 0.02, 0.04)):
+        out = tmp_path / f"demo-train{seed}"
+        out.mkdir()
+        per_item = 0.8 + shift + rng.normal(0, 0.05, 50)
+        decoded = {"scores": {"pcc": per_item.mean(), "mse": 0.1}, "per_item": {"pcc": per_item.tolist()}}
+        control = {"scores": {"pcc": 0.5}, "per_item": {"pcc": (0.5 + rng.normal(0, 0.05, 50)).tolist()}}
+        (out / "metrics.json").write_text(json.dumps(decoded))
+        (out / "metrics_shuffled.json").write_text(json.dumps(control))
+        (out / "report.json").write_text(json.dumps({"train_seed": seed}))
+        outs.append(out)
+    text = reports.seeds_table(outs, tmp_path / "demo-seeds.md")
+    assert (tmp_path / "demo-seeds.md").read_text() == text and "3 training seeds (0, 1, 2)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| pcc |"))
+    mean, low, high = map(float, re.match(r"\| pcc \| ([\d.]+) \[([\d.]+), ([\d.]+)\]", row).groups())
+    assert low < mean < high and high - low < 0.2 and mean == pytest.approx(0.82, abs=0.02)
+    assert row.count(", ") >= 4  # each run's score listed, for decoded and control
+    assert "| mse | n/a |" in text  # no item scores: no interval is made up

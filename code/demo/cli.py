@@ -6,6 +6,8 @@
                                                       # in <folder>/<size>-seed1 beside seed 0's
     PYTHONPATH=code python -m demo --train_seed 1     # the same world, the stages trained again with seed 1
                                                       # (results/demo/<size>-train1): training's own variance
+    PYTHONPATH=code python -m demo --train_seed 0 1 2 # three training runs of one world, and each score over
+                                                      # them with its interval -> results/demo/<size>-seeds.md
     PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
     PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
     PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
@@ -26,7 +28,7 @@ from pathlib import Path
 from demo import studies
 from demo.pipeline import run, run_world
 from demo.presets import PRESETS
-from demo.reports import sweep_figure
+from demo.reports import seeds_table, sweep_figure
 from demo.steps import ROOT
 from errors import DEBUG_HELP, ArgumentParser
 
@@ -41,9 +43,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--train_seed",
         type=int,
+        nargs="+",
         default=None,
         help="seed of the stages alone (Stage A, Stage B, gen_eval) over the same world (default: --seed); "
-        "results in results/demo/<size>-train<T>",
+        "results in results/demo/<size>-train<T>; several: each run, then every score over them "
+        "(results/demo/<size>-seeds.md)",
     )
     parser.add_argument(
         "--snr",
@@ -73,18 +77,25 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
-    if args.seed < 0 or (args.train_seed is not None and args.train_seed < 0):
+    train_seeds = args.train_seed or [None]
+    if args.seed < 0 or any(t is not None and t < 0 for t in train_seeds):
         parser.error(f"--seed and --train_seed must be >= 0, got {args.seed} and {args.train_seed}")
+    if len(train_seeds) > 1 and (args.snr is not None and len(args.snr) > 1 or args.curve or args.ablations):
+        parser.error("several --train_seed values run the demo alone: not with an --snr sweep, --curve or --ablations")
     if args.snr is not None and min(args.snr) <= 0:
         parser.error(f"--snr must be positive, got {args.snr}")
     if (args.curve or args.ablations) and args.snr is not None and len(args.snr) > 1:
         parser.error("--curve and --ablations run on one brain: give at most one --snr")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     if args.snr is not None and len(args.snr) > 1:
-        outs = [run(args.size, args.seed, args.root_path, snr, args.levers, args.train_seed) for snr in args.snr]
+        outs = [run(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0]) for snr in args.snr]
         return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
     snr = args.snr[0] if args.snr else None
-    world = run_world(args.size, args.seed, args.root_path, snr, args.levers, args.train_seed)
+    if len(train_seeds) > 1:
+        outs = [run(args.size, args.seed, args.root_path, snr, args.levers, t) for t in train_seeds]
+        seeds_table(outs, outs[0].parent / f"{outs[0].name.split('-train')[0]}-seeds.md")
+        return outs[0].parent
+    world = run_world(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0])
     if args.curve:
         studies.curve(world)
     if args.ablations:

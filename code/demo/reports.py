@@ -7,7 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from demo.presets import LEVERS
+from intervals import bootstrap_interval
 from runtime import format_seconds
 
 log = logging.getLogger("mindvis.demo")
@@ -112,6 +115,47 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     )
     (out / "summary.md").write_text(text)
     return text
+
+
+SEED_METRICS = ("pcc", "ssim", "top-1-class", "mse")
+
+
+def seeds_table(outs: list[Path], path: Path) -> str:
+    """`path` (markdown): each metric over several training runs of one world (`results/demo/<name>-train<T>`), the
+    decoded and the shuffled-fMRI control: the mean over runs, each run's score, and a 95% interval from resampling
+    test items and runs (`intervals.bootstrap_interval` on the (runs, items) scores)."""
+    runs = [{kind: json.loads((out / f"{folder}.json").read_text()) for kind, folder in KINDS.items()} for out in outs]
+    seeds = [json.loads((out / "report.json").read_text()).get("train_seed") for out in outs]
+    lines = [
+        f"# The demo's recipe over {len(outs)} training seeds ({', '.join(map(str, seeds))}) of one world",
+        "",
+        "Each score: the mean over the runs, [its 95% interval, resampling test items and runs], then each run's. "
+        f"With {len(outs)} runs the seed level of the interval is a rough estimate.",
+        "",
+        "| metric | decoded | runs | shuffled fMRI (control) | runs |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for metric in SEED_METRICS:
+        cells = []
+        for kind in KINDS:
+            per_item = [run[kind].get("per_item", {}).get(metric) for run in runs]
+            scores = [run[kind]["scores"].get(metric) for run in runs]
+            if any(p is None for p in per_item):
+                cells += ["n/a", "n/a"]
+                continue
+            low, high = bootstrap_interval(np.array(per_item))
+            cells += [
+                f"{np.mean(scores):.3f} [{low:.3f}, {high:.3f}]",
+                ", ".join(f"{v:.3f}" for v in scores),
+            ]
+        lines.append(f"| {metric} | {' | '.join(cells)} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    log.info("training seeds: %s\n%s", path, text)
+    return text
+
+
+KINDS = {"decoded": "metrics", "control": "metrics_shuffled"}  # the metrics files a demo run keeps
 
 
 def sweep_figure(outs: list[Path], path: Path) -> Path:
