@@ -97,12 +97,24 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Raise CheckpointError naming the tensors of a state dict that hold NaN or inf values."""
-    bad = [
-        k
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
+    """Raise CheckpointError naming the tensors of a state dict that hold NaN or inf values.
+
+    Each storage is checked once, whole, however many tensors view it (a file can reference one tensor 10^5
+    times); a storage with a non-finite value names every tensor that views it.
+    """
+    if not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{path}: a state dict's keys are parameter names, got {short_repr(list(state)[:3])}")
+    bad, checked = [], {}
+    for name, tensor in state.items():
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+            continue
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes(), tensor.dtype)
+        if key not in checked:
+            whole = torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(storage)  # (nbytes / size,)
+            checked[key] = bool(torch.isfinite(whole).all())
+        if not checked[key]:
+            bad.append(name)
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
         raise CheckpointError(

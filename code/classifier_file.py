@@ -143,6 +143,33 @@ def _preprocessing(spec: dict) -> tuple[int, list[float], list[float]]:
     return size, [float(v) for v in mean], [float(v) for v in std]
 
 
+MAX_ACTIVATION = 2**26  # values of one layer's output for one image: a ResNet-50 at 1,024 pixels needs 2^24
+MAX_CLASSES = 100_000
+
+
+def _num_classes(model: nn.Module, size: int) -> int:
+    """The class count of a classifier on the meta device (one image through it, no memory), its layers' outputs
+    checked to stay below MAX_ACTIVATION values (a pooling or padding from the file can ask for gigabytes)."""
+    largest = []
+    hooks = [m.register_forward_hook(lambda m, i, out: largest.append(out.numel())) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if max(largest, default=0) > MAX_ACTIVATION:
+        raise CheckpointError(
+            f"a layer's output holds {max(largest):,} values for one image, more than {MAX_ACTIVATION:,}; "
+            "a classifier's layers are sized for images"
+        )
+    if out.ndim != 2 or not 2 <= out.shape[1] <= MAX_CLASSES:
+        raise CheckpointError(
+            f"the classifier's output is {list(out.shape)}, not (1, classes) with 2 to {MAX_CLASSES:,}"
+        )
+    return int(out.shape[1])
+
+
 def save_classifier_file(
     path: str | os.PathLike,
     layers: Sequence[Sequence],
@@ -183,15 +210,15 @@ def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "
         check_finite(state, "state_dict")  # NaN weights make every score a tie, and ties were wins
         with torch.device("meta"):  # no memory yet: the file's tensors must fit the architecture it names
             _build(spec).load_state_dict(state, assign=True)  # checks names and shapes; copies nothing
+            num_classes = _num_classes(_build(spec), size)
         model = _build(spec)
         model.load_state_dict(state)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as e:
         raise CheckpointError(f"{path}: the classifier cannot be built from this file: {one_line(e)}") from None
     model = model.to(device).eval()
-    with torch.no_grad():  # the class count, for the n in n-way
-        model.num_classes = int(model(torch.zeros(1, 3, size, size, device=device)).shape[-1])
+    model.num_classes = num_classes  # the n in n-way
     shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
 

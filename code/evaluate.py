@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 import eval_metrics
+from atomic import atomic_write
 from bounded import check_tree
 from errors import DEBUG_HELP, ArgumentParser, MetricsFileError, UsageError, UserError, one_line, run_main
 from figures import metric_bar_chart
@@ -48,12 +49,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METRICS = (*eval_metrics.DEFAULT_METRICS, "mindeye")
 
 
+MAX_PIXELS = 4096 * 4096  # an evaluation image is a few hundred pixels a side; a file can claim far more
+
+
 def _read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # lazy: the size is read before any pixel is decoded
+            if img.width * img.height > MAX_PIXELS:
+                raise UserError(f"{path}: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,} (4096x4096)")
             return np.asarray(img.convert("RGB"))  # uint8 (H, W, 3)
-    except OSError as err:
-        raise UserError(f"{path}: not a readable image ({err})") from err
+    except (OSError, Image.DecompressionBombError) as err:
+        raise UserError(f"{path}: not a readable image ({err})") from None
 
 
 def _image_files(folder: Path, flag: str) -> list[Path]:
@@ -236,9 +242,12 @@ def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out that is a file, or holds our output files already (unless `overwrite`) or as links."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a link; name the folder itself (results are never written through a link)")
     present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
-    if any((out / name).is_symlink() for name in present):
-        raise UsageError(f"--out {out}: {', '.join(present)} include a link; refusing to write through it")
+    linked = [n for n in present if (out / n).is_symlink() or ((out / n).is_file() and (out / n).stat().st_nlink > 1)]
+    if linked:
+        raise UsageError(f"--out {out}: {', '.join(linked)} is a link or hard-linked; refusing to write through it")
     if present and not overwrite:
         raise UsageError(
             f"--out {out} already holds {', '.join(present)}; pass --overwrite to replace them, or "
@@ -323,7 +332,8 @@ def main() -> None:
         "num_samples": recon.shape[0],
         **settings,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    with atomic_write(out / "metrics.json") as f:  # replaces, never writes through, what is there
+        f.write(json.dumps(report, indent=2).encode())
     print(format_table(result, chance))
     if result["scores"]:
         metric_bar_chart({args.recon.name: result["scores"]}, out / "metrics.png", chance, title=f"{args.recon}")

@@ -35,10 +35,10 @@ import eval_metrics
 from baselines import ridge_image_baseline
 from checkpoint_layouts import read_finetuned, resolve_stored_path
 from classifier_file import load_classifier_file
-from config import GenEvalConfig, TargetData
-from config_engine import format_config, parse_config, save_config
+from config import GenEvalConfig, StageBConfig, TargetData
+from config_engine import ConfigError, format_config, parse_config, save_config, typed_fields
 from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
-from errors import UserError, run_main
+from errors import CheckpointError, UserError, run_main
 from figures import image_grid, metric_bar_chart
 from intervals import format_interval
 from readers.files import check_subjects
@@ -54,6 +54,39 @@ from runtime import (
 )
 from sc_mbm.mae_for_fmri import attention_kind, use_attention
 from targets import DATASETS, DEFAULT_DATASET, TARGETS, load_target
+
+# The stored Stage B settings gen_eval builds and samples with: typed as Stage B's fields (a boolean is a boolean, a
+# number finite; a published `"no"` is not True) and in range, so a file cannot make a silently wrong run.
+STORED_SETTINGS = (
+    "img_size",
+    "global_pool",
+    "use_time_cond",
+    "linear_pool",
+    "cond_dropout",
+    "guidance_scale",
+    "include_nonavg_test",
+    "roi",
+    "test_category",
+    "time_cond_start",
+)
+MAX_IMG_SIZE = 1024
+
+
+def stored_settings(stored: dict, path: str) -> dict:
+    """`stored` with the settings of STORED_SETTINGS checked (CheckpointError naming the file and the field)."""
+    try:
+        values = typed_fields(StageBConfig, {k: stored[k] for k in STORED_SETTINGS if k in stored}, source=path)
+    except ConfigError as e:
+        raise CheckpointError(f"{e} (a setting stored in the checkpoint)") from None
+    ranges = {
+        "img_size": lambda v: 8 <= v <= MAX_IMG_SIZE and v % 8 == 0,
+        "cond_dropout": lambda v: 0 <= v < 1,
+        "guidance_scale": lambda v: v >= 0,
+    }
+    for key, ok in ranges.items():
+        if key in values and not ok(values[key]):
+            raise CheckpointError(f"{path}: its stored {key} {values[key]!r} is out of range")
+    return {**stored, **values}
 
 
 def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
@@ -126,6 +159,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
     dataset = cfg.dataset or DEFAULT_DATASET
     path = cfg.checkpoint or str(Path(cfg.root_path) / "pretrains" / dataset / "finetuned.pth")
     state, stored = read_finetuned(path)
+    stored = stored_settings(stored, path)
     data = target_data(cfg, stored, path)
     gm_path = resolve_stored_path(
         cfg.pretrain_gm_path, stored, "pretrain_gm_path", "pretrains/ldm/label2img", cfg.root_path, path

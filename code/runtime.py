@@ -119,6 +119,8 @@ def make_run_dir(output_path: str | os.PathLike, stage: str, dist_info: DistInfo
     if dist_info is not None and dist_info.distributed:
         dist.broadcast_object_list(name, src=0)
     run_dir = Path(output_path) / stage / name[0]
+    if run_dir.parent.is_symlink():
+        raise UserError(f"{run_dir.parent} is a link; run folders are never made through a link (remove it)")
     if dist_info is None or dist_info.is_main:
         suffix, candidate = 1, run_dir
         while candidate.exists():  # two runs started within the same second

@@ -141,6 +141,37 @@ def _reconstructor(cls: type, base: Any, state: Any) -> Any:
     return copyreg._reconstructor(cls, base, state)
 
 
+# ---- keys and set members: hashing a tuple walks it whole, every time, so a tuple nested 40 levels deep, each
+# level holding the one below twice, takes 2^40 steps to hash (1.3 KB of pickle). Keys are plain values or flat
+# tuples of them, checked before they are hashed.
+
+_KEY_TYPES = (str, bytes, int, float, complex, type(None), torch.dtype, np.generic)
+
+
+def _check_keys(keys: Any) -> None:
+    for key in keys:
+        if not (
+            isinstance(key, _KEY_TYPES) or (isinstance(key, tuple) and all(isinstance(k, _KEY_TYPES) for k in key))
+        ):
+            raise _refuse(f"a dict key or set member {short_repr(key)}: a file's keys are plain values")
+
+
+def _set(items: Any = ()) -> set:
+    items = list(items)
+    _check_keys(items)
+    return set(items)
+
+
+def _frozenset(items: Any = ()) -> frozenset:
+    return frozenset(_set(items))
+
+
+def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
+    pairs = list(items.items() if isinstance(items, dict) else items)
+    _check_keys(k for k, _ in pairs)
+    return collections.OrderedDict(pairs)
+
+
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMPY = {
     ("numpy", "ndarray"): np.ndarray,
@@ -148,12 +179,12 @@ _NUMPY = {
     **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_CORE},
     **{(m, "scalar"): _scalar for m in _NUMPY_CORE},
     ("_codecs", "encode"): _encode,  # protocol-2 pickles store bytes (numpy buffers) this way
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _ordered_dict,
 }
 _ALLOWED = {
     **_NUMPY,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
     ("copyreg", "_reconstructor"): _reconstructor,
@@ -171,7 +202,7 @@ _STAND_IN_MODULES = ("config", "pytorch_lightning.loggers", "lightning.pytorch.l
 # empty values) more. The full-size LDM's 1,212 tensors with AdamW state for each make 1.4 x 10^5 (a 450 KB
 # data.pkl); the bound keeps any 1 MB pickle under a second and 100 MB (benchmarks/README.md, "Loading checkpoints").
 MAX_MADE = 500_000
-_FREE = {pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.STOP, pickle.PROTO, pickle.FRAME}
+_FREE = {pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.STOP, pickle.PROTO, pickle.FRAME}  # MARK grows a stack
 _LARGE = {pickle.EMPTY_SET, pickle.FROZENSET, pickle.EMPTY_DICT, pickle.DICT}
 
 
@@ -228,6 +259,24 @@ class _StateCheckingUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = _counted(load_build, 1)
 
+    # the keys (or members) these opcodes hash: on the stack above the mark, or below the value (SETITEM)
+    def _keys_checked(load: Any, keys: Any) -> Any:
+        def checked(self: _StateCheckingUnpickler) -> None:
+            _check_keys(keys(self))
+            load(self)
+
+        return checked
+
+    for _op, _keys in (
+        (pickle.SETITEM, lambda self: self.stack[-2:-1]),
+        (pickle.SETITEMS, lambda self: self.stack[::2]),
+        (pickle.DICT, lambda self: self.stack[::2]),
+        (pickle.ADDITEMS, lambda self: self.stack),
+        (pickle.FROZENSET, lambda self: self.stack),
+    ):
+        dispatch[_op[0]] = _keys_checked(dispatch[_op[0]], _keys)
+    del _op, _keys
+
 
 def _no_hooks(hooks: Any) -> None:
     if hooks:  # torch writes an empty OrderedDict; anything else would attach callables to the tensor
@@ -281,6 +330,7 @@ class _RestrictedUnpickler(_StateCheckingUnpickler):
     buildable = (PickledObject, *published_configs.PUBLISHED_CLASSES, collections.OrderedDict, np.ndarray, np.dtype)
 
     def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # what protocol 2 writes for Python 3's builtins
         if module == "torch._utils" and name in _REBUILDS:
             return _REBUILDS[name]
         if (module, name) in _ALLOWED:

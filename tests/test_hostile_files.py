@@ -524,6 +524,24 @@ def test_8_demo_stage_run_never_deletes_a_folder_it_did_not_stamp(tmp_path):
 # ---- 9. paths and subject names stored in a file stay below --root_path --------------------------------------------
 
 
+def gen_eval_on(world: Path, tmp_path: Path, checkpoint: Path):
+    """gen_eval of `checkpoint` on world's data, two items, one sample of 4 steps, as a function to call."""
+    import gen_eval
+    from config import GenEvalConfig
+
+    cfg = GenEvalConfig(
+        checkpoint=str(checkpoint),
+        root_path=str(world),
+        kam_path=str(world / "data/Kamitani/npz"),
+        output_path=str(tmp_path / "o"),
+        num_samples=1,
+        ddim_steps=4,
+        limit=2,
+        metrics=["pcc"],
+    )
+    return lambda: gen_eval.main(cfg)
+
+
 def _stored(world: Path, tmp: Path, **values) -> Path:
     """world's finetuned.pth with config entries replaced by `values`."""
     ckpt = load_checkpoint(world / "finetuned.pth")
@@ -541,24 +559,12 @@ def _stored(world: Path, tmp: Path, **values) -> Path:
 )
 def test_9_stored_values_stay_below_root_path(entry, value, message, world, tmp_path, capsys, monkeypatch):
     """A stored `../` path or subject name escaped --root_path (both resolved to files that exist here)."""
-    import gen_eval
-    from config import GenEvalConfig
 
     if entry == "pretrain_gm_path":
         shutil.copytree(world / "ldm", world.parent / f"{world.name}_ldm", dirs_exist_ok=True)
         value = value.format(root=world.name)
     path = _stored(world, tmp_path, **{entry: value})
-    cfg = GenEvalConfig(
-        checkpoint=str(path),
-        root_path=str(world),
-        kam_path=str(world / "data/Kamitani/npz"),
-        output_path=str(tmp_path / "o"),
-        num_samples=1,
-        ddim_steps=4,
-        limit=2,
-        metrics=["pcc"],
-    )
-    code, err = fail(lambda: gen_eval.main(cfg), capsys, monkeypatch)
+    code, err = fail(gen_eval_on(world, tmp_path, path), capsys, monkeypatch)
     assert code == 1 and "stored.pth" in err and len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
 

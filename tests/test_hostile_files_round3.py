@@ -8,6 +8,7 @@ The files are built by hand with the pickle opcodes of test_hostile_files (`Inje
 import io
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -513,3 +514,144 @@ def test_6_a_refused_value_is_quoted_briefly(tmp_path, capsys, monkeypatch):
     assert len(message) < 400
     code, err = fail(lambda: check_subjects(value, "finetuned.pth"), capsys, monkeypatch)
     assert code == 1 and len(err) < 400
+
+
+# ---- 7. a second probe's files (written after the fixes above, by a tester who had read them) ---------------------
+
+world = test_hostile_files.world  # the fixture: tiny data, a label2img folder, a Stage A checkpoint, a finetuned.pth
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"guidance_scale": float("nan")}, r"guidance_scale must be a finite number"),
+        ({"include_nonavg_test": "no"}, r"include_nonavg_test must be true or false, got 'no'"),
+        ({"img_size": 4000}, r"stored img_size 4000 is out of range"),
+    ],
+    ids=["NaN guidance (black images, scored)", "a boolean as text", "an image side of 4,000"],
+)
+def test_7_stored_settings_are_typed_and_bounded(values, message, world, tmp_path, capsys, monkeypatch):
+    """A stored NaN guidance sampled black images and scored them; "no" was True; 4,000 pixels cost 4.6 GB."""
+    path = test_hostile_files._stored(world, tmp_path, **values)
+    code, err = fail(test_hostile_files.gen_eval_on(world, tmp_path, path), capsys, monkeypatch)
+    assert code == 1 and "stored.pth" in err and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_7_an_architecture_is_not_read_off_empty_tensors(tmp_path):
+    """Zero-size tensors claimed 10^5 patches of width 1,024 for a 2 KB file: the encoder built took 5 GB."""
+    from checkpoint_layouts import read_stage_a
+
+    state = {
+        "patch_embed.proj.weight": torch.zeros(1024, 0, 16),
+        "pos_embed": torch.zeros(1, 100_001, 0),
+        "decoder_embed.weight": torch.zeros(16, 0),
+    }
+    path = save_checkpoint({"model": state, "config": {"num_heads": 16}, "epoch": 0}, tmp_path / "empty.pth")
+    refused(lambda: read_stage_a(path), CheckpointError, r"empty\.pth: .*read off weights with values")
+
+
+def test_7_nested_tuple_keys_are_refused_before_they_are_hashed(tmp_path):
+    """{T_k: None} with T_i = (T_(i-1),) * 2: hashing takes 2^k steps (k = 40 is hours from 1.3 KB)."""
+    path = save_injected({"model": opcodes(lambda p: p.write(b"})" + b"2\x86" * 22 + b"Ns"))}, tmp_path / "keys.pth")
+    refused(lambda: load_checkpoint(path), UnsafeCheckpointError, r"keys\.pth: refused a dict key")
+
+
+def test_7_each_storage_is_checked_once(tmp_path, monkeypatch):
+    """One tensor referenced 10^5 times was checked 10^5 times (113 s for a 1 MB file)."""
+    import checkpoint
+
+    tensor = torch.zeros(1000)
+    path = save_checkpoint({"model": {f"w{i}": tensor for i in range(10_000)}}, tmp_path / "refs.pth")
+    calls = []
+    monkeypatch.setattr(checkpoint.torch, "isfinite", lambda t: calls.append(t) or torch.ones_like(t, dtype=bool))
+    checkpoint.check_finite(load_checkpoint(path)["model"], path)
+    assert len(calls) == 1
+
+
+def test_7_ldm_config_sizes_are_bounded(tmp_path):
+    """`timesteps: 30000000` in a 1.4 KB config.yaml took 5 GB; `n_embed: 10^9` asked for 12 GB at once."""
+    from dc_ldm.util import load_ldm_config
+
+    folder = test_hostile_files.ldm_folder(tmp_path, lambda m: m["params"].update(timesteps=30_000_000))
+    refused(
+        lambda: load_ldm_config(folder / "config.yaml"), UserError, r"config\.yaml: key 'model\.params\.timesteps'"
+    )
+
+
+def test_7_classifier_layers_sized_for_images(tmp_path):
+    """A pooling to 12,000 x 12,000 made a 432M-class classifier from 1.5 KB (2.3 GB)."""
+    from classifier_file import build_sequential, load_classifier_file, save_classifier_file
+
+    layers = [["AdaptiveAvgPool2d", {"output_size": 12_000}], ["Flatten", {}]]
+    path = save_classifier_file(tmp_path / "clf.pth", layers, build_sequential(layers), 64, [0.5] * 3, [0.5] * 3)
+    message = r"clf\.pth: a layer's output holds 432,000,000 values"
+    assert rss_growth(lambda: refused(lambda: load_classifier_file(path), CheckpointError, message)) < 100 * MB
+
+
+def test_7_evaluate_out_never_writes_through_a_link(tmp_path, capsys, monkeypatch):
+    """`--overwrite` wrote metrics.json through a hard link; `--out LINK` wrote into the folder it named."""
+    import evaluate
+
+    rng = np.random.default_rng(0)
+    for name in ("gt", "recon"):
+        np.save(tmp_path / f"{name}.npy", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    mine = write(tmp_path / "mine" / "precious.txt", "a user's file")
+    os.link(mine, (tmp_path / "out").mkdir() or tmp_path / "out" / "metrics.json")
+    (tmp_path / "linked").symlink_to(mine.parent)
+    monkeypatch.chdir(tmp_path)
+    for out in ("out", "linked"):
+        argv = [
+            "evaluate.py",
+            "--recon",
+            "recon.npy",
+            "--gt",
+            "gt.npy",
+            "--metrics",
+            "mse",
+            "--out",
+            out,
+            "--overwrite",
+        ]
+        code, err = fail(
+            lambda argv=argv: (monkeypatch.setattr(sys, "argv", argv), evaluate.main()), capsys, monkeypatch
+        )
+        assert code == 2 and "link" in err, err
+    assert mine.read_text() == "a user's file" and sorted(p.name for p in mine.parent.iterdir()) == ["precious.txt"]
+
+
+def test_7_run_folders_are_never_made_through_a_link(tmp_path):
+    from runtime import make_run_dir
+
+    victim = (tmp_path / "victim").mkdir() or tmp_path / "victim"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gen_eval").symlink_to(victim)
+    refused(lambda: make_run_dir(tmp_path / "out", "gen_eval"), UserError, r"gen_eval is a link")
+    assert not list(victim.iterdir())
+
+
+def test_7_a_png_bomb_is_refused_by_its_size(tmp_path):
+    """A 9,000 x 9,000 one-bit PNG (a few KB) decoded to 243 MB of RGB, several of them to gigabytes."""
+    from PIL import Image
+
+    import evaluate
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "im0.png")
+    assert (tmp_path / "im0.png").stat().st_size < 100_000
+    grow = rss_growth(lambda: refused(lambda: evaluate._read_image(tmp_path / "im0.png"), UserError, "9000x9000"))
+    assert grow < 100 * MB
+
+
+def test_7_float16_fmri_is_normalised_in_float64():
+    """np.std of float16 values near 100 overflowed to inf: the data became all zeros, silently."""
+    from readers.arrays import zscore
+
+    x = (np.random.default_rng(0).normal(0, 1, (50, 64)) * 100).astype(np.float16)
+    z = zscore(x)
+    assert np.isfinite(z).all() and z.std() == pytest.approx(1, abs=1e-3)
+
+
+def test_7_a_deeply_nested_class_index_names_its_file(tmp_path):
+    from readers.god import read_class_index
+
+    write(tmp_path / "imagenet_class_index.json", "[" * 100_000 + "]" * 100_000)
+    refused(lambda: read_class_index(tmp_path), DataFormatError, r"imagenet_class_index\.json: expected")

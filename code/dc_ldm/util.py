@@ -84,6 +84,35 @@ def instantiate_from_config(config: Mapping | DictConfig) -> Any:
     return get_obj_from_str(config["target"])(**params)
 
 
+# The sizes an LDM config.yaml sets, bounded well above any published or plausible model (label2img: 1,000
+# timesteps, 192 channels, 2 blocks per level, multipliers up to 5, an 8,192-code first stage), so that a number in
+# a 1 KB file cannot make us allocate gigabytes; any other number at most 10^6.
+SIZE_LIMITS = {
+    "timesteps": 10_000,
+    "channels": 64,
+    "num_res_blocks": 16,
+    "channel_mult": 16,
+    "ch_mult": 16,
+    "attention_resolutions": 1024,
+    "n_embed": 65_536,
+    "embed_dim": 4096,
+    "image_size": 1024,
+    "resolution": 2048,
+    "ch": 4096,
+    "model_channels": 4096,
+    "in_channels": 64,
+    "out_channels": 64,
+    "z_channels": 64,
+    "out_ch": 64,
+    "in_chans": 64,
+    "context_dim": 8192,
+    "n_classes": 100_000,
+    "num_heads": 128,
+    "num_head_channels": 4096,
+    "transformer_depth": 64,
+}
+
+
 def load_ldm_config(path: str | Path) -> dict:
     """Read an LDM `config.yaml` as plain containers and check every target it would build, naming file and key.
 
@@ -98,6 +127,16 @@ def load_ldm_config(path: str | Path) -> dict:
     except (YAMLError, OmegaConfBaseException, ValueError) as e:
         raise UserError(f"{path}: not a readable LDM config.yaml: {' '.join(str(e).split())}") from None
     for key, value in _leaves(config):
+        name = key.rsplit(".", 1)[-1].split("[")[0]
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not abs(value) <= SIZE_LIMITS.get(name, 10**6)
+        ):
+            raise UserError(
+                f"{path}: key '{key}' is {value}, above {SIZE_LIMITS.get(name, 10**6):,}: no LDM of this kind is "
+                "that large (a size from a file is bounded before any memory is taken)"
+            )
         if isinstance(value, str) and "${" in value:
             raise UnsafeConfigError(
                 f"{path}: key '{key}': interpolations such as {value!r} are not read from a "

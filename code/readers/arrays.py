@@ -47,9 +47,10 @@ def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None, s
 
     Constant data (std 0) cannot be normalised: DataFormatError naming `source`.
     """
-    mean = np.mean(x) if mean is None else mean
-    std = np.std(x) if std is None else std
-    if not std > 0:
+    wide = np.float64 if x.dtype.itemsize < 4 else None  # float16 sums overflow; float32 as published
+    mean = np.mean(x, dtype=wide) if mean is None else mean
+    std = np.std(x, dtype=wide) if std is None else std
+    if not (std > 0 and np.isfinite(std)):
         raise DataFormatError(
             f"{source}: the fMRI is constant (standard deviation 0), so it holds no signal to normalise or learn from"
         )

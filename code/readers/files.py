@@ -67,8 +67,8 @@ def data_root(path: Path) -> Path:
         marker = folder / SIMULATION_MARKER
         if marker.is_file():
             try:
-                complete = json.loads(marker.read_text()).get("complete", False)
-            except (json.JSONDecodeError, AttributeError):
+                complete = json.loads(marker.read_text()).get("complete", False) is True
+            except (ValueError, AttributeError, RecursionError):  # not JSON, not a mapping, nested too deeply
                 complete = False
             if not complete:
                 raise DataFormatError(

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bounded import check_tree
 from dataset import FMRIImageDataset
+from errors import one_line
 from readers.arrays import make_sets, pad_to_patch_size, zscore
 from readers.files import DataFormatError, check_fmri, check_images, check_subjects, data_root, load_npz, require
 
@@ -38,7 +40,18 @@ GOD_CLASS_INDEX = "imagenet_class_index.json"
 
 def read_class_index(folder: Path) -> dict[int, list[str]]:
     """A GOD folder's `imagenet_class_index.json`: {class index: [wnid, ..., class name]}."""
-    return {int(c): v for c, v in json.loads(require(folder / GOD_CLASS_INDEX).read_text()).items()}
+    path = require(folder / GOD_CLASS_INDEX)
+    try:
+        entries = json.loads(path.read_text())
+        check_tree(entries)
+        index = {int(c): v for c, v in entries.items()}
+    except (ValueError, AttributeError, TypeError, RecursionError) as e:  # TooLarge is a ValueError
+        raise DataFormatError(
+            f"{path}: expected {{class index: [wnid, ..., class name]}} as the published file holds ({one_line(e)})"
+        ) from None
+    if not all(isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in index.values()):
+        raise DataFormatError(f"{path}: every class index must map to a list [wnid, ..., class name] of text")
+    return index
 
 
 def read_god_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:

@@ -368,9 +368,17 @@ def architecture_from_weights(state: Mapping[str, torch.Tensor], prefix: str = "
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise CheckpointError(f"no encoder weights (patch_embed.proj.weight, pos_embed) under '{prefix}'")
-    embed_dim, _, patch_size = state["patch_embed.proj.weight"].shape
-    if state["pos_embed"].ndim != 3 or state["pos_embed"].shape[1] < 2:
-        raise CheckpointError(f"pos_embed holds no patch positions (shape {list(state['pos_embed'].shape)})")
+    read = ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight")  # the tensors the sizes come from
+    shapes = {k: list(state[k].shape) for k in read if k in state}
+    if len(shapes["patch_embed.proj.weight"]) != 3 or any(0 in shape for shape in shapes.values()):
+        raise CheckpointError(f"encoder weights of shapes {shapes}: an architecture is read off weights with values")
+    embed_dim, channels, patch_size = state["patch_embed.proj.weight"].shape
+    pos = shapes["pos_embed"]
+    if len(pos) != 3 or pos[1] < 2 or pos[2] != embed_dim or channels != 1:
+        raise CheckpointError(
+            f"pos_embed {pos} and patch_embed.proj.weight {shapes['patch_embed.proj.weight']} do not describe one "
+            "encoder (expected (1, patches + 1, D) and (D, 1, patch size))"
+        )
     arch = {
         "patch_size": int(patch_size),
         "embed_dim": int(embed_dim),
