@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     train_seeds = args.train_seed or [None]
-    if args.seed < 0 or any(t is not None and t < 0 for t in train_seeds):
-        parser.error(f"--seed and --train_seed must be >= 0, got {args.seed} and {args.train_seed}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if any(t is not None and t < 0 for t in train_seeds):
+        parser.error(f"--train_seed must be >= 0, got {args.train_seed}")
     if len(train_seeds) > 1 and (args.snr is not None and len(args.snr) > 1 or args.curve or args.ablations):
         parser.error("several --train_seed values run the demo alone: not with an --snr sweep, --curve or --ablations")
     if args.snr is not None and min(args.snr) <= 0:

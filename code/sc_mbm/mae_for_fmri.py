@@ -374,7 +374,9 @@ def architecture_from_weights(state: Mapping[str, torch.Tensor], prefix: str = "
         raise CheckpointError(f"encoder weights of shapes {shapes}: an architecture is read off weights with values")
     embed_dim, channels, patch_size = state["patch_embed.proj.weight"].shape
     pos = shapes["pos_embed"]
-    if len(pos) != 3 or pos[1] < 2 or pos[2] != embed_dim or channels != 1:
+    if len(pos) == 3 and pos[1] < 2:
+        raise CheckpointError(f"pos_embed holds no patch positions (shape {pos})")
+    if len(pos) != 3 or pos[2] != embed_dim or channels != 1:
         raise CheckpointError(
             f"pos_embed {pos} and patch_embed.proj.weight {shapes['patch_embed.proj.weight']} do not describe one "
             "encoder (expected (1, patches + 1, D) and (D, 1, patch size))"
