@@ -336,7 +336,9 @@ def main() -> None:
         f.write(json.dumps(report, indent=2).encode())
     print(format_table(result, chance))
     if result["scores"]:
-        metric_bar_chart({args.recon.name: result["scores"]}, out / "metrics.png", chance, title=f"{args.recon}")
+        label = args.recon.name
+        intervals = {label: result.get("intervals", {})}
+        metric_bar_chart({label: result["scores"]}, out / "metrics.png", chance, f"{args.recon}", intervals)
     print(f"wrote {out}")
 
 

@@ -17,9 +17,14 @@ from atomic import atomic_write
 
 
 def metric_bar_chart(
-    series: dict[str, dict[str, float]], path: str | Path, chance: dict[str, float] | None = None, title: str = ""
+    series: dict[str, dict[str, float]],
+    path: str | Path,
+    chance: dict[str, float] | None = None,
+    title: str = "",
+    intervals: dict[str, dict[str, tuple[float, float] | None]] | None = None,
 ) -> Path:
-    """One panel per metric with a bar per series (label -> metric -> value), chance levels dashed where given.
+    """One panel per metric with a bar per series (label -> metric -> value), chance levels dashed where given,
+    and each bar's 95% interval (label -> metric -> (low, high)) as an error bar where given.
 
     Each metric gets its own panel and y scale because the scores differ in range (accuracies, distances,
     FID); a series without a value for a metric (skipped, or NaN) has no bar there.
@@ -38,9 +43,15 @@ def metric_bar_chart(
             if value is None or not math.isfinite(value):
                 continue
             ax.bar(i, value, width=0.8, color=f"C{i}")
+            interval = (intervals or {}).get(label, {}).get(metric)
+            end = value  # where the value's label goes: past the bar, and past its interval
+            if interval is not None:
+                low, high = interval
+                ax.errorbar(i, value, yerr=[[value - low], [high - value]], color="k", capsize=3, lw=0.8)
+                end = high if value >= 0 else low
             ax.annotate(
                 f"{value:.3g}",
-                (i, value),
+                (i, end),
                 xytext=(0, 2 if value >= 0 else -2),
                 textcoords="offset points",
                 ha="center",

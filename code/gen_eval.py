@@ -295,6 +295,7 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                 run_dir / "metrics.png",
                 {k: v for k, v in chance.items() if v is not None},
                 title=f"gen_eval: {path}",
+                intervals={"decoded": metrics.get("intervals", {})},
             )
         log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
         if cfg.protocol == "published":

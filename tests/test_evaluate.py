@@ -265,3 +265,21 @@ def test_bar_chart_of_two_series_with_gaps(tmp_path):
         assert chart.format == "PNG"
     with pytest.raises(ValueError, match="at least one value"):
         metric_bar_chart({"decoded": {}}, tmp_path / "empty.png")
+
+
+def test_bar_chart_draws_each_given_interval(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from figures import metric_bar_chart
+
+    drawn = []
+    real = Axes.errorbar
+    monkeypatch.setattr(
+        Axes, "errorbar", lambda self, x, y, yerr, **kw: drawn.append((x, y, yerr)) or real(self, x, y, yerr, **kw)
+    )
+    intervals = {"decoded": {"pcc": (0.85, 0.95), "fid": None}, "control": {"pcc": [0.4, 0.6]}}
+    metric_bar_chart(
+        {"decoded": {"pcc": 0.9, "fid": 3.0}, "control": {"pcc": 0.5}}, tmp_path / "b.png", intervals=intervals
+    )
+    assert [(x, y) for x, y, _ in drawn] == [(0, 0.9), (1, 0.5)]
+    assert drawn[0][2] == [[pytest.approx(0.05)], [pytest.approx(0.05)]]

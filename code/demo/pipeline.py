@@ -294,7 +294,8 @@ def run_world(
         {"decoded": pick_scores(decoded, names), "shuffled fMRI (control)": pick_scores(control, names)},
         out / "metrics.png",
         chance,
-        title=f"MinD-Vis demo ({size}, seed {seed}, training seed {w.train_seed})",
+        title=f"MinD-Vis demo ({size}, seed {seed}, training seed {w.train_seed}; 95% intervals over test items)",
+        intervals={"decoded": decoded.get("intervals", {}), "shuffled fMRI (control)": control.get("intervals", {})},
     )
     world_report = json.loads((w.models / "report.json").read_text())
     baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
