@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 MAX_DEPTH = 64  # our checkpoints and configs nest 3-8 levels; recursive code needs about 3 frames a level
-MAX_VALUES = 1_000_000  # a Stage B checkpoint holds about 10^4 values beside its tensors; the GOD image dict 10^4
+MAX_VALUES = 1_000_000  # a full-size Stage B checkpoint with its optimiser holds about 2 x 10^4 values
 
 
 class TooLarge(ValueError):
@@ -57,30 +57,28 @@ def _children(value: Any) -> Iterator[Any]:
 def check_tree(root: Any) -> None:
     """Raise TooLarge if `root` has a cycle, nests deeper than MAX_DEPTH or expands to more than MAX_VALUES values.
 
-    One pass over the distinct objects (shared ones are visited once, their expanded size counted each time they
+    One pass over the distinct objects (shared ones are expanded once, their size and depth counted wherever they
     are referenced), without recursion, so that the check itself cannot fail on what it checks.
     """
-    depth: dict[int, int] = {}  # id -> depth below it, once done
+    depth: dict[int, int] = {}  # id -> levels below it and itself, once done
     size: dict[int, int] = {}  # id -> values in it when expanded, once done
-    on_path: set[int] = set()
-    keep = []  # the objects whose ids are keys above stay alive (ids are not reused during the walk)
+    on_path: set[int] = set()  # ids of the value being expanded and its ancestors (all alive: reachable from root)
     stack: list[tuple[Any, list | None]] = [(root, None)]
     while stack:
         value, children = stack[-1]
         key = id(value)
-        if children is None:  # first visit: expand
+        if children is None:  # first visit: expand, or a value done before (shared): its levels count here too
+            if key in on_path:
+                raise TooLarge("its data refers to itself (a cycle); a file of ours holds a tree of values")
+            if len(on_path) + depth.get(key, 1) > MAX_DEPTH:
+                raise TooLarge(f"its data nests deeper than {MAX_DEPTH} levels; a file of ours nests a few")
             if key in depth:
                 stack.pop()
                 continue
-            if key in on_path:
-                raise TooLarge("its data refers to itself (a cycle); a file of ours holds a tree of values")
-            if len(on_path) >= MAX_DEPTH:
-                raise TooLarge(f"its data nests deeper than {MAX_DEPTH} levels; a file of ours nests a few")
             on_path.add(key)
-            keep.append(value)
             children = list(_children(value))
             stack[-1] = (value, children)
-            stack.extend((c, None) for c in children if id(c) not in depth)
+            stack.extend((c, None) for c in children)
             continue
         stack.pop()  # all children done
         on_path.discard(key)

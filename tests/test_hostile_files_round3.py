@@ -655,3 +655,23 @@ def test_7_a_deeply_nested_class_index_names_its_file(tmp_path):
 
     write(tmp_path / "imagenet_class_index.json", "[" * 100_000 + "]" * 100_000)
     refused(lambda: read_class_index(tmp_path), DataFormatError, r"imagenet_class_index\.json: expected")
+
+
+def test_5_a_shared_value_counts_its_levels_wherever_it_is_referenced():
+    """A list 50 deep, referenced at the top and again 30 levels down: 81 levels, though each walk of it alone
+    is within the limit (the check counted the shared value's depth only where it first met it)."""
+    from bounded import TooLarge, check_tree
+
+    deep = path = []
+    for _ in range(50):
+        path.append([])
+        path = path[0]
+    chain = link = []
+    for _ in range(30):
+        link.append([])
+        link = link[0]
+    link.append(deep)
+    for order in ([deep, chain], [chain, deep]):  # whichever reference the walk meets first
+        with pytest.raises(TooLarge, match="nests deeper than 64 levels"):
+            check_tree(order)
+    check_tree([deep, [deep]])  # the same value twice near the top: within the limit
