@@ -2,7 +2,7 @@
 
 A rename replaces the name, not what a link at that name points to, so a run folder holding a link (or a file
 hard-linked to a user's) cannot make us write into another file; a process killed mid-write leaves the old file.
-Every checkpoint, figure and config.yaml a stage writes goes through `atomic_write`.
+Every checkpoint, figure, config.yaml and metrics.json goes through `atomic_write` (text: `write_text_atomically`).
 """
 
 from __future__ import annotations
@@ -43,3 +43,10 @@ def _umask() -> int:
     mask = os.umask(0)  # the only portable way to read it is to set it
     os.umask(mask)
     return mask
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """`text` as the whole of `path` (UTF-8), through `atomic_write`."""
+    with atomic_write(path) as f:
+        f.write(text.encode())
+    return Path(path)

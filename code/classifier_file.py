@@ -209,8 +209,8 @@ def load_classifier_file(path: str | os.PathLike, device: torch.device | str = "
             raise CheckpointError("state_dict must map names to tensors")
         check_finite(state, "state_dict")  # NaN weights make every score a tie, and ties were wins
         with torch.device("meta"):  # no memory yet: the file's tensors must fit the architecture it names
-            _build(spec).load_state_dict(state, assign=True)  # checks names and shapes; copies nothing
-            num_classes = _num_classes(_build(spec), size)
+            _build(spec).load_state_dict(state, assign=True)  # names and shapes first; copies nothing
+            num_classes = _num_classes(_build(spec), size)  # a second probe: the first now holds the file's tensors
         model = _build(spec)
         model.load_state_dict(state)
     except CheckpointError as e:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from atomic import atomic_write
+from atomic import write_text_atomically
 from bounded import TooLarge, read_yaml, short_repr
 from errors import DEBUG_HELP, ArgumentParser, UsageError
 
@@ -227,9 +227,7 @@ def config_to_dict(cfg: Any) -> dict:
 def save_config(cfg: Any, folder: str | os.PathLike) -> Path:
     """Write the resolved config as `config.yaml` into `folder`."""
     path = Path(folder) / "config.yaml"
-    with atomic_write(path) as f:  # never through a link at `path`
-        f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
-    return path
+    return write_text_atomically(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def format_config(cfg: Any) -> str:

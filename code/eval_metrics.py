@@ -60,7 +60,7 @@ from feature_nets import (
     load_lpips_alex,
     load_vit_h14_classifier,
 )
-from intervals import bootstrap_interval, max_over_sets_interval
+from intervals import bootstrap_interval, format_interval, max_over_sets_interval
 
 log = logging.getLogger("mindvis.eval_metrics")
 
@@ -503,3 +503,20 @@ def evaluate(
             log.warning("metric %s skipped: %s", metric, err)
             result["skipped"].update(dict.fromkeys(_score_names(metric, top_k), str(err)))
     return result
+
+
+def format_table(result: EvalResult, chance: Mapping[str, float | None] | None = None) -> str:
+    """The scores as an aligned table (metric, value, 95% interval, which way is better, chance level where known),
+    then the skipped ones and any n-way ties."""
+    chance = chance or {}
+    width = max([len("metric"), *map(len, result["scores"]), *map(len, result["skipped"])])
+    lines = [f"{'metric':<{width}}  {'value':>9}  {'95% interval':<18}  better  chance"]
+    for name, value in result["scores"].items():
+        better = "lower" if name in LOWER_IS_BETTER else "higher"
+        level = f"{chance[name]:.3f}" if chance.get(name) is not None else "-"
+        interval = format_interval(result["intervals"].get(name))
+        lines.append(f"{name:<{width}}  {value:>9.4f}  {interval:<18}  {better:<6}  {level}")
+    lines += [f"{name:<{width}}  skipped: {reason}" for name, reason in result["skipped"].items()]
+    tied = [(name, n) for name, n in result["ties"].items() if n]  # expected: none (logits rarely tie)
+    lines += [f"{name:<{width}}  {n} n-way trials tied, each counted as its expected outcome" for name, n in tied]
+    return "\n".join(lines)

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 import eval_metrics
-from atomic import atomic_write
+from atomic import write_text_atomically
 from bounded import check_tree
 from errors import DEBUG_HELP, ArgumentParser, MetricsFileError, UsageError, UserError, one_line, run_main
 from figures import metric_bar_chart
@@ -149,22 +149,6 @@ def _match_recon_files(folder: Path, names: list[str]) -> dict[str, list[Path]]:
                 f"but {names[0]} has {len(ks)} (k = {ks}); every image needs the same samples"
             )
     return {name: [samples[name][k] for k in ks] for name in names}
-
-
-def format_table(result: dict, chance: dict[str, float]) -> str:
-    """The scores as an aligned table (metric, value, 95% interval, which way is better, chance), then the skipped
-    ones and any n-way ties."""
-    width = max([len("metric"), *map(len, result["scores"]), *map(len, result["skipped"])])
-    lines = [f"{'metric':<{width}}  {'value':>9}  {'95% interval':<18}  better  chance"]
-    for name, value in result["scores"].items():
-        better = "lower" if name in eval_metrics.LOWER_IS_BETTER else "higher"
-        level = f"{chance[name]:.3f}" if name in chance else "-"
-        interval = format_interval(result["intervals"].get(name))
-        lines.append(f"{name:<{width}}  {value:>9.4f}  {interval:<18}  {better:<6}  {level}")
-    lines += [f"{name:<{width}}  skipped: {reason}" for name, reason in result["skipped"].items()]
-    tied = [(name, n) for name, n in result["ties"].items() if n]  # expected: none (logits rarely tie)
-    lines += [f"{name:<{width}}  {n} n-way trials tied, each counted as its expected outcome" for name, n in tied]
-    return "\n".join(lines)
 
 
 def read_run(path: Path) -> tuple[dict, Path]:
@@ -332,9 +316,8 @@ def main() -> None:
         "num_samples": recon.shape[0],
         **settings,
     }
-    with atomic_write(out / "metrics.json") as f:  # replaces, never writes through, what is there
-        f.write(json.dumps(report, indent=2).encode())
-    print(format_table(result, chance))
+    write_text_atomically(out / "metrics.json", json.dumps(report, indent=2))  # replaces, never writes through
+    print(eval_metrics.format_table(result, chance))
     if result["scores"]:
         label = args.recon.name
         intervals = {label: result.get("intervals", {})}

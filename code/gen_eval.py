@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import eval_metrics
+from atomic import write_text_atomically
 from baselines import ridge_image_baseline
 from checkpoint_layouts import read_finetuned, resolve_stored_path
 from classifier_file import load_classifier_file
@@ -133,19 +134,6 @@ def derangement(n: int, seed: int) -> np.ndarray:
     while np.any(perm == np.arange(n)):
         perm = rng.permutation(n)
     return perm
-
-
-def format_table(metrics: dict) -> str:
-    """The metrics as an aligned table of values and 95% intervals, skipped ones with their reason, n-way ties."""
-    lines = [f"{'metric':<24} value   95% interval"]
-    lines += [
-        f"{name:<24} {value:.4f}  {format_interval(metrics['intervals'].get(name))}"
-        for name, value in metrics["scores"].items()
-    ]
-    lines += [f"{name:<24} skipped: {reason}" for name, reason in metrics.get("skipped", {}).items()]
-    tied = [(name, n) for name, n in metrics["ties"].items() if n]  # expected: none (logits rarely tie)
-    lines += [f"{name:<24} {n} n-way trials tied, each counted as its expected outcome" for name, n in tied]
-    return "\n".join(lines)
 
 
 def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) -> Path:
@@ -287,9 +275,9 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                 metrics["baselines"]["ridge_pcc"],
                 metrics["baselines"]["ridge_alpha"],
             )
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        chance = {k: eval_metrics.chance_level(k, cfg.n_way) for k in metrics["scores"]}
         if metrics["scores"]:
-            chance = {k: eval_metrics.chance_level(k, cfg.n_way) for k in metrics["scores"]}
             metric_bar_chart(
                 {"decoded": metrics["scores"]},
                 run_dir / "metrics.png",
@@ -297,7 +285,9 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
                 title=f"gen_eval: {path}",
                 intervals={"decoded": metrics.get("intervals", {})},
             )
-        log.info("results (%d items, %d samples each):\n%s", n, cfg.num_samples, format_table(metrics))
+        log.info(
+            "results (%d items, %d samples each):\n%s", n, cfg.num_samples, eval_metrics.format_table(metrics, chance)
+        )
         if cfg.protocol == "published":
             log.info(
                 "beside the paper (%s %s):\n%s",

@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 from demo import studies
-from demo.pipeline import run, run_world
+from demo.pipeline import run, run_world, world_name
 from demo.presets import PRESETS
 from demo.reports import seeds_table, sweep_figure
 from demo.steps import ROOT
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     snr = args.snr[0] if args.snr else None
     if len(train_seeds) > 1:
         outs = [run(args.size, args.seed, args.root_path, snr, args.levers, t) for t in train_seeds]
-        seeds_table(outs, outs[0].parent / f"{outs[0].name.split('-train')[0]}-seeds.md")
+        seeds_table(outs, outs[0].parent / f"{world_name(args.size, args.seed, snr)}-seeds.md")
         return outs[0].parent
     world = run_world(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0])
     if args.curve:

@@ -107,6 +107,11 @@ class World:
         return min(50, load_classifier_file(self.models / "classifier.pth")[0].num_classes)
 
 
+def world_name(size: str, seed: int, snr: float | None = None) -> str:
+    """The name of a world's data and results folders: `<size>[-snr<x>][-seed<S>]`."""
+    return (size if snr is None else f"{size}-snr{snr:g}") + (f"-seed{seed}" if seed != 0 else "")
+
+
 def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_seed: int | None = None) -> World:
     """The simulated brain, its world models and Stage A (A1, A2) of the preset: made, or reused when done.
 
@@ -114,7 +119,7 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_se
     in `results/demo/<name>-train<T>`."""
     preset = PRESETS[size]
     other_seed = f"-seed{seed}" if seed != 0 else ""  # another seed's world sits beside seed 0's
-    name = (size if snr is None else f"{size}-snr{snr:g}") + other_seed
+    name = world_name(size, seed, snr)
     out_name = name if train_seed is None or train_seed == seed else f"{name}-train{train_seed}"
     data = root / "data" / "synthetic" / name
     # the world models depend on the categories' images only, which every brain of a preset shares

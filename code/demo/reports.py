@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic import write_text_atomically
 from demo.presets import LEVERS
 from intervals import bootstrap_interval
 from runtime import format_seconds
@@ -118,6 +119,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
 
 
 SEED_METRICS = ("pcc", "ssim", "top-1-class", "mse")
+KINDS = {"decoded": "metrics", "control": "metrics_shuffled"}  # the metrics files a demo run keeps
 
 
 def seeds_table(outs: list[Path], path: Path) -> str:
@@ -150,12 +152,9 @@ def seeds_table(outs: list[Path], path: Path) -> str:
             ]
         lines.append(f"| {metric} | {' | '.join(cells)} |")
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    write_text_atomically(path, text)
     log.info("training seeds: %s\n%s", path, text)
     return text
-
-
-KINDS = {"decoded": "metrics", "control": "metrics_shuffled"}  # the metrics files a demo run keeps
 
 
 def sweep_figure(outs: list[Path], path: Path) -> Path:
