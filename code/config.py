@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from config_engine import arg, check
+from dataset import HELD_OUT_SEED
 from dc_ldm.ldm_for_fmri import TIME_COND_STARTS
 from dc_ldm.models.diffusion.samplers import SAMPLERS
 from eval_metrics import METRIC_GROUPS, METRICS
@@ -205,6 +206,13 @@ class StageA2Config(_Run, _Optimisation, TargetData):
     )
     warmup_epochs: int = arg(2, "epochs of linear warm-up", "optimisation")
     ckpt_every: int = arg(2, "epochs between checkpoints (and reconstruction figures)", "run")
+    val_images: int = arg(
+        0,
+        "test images (all their fMRI: averages and single trials) left out of training and reconstructed with "
+        "fixed masks after every epoch (val_test_* in metrics.jsonl): the learning curve on fMRI A2 never saw; the "
+        f"same images whatever the seed (drawn with seed {HELD_OUT_SEED}); 0: train on every test image, as published",
+        "run",
+    )
 
     def __post_init__(self) -> None:
         self._resolve_data()
@@ -219,6 +227,7 @@ class StageA2Config(_Run, _Optimisation, TargetData):
     def validate(self) -> None:
         self._validate_run()
         self._validate_optimisation()
+        check(self.val_images >= 0, f"val_images must be >= 0, got {self.val_images}")
 
 
 @dataclass
@@ -309,6 +318,12 @@ class StageBConfig(_Run, TargetData):
     val_split: int = arg(
         50, "with select_on val_split: training images held out (all their fMRI) to validate on", "run"
     )
+    num_train_images: int | None = arg(
+        None,
+        "train on the pairs of this many training images only (after the validation hold-out; GOD: one pair per "
+        f"image), the same images whatever the seed (drawn with seed {HELD_OUT_SEED}); None: all",
+        "data",
+    )
     num_samples: int = arg(5, "images per fMRI (validation here, the default of gen_eval)", "run")
     ddim_steps: int = arg(250, f"PLMS steps per image (at least {MIN_SAMPLER_STEPS})", "run")
     guidance_scale: float = arg(1.0, "classifier-free guidance at validation (needs cond_dropout > 0)", "run")
@@ -353,6 +368,10 @@ class StageBConfig(_Run, TargetData):
             f"snapshot_epochs count from 1, got {self.snapshot_epochs}",
         )
         check(self.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        check(
+            self.num_train_images is None or self.num_train_images >= 2,
+            f"num_train_images must be None or >= 2, got {self.num_train_images}",
+        )
         check(
             self.select_on != "val_split" or self.val_split >= 2,
             f"val_split must hold out at least 2 images, got {self.val_split}",

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from errors import UserError
 from transforms import resize
+
+HELD_OUT_SEED = 0  # draws the images a subset option keeps or leaves out: the same for every training seed
 
 
 class FMRIDataset(Dataset):
@@ -111,6 +114,18 @@ class FMRIImageDataset(FMRIDataset):
         item["label"] = int(self.labels[j])
         item["naive_label"] = int(self.naive_labels[j])
         return item
+
+
+def split_images(data: FMRIImageDataset, num_images: int, option: str) -> tuple[FMRIImageDataset, FMRIImageDataset]:
+    """(the rest, the chosen): every fMRI row of `num_images` images drawn with `HELD_OUT_SEED` (so the same
+    images for every training seed) goes to the second set. All the images: (an empty rest, `data`). A number the
+    data cannot give is a UserError naming `option`."""
+    shown = len(np.unique(data.image_index))
+    if num_images > shown:
+        raise UserError(f"{option} {num_images}: the data show only {shown} images")
+    if num_images == shown:
+        return data.subset(np.arange(0)), data
+    return data.hold_out(num_images, HELD_OUT_SEED)
 
 
 class LatentViews(torch.utils.data.Dataset):

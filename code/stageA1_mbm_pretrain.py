@@ -74,11 +74,7 @@ def _hcp_subjects(path: str, limit: int | None = None) -> list[str]:
 
 def score_held_out(model, val_sets: dict, cfg: StageA1Config, amp: AmpScaler) -> dict[str, float]:
     """{'val_<set>_<metric>': value} for every held-out set (fixed masks from the run's seed)."""
-    scores = {}
-    for name, fmri in val_sets.items():
-        result = reconstruction.score(model, fmri, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
-        scores |= {f"val_{name}_{metric}": value for metric, value in result.items()}
-    return scores
+    return reconstruction.score_sets(model, val_sets, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
 
 
 def main(cfg: StageA1Config) -> Path:

@@ -12,7 +12,9 @@ checkpoint's config (ours or a published `fmri_encoder.pth`), never from flags. 
 `<output_path>/stageA2/<timestamp>/` with config.yaml, log.txt, metrics.jsonl, recon_epoch<N>.png and
 checkpoint.pth, whose `config` is the Stage A architecture (as in the published `fmri_encoder.pth`, so Stage B
 rebuilds the encoder from it) and `finetune_config` this run's settings. Stage B reads checkpoint.pth as its
-`--pretrain_mbm_path`.
+`--pretrain_mbm_path`. With `--val_images N`, N test images (all their fMRI) are left out of training and
+reconstructed with fixed masks before training and after every epoch: metrics.jsonl then holds
+`val_test_{loss,cor,masked_cor}`, the learning curve on fMRI the stage never saw.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from checkpoint_layouts import (
     SCHEDULE_FIELDS,
@@ -31,7 +34,7 @@ from checkpoint_layouts import (
 )
 from config import StageA2Config
 from config_engine import config_to_dict, parse_config
-from dataset import FMRIDataset
+from dataset import FMRIDataset, split_images
 from engine import (
     AmpScaler,
     Schedule,
@@ -42,15 +45,17 @@ from engine import (
     training_run,
     wrap_ddp,
 )
-from errors import run_main
+from errors import UserError, run_main
 from readers.arrays import fit_voxels
 from runtime import (
+    append_jsonl,
     check_output_folder,
     init_distributed,
     log,
     seed_everything,
 )
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
+from sc_mbm.reconstruction import score_sets
 from sc_mbm.training import mae_step, pick_examples, save_stage_a
 from targets import load_target
 
@@ -70,6 +75,12 @@ def main(cfg: StageA2Config) -> Path:
     # ---- data: the test fMRI, fitted to the pre-trained voxel count
     num_voxels = source.arch["num_voxels"]
     _, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
+    val_sets = {}
+    if cfg.val_images:
+        test_set, held = split_images(test_set, cfg.val_images, "--val_images")
+        if len(test_set) == 0:
+            raise UserError(f"--val_images {cfg.val_images} leaves no test image to train on; hold out fewer")
+        val_sets["test"] = torch.from_numpy(fit_voxels(held.fmri, num_voxels))
     dataset = FMRIDataset(fit_voxels(test_set.fmri, num_voxels))
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, dist_info, cfg.num_workers)
 
@@ -117,6 +128,10 @@ def main(cfg: StageA2Config) -> Path:
                 attention_kind(device, amp.precision),
             )
         examples = pick_examples(dataset.fmri)
+        if val_sets and start_epoch == 0 and dist_info.is_main:
+            scores = score_sets(model, val_sets, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
+            append_jsonl(run_dir / "metrics.jsonl", {"epoch": -1, **scores})
+            log.info("held-out test fMRI before training: %s", "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
         # ---- the loop
         started = time.time()
@@ -135,6 +150,7 @@ def main(cfg: StageA2Config) -> Path:
                 cfg.log_every,
             )
             if dist_info.is_main:
+                stats |= score_sets(model, val_sets, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
                 save_stage_a(

@@ -39,7 +39,7 @@ from checkpoint_layouts import (
 from classifier_file import load_classifier_file
 from config import StageBConfig
 from config_engine import parse_config
-from dataset import LatentViews
+from dataset import LatentViews, split_images
 from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
 from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, training_run, wrap_ddp
 from errors import CheckpointError, UserError, run_main
@@ -166,6 +166,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
         train_set, val_set = train_set.hold_out(cfg.val_split, cfg.seed)
     else:
         val_set = test_set
+    if cfg.num_train_images is not None:
+        train_set = split_images(train_set, cfg.num_train_images, "--num_train_images")[1]
     train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
     train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
 

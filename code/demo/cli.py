@@ -13,9 +13,11 @@
     PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
     PYTHONPATH=code python -m demo --curve            # also the published Stage B's learning curve -> curve.md
     PYTHONPATH=code python -m demo --ablations        # also the paper's ablations in miniature -> ablations.md
+    PYTHONPATH=code python -m demo --size cortex --stage_a_curve   # Stage A's learning curve on held-out fMRI
+    PYTHONPATH=code python -m demo --pretraining_study             # does pre-training help? (hours: resumable)
 
-What each step does: `demo/pipeline.py` (the demo; its presets in `demo/presets.py`) and `demo/studies.py` (--curve,
---ablations). Every step is
+What each step does: `demo/pipeline.py` (the demo; its presets in `demo/presets.py`), `demo/studies.py` (--curve,
+--ablations) and `demo/pretraining.py` (--stage_a_curve, --pretraining_study). Every step is
 cached beside its result with a hash of its recipe, so a second run reuses what is done.
 """
 
@@ -25,10 +27,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from demo import studies
-from demo.pipeline import run, run_world, world_name
+from demo import pretraining, studies
+from demo.pipeline import prepare, run, run_world, world_name
 from demo.presets import PRESETS
 from demo.reports import seeds_table, sweep_figure
+from demo.simulation.spec import SIZES
 from demo.steps import ROOT
 from errors import DEBUG_HELP, ArgumentParser
 
@@ -74,6 +77,26 @@ def main(argv: list[str] | None = None) -> Path:
         action="store_true",
         help="also the paper's ablations in miniature (Stage A and Stage B retrained per row) -> ablations.md",
     )
+    parser.add_argument(
+        "--stage_a_curve",
+        action="store_true",
+        help="Stage A's learning curve on fMRI it never saw, against a ridge map (a cortex world: --size cortex) "
+        "-> stage_a_curve.md, .png, .json",
+    )
+    parser.add_argument(
+        "--pretraining_study",
+        action="store_true",
+        help="does SC-MBM pre-training help Stage B? Linear probes and Stage B per encoder, number of pairs, "
+        "sharing and training seed on the cortex worlds; prints its plan, reuses every row made "
+        "-> results/demo/pretraining_study.md, .png, .json",
+    )
+    parser.add_argument(
+        "--study_kinds",
+        nargs="+",
+        choices=pretraining.KINDS,
+        default=list(pretraining.KINDS),
+        help="with --pretraining_study: only these kinds of rows (default: all; probes and recipe are the cheap ones)",
+    )
     parser.add_argument("--root_path", type=Path, default=ROOT, help="project root: data/, pretrains/, results/")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
@@ -88,7 +111,14 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--snr must be positive, got {args.snr}")
     if (args.curve or args.ablations) and args.snr is not None and len(args.snr) > 1:
         parser.error("--curve and --ablations run on one brain: give at most one --snr")
+    if args.stage_a_curve and SIZES[PRESETS[args.size].simulation].brain != "cortex":
+        parser.error("--stage_a_curve runs on a cortex world: --size cortex, cortex-high or cortex-none")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    if args.pretraining_study:
+        return pretraining.pretraining_study(args.root_path, kinds=tuple(args.study_kinds))
+    if args.stage_a_curve:
+        world = prepare(args.size, args.seed, args.root_path, train_seed=train_seeds[0], stage_a=False)
+        return pretraining.stage_a_curve(world)
     if args.snr is not None and len(args.snr) > 1:
         outs = [run(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0]) for snr in args.snr]
         return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")

@@ -35,7 +35,7 @@ from demo.presets import LEVERS, PRESETS, Preset
 from demo.readout import attribute_readout
 from demo.reports import levers_table, pick_scores, write_summary
 from demo.simulation.simulate import MARKER, make_synthetic_data
-from demo.simulation.spec import SIZES
+from demo.simulation.spec import BRAIN_ONLY, SIZES
 from demo.steps import Steps, copy_result, run_stage, train_stage, write_json
 from eval_metrics import chance_level
 from figures import metric_bar_chart
@@ -112,8 +112,15 @@ def world_name(size: str, seed: int, snr: float | None = None) -> str:
     return (size if snr is None else f"{size}-snr{snr:g}") + (f"-seed{seed}" if seed != 0 else "")
 
 
-def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_seed: int | None = None) -> World:
-    """The simulated brain, its world models and Stage A (A1, A2) of the preset: made, or reused when done.
+def prepare(
+    size: str,
+    seed: int,
+    root: Path,
+    snr: float | None = None,
+    train_seed: int | None = None,
+    stage_a: bool = True,
+) -> World:
+    """The simulated brain, its world models and (with `stage_a`) Stage A (A1, A2) of the preset: made, or reused.
 
     `train_seed` (default `seed`) seeds the stages alone: another training run on the same world, whose results sit
     in `results/demo/<name>-train<T>`."""
@@ -122,8 +129,9 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_se
     name = world_name(size, seed, snr)
     out_name = name if train_seed is None or train_seed == seed else f"{name}-train{train_seed}"
     data = root / "data" / "synthetic" / name
-    # the world models depend on the categories' images only, which every brain of a preset shares
-    models = root / "pretrains" / "demo" / (preset.simulation + other_seed)
+    # the world models depend on the categories' images only, which every brain of a preset shares (and the cortex
+    # presets share the demo's: the same images)
+    models = root / "pretrains" / "demo" / ((preset.models or preset.simulation) + other_seed)
     out = root / "results" / "demo" / out_name
     for folder in (models, out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +142,8 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_se
     # ---- the simulated world and its models
     sim = simulate(data, preset, seed, steps, snr)
     # the world's images: every simulation setting but the single-trial SNR, so an SNR sweep shares the models
-    images = {**{k: v for k, v in dataclasses.asdict(SIZES[preset.simulation]).items() if k != "snr"}, "seed": seed}
+    settings = dataclasses.asdict(SIZES[preset.simulation])
+    images = {**{k: v for k, v in settings.items() if k not in BRAIN_ONLY}, "seed": seed}
     vq = steps(
         "vq autoencoder",
         models / "vq.pth",
@@ -167,13 +176,16 @@ def prepare(size: str, seed: int, root: Path, snr: float | None = None, train_se
     w = World(preset, size, seed, seed if train_seed is None else train_seed, root, data, models, out, steps, hashes)
 
     # ---- Stage A, through the command lines
-    w.hashes["a1"], w.hashes["a2"] = train_encoder(w, out, "")
+    if stage_a:
+        w.hashes["a1"], w.hashes["a2"] = train_encoder(w, out, "")
     return w
 
 
-def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple[str, str]:
-    """Stage A1 then A2 of the preset (with `a1_change` applied to both, e.g. a mask ratio) into
-    `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`; returns their recipe hashes."""
+def train_encoder(
+    w: World, folder: Path, label: str, a2_change: dict | None = None, **a1_change: Any
+) -> tuple[str, str]:
+    """Stage A1 then A2 of the preset into `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`, with
+    `a1_change` applied to A1 (its mask ratio to A2 too) and `a2_change` to A2; returns their recipe hashes."""
     kam, hcp = w.kam, str(w.data / "HCP" / "npz")
     a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.train_seed, **w.preset.a1, **a1_change}
     a1 = w.steps(
@@ -194,6 +206,7 @@ def train_encoder(w: World, folder: Path, label: str, **a1_change: Any) -> tuple
         "seed": w.train_seed,
         **w.preset.a2,
         **{k: v for k, v in a1_change.items() if k == "mask_ratio"},
+        **(a2_change or {}),
     }
     a2 = w.steps(
         f"{label}stage A2",

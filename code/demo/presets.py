@@ -24,6 +24,7 @@ class Preset:
     a2: dict = field(default_factory=dict)
     b: dict = field(default_factory=dict)
     gen_eval: dict = field(default_factory=dict)
+    models: str | None = None  # the world models' folder under pretrains/demo (default: the simulation's name)
 
 
 # Stage B's recipe (the README's "The demo" says why): one context token, a Linear of all the encoder's tokens
@@ -93,6 +94,12 @@ LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_e
 PRESETS = {
     "demo": DEMO,
     "hard": dataclasses.replace(DEMO, simulation="hard"),  # the same recipe on the harder brain (data/README.md)
+    # the same recipe on the cortex-shaped brain at each degree of sharing (data/README.md; demo/pretraining.py),
+    # with the demo's world models (the same images)
+    **{
+        name: dataclasses.replace(DEMO, simulation=name, models="demo")
+        for name in ("cortex", "cortex-high", "cortex-none")
+    },
     "tiny": Preset(
         simulation="tiny",
         img_size=32,
@@ -128,3 +135,4 @@ PRESETS = {
         gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=20),
     ),
 }
+PRESETS["cortex-tiny"] = dataclasses.replace(PRESETS["tiny"], simulation="cortex-tiny", models="tiny")  # tests

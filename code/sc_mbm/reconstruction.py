@@ -49,3 +49,14 @@ def score(
     model.train(was_training)
     loss, cor, masked_cor = (sums / len(fmri)).tolist()
     return {"loss": loss, "cor": cor, "masked_cor": masked_cor}
+
+
+def score_sets(
+    model: nn.Module, sets: dict[str, torch.Tensor], mask_ratio: float, batch_size: int, precision: str, seed: int
+) -> dict[str, float]:
+    """{'val_<set>_<metric>': value} for every held-out set {name: fmri (N, 1, V)}, with fixed masks from `seed`."""
+    scores = {}
+    for name, fmri in sets.items():
+        result = score(model, fmri, mask_ratio, batch_size, precision, seed)
+        scores |= {f"val_{name}_{metric}": value for metric, value in result.items()}
+    return scores

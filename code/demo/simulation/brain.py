@@ -16,6 +16,7 @@ log-eccentricity), so neighbouring voxels have neighbouring receptive fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,8 @@ class Population:
     img_weights: np.ndarray  # (V, 5 * 4 * 4) weights of the image-level features
     snr: np.ndarray  # (V,) signal variance / noise variance
     spont: np.ndarray  # (V, K) loadings on the spontaneous sources, unit-norm rows
+    # white (T, V) -> spatially smooth unit-variance noise (T, V) (the cortex world's point spread); None: white
+    smooth_noise: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def retinotopic(self) -> np.ndarray:
@@ -223,6 +226,7 @@ def jittered(pop: Population, rng: np.random.Generator, shift: float = 0.03) -> 
         pop.img_weights,
         pop.snr,
         spont_loadings(centre, pop.sigma, rng),
+        pop.smooth_noise,
     )
 
 
@@ -263,6 +267,20 @@ def stimulus_drive(
     drive before the shares are renormalised (0: every area responds to image features only); voxels marked
     `silent` (bool (V,)) have no drive at all (their trials are pure noise).
     """
+    embed = lambda gains: space.embed(attrs, own, gains)  # noqa: E731
+    return stimulus_drive_from(pop, feats, embed, fit, category_drive, silent)
+
+
+def stimulus_drive_from(
+    pop: Population,
+    feats: np.ndarray,
+    embed: Callable[[tuple[float, ...]], np.ndarray],
+    fit: np.ndarray,
+    category_drive: float = 1.0,
+    silent: np.ndarray | None = None,
+) -> np.ndarray:
+    """`stimulus_drive` with the semantic state given as embed(roi_gains) -> (N, D), the category embedding an ROI
+    weighting the attributes by `roi_gains` sees (the cortex world's resting state drives it with random states)."""
     n, v = len(feats), len(pop.roi)
     low, sem = np.zeros((n, v)), np.zeros((n, v))
     ret = np.flatnonzero(pop.retinotopic)
@@ -273,7 +291,7 @@ def stimulus_drive(
         gains = CATEGORY_GAIN.get(base_roi(label))
         if gains is not None:
             idx = np.flatnonzero(pop.roi == label)
-            sem[:, idx] = exact_matmul(space.embed(attrs, own, gains), pop.sem_weights[idx].T)
+            sem[:, idx] = exact_matmul(embed(gains), pop.sem_weights[idx].T)
     img = exact_matmul(image_level_features(feats), pop.img_weights.T)
     mix = np.array([MIX[base_roi(r)] for r in pop.roi])  # (V, 3)
     if category_drive != 1.0:
@@ -303,7 +321,8 @@ def trial_responses(
     Noise has unit variance per voxel, a share `structured` of it spontaneous (spatially correlated).
     """
     t = len(stimulus)
-    noise = np.sqrt(1 - structured) * rng.standard_normal((t, len(pop.roi)), dtype=np.float32)
+    white = rng.standard_normal((t, len(pop.roi)), dtype=np.float32)
+    noise = np.sqrt(1 - structured) * (white if pop.smooth_noise is None else pop.smooth_noise(white))
     noise += np.sqrt(structured) * (
         exact_matmul(rng.standard_normal((t, pop.spont.shape[1]), dtype=np.float32), pop.spont.T).astype(np.float32)
     )
@@ -327,7 +346,7 @@ def resting_state(
     phi = np.exp(-tr / (timescale * np.r_[np.ones(k - 1), 3.0]))
     e = rng.standard_normal((frames + burn_in, k)) * np.sqrt(1 - phi**2)
     z = np.stack([lfilter([1.0], [1.0, -p], e[:, i]) for i, p in enumerate(phi)], 1)[burn_in:]
-    x = np.sqrt(1 - noise) * exact_matmul(z, pop.spont.T) + np.sqrt(noise) * rng.standard_normal(
-        (frames, len(pop.roi))
-    )
+    white = rng.standard_normal((frames, len(pop.roi)))
+    white = white if pop.smooth_noise is None else pop.smooth_noise(white)
+    x = np.sqrt(1 - noise) * exact_matmul(z, pop.spont.T) + np.sqrt(noise) * white
     return (x * np.exp(rng.normal(0, 0.2, len(pop.roi)))).astype(np.float32)  # voxels differ in amplitude

@@ -192,6 +192,28 @@ def make_synthetic_data(
     return out
 
 
+def write_heldout_hcp(data: str | Path, out: str | Path, subjects: int) -> Path:
+    """`subjects` more HCP subjects of the simulation in `data`, never among its own (held out from Stage A1), in the
+    HCP layout under `out` (`out/<subject>/HCP_visual_voxel.npz`); returns `out`. Refuses an `out` that holds files."""
+    spec, seed = _recorded(data)
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and any(out.iterdir())):
+        raise SimulationExistsError(f"{out} already holds files; held-out subjects go to an empty folder")
+    counts = writers.hcp_counts(spec)
+    for i in range(spec.hcp_subjects, spec.hcp_subjects + subjects):
+        writers.write_hcp_subject(out / writers.hcp_subject_name(i), spec, _seeded(seed), i, counts)
+    return out
+
+
+def _recorded(out: str | Path) -> tuple[SimSpec, int]:
+    """The settings and seed a finished simulation in `out` recorded in its simulation.json."""
+    marker = Path(out) / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker} not found: {out} is not a folder written by make_synthetic_data.py")
+    info = json.loads(marker.read_text())
+    return SimSpec(**{**info["settings"], "progress": False}), int(info["seed"])
+
+
 def draw_class_images(
     out: str | Path, per_class: int, seed: int = 0, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -201,12 +223,8 @@ def draw_class_images(
     included), never the GOD stimuli themselves, for models that stand in for the ImageNet-trained
     ones (a label-conditioned generator, a classifier). `seed` picks the draw.
     """
-    marker = Path(out) / MARKER
-    if not marker.is_file():
-        raise FileNotFoundError(f"{marker} not found: {out} is not a folder written by make_synthetic_data.py")
-    info = json.loads(marker.read_text())
-    spec = SimSpec(**{**info["settings"], "progress": False})
-    rng_for = _seeded(int(info["seed"]))
+    spec, seed = _recorded(out)
+    rng_for = _seeded(seed)
     cats, _ = writers.god_categories(spec, rng_for)
     labels = np.repeat(np.arange(len(cats)), per_class)
     images = stimuli.render(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from demo.simulation.cortex import SHARING, VOXEL_ORDERS
 from demo.simulation.stimuli import ATTRIBUTE_SIZES
 
 
@@ -35,6 +36,9 @@ class SimSpec:
     embed_dim: int = 48  # dimension of the category embedding space
     category_drive: float = 1.0  # weight of the category code in the drive of V3/V4 and higher areas (0: image only)
     silent_share: float = 0.0  # share of visual-cortex voxels without any stimulus drive (pure noise)
+    brain: str = "classic"  # classic: each subject's voxels drawn on their own; cortex: areas as shared 2-D sheets
+    sharing: str = "realistic"  # cortex: how much organisation subjects share (cortex.SHARING: high, realistic, none)
+    voxel_order: str = "raster"  # cortex: voxels within an ROI in volume raster order, template order or random
     progress: bool = True  # tqdm bars
 
     def validate(self) -> SimSpec:
@@ -69,6 +73,9 @@ class SimSpec:
             (self.voxel_scale > 0 and self.snr > 0 and self.embed_dim >= 1, "voxel_scale, snr, embed_dim > 0"),
             (0 <= self.structured_noise < 1 and 0 < self.rest_noise < 1, "noise shares must lie in [0, 1)"),
             (self.category_drive >= 0 and 0 <= self.silent_share < 1, "category_drive >= 0, silent_share in [0, 1)"),
+            (self.brain in ("classic", "cortex"), f"brain must be classic or cortex, got {self.brain!r}"),
+            (self.sharing in SHARING, f"sharing must be one of {sorted(SHARING)}, got {self.sharing!r}"),
+            (self.voxel_order in VOXEL_ORDERS, f"voxel_order must be one of {VOXEL_ORDERS}, got {self.voxel_order!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -83,6 +90,10 @@ class SimSpec:
             raise TypeError(f"unknown simulation setting(s) {unknown}; known: {sorted(known)}")
         return replace(self, **overrides).validate()
 
+
+# settings that change the brain but not the stimuli: worlds that differ only in these share their images (and the
+# demo's world models)
+BRAIN_ONLY = ("snr", "brain", "sharing", "voxel_order")
 
 SIZES = {
     "tiny": SimSpec(
@@ -113,3 +124,9 @@ SIZES = {
 # `hard`: the demo's dimensions, but no area responds to the category: higher areas see image features pooled over
 # large fields (the coarse image-level maps), 40% of the visual voxels carry no signal, and single trials are noisier.
 SIZES["hard"] = replace(SIZES["demo"], category_drive=0.0, silent_share=0.4, snr=0.2)
+# `cortex`: the demo's dimensions on the cortex-shaped brain (demo/simulation/cortex.py), sharing as realistic as the
+# literature allows; `cortex-high` and `cortex-none` the two ends of the sharing setting (data/README.md).
+SIZES["cortex"] = replace(SIZES["demo"], brain="cortex")
+SIZES["cortex-high"] = replace(SIZES["cortex"], sharing="high")
+SIZES["cortex-none"] = replace(SIZES["cortex"], sharing="none")
+SIZES["cortex-tiny"] = replace(SIZES["tiny"], brain="cortex")

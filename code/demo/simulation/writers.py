@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from demo.simulation import brain, stimuli
+from demo.simulation import brain, cortex, stimuli
 from demo.simulation.spec import SimSpec
 
 log = logging.getLogger("mindvis.simulation")
@@ -51,6 +51,18 @@ def _pieces(rng: np.random.Generator, n: int, k: int) -> list[int]:
     """Split n into k positive parts at random."""
     cuts = np.sort(rng.choice(np.arange(1, n), k - 1, replace=False))
     return np.diff(np.r_[0, cuts, n]).tolist()
+
+
+def population(
+    spec: SimSpec, rng_for: Rng, rng: np.random.Generator, subject: tuple, blocks: list[tuple[str, int]]
+) -> brain.Population:
+    """A subject's voxels in the ROI blocks `blocks`: drawn on their own (`brain classic`) or read off the world's
+    cortex sheets (`brain cortex`, demo/simulation/cortex.py); `subject` tags the subject's own draws."""
+    if spec.brain == "cortex":
+        template = cortex.Template(rng_for, spec.embed_dim)
+        sharing = cortex.SHARING[spec.sharing]
+        return cortex.population(template, rng, subject, blocks, spec.snr, sharing, spec.voxel_order)
+    return brain.build_population(rng, blocks, spec.snr, spec.embed_dim)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,7 +160,7 @@ def write_god(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_for: Rn
     taken: set[int] = set()
     for k in tqdm(range(1, spec.god_subjects + 1), desc="GOD subjects", disable=not spec.progress):
         rng = rng_for("god", "subject", k)
-        pop = brain.build_population(rng, god_blocks(rng, spec.voxel_scale, taken), spec.snr, spec.embed_dim)
+        pop = population(spec, rng_for, rng, ("god", k), god_blocks(rng, spec.voxel_scale, taken))
         silent = brain.silent_voxels(pop, spec.silent_share, rng_for("god", "silent", k))
         drive = brain.stimulus_drive(
             pop, feats, cats.attrs[category], own[category], space, fit, spec.category_drive, silent
@@ -255,7 +267,7 @@ def write_bold5000(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_fo
             for h, n in zip(("LH", "RH"), pair, strict=True)
         }
         _bump_until(counts, {"all": list(counts)}, taken, "all")
-        pop = brain.build_population(rng, [(h + roi, n) for (h, roi), n in counts.items()], spec.snr, spec.embed_dim)
+        pop = population(spec, rng_for, rng, ("bold5000", k), [(h + roi, n) for (h, roi), n in counts.items()])
         silent = brain.silent_voxels(pop, spec.silent_share, rng_for("bold5000", "silent", k))
         drive = brain.stimulus_drive(
             pop, feats, cats.attrs[category], own[category], space, fit, spec.category_drive, silent
@@ -280,12 +292,32 @@ def write_hcp(root: Path, spec: SimSpec, rng_for: Rng) -> None:
     its receptive fields shifted a little and its own spontaneous activity.
     """
     root.mkdir(parents=True)
+    counts = hcp_counts(spec)
+    for i in tqdm(range(spec.hcp_subjects), desc="HCP subjects", disable=not spec.progress):
+        write_hcp_subject(root / hcp_subject_name(i), spec, rng_for, i, counts)
+
+
+def hcp_counts(spec: SimSpec) -> dict[str, int]:
+    """Voxels per ROI of every HCP subject (surface data in a common space: the same for all)."""
     counts = {roi: max(8, round(n * spec.voxel_scale)) for roi, n in HCP_VOXELS.items()}
     _bump_until(counts, {"VC": list(counts)}, set(), "VC")
-    template = brain.build_population(rng_for("hcp", "template"), list(counts.items()), spec.snr, spec.embed_dim)
-    for i in tqdm(range(spec.hcp_subjects), desc="HCP subjects", disable=not spec.progress):
-        rng = rng_for("hcp", "subject", i)
-        x = brain.resting_state(brain.jittered(template, rng), rng, spec.hcp_frames, spec.rest_noise)
-        folder = root / f"{100206 + 101 * i}"
-        folder.mkdir()
-        np.savez(folder / HCP_FILE, **{roi: x[:, template.roi == roi] for roi in counts})
+    return counts
+
+
+def hcp_subject_name(i: int) -> str:
+    return f"{100206 + 101 * i}"
+
+
+def write_hcp_subject(folder: Path, spec: SimSpec, rng_for: Rng, i: int, counts: dict[str, int]) -> None:
+    """HCP subject number i of the world (any i: subjects past `hcp_subjects` are held out) into `folder`."""
+    rng = rng_for("hcp", "subject", i)
+    if spec.brain == "cortex":
+        pop = population(spec, rng_for, rng, ("hcp", i), list(counts.items()))
+        evoked = cortex.SHARING[spec.sharing].rest_evoked
+        x = cortex.resting_state(pop, rng, spec.hcp_frames, spec.rest_noise, evoked, spec.embed_dim)
+    else:
+        template = brain.build_population(rng_for("hcp", "template"), list(counts.items()), spec.snr, spec.embed_dim)
+        pop = brain.jittered(template, rng)
+        x = brain.resting_state(pop, rng, spec.hcp_frames, spec.rest_noise)
+    folder.mkdir(parents=True)
+    np.savez(folder / HCP_FILE, **{roi: x[:, pop.roi == roi] for roi in counts})

@@ -1,0 +1,544 @@
+"""Does SC-MBM pre-training help Stage B? Stage A's learning curve and the pre-training study, on the cortex world.
+
+    PYTHONPATH=code python -m demo --stage_a_curve         # Stage A's learning curve on fMRI it never saw
+    PYTHONPATH=code python -m demo --pretraining_study     # the study: its plan, then every row it has not made
+
+Both run on the cortex-shaped brain (`demo/simulation/cortex.py`), where HCP and GOD subjects share the world's
+cortex in degrees (`--sharing`), and build on the demo's steps (`demo/pipeline.py`): the same simulation, world
+models and stage command lines, every result cached beside it with its recipe, so a run stopped at any point
+continues where it stopped.
+
+**Stage A's learning curve** (`stage_a_curve`): A1 on the HCP resting state and the GOD training fMRI (as published)
+for `CURVE.a1_epochs`, scored after every epoch on HCP subjects it never saw (`HELD_OUT_HCP` more subjects of the
+same world) and on sbj_3's test fMRI (which A1 never sees); then A2 from it for `CURVE.a2_epochs` on sbj_3's test
+fMRI less `CURVE.val_images` test images, scored on those. The score is the masked-voxel correlation (fixed
+masks); its reference on the same held-out fMRI is a ridge map from the visible to the masked voxels fitted on
+fMRI of the same kind (the HCP training subjects; sbj_3's training trials) -> stage_a_curve.{md,json,png}.
+
+**The study** (`pretraining_study`): for each world of `STUDY.worlds` (the two ends of the sharing setting, then the
+realistic default), each training seed of `STUDY.seeds` (a seed apart from the world's, which stays 0), each
+encoder of `ENCODERS` and each number of Stage B training pairs of `STUDY.pairs`:
+
+- a few-shot linear probe: ridge from the encoder's tokens (and from the raw fMRI, the reference) of the training
+  pairs to the label LDM's class embedding of each image, scored as 50-way identification of the test classes;
+- Stage B (the demo's recipe, `STUDY.recipe_steps` optimiser steps; then the published Stage B,
+  `STUDY.published_steps`, a budget at which its learning curve has left chance) and gen_eval on the 50 test fMRI.
+
+Every score comes with a 95% interval over test items and training seeds, and each encoder against the pre-trained
+one as a paired difference (`intervals.paired_difference`) -> pretraining_study.{md,json,png}. The plan (every row,
+and the optimiser steps of each kind) is printed before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atomic import write_text_atomically
+from checkpoint_layouts import read_stage_a
+from correlation import row_pearson
+from dataset import split_images
+from demo.pipeline import World, decode, prepare, train_encoder
+from demo.presets import PUBLISHED_STAGE_B
+from demo.simulation.simulate import write_heldout_hcp
+from demo.steps import write_json
+from demo.studies import random_encoder
+from demo.world_models import load_world_ldm
+from intervals import bootstrap_interval, paired_difference
+from readers.arrays import fit_voxels
+from readers.god import create_god_dataset
+from readers.hcp import HCP_FILE, create_hcp_dataset
+from ridge import fit_ridge
+from sc_mbm.mae_for_fmri import FMRIEncoder
+
+log = logging.getLogger("mindvis.demo")
+
+HELD_OUT_HCP = 4  # HCP subjects of the world that A1 never sees
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    """Stage A's learning curve: epochs of A1 and A2, and the test images A2 leaves out to be scored on."""
+
+    a1_epochs: int = 40
+    a1_warmup: int = 4
+    a2_epochs: int = 60
+    a2_warmup: int = 6
+    val_images: int = 10
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The pre-training study's rows and budgets."""
+
+    worlds: tuple[str, ...] = ("cortex-high", "cortex-none", "cortex")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    pairs: tuple[int, ...] = (100, 300, 1150)
+    a1_epochs: int = 40
+    a1_warmup: int = 4
+    a2_epochs: int = 20
+    a2_warmup: int = 2
+    recipe_steps: int = 552  # the demo recipe's own budget: 12 epochs of 1,150 pairs at batch 25
+    published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the published curve has left chance there
+    eval_samples: int = 2  # images decoded per test fMRI
+
+
+CURVE, STUDY = CurvePlan(), StudyPlan()
+ENCODERS = ("pre-trained", "no pre-training", "pre-trained on voxel-permuted HCP")
+
+
+# ---- Stage A's learning curve ------------------------------------------------------------------------------------
+
+
+def held_out_hcp(w: World) -> Path:
+    """`HELD_OUT_HCP` more HCP subjects of the world, beside its data (`<data>-heldout-hcp`)."""
+    target = w.data.parent / f"{w.data.name}-heldout-hcp"
+    w.steps(
+        "held-out HCP subjects",
+        target,
+        {"sim": w.hashes["sim"], "subjects": HELD_OUT_HCP},
+        lambda: {"subjects": len(list(write_heldout_hcp(w.data, target, HELD_OUT_HCP).iterdir()))},
+    )
+    return target
+
+
+def stage_a_curve(w: World, plan: CurvePlan = CURVE) -> Path:
+    """Train A1 and A2 with held-out scoring; the curve against the ridge references -> stage_a_curve.*"""
+    out = w.out / "stage_a_curve"
+    heldout = held_out_hcp(w)
+    a1_change = {
+        "num_epoch": plan.a1_epochs,
+        "warmup_epochs": plan.a1_warmup,
+        "ckpt_every": plan.a1_epochs,
+        "val_hcp_path": str(heldout),
+        "val_kam_subs": ["sbj_3"],
+    }
+    a2_change = {"num_epoch": plan.a2_epochs, "warmup_epochs": plan.a2_warmup, "val_images": plan.val_images}
+    train_encoder(w, out, "Stage A curve: ", a2_change=a2_change, **a1_change)
+    a1 = _metrics(out / "runs" / "a1")
+    a2 = _metrics(out / "runs" / "a2")
+    arch = read_stage_a(out / "fmri_encoder_A1.pth").arch
+    w.steps(
+        "Stage A curve: ridge references",
+        out / "ridge.json",
+        {"sim": w.hashes["sim"], "num_voxels": arch["num_voxels"], "val_images": plan.val_images},
+        lambda: write_json(ridge_references(w, heldout, arch["num_voxels"], plan.val_images), out / "ridge.json"),
+    )
+    ridge = json.loads((out / "ridge.json").read_text())
+    steps_a1, steps_a2 = _steps_per_epoch(out / "runs" / "a1"), _steps_per_epoch(out / "runs" / "a2")
+    result = {"a1": a1, "a2": a2, "ridge": ridge, "steps_per_epoch": {"a1": steps_a1, "a2": steps_a2}}
+    write_text_atomically(w.out / "stage_a_curve.json", json.dumps(result, indent=1) + "\n")
+    text = curve_table(result, plan)
+    write_text_atomically(w.out / "stage_a_curve.md", text)
+    curve_figure(result, w.out / "stage_a_curve.png")
+    log.info("\n%s", text)
+    return w.out / "stage_a_curve.md"
+
+
+def _run_dir(runs: Path) -> Path:
+    (run_dir,) = (p for p in runs.glob("*/*") if p.is_dir())
+    return run_dir
+
+
+def _metrics(runs: Path) -> list[dict]:
+    lines = (_run_dir(runs) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _steps_per_epoch(runs: Path) -> int | None:
+    """Optimiser steps per epoch of a Stage A run, from its log's step lines (`step i/N`)."""
+    for line in (_run_dir(runs) / "log.txt").read_text().splitlines():
+        if " step " in line and "/" in line:
+            return int(line.split(" step ")[1].split()[0].split("/")[1])
+    return None
+
+
+def masked_ridge_score(
+    fit: np.ndarray, test: np.ndarray, mask_ratio: float, masks: int, seed: int, patch_size: int = 16
+) -> float:
+    """Mean over `masks` random patch masks of the masked-voxel Pearson correlation (per sample, then averaged) of a
+    ridge map from the visible to the masked voxels, fitted on `fit` (N, V) and applied to `test` (M, V)."""
+    rng, scores = np.random.default_rng(seed), []
+    patches = fit.shape[1] // patch_size
+    for _ in range(masks):
+        keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
+        visible = (keep[:, None] * patch_size + np.arange(patch_size)).ravel()
+        masked = np.setdiff1d(np.arange(patches * patch_size), visible)
+        weights, bias, _ = fit_ridge(fit[:, visible].astype(np.float64), fit[:, masked].astype(np.float64), seed=seed)
+        pred = torch.from_numpy(test[:, visible].astype(np.float64) @ weights + bias).float()
+        scores.append(row_pearson(pred, torch.from_numpy(test[:, masked]).float()).mean().item())
+    return float(np.mean(scores))
+
+
+def ridge_references(
+    w: World, heldout: Path, num_voxels: int, val_images: int, mask_ratio: float = 0.75, masks: int = 4
+) -> dict[str, float]:
+    """The ridge reference of each held-out set the curve scores, on the same fMRI (wrap-padded like Stage A)."""
+    hcp_fit = fit_voxels(create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri, num_voxels)[:, 0]
+    hcp_test = fit_voxels(create_hcp_dataset(heldout, patch_size=16).fmri, num_voxels)[:, 0]
+    train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
+    _, test_all = create_god_dataset(w.kam, subjects=["sbj_3"], include_nonavg_test=True)
+    held = split_images(test_all, val_images, "val_images")[1]
+    god_fit = fit_voxels(train.fmri, num_voxels)[:, 0]
+    sets = {
+        "hcp": (hcp_fit, hcp_test),
+        "god": (god_fit, fit_voxels(test.fmri, num_voxels)[:, 0]),
+        "test": (god_fit, fit_voxels(held.fmri, num_voxels)[:, 0]),
+    }
+    return {name: masked_ridge_score(fit, x, mask_ratio, masks, w.seed) for name, (fit, x) in sets.items()}
+
+
+CURVE_SETS = {
+    "hcp": "A1: held-out HCP subjects",
+    "god": "A1: sbj_3's test fMRI (averages)",
+    "test": "A2: held-out test images (averages and trials)",
+}
+
+
+def curve_table(result: dict, plan: CurvePlan) -> str:
+    ridge = result["ridge"]
+    rows = []
+    for stage, key in (("a1", "hcp"), ("a1", "god"), ("a2", "test")):
+        points = [m for m in result[stage] if f"val_{key}_masked_cor" in m]
+        if not points:
+            continue
+        values = [m[f"val_{key}_masked_cor"] for m in points]
+        best = int(np.argmax(values))
+        rows.append(
+            f"| {CURVE_SETS[key]} | {values[0]:.3f} | {values[-1]:.3f} | {values[best]:.3f} (epoch "
+            f"{points[best]['epoch'] + 1}) | {ridge[key]:.3f} | {values[-1] / ridge[key]:.2f} |"
+        )
+    return (
+        "\n".join(
+            [
+                "# Stage A's learning curve on fMRI it never saw (cortex world)",
+                "",
+                f"A1: {plan.a1_epochs} epochs ({result['steps_per_epoch']['a1']} optimiser steps each), A2 from it: "
+                f"{plan.a2_epochs} epochs ({result['steps_per_epoch']['a2']} steps each) on sbj_3's test fMRI less "
+                f"{plan.val_images} test images. Masked-voxel correlation (mask ratio 0.75, fixed masks) of the MAE "
+                "and of a ridge map fitted on fMRI of the same kind (one run, training seed 0).",
+                "",
+                "| held-out fMRI | before training | last epoch | best epoch | ridge map | last / ridge |",
+                "| --- | --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
+
+
+def curve_figure(result: dict, path: Path) -> Path:
+    """Masked-voxel correlation against optimiser steps, A1 then A2, with each set's ridge reference and its half."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    ridge = result["ridge"]
+    for ax, stage, keys in ((axes[0], "a1", ("hcp", "god")), (axes[1], "a2", ("test",))):
+        per_epoch = result["steps_per_epoch"][stage] or 1
+        for i, key in enumerate(keys):
+            points = [m for m in result[stage] if f"val_{key}_masked_cor" in m]
+            steps = [(m["epoch"] + 1) * per_epoch for m in points]
+            ax.plot(
+                steps, [m[f"val_{key}_masked_cor"] for m in points], "o-", ms=3, color=f"C{i}", label=CURVE_SETS[key]
+            )
+            ax.axhline(ridge[key], color=f"C{i}", ls="--", lw=1, label="ridge map" if i == 0 else None)
+            ax.axhline(ridge[key] / 2, color=f"C{i}", ls=":", lw=1, label="half the ridge map" if i == 0 else None)
+        ax.set(xlabel="optimiser steps", ylabel="masked-voxel correlation", title=f"Stage {stage.upper()}")
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---- the study ---------------------------------------------------------------------------------------------------
+
+
+def permuted_hcp(w: World, seed: int = 0) -> Path:
+    """The world's HCP resting state with its voxels in one fixed random order (the same for every subject): every
+    voxel's statistics kept, the spatial structure gone (`<data>-hcp-permuted`)."""
+    target = w.data.parent / f"{w.data.name}-hcp-permuted"
+
+    def run() -> dict:
+        source = w.data / "HCP" / "npz"
+        for folder in sorted(p for p in source.iterdir() if (p / HCP_FILE).is_file()):
+            with np.load(folder / HCP_FILE) as f:
+                rois = {k: f[k] for k in f.files}
+            x = np.concatenate(list(rois.values()), axis=1)
+            x = x[:, np.random.default_rng(seed).permutation(x.shape[1])]
+            cuts = np.cumsum([v.shape[1] for v in rois.values()])[:-1]
+            (target / folder.name).mkdir(parents=True)
+            np.savez(target / folder.name / HCP_FILE, **dict(zip(rois, np.split(x, cuts, axis=1), strict=True)))
+        return {"seed": seed}
+
+    w.steps("voxel-permuted HCP", target, {"sim": w.hashes["sim"], "seed": seed}, run)
+    return target
+
+
+def study_encoders(w: World, plan: StudyPlan) -> dict[str, tuple[Path, str]]:
+    """Each encoder of `ENCODERS` for this world and training seed: (checkpoint, recipe hash)."""
+    out = w.out / "encoders"
+    a1 = {"num_epoch": plan.a1_epochs, "warmup_epochs": plan.a1_warmup, "ckpt_every": plan.a1_epochs}
+    a2 = {"num_epoch": plan.a2_epochs, "warmup_epochs": plan.a2_warmup, "ckpt_every": plan.a2_epochs}
+    encoders = {}
+    folder = out / "pre-trained"
+    encoders["pre-trained"] = (folder / "fmri_encoder.pth", train_encoder(w, folder, "pre-trained: ", a2, **a1)[1])
+    random = out / "no-pre-training" / "fmri_encoder.pth"
+    encoders["no pre-training"] = (
+        random,
+        w.steps(
+            "no pre-training: random encoder",
+            random,
+            {"template": encoders["pre-trained"][1], "seed": w.train_seed},
+            lambda: random_encoder(encoders["pre-trained"][0], random, w.train_seed),
+        ),
+    )
+    folder = out / "permuted-hcp"
+    permuted = {**a1, "hcp_path": str(permuted_hcp(w))}
+    encoders[ENCODERS[2]] = (
+        folder / "fmri_encoder.pth",
+        train_encoder(w, folder, "permuted HCP: ", a2, **permuted)[1],
+    )
+    return encoders
+
+
+@torch.no_grad()
+def encoder_tokens(path: Path, fmri: np.ndarray) -> np.ndarray:
+    """Every patch token of a Stage A checkpoint's encoder for fmri (N, 1, V), flattened: (N, L * D)."""
+    stage_a = read_stage_a(path)
+    arch = stage_a.arch
+    encoder = FMRIEncoder(
+        arch["num_voxels"], arch["patch_size"], arch["embed_dim"], arch["depth"], arch["num_heads"], arch["mlp_ratio"]
+    )
+    encoder.load_checkpoint(stage_a.model)
+    encoder.eval()
+    x = torch.from_numpy(fit_voxels(fmri, arch["num_voxels"]))
+    return torch.cat([encoder(b).flatten(1) for b in x.split(100)]).double().numpy()
+
+
+def linear_probe(w: World, encoders: dict[str, Path], pairs: tuple[int, ...], val_split: int = 50) -> dict:
+    """Few-shot linear probes of each encoder's tokens and of the raw fMRI (`raw fMRI`): for each number of
+    training pairs (the pairs Stage B trains on with --num_train_images, after its validation hold-out), a ridge map
+    onto the label LDM's class embedding of each training image; each test fMRI's prediction is then identified
+    among the 50 test classes' embeddings by correlation. {'<features>|<pairs>': {'top1', 'per_item' (0/1)}}."""
+    train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
+    rest, _ = train.hold_out(val_split, w.train_seed)  # as Stage B holds out its validation images
+    table = load_world_ldm(w.models / "label2img").cond_stage_model.embedding.weight.detach().double().numpy()
+    candidates = _standardised(table[test.item_labels()])  # (50, E): the test classes, in item order
+    features = {"raw fMRI": lambda fmri: fmri[:, 0].astype(np.float64)}
+    features |= {name: (lambda fmri, p=path: encoder_tokens(p, fmri)) for name, path in encoders.items()}
+    out: dict[str, Any] = {}
+    for name, extract in features.items():
+        x_test = extract(test.fmri)
+        for n in pairs:
+            kept = split_images(rest, n, "pairs")[1]
+            weights, bias, _ = fit_ridge(extract(kept.fmri), table[kept.item_labels()], seed=w.seed)
+            sim = _standardised(x_test @ weights + bias) @ candidates.T  # (50 items, 50 classes) correlations
+            correct = (sim.argmax(1) == np.arange(len(test))).astype(float)
+            out[f"{name}|{n}"] = {"top1": float(correct.mean()), "per_item": correct.tolist()}
+    return out
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm: their dot products are Pearson correlations."""
+    x = x - x.mean(1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+KINDS = ("probe", "recipe", "published")
+
+
+def stage_b_flags(w: World, encoder: Path, kind: str, pairs: int, plan: StudyPlan) -> dict:
+    """Stage B's flags for one row: the recipe or the published Stage B, on `pairs` training pairs, for a fixed
+    number of optimiser steps (epochs = steps x batch / pairs), validated once at the end."""
+    base = {} if kind == "recipe" else PUBLISHED_STAGE_B
+    batch = base.get("batch_size", w.preset.b["batch_size"])
+    steps = plan.recipe_steps if kind == "recipe" else plan.published_steps
+    epochs = max(1, round(steps * batch / pairs))
+    return w.b_flags(encoder, **base, num_train_images=pairs, num_epoch=epochs, val_every=epochs)
+
+
+def study_rows(plan: StudyPlan) -> list[tuple[str, int, str, str, int]]:
+    """Every row of the study in the order it runs: (kind, seed, world, encoder, pairs). The cheap kinds first, and
+    within a kind seed by seed, so that an interrupted study has whole seeds of the first kinds."""
+    return [
+        (kind, seed, world, encoder, pairs)
+        for kind in KINDS
+        for seed in plan.seeds
+        for world in plan.worlds
+        for encoder in ENCODERS
+        for pairs in plan.pairs
+    ]
+
+
+def print_plan(plan: StudyPlan) -> str:
+    rows = study_rows(plan)
+    counts = {kind: sum(r[0] == kind for r in rows) for kind in KINDS}
+    a_runs = len(plan.seeds) * len(plan.worlds) * 2
+    text = (
+        f"pre-training study: {len(plan.worlds)} worlds ({', '.join(plan.worlds)}) x {len(plan.seeds)} training "
+        f"seeds x {len(ENCODERS)} encoders x {len(plan.pairs)} numbers of pairs ({', '.join(map(str, plan.pairs))})\n"
+        f"  Stage A: {a_runs} A1 runs of {plan.a1_epochs} epochs and A2 runs of {plan.a2_epochs} epochs "
+        "(pre-trained; pre-trained on voxel-permuted HCP), random encoders for no pre-training\n"
+        f"  {counts['probe']} linear probes (seconds each)\n"
+        f"  {counts['recipe']} Stage B runs of the demo's recipe, {plan.recipe_steps} optimiser steps each "
+        f"({counts['recipe'] * plan.recipe_steps:,} steps), each decoded ({plan.eval_samples} images per test fMRI)\n"
+        f"  {counts['published']} Stage B runs as published, {plan.published_steps} optimiser steps each "
+        f"({counts['published'] * plan.published_steps:,} steps), each decoded\n"
+        "  rows already made are reused (the step cache); the study can be stopped and rerun at any point"
+    )
+    log.info("%s", text)
+    return text
+
+
+def pretraining_study(root: Path, plan: StudyPlan = STUDY, kinds: tuple[str, ...] = KINDS) -> Path:
+    """Run (or reuse) every row of the study of the kinds `kinds`, then write the tables and figure."""
+    print_plan(plan)
+    worlds: dict[tuple[str, int], tuple[World, dict]] = {}
+    for kind, seed, size, encoder, pairs in study_rows(plan):
+        if kind not in kinds:
+            continue
+        if (size, seed) not in worlds:
+            w = prepare(size, 0, root, train_seed=seed, stage_a=False)
+            worlds[size, seed] = (w, study_encoders(w, plan))
+        w, encoders = worlds[size, seed]
+        if kind == "probe":
+            if encoder == ENCODERS[0] and pairs == plan.pairs[0]:  # one step makes every probe of a world and seed
+                paths = {name: path for name, (path, _) in encoders.items()}
+                w.steps(
+                    "linear probes",
+                    w.out / "study" / "probes.json",
+                    {n: h for n, (_, h) in encoders.items()} | {"pairs": list(plan.pairs)},
+                    lambda w=w, paths=paths: write_json(
+                        linear_probe(w, paths, plan.pairs), w.out / "study" / "probes.json"
+                    ),
+                )
+            continue
+        path, a2 = encoders[encoder]
+        folder = w.out / "study" / kind / encoder.replace(" ", "-") / f"pairs{pairs}"
+        label = f"{kind}, {encoder}, {pairs} pairs (seed {seed}, {size}): "
+        decode(w, folder, label, stage_b_flags(w, path, kind, pairs, plan), {"num_samples": plan.eval_samples}, a2)
+    return write_study(root, plan)
+
+
+def _per_item(path: Path, metric: str) -> list[float] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("per_item", {}).get(metric)
+
+
+def collect(root: Path, plan: StudyPlan) -> list[dict]:
+    """Every row made so far: {world, kind, features, pairs, metric, per_seed: {seed: per-item scores}}."""
+    rows: dict[tuple, dict] = {}
+    for kind, seed, size, encoder, pairs in study_rows(plan):
+        out = root / "results" / "demo" / (size if seed == 0 else f"{size}-train{seed}") / "study"
+        if kind == "probe":
+            probes = json.loads((out / "probes.json").read_text()) if (out / "probes.json").is_file() else {}
+            for features in ("raw fMRI", encoder):
+                got = probes.get(f"{features}|{pairs}")
+                if got is not None:
+                    key = (size, kind, features, pairs, "top-1 (probe)")
+                    rows.setdefault(key, {"per_seed": {}})["per_seed"][seed] = got["per_item"]
+            continue
+        metrics = out / kind / encoder.replace(" ", "-") / f"pairs{pairs}" / "gen_eval" / "metrics.json"
+        for metric in ("top-1-class", "pcc"):
+            got = _per_item(metrics, metric)
+            if got is not None:
+                rows.setdefault((size, kind, encoder, pairs, metric), {"per_seed": {}})["per_seed"][seed] = got
+    return [
+        {"world": k[0], "kind": k[1], "features": k[2], "pairs": k[3], "metric": k[4], **v} for k, v in rows.items()
+    ]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Each row's mean over seeds and items with its interval, and its paired difference from the pre-trained
+    encoder's row of the same world, kind, pairs and metric (seeds that both have, items paired)."""
+    index = {(r["world"], r["kind"], r["features"], r["pairs"], r["metric"]): r for r in rows}
+    out = []
+    for r in rows:
+        seeds = sorted(r["per_seed"])
+        grid = np.array([r["per_seed"][s] for s in seeds])
+        summary = {**r, "seeds": seeds, "mean": float(grid.mean()), "interval": bootstrap_interval(grid)}
+        base = index.get((r["world"], r["kind"], ENCODERS[0], r["pairs"], r["metric"]))
+        if base is not None and r["features"] != ENCODERS[0]:
+            both = [s for s in seeds if s in base["per_seed"]]
+            if both:
+                a = np.array([base["per_seed"][s] for s in both])
+                b = np.array([r["per_seed"][s] for s in both])
+                summary["vs_pretrained"] = paired_difference(a, b)
+        out.append(summary)
+    return out
+
+
+def study_table(summary: list[dict], plan: StudyPlan) -> str:
+    lines = [
+        "# Does SC-MBM pre-training help Stage B? (cortex world)",
+        "",
+        "Each cell: the mean over training seeds and the 50 test items [95% interval, resampling items and seeds]; "
+        "'minus pre-trained': the row's score minus the pre-trained encoder's on the same seeds and items [paired "
+        "95% interval]. Probe: ridge from the features of the training pairs to the label LDM's class embeddings, "
+        "50-way identification of the test classes. Recipe / published: Stage B, then 50-way top-1 (chance 0.02) "
+        f"and pair-wise PCC (chance 0.5) of {plan.eval_samples} images per test fMRI.",
+        "",
+        "| world | Stage B | metric | features | pairs | seeds | score | minus pre-trained |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = {w: i for i, w in enumerate(plan.worlds)}
+    kinds = {k: i for i, k in enumerate(KINDS)}
+    feats = {f: i for i, f in enumerate(("raw fMRI", *ENCODERS))}
+    for r in sorted(
+        summary, key=lambda r: (order[r["world"]], kinds[r["kind"]], r["metric"], r["pairs"], feats[r["features"]])
+    ):
+        low, high = r["interval"]
+        diff = r.get("vs_pretrained")
+        diff_cell = "" if diff is None else f"{diff[0]:+.3f} [{diff[1][0]:+.3f}, {diff[1][1]:+.3f}]"
+        seeds = ",".join(map(str, r["seeds"]))
+        lines.append(
+            f"| {r['world']} | {r['kind']} | {r['metric']} | {r['features']} | {r['pairs']} | {seeds} | "
+            f"{r['mean']:.3f} [{low:.3f}, {high:.3f}] | {diff_cell} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def study_figure(summary: list[dict], plan: StudyPlan, path: Path) -> Path:
+    """Score against the number of pairs, one panel per world and kind (top-1), a line per encoder with intervals."""
+    from matplotlib.figure import Figure
+
+    panels = [(w, k) for w in plan.worlds for k in KINDS if any(r["world"] == w and r["kind"] == k for r in summary)]
+    if not panels:
+        return path
+    fig = Figure(figsize=(3.4 * len(panels), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (world, kind) in zip(axes, panels, strict=True):
+        metric = "top-1 (probe)" if kind == "probe" else "top-1-class"
+        for i, features in enumerate(("raw fMRI", *ENCODERS)):
+            pts = sorted(
+                (r["pairs"], r["mean"], *r["interval"])
+                for r in summary
+                if (r["world"], r["kind"], r["features"], r["metric"]) == (world, kind, features, metric)
+            )
+            if pts:
+                x, y, low, high = map(np.array, zip(*pts, strict=True))
+                ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o-", ms=3, capsize=2, color=f"C{i}", label=features)
+        ax.axhline(0.02, color="grey", lw=0.8, label="chance")
+        ax.set(title=f"{world}: {kind}", xlabel="Stage B training pairs", xscale="log", ylabel="50-way top-1")
+        ax.legend(fontsize=6)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_study(root: Path, plan: StudyPlan) -> Path:
+    """pretraining_study.{json,md,png} in results/demo/ from every row made so far."""
+    out = root / "results" / "demo"
+    summary = summarise(collect(root, plan))
+    write_text_atomically(out / "pretraining_study.json", json.dumps(summary, indent=1) + "\n")
+    text = study_table(summary, plan)
+    write_text_atomically(out / "pretraining_study.md", text)
+    study_figure(summary, plan, out / "pretraining_study.png")
+    log.info("\n%s", text)
+    return out / "pretraining_study.md"
