@@ -19,7 +19,7 @@ from config import StageA1Config, StageA2Config
 from config_engine import ConfigError, from_dict, parse_config
 from demo.simulation.simulate import make_synthetic_data
 from engine import NonFiniteLossError, Schedule
-from errors import CheckpointError
+from errors import CheckpointError, UserError
 from sc_mbm.mae_for_fmri import MAEforFMRI
 
 CODE = Path(__file__).resolve().parents[1] / "code"
@@ -225,6 +225,18 @@ def test_stageA2_finetunes_on_god_test_fmri_padded_to_the_pretrained_count(tiny,
     assert not torch.equal(ckpt["model"]["blocks.0.attn.qkv.weight"], pretrained["model"]["blocks.0.attn.qkv.weight"])
     assert {"recon_epoch0.png", "recon_epoch1.png", "config.yaml"} <= {p.name for p in run.iterdir()}
     assert "720 test fMRI of 336 voxels, padded to 352" in (run / "log.txt").read_text()  # 20 averaged + 20 x 35
+
+
+def test_stageA2_scores_test_images_it_leaves_out_after_every_epoch(tiny, a1_run, tmp_path):
+    run = a2.main(a2_config(tiny, tmp_path, a1_run / "checkpoint.pth", val_images=3, num_epoch=2))
+    lines = metrics(run)
+    assert [m["epoch"] for m in lines if "val_test_masked_cor" in m] == [-1, 0, 1]  # before training, each epoch
+    assert all(-1 <= m["val_test_masked_cor"] <= 1 for m in lines if "val_test_masked_cor" in m)
+    assert "612 test fMRI of 336 voxels" in (run / "log.txt").read_text()  # 17 of 20 images x (1 average + 35)
+    with pytest.raises(UserError, match="--val_images 20 leaves no test image"):
+        a2.main(a2_config(tiny, tmp_path / "all", a1_run / "checkpoint.pth", val_images=20, num_epoch=1))
+    with pytest.raises(UserError, match="--val_images 21: the data show only 20 images"):
+        a2.main(a2_config(tiny, tmp_path / "more", a1_run / "checkpoint.pth", val_images=21, num_epoch=1))
 
 
 def test_stageA2_in_bf16_on_a_cpu_runs_the_explicit_attention(tiny, a1_run, tmp_path):

@@ -386,3 +386,20 @@ def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypa
         rows = {r.tobytes() for r in full_train.fmri}
         assert all(r.tobytes() in rows for r in val.fmri)  # training fMRI, not test fMRI
     assert ("held out" in (run_dir / "log.txt").read_text()) == (select_on == "val_split")
+
+
+def test_stage_b_trains_on_as_many_images_as_asked_the_same_for_every_seed(world, monkeypatch):
+    trained = []
+    real_loader = stageB_ldm_finetune.make_loader
+    monkeypatch.setattr(
+        stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or real_loader(pairs, *a, **k)
+    )
+    for seed in (1, 1, 2):
+        stageB_ldm_finetune.main(
+            _stage_b_config(world, val_split=6, num_train_images=10, num_epoch=1, num_samples=1, seed=seed)
+        )
+    images = [set(pairs.image_index.tolist()) for pairs in trained]
+    assert [len(i) for i in images] == [10, 10, 10]
+    assert images[0] == images[1]  # the same seed, the same pairs
+    with pytest.raises(UserError, match="--num_train_images 200: the data show only 114 images"):
+        stageB_ldm_finetune.main(_stage_b_config(world, val_split=6, num_train_images=200, num_epoch=1))

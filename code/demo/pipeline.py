@@ -200,15 +200,21 @@ def train_encoder(
             folder / "fmri_encoder_A1.pth",
         ),
     )
+    a2_change = {**{k: v for k, v in a1_change.items() if k == "mask_ratio"}, **(a2_change or {})}
+    return a1, train_a2(w, folder / "fmri_encoder_A1.pth", a1, folder, label, **a2_change)
+
+
+def train_a2(w: World, a1_path: Path, a1: str, folder: Path, label: str, **a2_change: Any) -> str:
+    """Stage A2 of the preset (with `a2_change`) from the A1 checkpoint `a1_path` (made by the recipe `a1`) into
+    `folder/fmri_encoder.pth`; returns its recipe hash."""
     a2_flags = {
-        "kam_path": kam,
-        "pretrain_mbm_path": str(folder / "fmri_encoder_A1.pth"),
+        "kam_path": w.kam,
+        "pretrain_mbm_path": str(a1_path),
         "seed": w.train_seed,
         **w.preset.a2,
-        **{k: v for k, v in a1_change.items() if k == "mask_ratio"},
-        **(a2_change or {}),
+        **a2_change,
     }
-    a2 = w.steps(
+    return w.steps(
         f"{label}stage A2",
         folder / "fmri_encoder.pth",
         {"a1": a1, "flags": a2_flags},
@@ -216,7 +222,6 @@ def train_encoder(
             "stageA2_mbm_finetune.py", a2_flags, folder / "runs" / "a2", "checkpoint.pth", folder / "fmri_encoder.pth"
         ),
     )
-    return a1, a2
 
 
 def decode(

@@ -9,9 +9,10 @@ models and stage command lines, every result cached beside it with its recipe, s
 continues where it stopped.
 
 **Stage A's learning curve** (`stage_a_curve`): A1 on the HCP resting state and the GOD training fMRI (as published)
-for `CURVE.a1_epochs`, scored after every epoch on HCP subjects it never saw (`HELD_OUT_HCP` more subjects of the
-same world) and on sbj_3's test fMRI (which A1 never sees); then A2 from it for `CURVE.a2_epochs` on sbj_3's test
-fMRI less `CURVE.val_images` test images, scored on those. The score is the masked-voxel correlation (fixed
+for `STUDY.a1_epochs`, scored after every epoch on HCP subjects it never saw (`HELD_OUT_HCP` more subjects of the
+same world) and on sbj_3's test fMRI (which A1 never sees); then A2 from it for `STUDY.curve_a2_epochs` on sbj_3's
+test fMRI less `STUDY.val_images` test images, scored on those. That A1 is the study's pre-trained A1 of its
+first world at training seed 0. The score is the masked-voxel correlation (fixed
 masks); its reference on the same held-out fMRI is a ridge map from the visible to the masked voxels fitted on
 fMRI of the same kind (the HCP training subjects; sbj_3's training trials) -> stage_a_curve.{md,json,png}.
 
@@ -44,10 +45,10 @@ from atomic import write_text_atomically
 from checkpoint_layouts import read_stage_a
 from correlation import row_pearson
 from dataset import split_images
-from demo.pipeline import World, decode, prepare, train_encoder
+from demo.pipeline import World, decode, prepare, train_a2, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
 from demo.simulation.simulate import write_heldout_hcp
-from demo.steps import write_json
+from demo.steps import train_stage, write_json
 from demo.studies import random_encoder
 from demo.world_models import load_world_ldm
 from intervals import bootstrap_interval, paired_difference
@@ -63,33 +64,25 @@ HELD_OUT_HCP = 4  # HCP subjects of the world that A1 never sees
 
 
 @dataclass(frozen=True)
-class CurvePlan:
-    """Stage A's learning curve: epochs of A1 and A2, and the test images A2 leaves out to be scored on."""
-
-    a1_epochs: int = 40
-    a1_warmup: int = 4
-    a2_epochs: int = 60
-    a2_warmup: int = 6
-    val_images: int = 10
-
-
-@dataclass(frozen=True)
 class StudyPlan:
-    """The pre-training study's rows and budgets."""
+    """The pre-training study's rows and budgets (Stage A's learning curve is its pre-trained A1 on the first world,
+    training seed 0, then an A2 of `curve_a2_epochs` that leaves `val_images` test images out)."""
 
-    worlds: tuple[str, ...] = ("cortex-high", "cortex-none", "cortex")
+    worlds: tuple[str, ...] = ("cortex", "cortex-high", "cortex-none")
     seeds: tuple[int, ...] = (0, 1, 2)
     pairs: tuple[int, ...] = (100, 300, 1150)
     a1_epochs: int = 40
     a1_warmup: int = 4
     a2_epochs: int = 20
     a2_warmup: int = 2
+    curve_a2_epochs: int = 60
+    val_images: int = 10
     recipe_steps: int = 552  # the demo recipe's own budget: 12 epochs of 1,150 pairs at batch 25
     published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the published curve has left chance there
     eval_samples: int = 2  # images decoded per test fMRI
 
 
-CURVE, STUDY = CurvePlan(), StudyPlan()
+STUDY = StudyPlan()
 ENCODERS = ("pre-trained", "no pre-training", "pre-trained on voxel-permuted HCP")
 
 
@@ -108,37 +101,65 @@ def held_out_hcp(w: World) -> Path:
     return target
 
 
-def stage_a_curve(w: World, plan: CurvePlan = CURVE) -> Path:
-    """Train A1 and A2 with held-out scoring; the curve against the ridge references -> stage_a_curve.*"""
-    out = w.out / "stage_a_curve"
-    heldout = held_out_hcp(w)
-    a1_change = {
+def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
+    """The pre-trained encoder's A1 (as published: HCP + GOD training fMRI), scored after every epoch on held-out HCP
+    subjects and sbj_3's test fMRI: (checkpoint, recipe hash). The study and the learning curve share it."""
+    folder = w.out / "encoders" / "pre-trained"
+    flags = {
+        **w.preset.a1,
+        "hcp_path": str(w.data / "HCP" / "npz"),
+        "kam_path": w.kam,
+        "seed": w.train_seed,
         "num_epoch": plan.a1_epochs,
         "warmup_epochs": plan.a1_warmup,
         "ckpt_every": plan.a1_epochs,
-        "val_hcp_path": str(heldout),
+        "val_hcp_path": str(held_out_hcp(w)),
         "val_kam_subs": ["sbj_3"],
     }
-    a2_change = {"num_epoch": plan.a2_epochs, "warmup_epochs": plan.a2_warmup, "val_images": plan.val_images}
-    train_encoder(w, out, "Stage A curve: ", a2_change=a2_change, **a1_change)
-    a1 = _metrics(out / "runs" / "a1")
-    a2 = _metrics(out / "runs" / "a2")
-    arch = read_stage_a(out / "fmri_encoder_A1.pth").arch
+    a1 = w.steps(
+        "pre-trained: stage A1",
+        folder / "fmri_encoder_A1.pth",
+        {"data": w.hashes["sim"], "flags": flags},
+        lambda: train_stage(
+            "stageA1_mbm_pretrain.py", flags, folder / "runs" / "a1", "checkpoint.pth", folder / "fmri_encoder_A1.pth"
+        ),
+    )
+    return folder / "fmri_encoder_A1.pth", a1
+
+
+def stage_a_curve(w: World, plan: StudyPlan = STUDY) -> Path:
+    """A1 and an A2 that leaves test images out, scored on held-out fMRI after every epoch, against the ridge
+    references on the same fMRI -> stage_a_curve.{md,json,png} in the world's results."""
+    a1_path, a1 = pretrained_a1(w, plan)
+    out = w.out / "stage_a_curve"
+    change = {"num_epoch": plan.curve_a2_epochs, "warmup_epochs": plan.a2_warmup, "val_images": plan.val_images}
+    change["ckpt_every"] = plan.curve_a2_epochs
+    train_a2(w, a1_path, a1, out, "Stage A curve: ", **change)
+    num_voxels = read_stage_a(a1_path).arch["num_voxels"]
     w.steps(
         "Stage A curve: ridge references",
         out / "ridge.json",
-        {"sim": w.hashes["sim"], "num_voxels": arch["num_voxels"], "val_images": plan.val_images},
-        lambda: write_json(ridge_references(w, heldout, arch["num_voxels"], plan.val_images), out / "ridge.json"),
+        {"sim": w.hashes["sim"], "num_voxels": num_voxels, "val_images": plan.val_images},
+        lambda: write_json(ridge_references(w, held_out_hcp(w), num_voxels, plan.val_images), out / "ridge.json"),
     )
-    ridge = json.loads((out / "ridge.json").read_text())
-    steps_a1, steps_a2 = _steps_per_epoch(out / "runs" / "a1"), _steps_per_epoch(out / "runs" / "a2")
-    result = {"a1": a1, "a2": a2, "ridge": ridge, "steps_per_epoch": {"a1": steps_a1, "a2": steps_a2}}
+    a1_runs, a2_runs = a1_path.parent / "runs" / "a1", out / "runs" / "a2"
+    result = {
+        "a1": _metrics(a1_runs),
+        "a2": _metrics(a2_runs),
+        "ridge": json.loads((out / "ridge.json").read_text()),
+        "steps_per_epoch": {"a1": _steps_per_epoch(a1_runs), "a2": _steps_per_epoch(a2_runs)},
+        "seconds": {"a1": _seconds(w, "pre-trained: stage A1"), "a2": _seconds(w, "Stage A curve: stage A2")},
+    }
     write_text_atomically(w.out / "stage_a_curve.json", json.dumps(result, indent=1) + "\n")
     text = curve_table(result, plan)
     write_text_atomically(w.out / "stage_a_curve.md", text)
     curve_figure(result, w.out / "stage_a_curve.png")
     log.info("\n%s", text)
     return w.out / "stage_a_curve.md"
+
+
+def _seconds(w: World, step: str) -> float | None:
+    return next((r["seconds"] for r in w.steps.records if r["step"] == step), None)
 
 
 def _run_dir(runs: Path) -> Path:
@@ -201,7 +222,7 @@ CURVE_SETS = {
 }
 
 
-def curve_table(result: dict, plan: CurvePlan) -> str:
+def curve_table(result: dict, plan: StudyPlan) -> str:
     ridge = result["ridge"]
     rows = []
     for stage, key in (("a1", "hcp"), ("a1", "god"), ("a2", "test")):
@@ -219,10 +240,10 @@ def curve_table(result: dict, plan: CurvePlan) -> str:
             [
                 "# Stage A's learning curve on fMRI it never saw (cortex world)",
                 "",
-                f"A1: {plan.a1_epochs} epochs ({result['steps_per_epoch']['a1']} optimiser steps each), A2 from it: "
-                f"{plan.a2_epochs} epochs ({result['steps_per_epoch']['a2']} steps each) on sbj_3's test fMRI less "
-                f"{plan.val_images} test images. Masked-voxel correlation (mask ratio 0.75, fixed masks) of the MAE "
-                "and of a ridge map fitted on fMRI of the same kind (one run, training seed 0).",
+                f"A1: {plan.a1_epochs} epochs ({result['steps_per_epoch']['a1']} optimiser steps each), A2 from "
+                f"it: {plan.curve_a2_epochs} epochs ({result['steps_per_epoch']['a2']} steps each) on sbj_3's test "
+                f"fMRI less {plan.val_images} test images. Masked-voxel correlation (mask ratio 0.75, fixed masks) "
+                "of the MAE and of a ridge map fitted on fMRI of the same kind (one run, training seed 0).",
                 "",
                 "| held-out fMRI | before training | last epoch | best epoch | ridge map | last / ridge |",
                 "| --- | --- | --- | --- | --- | --- |",
@@ -286,8 +307,12 @@ def study_encoders(w: World, plan: StudyPlan) -> dict[str, tuple[Path, str]]:
     a1 = {"num_epoch": plan.a1_epochs, "warmup_epochs": plan.a1_warmup, "ckpt_every": plan.a1_epochs}
     a2 = {"num_epoch": plan.a2_epochs, "warmup_epochs": plan.a2_warmup, "ckpt_every": plan.a2_epochs}
     encoders = {}
-    folder = out / "pre-trained"
-    encoders["pre-trained"] = (folder / "fmri_encoder.pth", train_encoder(w, folder, "pre-trained: ", a2, **a1)[1])
+    a1_path, a1_hash = pretrained_a1(w, plan)
+    folder = a1_path.parent
+    encoders["pre-trained"] = (
+        folder / "fmri_encoder.pth",
+        train_a2(w, a1_path, a1_hash, folder, "pre-trained: ", **a2),
+    )
     random = out / "no-pre-training" / "fmri_encoder.pth"
     encoders["no pre-training"] = (
         random,
