@@ -117,15 +117,18 @@ class FMRIImageDataset(FMRIDataset):
 
 
 def split_images(data: FMRIImageDataset, num_images: int, option: str) -> tuple[FMRIImageDataset, FMRIImageDataset]:
-    """(the rest, the chosen): every fMRI row of `num_images` images drawn with `HELD_OUT_SEED` (so the same
-    images for every training seed) goes to the second set. All the images: (an empty rest, `data`). A number the
-    data cannot give is a UserError naming `option`."""
-    shown = len(np.unique(data.image_index))
-    if num_images > shown:
-        raise UserError(f"{option} {num_images}: the data show only {shown} images")
-    if num_images == shown:
-        return data.subset(np.arange(0)), data
-    return data.hold_out(num_images, HELD_OUT_SEED)
+    """(the rest, the chosen): every fMRI row of the first `num_images` of the data's images in one fixed random order
+    (drawn with `HELD_OUT_SEED` over all image indices, whatever the data hold) goes to the second set. So the
+    chosen images do not depend on the training seed beyond what the data already lack, and a smaller number
+    chooses a subset of a larger one. All the images: (an empty rest, `data`). A number the data cannot give is a
+    UserError naming `option`."""
+    shown = np.unique(data.image_index)
+    if num_images > len(shown):
+        raise UserError(f"{option} {num_images}: the data show only {len(shown)} images")
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(data.images))
+    chosen = order[np.isin(order, shown)][:num_images]
+    mask = np.isin(data.image_index, chosen)
+    return data.subset(np.flatnonzero(~mask)), data.subset(np.flatnonzero(mask))
 
 
 class LatentViews(torch.utils.data.Dataset):

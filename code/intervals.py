@@ -40,9 +40,13 @@ def _draw_counts(rng: np.random.Generator, n: int, num_resamples: int) -> np.nda
     return rng.multinomial(n, np.full(n, 1 / n), size=num_resamples)
 
 
-def _resampled_means(grid: np.ndarray, item_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Means (B,) of a grid (R, N) under item counts (B, N), each resample drawing R seeds of its own."""
-    seed_counts = _draw_counts(rng, len(grid), len(item_counts))  # (B, R)
+def _resampled_means(
+    grid: np.ndarray, item_counts: np.ndarray, rng: np.random.Generator, seed_counts: np.ndarray | None = None
+) -> np.ndarray:
+    """Means (B,) of a grid (R, N) under item counts (B, N), each resample drawing R seeds of its own unless
+    `seed_counts` (B, R) are given."""
+    if seed_counts is None:
+        seed_counts = _draw_counts(rng, len(grid), len(item_counts))  # (B, R)
     return np.einsum("br,rn,bn->b", seed_counts, grid, item_counts) / grid.size
 
 
@@ -68,18 +72,24 @@ def paired_difference(
     confidence: float = CONFIDENCE,
     num_resamples: int = NUM_RESAMPLES,
     seed: int = SEED,
+    paired_seeds: bool = False,
 ) -> tuple[float, Interval]:
     """Mean of b minus mean of a over the same N items, and its interval; a (N,) or (Ra, N), b (N,) or (Rb, N).
 
     Paired: each resample draws the same items for both runs, so what the items share cancels. Seeds are drawn
-    for each run on its own (a training seed of one run has no partner in the other).
+    for each run on its own (a training seed of one run has no partner in the other), unless `paired_seeds`: then
+    row r of a and of b share their seed (the same data split and training seed, a different model), and each
+    resample draws the same seeds for both, so what a seed shares cancels too (a and b need the same rows).
     """
     grid_a, grid_b = _grid(a, "a"), _grid(b, "b")
     if grid_a.shape[1] != grid_b.shape[1]:
         raise ValueError(f"a and b must score the same items, got {grid_a.shape[1]} and {grid_b.shape[1]} items")
+    if paired_seeds and len(grid_a) != len(grid_b):
+        raise ValueError(f"paired seeds need as many rows in a as in b, got {len(grid_a)} and {len(grid_b)}")
     rng = np.random.default_rng(seed)
     items = _draw_counts(rng, grid_a.shape[1], num_resamples)  # (B, N)
-    diffs = _resampled_means(grid_b, items, rng) - _resampled_means(grid_a, items, rng)
+    seeds = _draw_counts(rng, len(grid_a), num_resamples) if paired_seeds else None
+    diffs = _resampled_means(grid_b, items, rng, seeds) - _resampled_means(grid_a, items, rng, seeds)
     return float(grid_b.mean() - grid_a.mean()), _percentiles(diffs, confidence)
 
 

@@ -36,10 +36,15 @@ def _row_corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_sharing_sets_how_alike_two_subjects_tunings_are():
-    alike = {}
+    alike, moved = {}, {}
     for sharing in ("high", "realistic", "none"):
         a, b = _pop(1, sharing), _pop(2, sharing)  # the same grid: voxel k sits at the same sheet position
         alike[sharing] = _row_corr(a.sem_weights, b.sem_weights)
+        v1 = a.roi == "V1"
+        moved[sharing] = np.linalg.norm(
+            np.log(np.linalg.norm(a.centre[v1], axis=1) / np.linalg.norm(b.centre[v1], axis=1))
+        )
+    assert moved["high"] < moved["realistic"] < moved["none"], moved  # retinotopy: the same map, moved by the warp
     assert alike["high"] > 0.8, alike
     assert 0.3 < alike["realistic"] < alike["high"], alike
     assert abs(alike["none"]) < 0.1, alike

@@ -83,3 +83,17 @@ def test_bad_shapes_are_refused():
         bootstrap_interval(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="same items"):
         paired_difference(np.zeros(5), np.zeros(6))
+
+
+def test_paired_seeds_cancel_what_a_seed_shares():
+    """Two models trained under the same seeds: a seed effect common to both drops out of their difference."""
+    rng = np.random.default_rng(1)
+    seed_effect = rng.normal(0, 1.0, (4, 1))
+    a = seed_effect + rng.normal(0, 0.1, (4, ITEMS))
+    b = a + 0.2 + rng.normal(0, 0.05, (4, ITEMS))
+    diff, (low, high) = paired_difference(a, b, paired_seeds=True)
+    _, (low_u, high_u) = paired_difference(a, b)
+    assert low < diff < high and 0.1 < low and high < 0.3
+    assert high - low < (high_u - low_u) / 5
+    with pytest.raises(ValueError, match="as many rows"):
+        paired_difference(a, b[:3], paired_seeds=True)

@@ -388,18 +388,19 @@ def test_stage_b_chooses_its_model_without_test_items_by_default(world, monkeypa
     assert ("held out" in (run_dir / "log.txt").read_text()) == (select_on == "val_split")
 
 
-def test_stage_b_trains_on_as_many_images_as_asked_the_same_for_every_seed(world, monkeypatch):
+def test_stage_b_trains_on_as_many_images_as_asked_nested_and_nearly_the_same_for_every_seed(world, monkeypatch):
     trained = []
     real_loader = stageB_ldm_finetune.make_loader
     monkeypatch.setattr(
         stageB_ldm_finetune, "make_loader", lambda pairs, *a, **k: trained.append(pairs) or real_loader(pairs, *a, **k)
     )
-    for seed in (1, 1, 2):
+    for seed, n in ((1, 10), (1, 20), (2, 10)):
         stageB_ldm_finetune.main(
-            _stage_b_config(world, val_split=6, num_train_images=10, num_epoch=1, num_samples=1, seed=seed)
+            _stage_b_config(world, val_split=6, num_train_images=n, num_epoch=1, num_samples=1, seed=seed)
         )
     images = [set(pairs.image_index.tolist()) for pairs in trained]
-    assert [len(i) for i in images] == [10, 10, 10]
-    assert images[0] == images[1]  # the same seed, the same pairs
+    assert [len(i) for i in images] == [10, 20, 10]
+    assert images[0] < images[1]  # fewer pairs: a subset of more
+    assert len(images[0] & images[2]) >= 8  # another seed differs only by its own validation images
     with pytest.raises(UserError, match="--num_train_images 200: the data show only 114 images"):
         stageB_ldm_finetune.main(_stage_b_config(world, val_split=6, num_train_images=200, num_epoch=1))

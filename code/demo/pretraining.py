@@ -32,8 +32,12 @@ and the optimiser steps of each kind) is printed before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ import torch
 
 from atomic import write_text_atomically
 from checkpoint_layouts import read_stage_a
+from config import StageBConfig
 from correlation import row_pearson
 from dataset import split_images
 from demo.pipeline import World, decode, prepare, train_a2, train_encoder
@@ -92,13 +97,23 @@ ENCODERS = ("pre-trained", "no pre-training", "pre-trained on voxel-permuted HCP
 def held_out_hcp(w: World) -> Path:
     """`HELD_OUT_HCP` more HCP subjects of the world, beside its data (`<data>-heldout-hcp`)."""
     target = w.data.parent / f"{w.data.name}-heldout-hcp"
-    w.steps(
-        "held-out HCP subjects",
-        target,
-        {"sim": w.hashes["sim"], "subjects": HELD_OUT_HCP},
-        lambda: {"subjects": len(list(write_heldout_hcp(w.data, target, HELD_OUT_HCP).iterdir()))},
-    )
+
+    def run() -> dict:
+        with _folder_in_place(target) as partial:
+            write_heldout_hcp(w.data, partial, HELD_OUT_HCP)
+        return {"subjects": HELD_OUT_HCP}
+
+    w.steps("held-out HCP subjects", target, {"sim": w.hashes["sim"], "subjects": HELD_OUT_HCP}, run)
     return target
+
+
+@contextmanager
+def _folder_in_place(target: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `target`, renamed to `target` once the block has filled it: a run killed on the
+    way leaves no half-written `target` (only the hidden folder, never deleted, since nothing stamps it)."""
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    yield partial
+    partial.rename(target)
 
 
 def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
@@ -287,14 +302,15 @@ def permuted_hcp(w: World, seed: int = 0) -> Path:
 
     def run() -> dict:
         source = w.data / "HCP" / "npz"
-        for folder in sorted(p for p in source.iterdir() if (p / HCP_FILE).is_file()):
-            with np.load(folder / HCP_FILE) as f:
-                rois = {k: f[k] for k in f.files}
-            x = np.concatenate(list(rois.values()), axis=1)
-            x = x[:, np.random.default_rng(seed).permutation(x.shape[1])]
-            cuts = np.cumsum([v.shape[1] for v in rois.values()])[:-1]
-            (target / folder.name).mkdir(parents=True)
-            np.savez(target / folder.name / HCP_FILE, **dict(zip(rois, np.split(x, cuts, axis=1), strict=True)))
+        with _folder_in_place(target) as partial:
+            for folder in sorted(p for p in source.iterdir() if (p / HCP_FILE).is_file()):
+                with np.load(folder / HCP_FILE) as f:
+                    rois = {k: f[k] for k in f.files}
+                x = np.concatenate(list(rois.values()), axis=1)
+                x = x[:, np.random.default_rng(seed).permutation(x.shape[1])]
+                cuts = np.cumsum([v.shape[1] for v in rois.values()])[:-1]
+                (partial / folder.name).mkdir()
+                np.savez(partial / folder.name / HCP_FILE, **dict(zip(rois, np.split(x, cuts, axis=1), strict=True)))
         return {"seed": seed}
 
     w.steps("voxel-permuted HCP", target, {"sim": w.hashes["sim"], "seed": seed}, run)
@@ -346,13 +362,22 @@ def encoder_tokens(path: Path, fmri: np.ndarray) -> np.ndarray:
     return torch.cat([encoder(b).flatten(1) for b in x.split(100)]).double().numpy()
 
 
-def linear_probe(w: World, encoders: dict[str, Path], pairs: tuple[int, ...], val_split: int = 50) -> dict:
+def stage_b_pool(w: World, train):
+    """The training pairs Stage B draws `--num_train_images` from: all of them less its validation images."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StageBConfig)}
+    flags = {**defaults, **w.preset.b}
+    if flags["select_on"] != "val_split":
+        return train
+    return train.hold_out(flags["val_split"], w.train_seed)[0]
+
+
+def linear_probe(w: World, encoders: dict[str, Path], pairs: tuple[int, ...]) -> dict:
     """Few-shot linear probes of each encoder's tokens and of the raw fMRI (`raw fMRI`): for each number of
     training pairs (the pairs Stage B trains on with --num_train_images, after its validation hold-out), a ridge map
     onto the label LDM's class embedding of each training image; each test fMRI's prediction is then identified
     among the 50 test classes' embeddings by correlation. {'<features>|<pairs>': {'top1', 'per_item' (0/1)}}."""
     train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
-    rest, _ = train.hold_out(val_split, w.train_seed)  # as Stage B holds out its validation images
+    rest = stage_b_pool(w, train)
     table = load_world_ldm(w.models / "label2img").cond_stage_model.embedding.weight.detach().double().numpy()
     candidates = _standardised(table[test.item_labels()])  # (50, E): the test classes, in item order
     features = {"raw fMRI": lambda fmri: fmri[:, 0].astype(np.float64)}
@@ -438,7 +463,7 @@ def pretraining_study(root: Path, plan: StudyPlan = STUDY, kinds: tuple[str, ...
                 w.steps(
                     "linear probes",
                     w.out / "study" / "probes.json",
-                    {n: h for n, (_, h) in encoders.items()} | {"pairs": list(plan.pairs)},
+                    {n: h for n, (_, h) in encoders.items()} | {"pairs": list(plan.pairs), "ldm": w.hashes["ldm"]},
                     lambda w=w, paths=paths: write_json(
                         linear_probe(w, paths, plan.pairs), w.out / "study" / "probes.json"
                     ),
@@ -495,7 +520,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             if both:
                 a = np.array([base["per_seed"][s] for s in both])
                 b = np.array([r["per_seed"][s] for s in both])
-                summary["vs_pretrained"] = paired_difference(a, b)
+                summary["vs_pretrained"] = paired_difference(a, b, paired_seeds=True)  # same split, same seed
         out.append(summary)
     return out
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from atomic import write_text_atomically
 from errors import UserError
 from runtime import format_seconds
 
@@ -106,8 +107,8 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
 
 
 def write_json(data: dict, path: Path) -> dict:
-    """Write `data` as JSON to `path`; returns it (a step's facts)."""
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    """Write `data` as JSON to `path` (whole or not at all); returns it (a step's facts)."""
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
     return data
 
 
@@ -115,7 +116,7 @@ def train_stage(script: str, flags: dict, output_path: Path, artefact: str, targ
     """Run a training stage, copy its `artefact` to `target`; the facts: the run and the epochs it trained."""
     run_dir = run_stage(script, flags, output_path)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    epochs = len({json.loads(line)["epoch"] for line in lines if '"epoch"' in line})
+    epochs = len({e for line in lines if '"epoch"' in line and (e := json.loads(line)["epoch"]) >= 0})  # -1: before
     return {**copy_result(run_dir / artefact, target), "steps": f"{epochs} epoch{'s' * (epochs != 1)}"}
 
 

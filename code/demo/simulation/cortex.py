@@ -18,7 +18,8 @@ warp of the sheet:
 
 A subject has its own voxel count per area (its area sizes), laid on a grid over the sheet, embedded in a gently
 folded volume and listed in volumetric raster order within each ROI, as a real ROI mask lists voxels (`voxel_order`:
-`raster`; `template`: the same path over the template sheet for every subject; `random`: a random order).
+`raster`; `template`: a serpentine path over the sheet's own grid, hemisphere by hemisphere, the same path for every
+subject with that grid; `random`: a random order).
 
 The resting state of the cortex world is a mixture: a share `rest_evoked` is the same encoding model driven by
 random latent visual and semantic states that drift in time (spontaneous activity that resembles evoked activity,
@@ -56,9 +57,10 @@ SHARING = {
     "high": Sharing(warp=0.02, shared=0.95, rest_evoked=0.8),
     # the default: see data/README.md for the facts each number comes from
     "realistic": Sharing(warp=0.06, shared=0.7, rest_evoked=0.5),
-    # every subject its own cortex (its own fields; warp irrelevant) and a resting state of intrinsic fluctuations
-    # only: the lower end, where only generic structure (smoothness, retinotopy's form) is common
-    "none": Sharing(warp=0.0, shared=0.0, rest_evoked=0.0),
+    # every subject its own cortex: its own tuning fields, its retinotopic map moved by a quarter of the sheet (so no
+    # voxel-scale layout is common), a resting state of intrinsic fluctuations only: the lower end, where only generic
+    # structure (smoothness, the retinotopic map's form) is common
+    "none": Sharing(warp=0.25, shared=0.0, rest_evoked=0.0),
 }
 VOXEL_ORDERS = ("raster", "template", "random")
 TUNING_LENGTH = 0.12  # correlation length of the tuning fields, in sheet units
@@ -85,8 +87,8 @@ class Template:
     rng_for: Callable[..., np.random.Generator]
     embed_dim: int
 
-    def fields(self, area: str, who: tuple = ("template",)) -> dict[str, Callable]:
-        """The tuning fields of `area` (base ROI name) for `who` (the template, or a subject's own)."""
+    def fields(self, area: str, who: tuple) -> dict[str, Callable]:
+        """The tuning fields of `area` (an ROI block's key) for `who` (the template, or a subject's own)."""
         rng = self.rng_for("cortex", *who, area)
         n_img = len(brain.CHANNELS) * brain.IMAGE_GRID**2
         return {
@@ -128,12 +130,14 @@ def population(
     """One subject's voxels in the ROI blocks `blocks` [(label, count), ...], in that order on the voxel axis.
 
     A label without a hemisphere prefix is split over both hemispheres; `subject` tags the subject's own fields."""
-    parts = []
+    parts, repeats = [], {}
     for label, n in blocks:
         area = brain.base_roi(label)
+        repeats[label] = repeats.get(label, -1) + 1
+        key = area if repeats[label] == 0 else f"{area}#{repeats[label]}"  # a label's later blocks: elsewhere
         sides = [label[:2]] if label[:2] in ("LH", "RH") else ["LH", "RH"]
         counts = np.diff(np.linspace(0, n, len(sides) + 1).round().astype(int))
-        block = [_sheet(template, rng, subject, area, side, k, sharing) for side, k in zip(sides, counts, strict=True)]
+        block = [_sheet(template, rng, subject, area, key, s, k, sharing) for s, k in zip(sides, counts, strict=True)]
         merged = {key: np.concatenate([b[key] for b in block]) for key in block[0]}
         parts.append((label, _ordered(merged, voxel_order, rng)))
     for i, (_, p) in enumerate(parts):
@@ -186,14 +190,22 @@ def point_spread(sheet: np.ndarray, cell: np.ndarray, fwhm: float = NOISE_FWHM) 
 
 
 def _sheet(
-    template: Template, rng: np.random.Generator, subject: tuple, area: str, side: str, n: int, sharing: Sharing
+    template: Template,
+    rng: np.random.Generator,
+    subject: tuple,
+    area: str,
+    key: str,
+    side: str,
+    n: int,
+    sharing: Sharing,
 ) -> dict[str, np.ndarray]:
-    """One hemisphere's sheet of `area` with n voxels: positions, volume cells, receptive fields and tunings."""
+    """One hemisphere's sheet of `area` (its fields drawn under `key`) with n voxels: positions, volume cells,
+    receptive fields and tunings."""
     pos, cell = sheet_grid(n)
-    warp = smooth_field(rng, 2, WARP_LENGTH)(pos) * sharing.warp  # unit-variance field: RMS displacement `warp`
+    warp = smooth_field(rng, 2, WARP_LENGTH)(pos) * sharing.warp  # unit-variance field: RMS `warp` along each axis
     seen = pos + warp
-    own = template.fields(area, ("subject", *subject, side))
-    shared = template.fields(area, ("template", side)) if sharing.shared > 0 else own
+    own = template.fields(key, ("subject", *subject, side))
+    shared = template.fields(key, ("template", side)) if sharing.shared > 0 else own
     mixed = {k: _mix(sharing.shared, shared[k](seen), own[k](pos)) for k in ("tuning", "sem", "img", "spont")}
     column = rng.normal(0, 1, mixed["tuning"].shape)
     mixed["tuning"] = np.sqrt(1 - COLUMN_SHARE) * mixed["tuning"] + np.sqrt(COLUMN_SHARE) * column
@@ -246,8 +258,8 @@ def resting_state(
         phi = np.exp(-tr / timescale)
         coarse = _drift(rng, (frames, len(brain.CHANNELS) * 8 * 8), phi).reshape(frames, len(brain.CHANNELS), 8, 8)
         up = brain.FEATURE_GRID // 8
-        feats = np.kron(coarse, np.ones((up, up))).astype(np.float32)  # smooth random feature maps
-        semantic = _drift(rng, (frames, embed_dim), phi)
+        feats = np.kron(coarse, np.ones((up, up))).astype(np.float32)  # coarse random feature maps (8 x 8 blocks)
+        semantic = _drift(rng, (frames, embed_dim), phi)  # one random semantic state for every ROI (no ROI gains)
         drive = brain.stimulus_drive_from(pop, feats, lambda gains: semantic, np.ones(frames, dtype=bool))
         mix = np.sqrt(evoked) * drive + np.sqrt(1 - evoked) * intrinsic
     x = np.sqrt(1 - noise) * mix + np.sqrt(noise) * pop.smooth_noise(rng.standard_normal(mix.shape))
