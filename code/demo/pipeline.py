@@ -35,7 +35,7 @@ from demo.presets import LEVERS, PRESETS, Preset
 from demo.readout import attribute_readout
 from demo.reports import levers_table, pick_scores, write_summary
 from demo.simulation.simulate import MARKER, make_synthetic_data
-from demo.simulation.spec import BRAIN_ONLY, SIZES
+from demo.simulation.spec import IMAGE_SETTINGS, SIZES
 from demo.steps import Steps, copy_result, run_stage, train_stage, write_json
 from eval_metrics import chance_level
 from figures import metric_bar_chart
@@ -141,9 +141,9 @@ def prepare(
 
     # ---- the simulated world and its models
     sim = simulate(data, preset, seed, steps, snr)
-    # the world's images: every simulation setting but the single-trial SNR, so an SNR sweep shares the models
+    # the world's images (the settings that make them, and the seed): an SNR sweep or a cortex world shares the models
     settings = dataclasses.asdict(SIZES[preset.simulation])
-    images = {**{k: v for k, v in settings.items() if k not in BRAIN_ONLY}, "seed": seed}
+    images = {**{k: settings[k] for k in IMAGE_SETTINGS}, "seed": seed}
     vq = steps(
         "vq autoencoder",
         models / "vq.pth",

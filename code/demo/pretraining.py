@@ -76,8 +76,8 @@ class StudyPlan:
     worlds: tuple[str, ...] = ("cortex", "cortex-high", "cortex-none")
     seeds: tuple[int, ...] = (0, 1, 2)
     pairs: tuple[int, ...] = (100, 300, 1150)
-    a1_epochs: int = 40
-    a1_warmup: int = 4
+    a1_epochs: int = 24  # 9,000 optimiser steps: 12,000 samples (6,000 HCP windows, 6,000 GOD trials) at batch 32
+    a1_warmup: int = 3
     a2_epochs: int = 20
     a2_warmup: int = 2
     curve_a2_epochs: int = 60

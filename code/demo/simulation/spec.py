@@ -91,9 +91,17 @@ class SimSpec:
         return replace(self, **overrides).validate()
 
 
-# settings that change the brain but not the stimuli: worlds that differ only in these share their images (and the
-# demo's world models)
-BRAIN_ONLY = ("snr", "brain", "sharing", "voxel_order")
+# the settings that make the stimuli (with the seed): worlds that agree on these share their images, and so the
+# world models trained on them (the cortex presets use the demo's)
+IMAGE_SETTINGS = (
+    "image_size",
+    "train_categories",
+    "images_per_category",
+    "test_categories",
+    "bold_categories",
+    "bold_images",
+    "bold_repeated",
+)
 
 SIZES = {
     "tiny": SimSpec(
@@ -125,8 +133,10 @@ SIZES = {
 # large fields (the coarse image-level maps), 40% of the visual voxels carry no signal, and single trials are noisier.
 SIZES["hard"] = replace(SIZES["demo"], category_drive=0.0, silent_share=0.4, snr=0.2)
 # `cortex`: the demo's dimensions on the cortex-shaped brain (demo/simulation/cortex.py), sharing as realistic as the
-# literature allows; `cortex-high` and `cortex-none` the two ends of the sharing setting (data/README.md).
-SIZES["cortex"] = replace(SIZES["demo"], brain="cortex")
+# literature allows; `cortex-high` and `cortex-none` the two ends of the sharing setting (data/README.md). 50 HCP
+# subjects (6,000 windows), so that resting state is as large a share of pre-training as the GOD training fMRI (in the
+# paper it is most of it).
+SIZES["cortex"] = replace(SIZES["demo"], brain="cortex", hcp_subjects=50)
 SIZES["cortex-high"] = replace(SIZES["cortex"], sharing="high")
 SIZES["cortex-none"] = replace(SIZES["cortex"], sharing="none")
 SIZES["cortex-tiny"] = replace(SIZES["tiny"], brain="cortex")
