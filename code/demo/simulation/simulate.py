@@ -223,8 +223,8 @@ def draw_class_images(
     included), never the GOD stimuli themselves, for models that stand in for the ImageNet-trained
     ones (a label-conditioned generator, a classifier). `seed` picks the draw.
     """
-    spec, seed = _recorded(out)
-    rng_for = _seeded(seed)
+    spec, world_seed = _recorded(out)
+    rng_for = _seeded(world_seed)
     cats, _ = writers.god_categories(spec, rng_for)
     labels = np.repeat(np.arange(len(cats)), per_class)
     images = stimuli.render(
