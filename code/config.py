@@ -27,8 +27,9 @@ from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle the
     Config_MBM_fMRI,
 )
 from readers.hcp import HCP_ROIS
+from readers.nsd import NSD_LAYOUTS
 from sc_mbm.architecture import MAEArchitecture
-from targets import BOLD5000, DATASETS, DEFAULT_DATASET, GOD, TARGETS, Target
+from targets import BOLD5000, DATASETS, DEFAULT_DATASET, GOD, NSD, TARGETS, Target
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SELECT_ON = ("val_split", "test")  # where Stage B chooses the model it keeps
@@ -114,12 +115,24 @@ class TargetData:
     root_path: str = arg(".", "project root: data/, pretrains/ and results/ are looked up below it", "data")
     kam_path: str | None = arg(None, f"GOD folder (default: <root_path>/{GOD.default_path})", "data")
     bold5000_path: str | None = arg(None, f"BOLD5000 folder (default: <root_path>/{BOLD5000.default_path})", "data")
+    nsd_path: str | None = arg(None, f"NSD folder (default: <root_path>/{NSD.default_path})", "data")
     dataset: str = arg(DEFAULT_DATASET, f"target data set, one of {DATASETS}", "data")
     kam_subs: list[str] = arg(list(GOD.default_subjects), "GOD subjects", "data")
     bold5000_subs: list[str] = arg(list(BOLD5000.default_subjects), "BOLD5000 subjects", "data")
-    roi: str = arg("VC", "region of interest (GOD: V1..V4, LOC, FFA, PPA, LVC, HVC, VC; BOLD5000 always all)", "data")
+    nsd_subs: list[str] = arg(list(NSD.default_subjects), "NSD subjects (subj01 ... subj08)", "data")
+    roi: str = arg(
+        "VC",
+        "region of interest (GOD: V1..V4, LOC, FFA, PPA, LVC, HVC, VC; BOLD5000 always all; NSD nsdgeneral)",
+        "data",
+    )
     test_category: list[int] | None = arg(
         None, "GOD: hold out one training image of each of these categories as the test set", "data"
+    )
+    nsd_layout: str = arg(
+        "auto", f"NSD: which release's files to read, one of {NSD_LAYOUTS} (auto: the one found)", "data"
+    )
+    nsd_train_average: bool = arg(
+        False, "NSD: train on each image's mean over its presentations, not on single trials", "data"
     )
     seed: int = arg(2022, "random seed (each process of a distributed run adds its rank)", "run")
 
@@ -127,6 +140,7 @@ class TargetData:
         check(self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         rois = TARGETS[self.dataset].rois
         check(self.roi in rois, f"roi must be one of {rois}, got {self.roi!r}")
+        check(self.nsd_layout in NSD_LAYOUTS, f"nsd_layout must be one of {NSD_LAYOUTS}, got {self.nsd_layout!r}")
         for target in TARGETS.values():
             setattr(
                 self, target.path_field, _under(self.root_path, getattr(self, target.path_field), target.default_path)
@@ -157,6 +171,9 @@ class StageA1Config(_Run, _Optimisation, MAEArchitecture):
     kam_path: str | None = arg(None, "GOD folder for include_kam (default: <root_path>/data/Kamitani/npz)", "data")
     include_hcp: bool = arg(True, "pre-train on the HCP resting state", "data")
     include_kam: bool = arg(True, "add the GOD training fMRI of every subject", "data")
+    include_nsd: bool = arg(False, "add the NSD training trials of nsd_subs (any MindEye layout)", "data")
+    nsd_path: str | None = arg(None, f"NSD folder for include_nsd (default: <root_path>/{NSD.default_path})", "data")
+    nsd_subs: list[str] = arg(list(NSD.default_subjects), "NSD subjects for include_nsd", "data")
     roi: str = arg("VC", "HCP region: V1, V2, V3, V4 or VC (all four)", "data")
     num_sub_limit: int | None = arg(None, "read at most this many HCP subjects (sorted)", "data")
     aug_times: int = arg(1, "> 1 adds (aug_times - 1) x N interpolated HCP samples", "data")
@@ -171,13 +188,18 @@ class StageA1Config(_Run, _Optimisation, MAEArchitecture):
         self.output_path = _under(self.root_path, self.output_path, "results")
         self.hcp_path = _under(self.root_path, self.hcp_path, "data/HCP/npz")
         self.kam_path = _under(self.root_path, self.kam_path, "data/Kamitani/npz")
+        self.nsd_path = _under(self.root_path, self.nsd_path, NSD.default_path)
         self.validate()
 
     def validate(self) -> None:
         self._validate_architecture()
         self._validate_run()
         self._validate_optimisation()
-        check(self.include_hcp or self.include_kam, "at least one of include_hcp / include_kam must be set")
+        check(
+            self.include_hcp or self.include_kam or self.include_nsd,
+            "at least one of include_hcp / include_kam / include_nsd must be set",
+        )
+        check(not self.include_nsd or len(self.nsd_subs) > 0, "include_nsd needs subjects in nsd_subs")
         check(self.roi in ("VC", *HCP_ROIS), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
         check(self.aug_times >= 1, f"aug_times must be >= 1, got {self.aug_times}")
         check(self.num_sub_limit is None or self.num_sub_limit >= 1, "num_sub_limit must be None or >= 1")
@@ -413,6 +435,8 @@ class GenEvalConfig(TargetData):
     dataset: str | None = arg(None, f"one of {DATASETS} (default: the checkpoint's)", "data")
     kam_subs: list[str] | None = arg(None, "GOD subjects (default: the checkpoint's)", "data")
     bold5000_subs: list[str] | None = arg(None, "BOLD5000 subjects (default: the checkpoint's)", "data")
+    nsd_subs: list[str] | None = arg(None, "NSD subjects (default: the checkpoint's)", "data")
+    nsd_layout: str | None = arg(None, f"NSD: one of {NSD_LAYOUTS} (default: the checkpoint's)", "data")
     roi: str | None = arg(None, "region of interest (default: the checkpoint's)", "data")
     output_path: str | None = arg(None, "where run folders go (default: <root_path>/results)", "run")
     limit: int | None = arg(None, "decode only the first N test fMRI", "data")
@@ -461,6 +485,10 @@ class GenEvalConfig(TargetData):
             self.dataset is None or self.dataset in TARGETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"
         )
         check(self.protocol in (None, "published"), f"protocol must be 'published' or None, got {self.protocol!r}")
+        check(
+            self.nsd_layout in (None, *NSD_LAYOUTS),
+            f"nsd_layout must be one of {NSD_LAYOUTS}, got {self.nsd_layout!r}",
+        )
         if self.protocol == "published":
             self.num_samples, self.ddim_steps, self.sampler, self.eta, self.guidance_scale = 5, 250, "plms", 0.0, 1.0
             self.n_way, self.num_trials, self.limit, self.shuffle_fmri = 50, 1000, None, False

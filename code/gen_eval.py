@@ -68,6 +68,8 @@ STORED_SETTINGS = (
     "include_nonavg_test",
     "roi",
     "test_category",
+    "nsd_layout",
+    "nsd_train_average",
     "time_cond_start",
 )
 MAX_IMG_SIZE = 1024
@@ -110,6 +112,8 @@ def target_data(cfg: GenEvalConfig, stored: dict, path: str) -> TargetData:
         **fields,
         roi=cfg.roi or stored.get("roi", "VC"),
         test_category=cfg.test_category or stored.get("test_category"),
+        nsd_layout=cfg.nsd_layout or stored.get("nsd_layout", "auto"),
+        nsd_train_average=stored.get("nsd_train_average", False),
         seed=cfg.seed,
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 from dataset import FMRIImageDataset
 from readers.bold5000 import create_bold5000_dataset
 from readers.god import GOD_ROIS, create_god_dataset
+from readers.nsd import NSD_ROIS, create_nsd_dataset
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,20 @@ BOLD5000 = Target(
     },
 )
 
-TARGETS = {target.name: target for target in (GOD, BOLD5000)}
+NSD = Target(
+    name="NSD",
+    read=create_nsd_dataset,
+    path_field="nsd_path",
+    default_path="data/NSD",
+    subjects_field="nsd_subs",
+    default_subjects=("subj01",),
+    rois=NSD_ROIS,  # the nsdgeneral mask, as both MindEye releases hold it
+    batch_size_a2=16,  # not published for NSD: GOD's, the closer in trials per subject
+    batch_size_b=5,
+    options=("roi", "nsd_layout", "nsd_train_average"),
+)
+
+TARGETS = {target.name: target for target in (GOD, BOLD5000, NSD)}
 DATASETS = tuple(TARGETS)
 DEFAULT_DATASET = GOD.name  # the published configs' default
 

@@ -240,7 +240,7 @@ CASES = [
         1,
         r"evil\.pth: refused to load global '(os|posix)\.system'",
     ),
-    ("a2 unknown data set", a2, lambda w, t: ["--dataset", "NSD"], 2, r"dataset must be one of"),
+    ("a2 unknown data set", a2, lambda w, t: ["--dataset", "THINGS"], 2, r"dataset must be one of"),
     (
         "a2 constant fMRI",
         a2,

@@ -103,7 +103,7 @@ def test_unknown_yaml_field_and_bad_type_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="include_kam must be true or false"):
         from_dict(StageA1Config, {"include_kam": "False"})
     with pytest.raises(ConfigError, match="dataset must be one of"):
-        StageA2Config(dataset="NSD")
+        StageA2Config(dataset="THINGS")
 
 
 def test_published_config_object_maps_onto_ours():

@@ -35,7 +35,7 @@ from demo.presets import LEVERS, PRESETS, Preset
 from demo.readout import attribute_readout
 from demo.reports import levers_table, pick_scores, write_summary
 from demo.simulation.simulate import MARKER, make_synthetic_data
-from demo.simulation.spec import IMAGE_SETTINGS, SIZES
+from demo.simulation.spec import IMAGE_SETTINGS, SIZES, SimSpec
 from demo.steps import Steps, copy_result, run_stage, train_stage, write_json
 from eval_metrics import chance_level
 from figures import metric_bar_chart
@@ -48,13 +48,22 @@ def simulate(data: Path, preset: Preset, seed: int, steps: Steps, snr: float | N
     """The simulated data set (its marker, simulation.json, is the cached target)."""
     overrides = {} if snr is None else {"snr": snr}
     spec = SIZES[preset.simulation].with_overrides(**overrides)
-    recipe = {"size": preset.simulation, "settings": dataclasses.asdict(spec), "seed": seed}
+    recipe = {"size": preset.simulation, "settings": recorded_settings(spec), "seed": seed}
 
     def run() -> dict:  # replaces an earlier simulation there, never other files (make_synthetic_data refuses)
         make_synthetic_data(data, size=preset.simulation, seed=seed, overwrite=True, **overrides)
         return {"god_subjects": spec.god_subjects}
 
     return steps("simulate", data / MARKER, recipe, run, remove_stale=False)
+
+
+def recorded_settings(spec: SimSpec) -> dict:
+    """The settings a simulation's recipe records: a world without NSD subjects leaves out the NSD settings, so the
+    worlds simulated before NSD was added keep their recipes (and their cached steps)."""
+    settings = dataclasses.asdict(spec)
+    if not spec.nsd_subjects:
+        settings = {k: v for k, v in settings.items() if not k.startswith("nsd_")}
+    return settings
 
 
 @dataclass

@@ -104,7 +104,7 @@ def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
             for key in keys:
                 try:
                     with archive.open(members[key]) as member:
-                        _checked_header(member, members[key].file_size)
+                        check_npy_header(member, members[key].file_size)
                     with archive.open(members[key]) as member:
                         arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
                 except DataFormatError as e:
@@ -132,7 +132,7 @@ def load_npy(path: Path) -> np.ndarray:
         raise DataFormatError(f"{path}: an .npz archive, not one array (a .npy file of numpy.save)")
     try:
         with open(path, "rb") as f:
-            _checked_header(f, os.fstat(f.fileno()).st_size)
+            check_npy_header(f, os.fstat(f.fileno()).st_size)
             f.seek(0)
             return np.load(f, allow_pickle=False)
     except DataFormatError as e:
@@ -141,7 +141,7 @@ def load_npy(path: Path) -> np.ndarray:
         raise DataFormatError(f"{path}: not a readable .npy array (numpy.save): {one_line(e)}") from None
 
 
-def _checked_header(f: BinaryIO, nbytes: int) -> None:
+def check_npy_header(f: BinaryIO, nbytes: int) -> None:
     try:
         dtype = npy_header(f, nbytes)[2]
     except ValueError as e:  # the header's own error, or a declared size the data does not have

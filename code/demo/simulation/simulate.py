@@ -38,7 +38,7 @@ from demo.simulation.spec import SIZES, SimSpec
 from errors import DEBUG_HELP, ArgumentParser, UserError
 
 log = logging.getLogger("mindvis.simulation")
-LAYOUTS = ("HCP", "Kamitani", "BOLD5000")
+LAYOUTS = ("HCP", "Kamitani", "BOLD5000", "NSD")
 MARKER = "simulation.json"
 
 
@@ -183,9 +183,12 @@ def make_synthetic_data(
     writers.write_god(staging / "Kamitani" / "npz", spec, space, rng_for)
     writers.write_bold5000(staging / "BOLD5000", spec, space, rng_for)
     writers.write_hcp(staging / "HCP" / "npz", spec, rng_for)
+    if spec.nsd_subjects:
+        writers.write_nsd(staging / "NSD", spec, space, rng_for)
     files = sorted(_files_under(staging, LAYOUTS))
     for name in LAYOUTS:
-        (staging / name).replace(out / name)
+        if (staging / name).exists():
+            (staging / name).replace(out / name)
     staging.rmdir()
     _write_marker(out, size, int(seed), spec, files=files)
     log.info("simulated %s data written to %s in %.1f s", size, out, time.time() - start)

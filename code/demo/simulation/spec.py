@@ -30,6 +30,11 @@ class SimSpec:
     bold_repeats: int = 4
     bold_sessions: int = 15
     bold_runs: int = 10  # runs per session
+    nsd_subjects: int = 4  # NSD: subj01 ... (0: none written); the four who finished all 40 sessions
+    nsd_train_images: int = 9000  # NSD: images each subject alone sees ...
+    nsd_test_images: int = 1000  # ... and images every subject sees (the shared 1000: the test set)
+    nsd_repeats: int = 3  # NSD: presentations of every image
+    nsd_sessions: int = 40  # NSD: sessions the trials are spread over (one MindEye2 training shard each)
     snr: float = 0.3  # median single-trial signal variance / noise variance of visual-cortex voxels
     structured_noise: float = 0.3  # share of the trial noise that is spontaneous, spatially correlated activity
     rest_noise: float = 0.4  # share of white noise in the HCP series (the rest is spontaneous activity)
@@ -69,6 +74,11 @@ class SimSpec:
                 "counts must be >= 1",
             ),
             (self.bold_repeats >= 2, "bold_repeats must be >= 2 (the test set averages repeats)"),
+            (
+                self.nsd_subjects >= 0 and min(self.nsd_train_images, self.nsd_test_images, self.nsd_sessions) >= 1,
+                "nsd_subjects >= 0; nsd_train_images, nsd_test_images, nsd_sessions >= 1",
+            ),
+            (1 <= self.nsd_repeats <= 3, "nsd_repeats must be 1, 2 or 3 (MindEye's samples hold 3 presentations)"),
             (self.hcp_subjects >= 0 and self.hcp_frames >= 10, "hcp_subjects >= 0 and hcp_frames >= 10"),
             (self.voxel_scale > 0 and self.snr > 0 and self.embed_dim >= 1, "voxel_scale, snr, embed_dim > 0"),
             (0 <= self.structured_noise < 1 and 0 < self.rest_noise < 1, "noise shares must lie in [0, 1)"),
@@ -116,6 +126,10 @@ SIZES = {
         bold_repeated=12,
         bold_sessions=3,
         bold_runs=2,
+        nsd_subjects=2,
+        nsd_train_images=24,
+        nsd_test_images=8,
+        nsd_sessions=2,
         progress=False,
     ),
     "demo": SimSpec(
@@ -126,6 +140,7 @@ SIZES = {
         bold_repeated=24,
         bold_sessions=4,
         bold_runs=4,
+        nsd_subjects=0,  # the `nsd` preset adds them
     ),
     "full": SimSpec(),
 }
@@ -140,3 +155,6 @@ SIZES["cortex"] = replace(SIZES["demo"], brain="cortex", hcp_subjects=50)
 SIZES["cortex-high"] = replace(SIZES["cortex"], sharing="high")
 SIZES["cortex-none"] = replace(SIZES["cortex"], sharing="none")
 SIZES["cortex-tiny"] = replace(SIZES["tiny"], brain="cortex")
+# `nsd`: the demo's world with two NSD subjects in both MindEye layouts (NSD/mindeye1, NSD/mindeye2), each seeing 1,200
+# images of their own three times and the 50 shared test images three times, over 8 sessions
+SIZES["nsd"] = replace(SIZES["demo"], nsd_subjects=2, nsd_train_images=1200, nsd_test_images=50, nsd_sessions=8)

@@ -1,9 +1,12 @@
-"""Write the simulated world in the published layouts (docs/formats.md): GOD/Kamitani, BOLD5000 and HCP."""
+"""Write the simulated world in the published layouts (docs/formats.md): GOD/Kamitani, BOLD5000, HCP and NSD (both
+MindEye releases)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -321,3 +324,174 @@ def write_hcp_subject(folder: Path, spec: SimSpec, rng_for: Rng, i: int, counts:
         x = brain.resting_state(pop, rng, spec.hcp_frames, spec.rest_noise)
     folder.mkdir(parents=True)
     np.savez(folder / HCP_FILE, **{roi: x[:, pop.roi == roi] for roi in counts})
+
+
+# ----------------------------------------------------------------------------------------------------
+# NSD (the two MindEye releases; readers/nsd.py)
+# ----------------------------------------------------------------------------------------------------
+
+NSD_IMAGES = 73_000  # NSD's stimulus indices run over 73k COCO images
+NSD_RUN_TRIALS = 63  # NSD's runs hold 62-63 trials
+NSD_BEHAV_COLUMNS = 17  # MindEye2's behav.npy: 0 image (73k index), 1 subject, 2 session, 3 run, 4 trial in the
+# session, 5 global trial (the betas row), ..., 16 shared1000; -1 where unknown
+
+
+def nsd_subject_name(k: int) -> str:
+    return f"subj{k:02d}"
+
+
+def write_nsd(root: Path, spec: SimSpec, space: brain.SemanticSpace, rng_for: Rng) -> None:
+    """NSD/mindeye1 (webdataset_avg_split shards) and NSD/mindeye2 (HDF5 betas and images, per-session behav
+    shards) holding the same simulated subjects: shared test images every subject sees, training images of each
+    subject's own, every image shown `nsd_repeats` times in random order over `nsd_sessions` sessions.
+
+    The stimuli are new images of the GOD world's categories (the world's models know them), the voxels those of a
+    subject's visual ROIs (nsdgeneral); betas are z-scored per voxel with the training trials' statistics, as
+    MindEye2's renormalised release.
+    """
+    cats, god_rng = god_categories(spec, rng_for)
+    own = god_rng.normal(0, 1, (len(cats), spec.embed_dim))  # the GOD world's category embeddings (write_god)
+    rng = rng_for("nsd", "world")
+    n_test, n_train, n_sub = spec.nsd_test_images, spec.nsd_train_images, spec.nsd_subjects
+    n_images = n_test + n_sub * n_train
+    coco = rng.choice(NSD_IMAGES, n_images, replace=False)  # images' 73k indices: test first, then per subject
+    category = rng.integers(0, len(cats), n_images)
+    log.info("NSD: drawing %d stimuli (%d px)", n_images, spec.image_size)
+    images = stimuli.render(cats, stimuli.sample_images(rng, cats, category), spec.image_size)
+    feats = brain.low_level_features(images)
+    me1, me2 = root / "mindeye1", root / "mindeye2"
+    _nsd_image_file(me2, coco, images)
+    taken: set[int] = set()
+    for k in tqdm(range(1, n_sub + 1), desc="NSD subjects", disable=not spec.progress):
+        rng = rng_for("nsd", "subject", k)
+        seen = np.r_[np.arange(n_test), n_test + (k - 1) * n_train + np.arange(n_train)]  # rows of `images`
+        is_test = np.arange(len(seen)) < n_test
+        blocks = [b for b in god_blocks(rng, spec.voxel_scale, taken) if b[0] != "other"]  # nsdgeneral: visual
+        pop = population(spec, rng_for, rng, ("nsd", k), blocks)
+        silent = brain.silent_voxels(pop, spec.silent_share, rng_for("nsd", "silent", k))
+        drive = brain.stimulus_drive(
+            pop,
+            feats[seen],
+            cats.attrs[category[seen]],
+            own[category[seen]],
+            space,
+            ~is_test,
+            spec.category_drive,
+            silent,
+        )
+        shown = rng.permutation(np.repeat(np.arange(len(seen)), spec.nsd_repeats))  # trials in session order
+        x = brain.trial_responses(pop, drive, shown, rng, spec.structured_noise)
+        train_trials = ~is_test[shown]
+        x = ((x - x[train_trials].mean(0)) / x[train_trials].std(0)).astype(np.float32)
+        _write_mindeye2(me2, nsd_subject_name(k), k, spec, x, coco[seen][shown], is_test[shown])
+        _write_mindeye1(me1, nsd_subject_name(k), spec, rng, x, shown, coco[seen], images[seen], is_test)
+
+
+def _nsd_image_file(root: Path, coco: np.ndarray, images: np.ndarray) -> None:
+    """coco_images_224_float16.hdf5: 'images' (73000, 3, H, W) float16 in [0, 1]; only the rows of the simulated
+    stimuli are written (one chunk per image, so the others take no space)."""
+    import h5py
+
+    root.mkdir(parents=True)
+    size = images.shape[1]
+    with h5py.File(root / "coco_images_224_float16.hdf5", "w") as f:
+        data = f.create_dataset("images", (NSD_IMAGES, 3, size, size), np.float16, chunks=(1, 3, size, size))
+        order = np.argsort(coco)
+        data[coco[order]] = (images[order].transpose(0, 3, 1, 2) / 255.0).astype(np.float16)
+
+
+def _write_mindeye2(
+    root: Path, subject: str, k: int, spec: SimSpec, x: np.ndarray, coco: np.ndarray, is_test: np.ndarray
+) -> None:
+    """betas_all_<subject>_fp32_renorm.hdf5 ('betas', one row per trial in session order) and wds/<subject>/:
+    train/<session>.tar with the session's trials of training images, new_test/0.tar with every shared-image
+    trial; one sample per trial holding behav.npy (1, 17) and its neighbours (past_behav, future_behav: the
+    session's 15 trials before and after; olds_behav: the image's other presentations)."""
+    import h5py
+
+    with h5py.File(root / f"betas_all_{subject}_fp32_renorm.hdf5", "w") as f:
+        f.create_dataset("betas", data=x)
+    trials = len(x)
+    per_session = -(-trials // spec.nsd_sessions)
+    behav = np.full((trials, NSD_BEHAV_COLUMNS), -1.0)
+    session = np.arange(trials) // per_session
+    behav[:, 0], behav[:, 1], behav[:, 2] = coco, k, session + 1
+    behav[:, 4] = np.arange(trials) % per_session
+    behav[:, 3] = behav[:, 4] // NSD_RUN_TRIALS + 1
+    behav[:, 5], behav[:, 16] = np.arange(trials), is_test
+    folder = root / "wds" / subject
+    test_samples, counter = [], 0
+    for s in range(spec.nsd_sessions):
+        samples = []
+        for t in np.flatnonzero(session == s):
+            olds = np.full((3, NSD_BEHAV_COLUMNS), -1.0)
+            others = np.flatnonzero(coco == coco[t])
+            olds[: min(3, len(others))] = behav[others[:3]]
+            past = np.full((15, NSD_BEHAV_COLUMNS), -1.0)
+            future = np.full((15, NSD_BEHAV_COLUMNS), -1.0)
+            lo, hi = max(s * per_session, t - 15), min(min((s + 1) * per_session, trials), t + 16)
+            past[15 - (t - lo) :] = behav[lo:t]
+            future[: hi - t - 1] = behav[t + 1 : hi]
+            members = {"behav.npy": behav[t : t + 1], "past_behav.npy": past, "future_behav.npy": future}
+            (test_samples if is_test[t] else samples).append({**members, "olds_behav.npy": olds})
+        if samples:
+            _write_shard(folder / "train" / f"{s}.tar", samples, counter)
+            counter += len(samples)
+    _write_shard(folder / "new_test" / "0.tar", test_samples, 0)
+
+
+def _write_mindeye1(
+    root: Path,
+    subject: str,
+    spec: SimSpec,
+    rng: np.random.Generator,
+    x: np.ndarray,
+    shown: np.ndarray,
+    coco: np.ndarray,
+    images: np.ndarray,
+    is_test: np.ndarray,
+) -> None:
+    """webdataset_avg_split/{train,val,test}/<split>_<subject>_<k>.tar: one sample per image, its presentations'
+    betas (repeats, V) float16, the stimulus as JPEG, its 73k index, trial numbers and repeat count; a tenth of
+    the training images are the validation split, as published; shards in shuffled sample order."""
+    from PIL import Image
+
+    train = np.flatnonzero(~is_test)
+    val = rng.choice(train, max(1, len(train) // 10), replace=False)
+    splits = {"train": np.setdiff1d(train, val), "val": val, "test": np.flatnonzero(is_test)}
+    shards = {"train": 2, "val": 1, "test": 2}
+    counter = 0
+    for split, rows in splits.items():
+        samples = []
+        for i in rng.permutation(rows):
+            trials = np.flatnonzero(shown == i)
+            jpg = io.BytesIO()
+            Image.fromarray(images[i]).save(jpg, format="JPEG", quality=95)
+            samples.append(
+                {
+                    "nsdgeneral.npy": x[trials].astype(np.float16),
+                    "jpg": jpg.getvalue(),
+                    "coco73k.npy": np.array([coco[i]], dtype=np.int64),
+                    "trial.npy": trials.astype(np.int64),
+                    "num_uniques.npy": np.array([len(trials)], dtype=np.int64),
+                }
+            )
+        for n, part in enumerate(np.array_split(np.arange(len(samples)), shards[split])):
+            path = root / "webdataset_avg_split" / split / f"{split}_{subject}_{n}.tar"
+            _write_shard(path, [samples[j] for j in part], counter)
+            counter += len(part)
+
+
+def _write_shard(path: Path, samples: list[dict], first: int) -> None:
+    """A WebDataset shard: sample keys sample<9 digits> from `first`, members `.npy` arrays or raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for n, sample in enumerate(samples, start=first):
+            for name, value in sample.items():
+                if isinstance(value, np.ndarray):
+                    buffer = io.BytesIO()
+                    np.save(buffer, value, allow_pickle=False)
+                    value = buffer.getvalue()
+                info = tarfile.TarInfo(f"sample{n:09d}.{name}")
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
