@@ -198,11 +198,12 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
         save_config(cfg, run_dir)
         log.info("gen_eval config:\n%s", format_config(cfg))
         log.info(
-            "checkpoint %s (LDM %s); decoding %d %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on %s%s",
+            "checkpoint %s (LDM %s); decoding %d %s %s test fMRI%s x %d samples, %s %d steps, guidance %g, %s on %s%s",
             path,
             gm_path,
             n,
             data.dataset,
+            data.subjects,
             " (shuffled: the control)" if cfg.shuffle_fmri else "",
             cfg.num_samples,
             cfg.sampler,

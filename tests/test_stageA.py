@@ -357,3 +357,18 @@ def test_stageA1_command_line_rejects_embed_dim_not_divisible_by_heads(capsys):
     with pytest.raises(SystemExit):
         parse_config(StageA1Config, ["--embed_dim", "60", "--num_heads", "16"])
     assert "embed_dim (60) must be divisible by num_heads (16)" in capsys.readouterr().err
+
+
+def test_stageA2_command_line_on_nsd(tiny, a1_run, tmp_path):
+    """A2 on NSD's shared test images (MindEye's layout), the flags as on GOD."""
+    cmd = [sys.executable, str(CODE / "stageA2_mbm_finetune.py"), "--dataset", "NSD"]
+    cmd += ["--nsd_path", str(tiny / "NSD" / "mindeye1"), "--nsd_subs", "subj01", "subj02"]
+    cmd += ["--pretrain_mbm_path", str(a1_run / "checkpoint.pth"), "--output_path", str(tmp_path)]
+    cmd += ["--num_epoch", "1", "--warmup_epochs", "0"]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = (tmp_path / "stageA2").iterdir()
+    log = (run / "log.txt").read_text()
+    # 8 shared images per subject: their means and (include_nonavg_test, A2's default) their 3 single trials each
+    assert "NSD ['subj01', 'subj02'], 64 test fMRI" in log, log[-2000:]
+    assert [r["epoch"] for r in metrics(run)] == [0]

@@ -404,3 +404,35 @@ def test_stage_b_trains_on_as_many_images_as_asked_nested_and_nearly_the_same_fo
     assert len(images[0] & images[2]) >= 8  # another seed differs only by its own validation images
     with pytest.raises(UserError, match="--num_train_images 200: the data show only 114 images"):
         stageB_ldm_finetune.main(_stage_b_config(world, val_split=6, num_train_images=200, num_epoch=1))
+
+
+def test_stage_b_and_gen_eval_on_nsd(world, tmp_path):
+    """Stage B and gen_eval on NSD (MindEye2's layout) with the flags GOD takes; gen_eval finds the data set, its
+    subjects and its layout in the checkpoint."""
+    nsd = world.data / "NSD" / "mindeye2"
+    cfg = _stage_b_config(
+        world,
+        dataset="NSD",
+        nsd_path=str(nsd),
+        nsd_subs=["subj02"],
+        output_path=str(tmp_path),
+        num_epoch=1,
+        val_split=4,
+    )
+    run_dir = stageB_ldm_finetune.main(cfg)
+    assert "NSD ['subj02']" in (run_dir / "log.txt").read_text()
+    out = gen_eval.main(
+        GenEvalConfig(
+            root_path=str(world.root),
+            checkpoint=str(run_dir / "finetuned.pth"),
+            nsd_path=str(nsd),
+            output_path=str(tmp_path),
+            num_samples=2,
+            ddim_steps=4,
+            limit=3,
+            metrics=["mse", "pcc"],
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_item"]["pcc"]) == 3
+    assert "decoding 3 NSD ['subj02'] test fMRI" in (out / "log.txt").read_text()  # the checkpoint's subjects
