@@ -311,3 +311,17 @@ def test_layout_detection(me1, me2, tmp_path):
     one_line_error(lambda: detect_layout(both), "--nsd_layout")
     assert detect_layout(both, "mindeye1") == "mindeye1"
     one_line_error(lambda: create_nsd_dataset(me1[0], subjects=["subj03"]), "subj03")
+
+
+def test_the_nsd_demo_preset_points_every_stage_at_nsd(tmp_path):
+    import types
+
+    from demo.pipeline import World
+    from demo.presets import PRESETS
+
+    preset = PRESETS["nsd"]
+    world = types.SimpleNamespace(preset=preset, data=tmp_path, kam=str(tmp_path / "Kamitani" / "npz"))
+    flags = World.target_flags.fget(world)
+    assert flags == {"dataset": "NSD", "nsd_path": str(tmp_path / "NSD" / "mindeye2"), "nsd_subs": ["subj01"]}
+    assert not preset.b["ridge_init"] and not preset.b["freeze_mapper"]  # NSD has no labels for the ridge start
+    assert World.target_flags.fget(types.SimpleNamespace(preset=PRESETS["demo"], kam="K")) == {"kam_path": "K"}

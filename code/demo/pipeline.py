@@ -86,10 +86,17 @@ class World:
     def kam(self) -> str:
         return str(self.data / "Kamitani" / "npz")
 
+    @property
+    def target_flags(self) -> dict:
+        """The flags that point A2, Stage B and gen_eval at the preset's target data."""
+        if self.preset.target == "NSD":
+            return {"dataset": "NSD", "nsd_path": str(self.data / "NSD" / "mindeye2"), "nsd_subs": ["subj01"]}
+        return {"kam_path": self.kam}
+
     def b_flags(self, encoder: Path, **change: Any) -> dict:
         """Stage B's flags: the preset's, on the encoder `encoder`, with `change` applied."""
         return {
-            "kam_path": self.kam,
+            **self.target_flags,
             "pretrain_gm_path": str(self.models / "label2img"),
             "pretrain_mbm_path": str(encoder),
             "classifier": str(self.models / "classifier.pth"),
@@ -103,7 +110,7 @@ class World:
         return {
             "root_path": str(self.root),
             "checkpoint": str(checkpoint),
-            "kam_path": self.kam,
+            **self.target_flags,
             "pretrain_gm_path": str(self.models / "label2img"),
             "classifier": str(self.models / "classifier.pth"),
             "metrics": ["mse", "pcc", "ssim", "n_way"],
@@ -197,6 +204,8 @@ def train_encoder(
     `a1_change` applied to A1 (its mask ratio to A2 too) and `a2_change` to A2; returns their recipe hashes."""
     kam, hcp = w.kam, str(w.data / "HCP" / "npz")
     a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.train_seed, **w.preset.a1, **a1_change}
+    if a1_flags.get("include_nsd"):
+        a1_flags["nsd_path"] = str(w.data / "NSD" / "mindeye2")
     a1 = w.steps(
         f"{label}stage A1",
         folder / "fmri_encoder_A1.pth",
@@ -217,7 +226,7 @@ def train_a2(w: World, a1_path: Path, a1: str, folder: Path, label: str, **a2_ch
     """Stage A2 of the preset (with `a2_change`) from the A1 checkpoint `a1_path` (made by the recipe `a1`) into
     `folder/fmri_encoder.pth`; returns its recipe hash."""
     a2_flags = {
-        "kam_path": w.kam,
+        **w.target_flags,
         "pretrain_mbm_path": str(a1_path),
         "seed": w.train_seed,
         **w.preset.a2,
@@ -291,12 +300,13 @@ def run_world(
     w.hashes["b"] = decode(
         w, out, "", w.b_flags(out / "fmri_encoder.pth"), {}, w.hashes["a2"], control=True, baselines=True
     )
-    w.steps(
-        "attribute read-out",
-        out / "attributes.json",
-        {"data": w.hashes["sim"]},
-        lambda: write_json(attribute_readout(w.kam, seed=seed), out / "attributes.json"),
-    )
+    if w.preset.target == "GOD":  # the attributes of GOD's unseen test categories (NSD's test images are scenes)
+        w.steps(
+            "attribute read-out",
+            out / "attributes.json",
+            {"data": w.hashes["sim"]},
+            lambda: write_json(attribute_readout(w.kam, seed=seed), out / "attributes.json"),
+        )
 
     for i, (b_change, eval_change) in enumerate(LEVERS.values() if levers else ()):
         b_flags = None if b_change is None else w.b_flags(out / "fmri_encoder.pth", **b_change)
@@ -330,9 +340,12 @@ def run_world(
         intervals={"decoded": decoded.get("intervals", {}), "shuffled fMRI (control)": control.get("intervals", {})},
     )
     world_report = json.loads((w.models / "report.json").read_text())
-    baselines = {**decoded.get("baselines", {}), "attributes": json.loads((out / "attributes.json").read_text())}
+    baselines = decoded.get("baselines", {})
+    if (out / "attributes.json").is_file():
+        baselines["attributes"] = json.loads((out / "attributes.json").read_text())
     report = {
         "size": size,
+        "target": w.preset.target,
         "snr": snr,
         "seed": seed,
         "train_seed": w.train_seed,

@@ -25,6 +25,7 @@ class Preset:
     b: dict = field(default_factory=dict)
     gen_eval: dict = field(default_factory=dict)
     models: str | None = None  # the world models' folder under pretrains/demo (default: the simulation's name)
+    target: str = "GOD"  # the target data set of A2, Stage B and gen_eval: GOD (sbj_3) or NSD (subj01, MindEye2's files)
 
 
 # Stage B's recipe (the README's "The demo" says why): one context token, a Linear of all the encoder's tokens
@@ -135,4 +136,16 @@ PRESETS = {
         gen_eval=dict(num_samples=1, ddim_steps=5, batch_size=50, num_trials=1000, limit=20),
     ),
 }
+# `nsd`: the recipe on the simulated NSD (MindEye2's layout; subj01, the shared images as the test set). NSD's scenes
+# carry no class labels, so the read-out starts at random and trains (the lever "linear pool trained from a random
+# start"); A1 adds NSD's training trials; Stage B trains on single trials, 3,600 pairs an epoch (GOD's 1,200), so
+# 4 epochs make the demo's number of steps.
+PRESETS["nsd"] = dataclasses.replace(
+    DEMO,
+    simulation="nsd",
+    models="demo",
+    target="NSD",
+    a1={**DEMO.a1, "include_nsd": True, "nsd_subs": ["subj01", "subj02"]},
+    b={**DEMO.b, "ridge_init": False, "freeze_mapper": False, "num_epoch": 4, "val_every": 2},
+)
 PRESETS["cortex-tiny"] = dataclasses.replace(PRESETS["tiny"], simulation="cortex-tiny", models="tiny")  # tests

@@ -67,7 +67,19 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         for r in report["steps"]
     ]
     m = report["machine"]
-    attributes = report["baselines"]["attributes"]
+    attributes = report["baselines"].get("attributes")
+    attribute_text = (
+        f"; the unseen test categories' attributes (shape, colour, texture, background type and tint) "
+        f"**{attributes['mean']:.2f}** (chance {attributes['chance']:.2f})"
+        if attributes
+        else ""
+    )
+    what = (
+        "NSD layout (MindEye2's release), subject subj01, the shared test images (seen by every subject, never in "
+        "Stage B), each the mean of its 3 presentations"
+        if report.get("target") == "NSD"
+        else "GOD layout, subject sbj_3, test categories never seen in Stage B"
+    )
     accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
     ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1"))
     n_way = round(1 / chance["top-1-class"])
@@ -75,8 +87,8 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         [
             "# MinD-Vis demo on the simulated brain",
             "",
-            f"Decoded images of {decoded.get('num_items', '?')} held-out test fMRI (GOD layout, subject sbj_3, test "
-            "categories never seen in Stage B), scored against the images the simulated subject saw. Pair-wise rows: "
+            f"Decoded images of {decoded.get('num_items', '?')} held-out test fMRI ({what}), scored against the "
+            "images the simulated subject saw. Pair-wise rows: "
             "the fraction of other test images the reconstruction is closer to its own ground truth than to (chance "
             f"0.5). n-way: {n_way}-way top-1 semantic accuracy with the simulated world's classifier "
             f"(chance 1/{n_way}), "
@@ -92,8 +104,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
             f"identification **{report['baselines'].get('ridge_pcc', float('nan')):.3f}** (chance 0.5; the decoded "
             "images "
-            f"{fmt(decoded['scores'].get('pcc'))}); the unseen test categories' attributes (shape, colour, texture, "
-            f"background type and tint) **{attributes['mean']:.2f}** (chance {attributes['chance']:.2f}).",
+            f"{fmt(decoded['scores'].get('pcc'))}){attribute_text}.",
             "",
             "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
             f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD "
