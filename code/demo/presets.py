@@ -26,8 +26,6 @@ class Preset:
     gen_eval: dict = field(default_factory=dict)
     models: str | None = None  # the world models' folder under pretrains/demo (default: the simulation's name)
     target: str = "GOD"  # the target data of A2, Stage B and gen_eval: GOD (sbj_3) or NSD (subj01, MindEye2 files)
-        "GOD"  # the target data set of A2, Stage B and gen_eval: GOD (sbj_3) or NSD (subj01, MindEye2's files)
-    )
 
 
 # Stage B's recipe (the README's "The demo" says why): one context token, a Linear of all the encoder's tokens
