@@ -59,7 +59,8 @@ def me1(tmp_path):
     image, 2 test images split over two shards; voxel values chosen so every set's numbers are known."""
     rng = np.random.default_rng(0)
     vox = {c: rng.normal(size=(3, V)).astype(np.float16).astype(np.float32) for c in (11, 12, 13, 14, 901, 902)}
-    vox[12][2] = 0.0  # the unused row of an image seen twice
+    vox[12][2] = 0.0  # the unused row of an image seen twice (num_uniques 2)
+    vox[14][1] = np.nan  # a presentation the sample lacks, as a row of NaN (no num_uniques)
     root = tmp_path / "me1"
     split = root / "webdataset_avg_split"
     write_tar(split / "train" / "train_subj01_0.tar", {"sample000000005": me1_sample(vox[13], 13)})
@@ -76,16 +77,16 @@ def me1(tmp_path):
 def test_mindeye1_sets(me1):
     root, vox = me1
     train, test = create_nsd_dataset(root, patch_size=16, subjects=["subj01"])
-    # single trials: 3 + 2 (num_uniques) + 3 + 3 (validation joins training); test: one mean per image
-    assert len(train) == 11 and len(test) == 2
+    # single trials: 3 + 2 (num_uniques) + 3 + 2 (a NaN row; validation joins training); test: one mean per image
+    assert len(train) == 10 and len(test) == 2
     ids = np.array([11, 12, 13, 14, 901, 902])
     assert train.images.shape == (6, 32, 32, 3) and (train.images[:, 0, 0, 0] == ids % 250).all()
-    raw = np.concatenate([vox[11], vox[12][:2], vox[13], vox[14]])
+    raw = np.concatenate([vox[11], vox[12][:2], vox[13], vox[14][[0, 2]]])
     padded = np.pad(raw, [(0, 0), (0, 48 - V)], mode="wrap")  # wrap-padded first, as the published readers
     mean, std = padded.mean(), padded.std()  # one scalar z-score, the training trials' statistics
     order = np.argsort(ids[train.image_index], kind="stable")
     assert np.allclose(np.sort(train.fmri[:, 0, :V], 0), np.sort((raw - mean) / std, 0), atol=1e-5)
-    assert (ids[train.image_index][order] == np.repeat([11, 12, 13, 14], [3, 2, 3, 3])).all()
+    assert (ids[train.image_index][order] == np.repeat([11, 12, 13, 14], [3, 2, 3, 2])).all()
     expected = np.stack([(vox[c].mean(0) - mean) / std for c in (901, 902)])  # test images in 73k order
     assert (ids[test.image_index] == [901, 902]).all()
     assert np.allclose(test.fmri[:, 0, :V], expected, atol=1e-5)
@@ -291,6 +292,10 @@ def test_bad_values(me1):
     shard = root / "webdataset_avg_split" / "train" / "train_subj01_0.tar"
     write_tar(shard, {"sample000000005": me1_sample(vox[13], 80000)})
     one_line_error(lambda: create_nsd_dataset(root), "80000", "outside")
+    partly = vox[13].copy()
+    partly[0, 3] = np.inf
+    write_tar(shard, {"sample000000005": me1_sample(partly, 13)})
+    one_line_error(lambda: create_nsd_dataset(root), "NaN/inf")
     write_tar(shard, {"sample000000005": me1_sample(vox[13][:, :30], 13)})
     one_line_error(lambda: create_nsd_dataset(root), "30", "voxels")
     write_tar(shard, {"sample000000005": me1_sample(vox[901], 901)})  # a test image among the training images

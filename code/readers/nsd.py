@@ -136,8 +136,11 @@ def _me1_read(root: Path, subject: str, part: str, images: dict[int, np.ndarray]
             if image_id not in images:
                 images[image_id] = image_member(sample, where, IMAGE_SIZE)
             rows = voxels[: _repeats(sample, len(voxels), where)]
-            if not np.isfinite(rows).all():
-                raise DataFormatError(f"{where}: {ME1_VOXELS!r} holds NaN/inf values in its presentations")
+            rows = rows[np.isfinite(rows).any(1)]  # a presentation the sample lacks may be a row of NaN
+            if len(rows) == 0 or not np.isfinite(rows).all():
+                raise DataFormatError(
+                    f"{where}: {ME1_VOXELS!r} holds NaN/inf values in its presentations (or none is finite)"
+                )
             fmri.append(rows.astype(np.float32))
             ids.append(np.full(len(rows), image_id))
     if not fmri:
