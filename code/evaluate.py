@@ -34,7 +34,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 import eval_metrics
 from atomic import write_text_atomically
@@ -43,23 +42,15 @@ from errors import DEBUG_HELP, ArgumentParser, MetricsFileError, UsageError, Use
 from figures import metric_bar_chart
 from intervals import format_interval, paired_difference
 from readers.files import DataFormatError, load_npy
+from readers.shards import decode_image
 from runtime import make_run_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METRICS = (*eval_metrics.DEFAULT_METRICS, "mindeye")
 
 
-MAX_PIXELS = 4096 * 4096  # an evaluation image is a few hundred pixels a side; a file can claim far more
-
-
 def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:  # lazy: the size is read before any pixel is decoded
-            if img.width * img.height > MAX_PIXELS:
-                raise UserError(f"{path}: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,} (4096x4096)")
-            return np.asarray(img.convert("RGB"))  # uint8 (H, W, 3)
-    except (OSError, Image.DecompressionBombError) as err:
-        raise UserError(f"{path}: not a readable image ({err})") from None
+    return decode_image(path, str(path))
 
 
 def _image_files(folder: Path, flag: str) -> list[Path]:

@@ -22,7 +22,7 @@ from PIL import Image
 from errors import one_line
 from readers.files import DataFormatError, check_npy_header
 
-MAX_PIXELS = 4096 * 4096  # NSD's stimuli are 425 pixels a side; a file can claim far more
+MAX_PIXELS = 4096 * 4096  # stimuli and reconstructions are a few hundred pixels a side; a file can claim far more
 MAX_MEMBER_BYTES = 1 << 30  # one sample's member; NSD's largest (a subject's voxels, 3 repeats) is ~0.2 MB
 
 
@@ -136,12 +136,14 @@ def image_member(sample: dict[str, bytes], source: str, max_size: int | None = N
     return shrink(image, max_size) if max_size else image
 
 
-def decode_image(data: bytes, source: str) -> np.ndarray:
-    """An encoded image as uint8 (H, W, 3); its pixel count is read before any pixel is decoded."""
+def decode_image(data: bytes | Path, source: str) -> np.ndarray:
+    """An encoded image (bytes or a file) as uint8 (H, W, 3); its pixel count is read before any pixel is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             if img.width * img.height > MAX_PIXELS:
-                raise DataFormatError(f"{source}: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,}")
+                raise DataFormatError(
+                    f"{source}: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,} (4096x4096)"
+                )
             return np.asarray(img.convert("RGB"))
     except DataFormatError:
         raise
