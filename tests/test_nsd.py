@@ -300,6 +300,10 @@ def test_bad_values(me1):
     one_line_error(lambda: create_nsd_dataset(root), "30", "voxels")
     write_tar(shard, {"sample000000005": me1_sample(vox[901], 901)})  # a test image among the training images
     one_line_error(lambda: create_nsd_dataset(root), "both the training and the test set")
+    smaller = me1_sample(vox[13], 13)
+    smaller["jpg"] = jpg(13, size=16)
+    write_tar(shard, {"sample000000005": smaller})
+    one_line_error(lambda: create_nsd_dataset(root), "differ in size")
     broken = me1_sample(vox[13], 13)
     broken["jpg"] = b"\xff\xd8 not a jpeg"
     write_tar(shard, {"sample000000005": broken})

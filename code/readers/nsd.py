@@ -319,6 +319,10 @@ def create_nsd_dataset(
         per_subject.append((subject, train, test))
 
     ids = np.unique(np.concatenate([t.image_id for _, train, test in per_subject for t in (train, test)]))
+    if layout == "mindeye1":
+        sizes = {images[int(i)].shape for i in ids}
+        if len(sizes) > 1:
+            raise DataFormatError(f"{root / ME1_FOLDER}: the stimuli differ in size ({sorted(sizes)}); expected one")
     stack = _me2_images(root, ids) if layout == "mindeye2" else np.stack([images[int(i)] for i in ids])
     train_sets, test_sets = [], []
     for subject, train, test in per_subject:
