@@ -30,7 +30,7 @@ class SimSpec:
     bold_repeats: int = 4
     bold_sessions: int = 15
     bold_runs: int = 10  # runs per session
-    nsd_subjects: int = 4  # NSD: subj01 ... (0: none written); the four who finished all 40 sessions
+    nsd_subjects: int = 0  # NSD: subj01 ... (0: none written; NSD's own dimensions below hold ~37k stimuli for 4)
     nsd_train_images: int = 9000  # NSD: images each subject alone sees ...
     nsd_test_images: int = 1000  # ... and images every subject sees (the shared 1000: the test set)
     nsd_repeats: int = 3  # NSD: presentations of every image
@@ -140,7 +140,6 @@ SIZES = {
         bold_repeated=24,
         bold_sessions=4,
         bold_runs=4,
-        nsd_subjects=0,  # the `nsd` preset adds them
     ),
     "full": SimSpec(),
 }
