@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(
         prog="make_synthetic_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True, type=Path, help="folder that receives HCP/, Kamitani/, BOLD5000/, NSD/")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder that receives HCP/, Kamitani/, BOLD5000/, NSD/"
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace a simulation already in --out")
