@@ -168,9 +168,10 @@ def test_mindeye2_sets(me2):
     assert train.images[3].min() == 255 and train.images[0].max() == round(5 / 73000 * 255)
 
 
-def test_mindeye2_first_test_release(me2):
+def test_mindeye2_earlier_releases(me2):
     root, _ = me2
-    (root / "wds" / "subj01" / "new_test").rename(root / "wds" / "subj01" / "test")
+    (root / "wds" / "subj01" / "new_test").rename(root / "wds" / "subj01" / "test")  # the first test set
+    (root / "betas_all_subj01_fp32_renorm.hdf5").rename(root / "betas_all_subj01.hdf5")  # the first betas file
     _, test = create_nsd_dataset(root, patch_size=4)
     assert len(test) == 2
 

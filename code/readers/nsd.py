@@ -6,10 +6,12 @@
   one sample per image: `nsdgeneral.npy` (repeats, V) the nsdgeneral voxels of each presentation, `jpg` the
   stimulus, `coco73k.npy` its index among NSD's 73k images, `trial.npy` the trial numbers.
 `mindeye2` (MindEye2, Scotti et al. 2024; HuggingFace `pscotti/mindeyev2`):
-    <root>/betas_all_subjNN_fp32_renorm.hdf5     'betas' (trials, V): every trial's nsdgeneral betas
+    <root>/betas_all_subjNN_fp32_renorm.hdf5     'betas' (trials, V): every trial's nsdgeneral betas (the earlier
+                                                  releases' betas_all_subjNN_fp32.hdf5 or _subjNN.hdf5 where absent)
     <root>/coco_images_224_float16.hdf5           'images' (73000, 3, H, W) float in [0, 1]
     <root>/wds/subjNN/train/<session>.tar         one sample per trial: `behav.npy` (1, 17) names the image (column
-    <root>/wds/subjNN/new_test/0.tar              0, its 73k index) and the trial's row of 'betas' (column 5)
+    <root>/wds/subjNN/new_test/0.tar              0, its 73k index) and the trial's row of 'betas' (column 5);
+                                                  test/0.tar (the first release's test set) where new_test is absent
 
 Whatever the layout, a subject's data become the same sets: training on single trials (each presentation its own
 row, or their mean per image with `nsd_train_average`), testing on the shared images with their presentations
@@ -50,7 +52,8 @@ ME1_SPLITS = {"train": ("train", "val"), "test": ("test",)}  # our set -> MindEy
 ME1_VOXELS, ME1_IMAGE_ID, ME1_REPEATS = "nsdgeneral.npy", "coco73k.npy", "num_uniques.npy"
 
 # MindEye2
-ME2_BETAS = "betas_all_{subject}_fp32_renorm.hdf5"
+# the betas file, newest release first: renormalised (z-scored per voxel on training trials), then the earlier two
+ME2_BETAS = ("betas_all_{subject}_fp32_renorm.hdf5", "betas_all_{subject}_fp32.hdf5", "betas_all_{subject}.hdf5")
 ME2_IMAGES = "coco_images_224_float16.hdf5"
 ME2_SHARDS = {"train": "train", "test": "new_test"}  # our set -> the wds/<subject>/ folder
 BEHAV = "behav.npy"
@@ -250,7 +253,8 @@ def _me2_behav(root: Path, subject: str, part: str) -> np.ndarray:
 
 def _me2_read(root: Path, subject: str, part: str) -> Trials:
     behav = _me2_behav(root, subject, part)
-    path = root / ME2_BETAS.format(subject=subject)
+    names = [root / name.format(subject=subject) for name in ME2_BETAS]
+    path = next((p for p in names if p.is_file()), names[0])
     with _h5_dataset(path, "betas", "f", 2) as betas:
         fmri = _h5_rows(path, betas, behav[:, 1]).astype(np.float32)
     return Trials(check_fmri(fmri, path, "betas"), behav[:, 0])
