@@ -38,6 +38,7 @@ import contextlib
 import copy
 import io
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 import models
@@ -337,6 +339,88 @@ def stage_b(checkout: OriginalCheckout, steps: int, seed: int, duplicates: bool 
     return result
 
 
+# ---- where double conditioning starts ------------------------------------------------------------------------
+
+DEMO_LDM = repo.ROOT / "pretrains" / "demo" / "demo" / "label2img"  # a trained label LDM in the published layout
+TEC = "model.diffusion_model.time_embed_condtion"
+
+
+def conditioning_start(checkout: OriginalCheckout, ldm_dir: Path | None, seed: int) -> dict[str, Any]:
+    """Double conditioning's start where the label LDM's file lacks `time_embed_condtion` (the one-token Linear of
+    `global_pool` is never in a file; a label LDM trained without double conditioning may lack the 77-token one):
+    the original as its `fLDM.__init__` builds it (the YAML's model, the file loaded non-strictly) and ours by
+    `build_ldm_for_fmri` under each `--time_cond_start`, each from the same seed and the same file.
+
+    Compares the new layers' values and how far they move the timestep embedding at the start: the norm of
+    `time_embed_condtion(context)` over that of `time_embed(t)`, for the context the untrained conditioner gives
+    random fMRI, at 8 timesteps across the schedule. The file: `ldm_dir` (default: the demo's label LDM when
+    `make demo` made it, else a toy one with random weights) with its `time_embed_condtion` tensors left out."""
+    from dc_ldm.ldm_for_fmri import TIME_COND_STARTS, build_ldm_for_fmri
+    from dc_ldm.modules.diffusionmodules.util import timestep_embedding
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, source = Path(scratch), "given"
+        if ldm_dir is None and (DEMO_LDM / "model.ckpt").is_file():
+            ldm_dir, source = DEMO_LDM, "the demo's label LDM"
+        if ldm_dir is None:
+            source = "a toy label LDM (random weights)"
+            OmegaConf.save(OmegaConf.create(models.ldm_config(True)), folder / "config.yaml")
+            torch.manual_seed(seed + 1)
+            state = build_ldm_for_fmri(folder, models.MAE_META["tiny"], 256, load_ldm_weights=False).state_dict()
+        else:
+            (folder / "config.yaml").write_text((ldm_dir / "config.yaml").read_text())
+            state = torch.load(ldm_dir / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        state = {k: v for k, v in state.items() if not k.startswith(("cond_stage_model.", f"{TEC}."))}
+        torch.save({"state_dict": state}, folder / "model.ckpt")
+        config = OmegaConf.load(folder / "config.yaml")
+        unet = config.model.params.unet_config.params
+        mae_meta = models.MAE_META["tiny"]
+
+        ours = {}
+        for start in TIME_COND_STARTS:
+            torch.manual_seed(seed)
+            ours[start] = build_ldm_for_fmri(
+                folder, mae_meta, 256, global_pool=False, use_time_cond=True, time_cond_start=start
+            ).eval()
+        util = checkout.module("dc_ldm.util")
+        with checkout.active(), contextlib.redirect_stdout(io.StringIO()):
+            unet.use_time_cond, unet.global_pool = True, False
+            torch.manual_seed(seed)
+            theirs = util.instantiate_from_config(config.model)  # as fLDM.__init__: then the file, non-strictly
+            missing, _ = theirs.load_state_dict(state, strict=False)
+        theirs.eval()
+
+    def layers(model: nn.Module) -> dict[str, torch.Tensor]:
+        return dict(model.model.diffusion_model.time_embed_condtion.named_parameters())
+
+    def ratio(model: nn.Module, context: torch.Tensor) -> float:
+        unet_model = model.model.diffusion_model
+        t = torch.linspace(0, 999, 8).long()
+        with torch.no_grad():
+            emb = unet_model.time_embed(timestep_embedding(t, unet_model.model_channels))
+            added = unet_model.time_embed_condtion(context.expand(len(t), -1, -1)).squeeze(1)
+        return float((added.norm(dim=1) / emb.norm(dim=1)).mean())
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # the untrained conditioner's context for random fMRI (its encoder random too)
+        context = ours["published"].cond_stage_model(torch.randn(1, 1, 256, generator=generator))
+    theirs_layers = layers(theirs)
+    result = {"ldm": source, "left_out_of_the_file": sorted(k for k in missing if k.startswith(TEC))}
+    for start, model in ours.items():
+        mine = layers(model)
+        result[start] = {
+            "identical_to_original": all(torch.equal(mine[n], theirs_layers[n]) for n in theirs_layers),
+            "max_abs_difference": max(float((mine[n] - theirs_layers[n]).abs().max().detach()) for n in theirs_layers),
+            "std": {n: float(p.std()) for n, p in mine.items() if p.numel() > 1},
+            "added_over_timestep_embedding": ratio(model, context),
+        }
+    result["original"] = {
+        "std": {n: float(p.std()) for n, p in theirs_layers.items() if p.numel() > 1},
+        "added_over_timestep_embedding": ratio(theirs, context),
+    }
+    return result
+
+
 # ---- the data transforms --------------------------------------------------------------------------------------
 
 
@@ -403,6 +487,29 @@ def figure(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+PARTS = ("transforms", "start", "training")
+
+
+def start_table(r: dict[str, Any]) -> str:
+    """The start of double conditioning, ours under each `--time_cond_start` against the original's."""
+    rows = [
+        f"Double conditioning's start ({r['ldm']}, its {len(r['left_out_of_the_file'])} time_embed_condtion tensors "
+        "left out of the file; the original then keeps them at PyTorch's initialisation):",
+        "",
+        "| built by | time_embed_condtion equal to the original's | max abs. difference | "
+        "norm added to the timestep embedding (ratio) |",
+        "| --- | --- | --- | --- |",
+        f"| the original (`fLDM`) | | | {r['original']['added_over_timestep_embedding']:.3f} |",
+    ]
+    for start in ("published", "zero"):
+        s = r[start]
+        rows.append(
+            f"| ours, `--time_cond_start {start}` | {'yes' if s['identical_to_original'] else 'no'} | "
+            f"{s['max_abs_difference']:.1e} | {s['added_over_timestep_embedding']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def table(results: dict[str, Any]) -> str:
     rows = [
         "| stage | steps | trained tensors (both) | only ours / only original | hyper-parameters differ | "
@@ -432,6 +539,19 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--original", type=Path, required=True, metavar="PATH", help="a checkout of zjc062/mind-vis")
     p.add_argument("--steps", type=int, default=300, help="training steps per stage")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to compare (default: all): the transforms, double conditioning's start, the training runs",
+    )
+    p.add_argument(
+        "--start_ldm",
+        type=Path,
+        default=None,
+        help="label LDM folder (config.yaml, model.ckpt) for the start (default: the demo's, else a toy one)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=repo.RESULTS_DIR, help="folder for dynamics-cpu.json")
     p.add_argument("--figure", type=Path, default=repo.ROOT / "docs" / "dynamics.png")
@@ -442,13 +562,18 @@ def main(argv: list[str] | None = None) -> Path:
     checkout = OriginalCheckout(args.original)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     started = time.time()
-    results: dict[str, Any] = {"transforms": transforms(checkout)}
+    results: dict[str, Any] = {}
+    if "transforms" in args.parts:
+        results["transforms"] = transforms(checkout)
+    if "start" in args.parts:
+        results["conditioning_start"] = conditioning_start(checkout, args.start_ldm, args.seed)
+        print(start_table(results["conditioning_start"]))
     runs = {
         "stage_a1": stage_a1,
         "stage_b": stage_b,
         "stage_b_duplicates_emulated": lambda *a: stage_b(*a, duplicates=True),
     }
-    for name, run in runs.items():
+    for name, run in runs.items() if "training" in args.parts else ():
         start = time.time()
         with contextlib.redirect_stderr(io.StringIO()):  # Lightning's and the original's chatter
             results[name] = run(checkout, args.steps, args.seed)
@@ -465,11 +590,13 @@ def main(argv: list[str] | None = None) -> Path:
         **results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "dynamics-cpu.json"
+    complete = set(args.parts) == set(PARTS)
+    path = args.out / ("dynamics-cpu.json" if complete else f"dynamics-{'-'.join(sorted(args.parts))}-cpu.json")
     path.write_text(json.dumps(record, indent=1) + "\n")
-    figure(results, args.figure)
-    print(table(results))
-    print(f"\nwrote {path} and {args.figure}")
+    if complete:  # the figure and the table need the training runs and the transforms
+        figure(results, args.figure)
+        print(table(results))
+    print(f"\nwrote {path}" + (f" and {args.figure}" if complete else ""))
     return path
 
 

@@ -190,6 +190,10 @@ def test_dynamics_against_the_original(tmp_path):
         assert not r["trained_only_by_ours"] and r["max_rel_loss_difference"] < 1e-5 and not r["changed_outside_ours"]
     assert record["stage_b_duplicates_emulated"]["weights_apart_over_update"] < 1e-3
     assert record["transforms"]["image_max_abs_difference"] < 1e-6
+    # double conditioning's start, from one label LDM file without it: ours as the original's, bit for bit
+    start = record["conditioning_start"]
+    assert len(start["left_out_of_the_file"]) == 6 and start["published"]["identical_to_original"]
+    assert start["zero"]["added_over_timestep_embedding"] == 0 < start["original"]["added_over_timestep_embedding"]
 
 
 def test_dynamics_comparison_sees_a_different_learning_rate():

@@ -33,3 +33,29 @@ def test_class_names_follow_the_class_index(tmp_path):
     }  # a class may own a second WordNet id
     (folder / "imagenet_class_index.json").write_text(json.dumps(index))
     assert class_names(tmp_path) == ["red dotted bar on sky flat", "blue plain ring on sand flat"]
+
+
+def test_the_world_label_ldm_file_holds_time_embed_condtion_as_built(tmp_path):
+    """As the published label2img file, the world's holds every key its config builds; the 77-token double
+    conditioning it never trains is at PyTorch's default initialisation (seeded), not zero (docs/defects.md #16)."""
+    from demo.world_models import WorldSizes, build_ldm, ldm_config, write_label2img
+
+    sizes = WorldSizes(n_embed=16, unet_channels=32, context_dim=32)
+    config = ldm_config(sizes, 32, 5)
+    ldm = build_ldm(config, use_time_cond=False)
+    for seed, folder in ((0, tmp_path / "a"), (0, tmp_path / "b"), (1, tmp_path / "c")):
+        write_label2img(ldm, config, folder, steps=1, seed=seed)
+    tec = {
+        name: {
+            k: v
+            for k, v in torch.load(tmp_path / name / "model.ckpt", weights_only=True)["state_dict"].items()
+            if "time_embed_condtion" in k
+        }
+        for name in "abc"
+    }
+    assert len(tec["a"]) == 6 and all(v.abs().sum() > 0 for v in tec["a"].values())
+    assert all(torch.equal(tec["a"][k], tec["b"][k]) for k in tec["a"])  # seeded
+    assert not torch.equal(
+        tec["a"]["model.diffusion_model.time_embed_condtion.2.weight"],
+        tec["c"]["model.diffusion_model.time_embed_condtion.2.weight"],
+    )

@@ -169,7 +169,7 @@ def prepare(
     ldm = steps(
         "label-conditioned LDM",
         models / "label2img",
-        {"vq": vq},
+        {"vq": vq, "time_embed_condtion": "pytorch default"},  # its file's unused path, as built (was: zero)
         lambda: world_models.make_ldm(data, models / "vq.pth", models / "label2img", world, img, seed, device),
     )
     clf = steps(

@@ -154,20 +154,24 @@ def build_ldm(config: dict, use_time_cond: bool) -> LatentDiffusion:
     return instantiate_from_config(model_cfg)
 
 
-def write_label2img(ldm: LatentDiffusion, config: dict, folder: Path, steps: int) -> None:
+def write_label2img(ldm: LatentDiffusion, config: dict, folder: Path, steps: int, seed: int) -> None:
     """config.yaml + model.ckpt ({state_dict, ...} as Lightning writes it) with every key the config builds.
 
-    `time_embed_condtion` (not trained here) is saved with its output layer zeroed, so that in Stage B the
-    double conditioning starts from the pretrained timestep embedding and grows from there.
+    The published label2img file holds every key its config builds, `time_embed_condtion` included (the reference
+    key set, docs/formats.md), which class-conditioned training never uses; here it holds what a model built from
+    the config and never trained holds: PyTorch's default initialisation (drawn from `seed`). Stage B's 77-token
+    conditioning then loads it as the original loads the published file, so double conditioning starts as a
+    random function of the fMRI (docs/defects.md #16).
     """
     full = build_ldm(config, use_time_cond=True)
     result = full.load_state_dict(ldm.state_dict(), strict=False)
     untrained = [k for k in result.missing_keys if "time_embed_condtion" not in k]
     if untrained or result.unexpected_keys:
         raise RuntimeError(f"label2img export: missing {untrained}, unexpected {result.unexpected_keys}")
-    with torch.no_grad():
-        full.model.diffusion_model.time_embed_condtion[-1].weight.zero_()
-        full.model.diffusion_model.time_embed_condtion[-1].bias.zero_()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in full.model.diffusion_model.time_embed_condtion:
+            layer.reset_parameters()  # PyTorch's default initialisation, as the module is built
     folder.mkdir(parents=True, exist_ok=True)
     header = "# The demo's label-conditioned LDM, trained by code/demo/world_models.py on the simulated world;\n"
     header += "# the structure of the published pretrains/ldm/label2img/config.yaml with small sizes.\n"
@@ -378,7 +382,7 @@ def make_ldm(data_dir: Path, vq_path: Path, folder: Path, sizes: WorldSizes, img
     vq = instantiate_from_config(vq_ckpt["config"])
     vq.load_state_dict(vq_ckpt["state_dict"])
     ldm = train_ldm(config, vq.to(device), images, labels, class_names(data_dir), sizes, device)
-    write_label2img(ldm, config, folder, sizes.ldm_steps)
+    write_label2img(ldm, config, folder, sizes.ldm_steps, seed)
     return {"steps": sizes.ldm_steps}
 
 
