@@ -14,7 +14,9 @@ from readers.files import DataFormatError
 
 
 def pad_to_length(x: np.ndarray, length: int) -> np.ndarray:
-    """Wrap-pad the voxel (last) axis up to `length`: (..., V) -> (..., length)."""
+    """Wrap-pad the voxel (last) axis up to `length`: (..., V) -> (..., length); `x` itself when it has that length."""
+    if x.shape[-1] == length:
+        return x
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])], mode="wrap")
 
 
@@ -42,8 +44,11 @@ def pad_all_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [pad_to_length(a, longest) for a in arrays]
 
 
-def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None, source: object = "fMRI") -> np.ndarray:
-    """Scalar z-score (one mean and one std for the whole array), by default with the array's own statistics.
+def zscore(
+    x: np.ndarray, mean: float | None = None, std: float | None = None, source: object = "fMRI", inplace: bool = False
+) -> np.ndarray:
+    """Scalar z-score (one mean and one std for the whole array), by default with the array's own statistics;
+    `inplace` overwrites a float32 `x` (the same numbers, no second copy of a large array).
 
     Constant data (std 0) cannot be normalised: DataFormatError naming `source`.
     """
@@ -54,7 +59,13 @@ def zscore(x: np.ndarray, mean: float | None = None, std: float | None = None, s
         raise DataFormatError(
             f"{source}: the fMRI is constant (standard deviation 0), so it holds no signal to normalise or learn from"
         )
-    return ((x - mean) / std).astype(np.float32)
+    if inplace and x.dtype == np.float32:
+        x -= mean
+        x /= std
+        return x
+    out = x - mean
+    out /= std  # in place: one temporary array, not two
+    return out.astype(np.float32, copy=False)
 
 
 def chunk_mean(v: np.ndarray, num_chunks: int) -> np.ndarray:
@@ -89,5 +100,6 @@ def make_sets(train: list, test: list, views: list, **transforms) -> tuple[FMRII
         (train, test), (fmri[: len(train)], fmri[len(train) :]), views, strict=True
     ):
         index = np.concatenate([i for _, i in part])
-        sets.append(FMRIImageDataset(np.concatenate(arrays)[:, None], images, index, *labels, **transforms))
+        fmri_part = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one subject: no copy
+        sets.append(FMRIImageDataset(fmri_part[:, None], images, index, *labels, **transforms))
     return sets[0], sets[1]

@@ -58,7 +58,7 @@ ME2_IMAGES = "coco_images_224_float16.hdf5"
 ME2_SHARDS = {"train": "train", "test": "new_test"}  # our set -> the wds/<subject>/ folder
 BEHAV = "behav.npy"
 BEHAV_IMAGE, BEHAV_TRIAL = 0, 5  # columns of behav.npy: the 73k image index, the row of the betas file
-BLOCK_ROWS = 512  # HDF5 rows read at a time
+BLOCK_ROWS = 128  # HDF5 rows read at a time (128 images at 224 px: ~60 MB as float32)
 
 
 @dataclass
@@ -144,10 +144,12 @@ def _me1_read(root: Path, subject: str, part: str, images: dict[int, np.ndarray]
                 raise DataFormatError(
                     f"{where}: {ME1_VOXELS!r} holds NaN/inf values in its presentations (or none is finite)"
                 )
-            fmri.append(rows.astype(np.float32))
+            fmri.append(rows)  # as stored (MindEye's are float16): the z-score makes them float32
             ids.append(np.full(len(rows), image_id))
     if not fmri:
         raise DataFormatError(f"{root / ME1_FOLDER} ({subject}): no {part} samples")
+    if len({f.dtype for f in fmri}) > 1:
+        fmri = [f.astype(np.float32) for f in fmri]
     return Trials(np.concatenate(fmri), np.concatenate(ids))
 
 
@@ -211,17 +213,23 @@ def _h5_dataset(path: Path, key: str, kinds: str, ndim: int) -> Iterator:
 
 
 def _h5_rows(path: Path, data, rows: np.ndarray) -> np.ndarray:
-    """data[rows] for any row order, read in increasing blocks (h5py reads sorted unique indices)."""
+    """data[rows] for any row order: each run of consecutive rows read as one slice straight into the output
+    (h5py's list indexing is 15-25x slower per row; benchmarks/bench_nsd_reader.py)."""
     if len(rows) and not (0 <= rows.min() and rows.max() < len(data)):
         raise DataFormatError(f"{path}: row {int(rows.max())} asked for, but {data.name!r} holds {len(data)} rows")
     unique, inverse = np.unique(rows, return_inverse=True)
     out = np.empty((len(unique), *data.shape[1:]), data.dtype)
+    starts = np.flatnonzero(np.r_[True, np.diff(unique) != 1])  # where each run of consecutive rows begins
+    ends = np.r_[starts[1:], len(unique)]
     try:
-        for start in range(0, len(unique), BLOCK_ROWS):
-            out[start : start + BLOCK_ROWS] = data[unique[start : start + BLOCK_ROWS]]
+        for a, b in zip(starts, ends, strict=True):
+            for lo in range(a, b, BLOCK_ROWS):  # long runs in blocks
+                hi = min(b, lo + BLOCK_ROWS)
+                first = int(unique[lo])
+                data.read_direct(out, np.s_[first : first + hi - lo], np.s_[lo:hi])
     except Exception as e:  # h5py's errors on damaged chunks are OSError, RuntimeError, ValueError...
         raise DataFormatError(f"{path}: {data.name!r} cannot be read (truncated or corrupt?): {one_line(e)}") from None
-    return out[inverse]
+    return out if np.array_equal(unique, rows) else out[inverse]  # trials come in increasing rows: no copy
 
 
 def _me2_behav(root: Path, subject: str, part: str) -> np.ndarray:
@@ -256,7 +264,7 @@ def _me2_read(root: Path, subject: str, part: str) -> Trials:
     names = [root / name.format(subject=subject) for name in ME2_BETAS]
     path = next((p for p in names if p.is_file()), names[0])
     with _h5_dataset(path, "betas", "f", 2) as betas:
-        fmri = _h5_rows(path, betas, behav[:, 1]).astype(np.float32)
+        fmri = _h5_rows(path, betas, behav[:, 1]).astype(np.float32, copy=False)
     return Trials(check_fmri(fmri, path, "betas"), behav[:, 0])
 
 
@@ -288,6 +296,17 @@ def _per_image(trials: Trials) -> tuple[np.ndarray, np.ndarray]:
     sums = np.zeros((len(ids), trials.fmri.shape[1]), np.float64)
     np.add.at(sums, inverse, trials.fmri)
     return (sums / np.bincount(inverse)[:, None]).astype(np.float32), ids
+
+
+def _mean_std(x: np.ndarray, block: int = 1024) -> tuple[np.float32, np.float32]:
+    """The mean and (population) standard deviation of all of `x`, two passes in float64 over blocks of rows
+    (np.std would hold a float64 copy of the whole array: twice the betas' size)."""
+    total = sum(float(np.sum(x[i : i + block], dtype=np.float64)) for i in range(0, len(x), block))
+    mean = total / x.size
+    squares = sum(
+        float(np.sum(np.square(x[i : i + block].astype(np.float64) - mean))) for i in range(0, len(x), block)
+    )
+    return np.float32(mean), np.float32(np.sqrt(squares / x.size))
 
 
 def create_nsd_dataset(
@@ -327,14 +346,21 @@ def create_nsd_dataset(
         sizes = {images[int(i)].shape for i in ids}
         if len(sizes) > 1:
             raise DataFormatError(f"{root / ME1_FOLDER}: the stimuli differ in size ({sorted(sizes)}); expected one")
-    stack = _me2_images(root, ids) if layout == "mindeye2" else np.stack([images[int(i)] for i in ids])
+    if layout == "mindeye2":
+        stack = _me2_images(root, ids)
+    else:  # filled while the decoded images are let go: one copy of them at a time
+        stack = np.empty((len(ids), *images[int(ids[0])].shape), np.uint8)
+        for n, i in enumerate(ids):
+            stack[n] = images.pop(int(i))
     train_sets, test_sets = [], []
-    for subject, train, test in per_subject:
+    while per_subject:  # each subject's raw trials are let go as soon as its sets are made (betas are gigabytes)
+        subject, train, test = per_subject.pop(0)
         source = f"{root} ({subject})"
-        x = pad_to_patch_size(np.concatenate([train.fmri, test.fmri]), patch_size, source)
-        train_x, test_x = x[: len(train.fmri)], x[len(train.fmri) :]
-        mean, std = np.mean(train_x, dtype=np.float64), np.std(train_x, dtype=np.float64)
-        train_x, test_x = zscore(train_x, mean, std, source), zscore(test_x, mean, std, source)
+        padded = (pad_to_patch_size(t.fmri, patch_size, source).astype(np.float32, copy=False) for t in (train, test))
+        train_x, test_x = padded
+        train.fmri = test.fmri = None
+        mean, std = _mean_std(train_x)  # applied in place in float32: no second copy of the betas
+        train_x, test_x = (zscore(x, mean, std, source, inplace=True) for x in (train_x, test_x))
         train_ids = train.image_id
         if nsd_train_average:
             train_x, train_ids = _per_image(Trials(train_x, train_ids))
