@@ -249,3 +249,14 @@ def test_gpu_check_dry_run(tmp_path, capsys):
     assert all(step["ok"] for step in record["steps"].values()), record["steps"]
     assert record["steps"]["stage_a1"]["samples_per_s"] > 0 and record["steps"]["god_protocol"]["protocol_s"] > 0
     assert "| stage_b_memory |" in capsys.readouterr().out
+
+
+def test_nsd_reader_benchmark_reads_both_layouts_alike(tmp_path, monkeypatch):
+    import bench_nsd_reader
+    import repo
+
+    monkeypatch.setattr(repo, "RESULTS_DIR", tmp_path)
+    record = json.loads(bench_nsd_reader.main(["--scale", "0.01", "--scratch", str(tmp_path)]).read_text())
+    one, two = record["results"]["mindeye1"], record["results"]["mindeye2"]
+    assert record["trials"] == 300 and one["train_rows"] == two["train_rows"] == 270  # 90 own images x 3
+    assert one["test_rows"] == two["test_rows"] == 10 and one["peak_rss_gib"] >= one["before_read_gib"] > 0
