@@ -168,6 +168,19 @@ def test_mindeye2_sets(me2):
     assert train.images[3].min() == 255 and train.images[0].max() == round(5 / 73000 * 255)
 
 
+def test_mindeye2_channels_last_uint8_images_and_subject_numbers(me2):
+    root, _ = me2
+    path = root / "coco_images_224_float16.hdf5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("images", (73000, 8, 8, 3), np.uint8, chunks=(1, 8, 8, 3))
+        for c in (5, 7, 40, 7000, 72999):
+            d[c] = c % 251
+    train, _ = create_nsd_dataset(root, patch_size=4, subjects=["1"])  # MindEye's --subj 1
+    assert (
+        train.images.shape == (5, 8, 8, 3) and (train.images[:, 0, 0, 0] == [5, 7, 40, 7000 % 251, 72999 % 251]).all()
+    )
+
+
 def test_mindeye2_earlier_releases(me2):
     root, _ = me2
     (root / "wds" / "subj01" / "new_test").rename(root / "wds" / "subj01" / "test")  # the first test set

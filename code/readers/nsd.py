@@ -269,19 +269,23 @@ def _me2_read(root: Path, subject: str, part: str) -> Trials:
 
 
 def _me2_images(root: Path, ids: np.ndarray) -> np.ndarray:
-    """uint8 (len(ids), H, W, 3) of the 73k indices `ids` from the float [0, 1] (n, 3, H, W) image file."""
+    """uint8 (len(ids), H, W, 3) of the 73k indices `ids` from the image file: float in [0, 1] or uint8, (n, 3, H, W)
+    as published (or (n, H, W, 3))."""
     path = root / ME2_IMAGES
     with _h5_dataset(path, "images", "fu", 4) as images:
-        if images.shape[1] != 3:
+        channels_first = images.shape[1] == 3
+        if not (channels_first or images.shape[3] == 3):
             raise DataFormatError(f"{path}: 'images' must be (n, 3, H, W), got {images.shape}")
-        out = np.empty((len(ids), *images.shape[2:], 3), np.uint8)
+        out = np.empty((len(ids), *(images.shape[2:] if channels_first else images.shape[1:3]), 3), np.uint8)
         for start in range(0, len(ids), BLOCK_ROWS):
             block = _h5_rows(path, images, ids[start : start + BLOCK_ROWS]).astype(np.float32)
             if images.dtype.kind == "f":
                 if not np.isfinite(block).all():
                     raise DataFormatError(f"{path}: 'images' holds NaN/inf values")
                 block = np.clip(block * 255.0, 0, 255).round()
-            out[start : start + BLOCK_ROWS] = block.transpose(0, 2, 3, 1).astype(np.uint8)
+            out[start : start + BLOCK_ROWS] = (block.transpose(0, 2, 3, 1) if channels_first else block).astype(
+                np.uint8
+            )
     return shrink(out, IMAGE_SIZE)
 
 
@@ -296,6 +300,11 @@ def _per_image(trials: Trials) -> tuple[np.ndarray, np.ndarray]:
     sums = np.zeros((len(ids), trials.fmri.shape[1]), np.float64)
     np.add.at(sums, inverse, trials.fmri)
     return (sums / np.bincount(inverse)[:, None]).astype(np.float32), ids
+
+
+def subject_name(subject: str) -> str:
+    """NSD's subject folder name: `subj01` as given, or from MindEye's number (`1` -> `subj01`)."""
+    return f"subj{int(subject):02d}" if subject.isdigit() else subject
 
 
 def _mean_std(x: np.ndarray, block: int = 1024) -> tuple[np.float32, np.float32]:
@@ -325,7 +334,7 @@ def create_nsd_dataset(
     if roi not in NSD_ROIS:
         raise ValueError(f"NSD roi must be one of {NSD_ROIS} (the nsdgeneral mask), got {roi!r}")
     root = data_root(Path(path))
-    subjects = check_subjects(subjects, root)
+    subjects = [subject_name(s) for s in check_subjects(subjects, root)]
     layout = detect_layout(root, nsd_layout)
     per_subject, images = [], {}
     for subject in subjects:
