@@ -162,9 +162,9 @@ def bench_size(name: str, batch: int, args: argparse.Namespace, info: dict) -> d
             [{"fmri": fmri[: v.batch]}],
             optimizers[v.optimizer],
             amps[v.dtype],
-            TRAIN.warmup_epochs,
-            fn,
-            schedule,
+            epoch=TRAIN.warmup_epochs,
+            step=fn,
+            schedule=schedule,
             clip_grad=TRAIN.clip_grad,
         )
 

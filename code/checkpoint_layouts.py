@@ -300,6 +300,7 @@ def resume_training(
     path: Path,
     cfg: Any,
     model: nn.Module,
+    *,
     model_key: str,
     optimizer: torch.optim.Optimizer,
     amp: Any,

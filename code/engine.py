@@ -170,6 +170,7 @@ def train_one_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     amp: AmpScaler,
+    *,
     epoch: int,
     step: StepFn,
     schedule: Schedule,

@@ -134,11 +134,11 @@ def main(cfg: StageA1Config) -> Path:
             resume,
             cfg,
             model,
-            "model",
-            optimizer,
-            amp,
-            dist_info,
-            SCHEDULE_FIELDS,
+            model_key="model",
+            optimizer=optimizer,
+            amp=amp,
+            dist_info=dist_info,
+            schedule_fields=SCHEDULE_FIELDS,
             same_fields=(*ARCH_FIELDS, "num_voxels"),
         )
 
@@ -170,12 +170,12 @@ def main(cfg: StageA1Config) -> Path:
                 loader,
                 optimizer,
                 amp,
-                epoch,
-                mae_step(cfg.mask_ratio),
-                schedule,
-                cfg.accum_iter,
-                cfg.clip_grad,
-                cfg.log_every,
+                epoch=epoch,
+                step=mae_step(cfg.mask_ratio),
+                schedule=schedule,
+                accum_iter=cfg.accum_iter,
+                clip_grad=cfg.clip_grad,
+                log_every=cfg.log_every,
             )
             if dist_info.is_main:
                 stats |= score_held_out(model, val_sets, cfg, amp)
@@ -186,13 +186,13 @@ def main(cfg: StageA1Config) -> Path:
                     model,
                     optimizer,
                     amp,
-                    epoch,
-                    config_to_dict(cfg),
-                    None,
-                    examples,
-                    "Stage A1",
-                    dist_info,
-                    cfg,
+                    epoch=epoch,
+                    stored_config=config_to_dict(cfg),
+                    examples=examples,
+                    title="Stage A1",
+                    dist_info=dist_info,
+                    mask_ratio=cfg.mask_ratio,
+                    seed=cfg.seed,
                 )
     return run_dir
 

@@ -210,7 +210,16 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
     start_epoch = 0
     if resume:
         # the constant rate is the schedule
-        start_epoch, ckpt = resume_training(resume, cfg, model, "model_state_dict", optimizer, amp, dist_info, ("lr",))
+        start_epoch, ckpt = resume_training(
+            resume,
+            cfg,
+            model,
+            model_key="model_state_dict",
+            optimizer=optimizer,
+            amp=amp,
+            dist_info=dist_info,
+            schedule_fields=("lr",),
+        )
         validation.resume(read_selection(ckpt, resume))
         del ckpt
 
@@ -253,12 +262,12 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                 loader,
                 optimizer,
                 amp,
-                epoch,
-                ldm_step,
-                schedule,
-                cfg.accumulate_grad,
-                cfg.clip_grad,
-                cfg.log_every,
+                epoch=epoch,
+                step=ldm_step,
+                schedule=schedule,
+                accum_iter=cfg.accumulate_grad,
+                clip_grad=cfg.clip_grad,
+                log_every=cfg.log_every,
             )
             last = epoch + 1 == cfg.num_epoch
             if dist_info.is_main and epoch + 1 in (cfg.snapshot_epochs or ()):

@@ -220,9 +220,9 @@ def test_dynamics_comparison_sees_a_different_learning_rate():
                 data,
                 optimizer,
                 AmpScaler("fp32", torch.device("cpu")),
-                0,
-                mae_step(0.75),
-                Schedule(lr, lr, 0, 1),
+                epoch=0,
+                step=mae_step(0.75),
+                schedule=Schedule(lr, lr, 0, 1),
                 clip_grad=0.8,
                 log_every=10**9,
             )

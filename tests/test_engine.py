@@ -69,12 +69,12 @@ def _epoch(model, loader, optimizer, amp, epoch, cfg) -> dict:
         loader,
         optimizer,
         amp,
-        epoch,
-        mae_step(cfg.mask_ratio),
-        schedule,
-        cfg.accum_iter,
-        cfg.clip_grad,
-        cfg.log_every,
+        epoch=epoch,
+        step=mae_step(cfg.mask_ratio),
+        schedule=schedule,
+        accum_iter=cfg.accum_iter,
+        clip_grad=cfg.clip_grad,
+        log_every=cfg.log_every,
     )
 
 
@@ -233,7 +233,16 @@ def test_load_weights_names_missing_keys_and_non_finite_values(tmp_path):
     state["norm.bias"][0] = float("nan")  # the values are the readers' to check, here the resume's
     save_checkpoint({"model": state, "optimizer": {}, "epoch": 0, "rng": []}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match=r"x\.pth: weights hold NaN or inf values in \['norm.bias'\]"):
-        resume_training(tmp_path / "x.pth", None, model, "model", None, None, None, ())
+        resume_training(
+            tmp_path / "x.pth",
+            None,
+            model,
+            model_key="model",
+            optimizer=None,
+            amp=None,
+            dist_info=None,
+            schedule_fields=(),
+        )
 
 
 def test_reconstruction_figure_is_written(tmp_path):

@@ -22,10 +22,10 @@ def main() -> None:
     drawn, trained = {}, []
     real = a1.train_one_epoch
 
-    def recording(model, loader, optimizer, amp, epoch, *args, **kwargs):
-        drawn[epoch] = list(loader.sampler)
+    def recording(model, loader, *args, **kwargs):
+        drawn[kwargs["epoch"]] = list(loader.sampler)
         trained[:] = [getattr(model, "module", model)]  # unwrapped from DistributedDataParallel
-        return real(model, loader, optimizer, amp, epoch, *args, **kwargs)
+        return real(model, loader, *args, **kwargs)
 
     a1.train_one_epoch = recording
     a1.main(parse_config(StageA1Config))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,26 +39,30 @@ def save_stage_a(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     amp: AmpScaler,
+    *,
     epoch: int,
-    config: Mapping,
-    finetune_config: Mapping | None,
+    stored_config: Mapping,
     examples: torch.Tensor,
     title: str,
     dist_info: DistInfo,
-    cfg: Any,
+    mask_ratio: float,
+    seed: int,
+    finetune_config: Mapping | None = None,
 ) -> None:
-    """A reconstruction figure and `checkpoint.pth` (rank 0 writes; every rank joins the RNG gathering)."""
+    """A reconstruction figure of `examples` (masks drawn from `seed`) and `checkpoint.pth` holding
+    `stored_config` as its `config` (A2 also its own run's `finetune_config`); rank 0 writes, every rank joins the
+    RNG gathering."""
     if dist_info.is_main:
         save_reconstruction_figure(
             model,
             examples,
-            cfg.mask_ratio,
+            mask_ratio,
             amp.precision,
             run_dir / f"recon_epoch{epoch}.png",
             f"{title}, epoch {epoch}",
-            seed=cfg.seed,
+            seed=seed,
         )
-    state = stage_a_checkpoint(model, optimizer, amp.state_dict(), epoch, config, finetune_config)
+    state = stage_a_checkpoint(model, optimizer, amp.state_dict(), epoch, stored_config, finetune_config)
     if dist_info.is_main:
         save_checkpoint(state, run_dir / CHECKPOINT)
         log.info("checkpoint written: %s", run_dir / CHECKPOINT)
