@@ -102,13 +102,13 @@ class AmpScaler:
     def autocast(self) -> torch.autocast:
         return autocast(self.precision, self.device)
 
-    def backward(
-        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list, clip_grad: float | None, update: bool
-    ) -> None:
-        """Accumulate the gradient of `loss`; with `update`, unscale, clip, step and clear the gradients."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of `loss` (scaled in fp16)."""
         self.scaler.scale(loss).backward()
-        if not update:
-            return
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list, clip_grad: float | None) -> None:
+        """Unscale the accumulated gradients, clip them to `clip_grad` (None: no clipping), step the optimiser
+        (skipped by the fp16 scaler after an overflow) and clear the gradients."""
         if clip_grad:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip_grad)  # stays on the device: no sync
@@ -202,7 +202,9 @@ def train_one_epoch(
         with no_sync:
             with amp.autocast():
                 loss, metrics = step(model, batch)
-            amp.backward(loss / accum_iter, optimizer, params, clip_grad, update)
+            amp.backward(loss / accum_iter)
+            if update:
+                amp.step(optimizer, params, clip_grad)
 
         with torch.no_grad():  # bookkeeping on the device, read back once per log line
             loss = loss.detach().float()
