@@ -28,10 +28,11 @@ import torch.distributed as dist
 from torch import nn
 
 from bounded import short_repr
-from checkpoint import as_config_dict, check_finite, get_rng_state, load_checkpoint, set_rng_state
+from checkpoint import as_config_dict, check_finite, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from config_engine import ConfigError, load_yaml
 from errors import CheckpointError
 from published_configs import Config_Generative_Model, Config_MBM_finetune, Config_MBM_fMRI, published_config
+from runtime import barrier
 from sc_mbm.architecture import ARCH_FIELDS, width_problem
 from sc_mbm.mae_for_fmri import architecture_from_weights
 
@@ -121,6 +122,26 @@ def read_stage_a(path: str | os.PathLike, fields: Sequence[str] = ARCH_FIELDS) -
     config = as_config_dict(ckpt["config"]) if "config" in ckpt else {}
     arch = read_architecture(config, ckpt["model"], path, fields=fields)
     return StageACheckpoint(path, arch, ckpt["model"], config, dict(ckpt))
+
+
+def save_stage_a(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    amp_state: dict,
+    *,
+    epoch: int,
+    stored_config: Mapping,
+    dist_info: Any,
+    finetune_config: Mapping | None = None,
+) -> None:
+    """`run_dir/checkpoint.pth` of a Stage A run holding `stored_config` as its `config` (A2 also its own run's
+    `finetune_config`): rank 0 writes, every rank joins the RNG gathering."""
+    state = stage_a_checkpoint(model, optimizer, amp_state, epoch, stored_config, finetune_config)
+    if dist_info.is_main:
+        save_checkpoint(state, run_dir / CHECKPOINT)
+        log.info("checkpoint written: %s", run_dir / CHECKPOINT)
+    barrier()
 
 
 def stage_a_checkpoint(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint_layouts import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training
+from checkpoint_layouts import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training, save_stage_a
 from config import StageA1Config
 from config_engine import ConfigError, config_to_dict, parse_config
 from dataset import FMRIDataset
@@ -53,7 +53,8 @@ from runtime import (
 from sc_mbm import reconstruction
 from sc_mbm.architecture import ARCH_FIELDS
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
-from sc_mbm.training import mae_step, pick_examples, save_stage_a
+from sc_mbm.training import mae_step, pick_examples
+from sc_mbm.visualize import save_reconstruction_figure
 
 
 def pretraining_data(cfg: StageA1Config) -> FMRIDataset:
@@ -181,18 +182,19 @@ def main(cfg: StageA1Config) -> Path:
                 stats |= score_held_out(model, val_sets, cfg, amp)
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
+                if dist_info.is_main:
+                    figure, title = run_dir / f"recon_epoch{epoch}.png", f"Stage A1, epoch {epoch}"
+                    save_reconstruction_figure(
+                        model, examples, cfg.mask_ratio, amp.precision, figure, title, seed=cfg.seed
+                    )
                 save_stage_a(
                     run_dir,
                     model,
                     optimizer,
-                    amp,
+                    amp.state_dict(),
                     epoch=epoch,
                     stored_config=config_to_dict(cfg),
-                    examples=examples,
-                    title="Stage A1",
                     dist_info=dist_info,
-                    mask_ratio=cfg.mask_ratio,
-                    seed=cfg.seed,
                 )
     return run_dir
 

@@ -31,6 +31,7 @@ from checkpoint_layouts import (
     read_stage_a,
     resume_checkpoint_path,
     resume_training,
+    save_stage_a,
 )
 from config import StageA2Config
 from config_engine import config_to_dict, parse_config
@@ -56,7 +57,8 @@ from runtime import (
 )
 from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
 from sc_mbm.reconstruction import score_sets
-from sc_mbm.training import mae_step, pick_examples, save_stage_a
+from sc_mbm.training import mae_step, pick_examples
+from sc_mbm.visualize import save_reconstruction_figure
 from targets import load_target
 
 
@@ -153,19 +155,20 @@ def main(cfg: StageA2Config) -> Path:
                 stats |= score_sets(model, val_sets, cfg.mask_ratio, cfg.batch_size, amp.precision, cfg.seed)
                 record_epoch(run_dir, epoch, stats, start_epoch, cfg.num_epoch, started, run.wandb)
             if (epoch + 1) % cfg.ckpt_every == 0 or epoch + 1 == cfg.num_epoch:
+                if dist_info.is_main:
+                    figure, title = run_dir / f"recon_epoch{epoch}.png", f"Stage A2 ({cfg.dataset}), epoch {epoch}"
+                    save_reconstruction_figure(
+                        model, examples, cfg.mask_ratio, amp.precision, figure, title, seed=cfg.seed
+                    )
                 save_stage_a(
                     run_dir,
                     model,
                     optimizer,
-                    amp,
+                    amp.state_dict(),
                     epoch=epoch,
                     stored_config=architecture,
                     finetune_config=config_to_dict(cfg),
-                    examples=examples,
-                    title=f"Stage A2 ({cfg.dataset})",
                     dist_info=dist_info,
-                    mask_ratio=cfg.mask_ratio,
-                    seed=cfg.seed,
                 )
     return run_dir
 

@@ -121,3 +121,14 @@ def test_the_model_packages_import_no_evaluation_code():
         reached = _reaches(graph, name)
         bad = sorted(set(reached) & EVALUATION)
         assert not bad, f"{name} imports evaluation code: " + ", ".join(f"{b} (through {reached[b]})" for b in bad)
+
+
+def test_no_import_circle_between_packages():
+    """A package counts as one node (sc_mbm, dc_ldm, readers, demo): a module of one that imports another that
+    imports back is a circle too, whichever modules carry it."""
+    graph: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        top = name.split(".")[0]
+        graph.setdefault(top, set()).update(t.split(".")[0] for t in targets if t.split(".")[0] != top)
+    cycle = _cycle(graph)
+    assert cycle is None, "import circle between packages: " + " -> ".join(cycle)
