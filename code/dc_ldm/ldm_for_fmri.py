@@ -144,7 +144,7 @@ def build_ldm_for_fmri(
     model_cfg = load_ldm_config(ldm_dir / "config.yaml")  # every target checked against the allow-list
     params = model_cfg["params"]
     params["unet_config"]["params"].update(use_time_cond=use_time_cond, global_pool=global_pool)
-    params.update(cond_stage_trainable=True, cond_stage_key="fmri", use_ema=False)
+    params.update(cond_stage_key="fmri", use_ema=False)  # the YAML's class embedder is replaced below
     model = instantiate_from_config(model_cfg)
     class_table = None
     if load_ldm_weights and ckpt_path.is_file():

@@ -97,13 +97,11 @@ class LatentDiffusion(nn.Module):
         }
         if any(unsupported.values()):
             raise NotImplementedError(f"LatentDiffusion: unsupported {[k for k, v in unsupported.items() if v]}")
-        self.num_timesteps = timesteps
-        self.log_every_t = log_every_t
+        self.num_timesteps = timesteps  # log_every_t, monitor: published config fields, taken and unused here
         self.first_stage_key = first_stage_key
         self.cond_stage_key = cond_stage_key
         self.image_size = image_size
         self.channels = channels
-        self.cond_stage_trainable = cond_stage_trainable
         self.use_ema = use_ema
         self.scale_factor = scale_factor
 
