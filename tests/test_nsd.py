@@ -109,10 +109,19 @@ def test_mindeye1_options_and_extracted_folders(me1, tmp_path):
         with tarfile.open(shard) as tar:
             for info in tar:
                 (folder / info.name).write_bytes(tar.extractfile(info).read())
-    a, b = create_nsd_dataset(root, subjects=["subj01"]), create_nsd_dataset(extracted, subjects=["subj01"])
-    for x, y in zip(a, b, strict=True):
-        ox, oy = (np.lexsort((s.fmri[:, 0, 0], s.image_index)) for s in (x, y))
-        assert np.array_equal(x.fmri[ox], y.fmri[oy]) and np.array_equal(x.images, y.images)
+    per_shard = tmp_path / "per-shard"  # or one folder per shard, named as the shard
+    for shard in (root / "webdataset_avg_split").rglob("*.tar"):
+        folder = per_shard / "webdataset_avg_split" / shard.parent.name / shard.stem
+        folder.mkdir(parents=True)
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                (folder / info.name).write_bytes(tar.extractfile(info).read())
+    a = create_nsd_dataset(root, subjects=["subj01"])
+    for other in (extracted, per_shard):
+        b = create_nsd_dataset(other, subjects=["subj01"])
+        for x, y in zip(a, b, strict=True):
+            ox, oy = (np.lexsort((s.fmri[:, 0, 0], s.image_index)) for s in (x, y))
+            assert np.array_equal(x.fmri[ox], y.fmri[oy]) and np.array_equal(x.images, y.images)
 
 
 def behav_row(image: int, trial: int, shared: bool) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 `mindeye1` (MindEye, Scotti et al. 2023; HuggingFace `pscotti/naturalscenesdataset`):
     <root>/webdataset_avg_split/{train,val,test}/{split}_subjNN_<k>.tar      (shards), or
-    <root>/webdataset_avg_split/{train,val,test}/subjNN/<key>.<member>       (the same samples extracted)
+    <root>/webdataset_avg_split/{train,val,test}/subjNN/<key>.<member>       (the same samples extracted; or to
+                                                                       {split}_subjNN_<k>/, a folder per shard)
   one sample per image: `nsdgeneral.npy` (repeats, V) the nsdgeneral voxels of each presentation, `jpg` the
   stimulus, `coco73k.npy` its index among NSD's 73k images, `trial.npy` the trial numbers.
 `mindeye2` (MindEye2, Scotti et al. 2024; HuggingFace `pscotti/mindeyev2`):
@@ -99,14 +100,19 @@ def detect_layout(root: Path, layout: str = "auto") -> str:
 
 
 def _me1_sources(root: Path, split: str, subject: str) -> list[Path]:
-    """A split's shards of one subject (numeric order), or its extracted folder."""
+    """A split's shards of one subject (numeric order), or the same samples extracted: to `<split>/<subject>/` or
+    to one folder per shard (`<split>/<split>_<subject>_<k>/`)."""
     folder = root / ME1_FOLDER / split
-    shards = sorted(folder.glob(f"{split}_{subject}_*.tar"), key=shard_order) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise missing(folder / f"{split}_{subject}_<k>.tar", "shard")
+    named = sorted(folder.glob(f"{split}_{subject}_*"), key=lambda p: shard_order(p.with_suffix(".tar")))
+    shards = [p for p in named if p.suffix == ".tar" and p.is_file()]
     shards += sorted((folder / subject).glob("*.tar"), key=shard_order) if (folder / subject).is_dir() else []
     if shards:
         return shards
-    if (folder / subject).is_dir():
-        return [folder / subject]
+    extracted = [p for p in named if p.is_dir()] or ([folder / subject] if (folder / subject).is_dir() else [])
+    if extracted:
+        return extracted
     raise missing(folder / f"{split}_{subject}_<k>.tar", "shard")
 
 
