@@ -190,6 +190,21 @@ def test_mindeye2_channels_last_uint8_images_and_subject_numbers(me2):
     )
 
 
+def test_mindeye2_extracted_shards(me2, tmp_path):
+    root, _ = me2
+    a = create_nsd_dataset(root, patch_size=4)
+    for shard in (root / "wds").rglob("*.tar"):  # each shard extracted to a folder of its name, then removed
+        folder = shard.with_suffix("")
+        folder.mkdir()
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                (folder / info.name).write_bytes(tar.extractfile(info).read())
+        shard.unlink()
+    b = create_nsd_dataset(root, patch_size=4)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.fmri, y.fmri) and np.array_equal(x.image_index, y.image_index)
+
+
 def test_mindeye2_earlier_releases(me2):
     root, _ = me2
     (root / "wds" / "subj01" / "new_test").rename(root / "wds" / "subj01" / "test")  # the first test set

@@ -245,8 +245,9 @@ def _me2_behav(root: Path, subject: str, part: str) -> np.ndarray:
         folder = root / "wds" / subject / "test"  # the first release's test set (MindEye's 982 images)
     require(folder, folder=True)
     shards = sorted(folder.glob("*.tar"), key=shard_order)
+    per_shard = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: shard_order(p.with_suffix(".tar")))
     rows = []
-    for where, sample in _samples(shards or [folder]):
+    for where, sample in _samples(shards or per_shard or [folder]):  # shards, a folder each, or one folder
         behav = npy_member(sample, BEHAV, where)
         if behav.dtype.kind not in "iuf" or behav.ndim not in (1, 2) or behav.shape[-1] <= BEHAV_TRIAL:
             raise DataFormatError(
