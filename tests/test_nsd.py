@@ -325,7 +325,7 @@ def test_truncated_shard_and_links(me1):
     one_line_error(lambda: create_nsd_dataset(root), str(shard), "link")
 
 
-def test_bad_values(me1):
+def test_bad_values(me1, caplog):
     root, vox = me1
     shard = root / "webdataset_avg_split" / "train" / "train_subj01_0.tar"
     write_tar(shard, {"sample000000005": me1_sample(vox[13], 80000)})
@@ -337,7 +337,9 @@ def test_bad_values(me1):
     write_tar(shard, {"sample000000005": me1_sample(vox[13][:, :30], 13)})
     one_line_error(lambda: create_nsd_dataset(root), "30", "voxels")
     write_tar(shard, {"sample000000005": me1_sample(vox[901], 901)})  # a test image among the training images
-    one_line_error(lambda: create_nsd_dataset(root), "both the training and the test set")
+    train, test = create_nsd_dataset(root)
+    assert len(train) == 7 and len(test) == 2  # its 3 trials left out of training: no test image trained on
+    assert "3 training trial(s) show test images (e.g. 901): left out of training" in caplog.text
     smaller = me1_sample(vox[13], 13)
     smaller["jpg"] = jpg(13, size=16)
     write_tar(shard, {"sample000000005": smaller})

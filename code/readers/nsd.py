@@ -28,6 +28,7 @@ streamed (`readers.shards`); nothing is unpickled.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ ME2_IMAGES = "coco_images_224_float16.hdf5"
 ME2_SHARDS = {"train": "train", "test": "new_test"}  # our set -> the wds/<subject>/ folder
 BEHAV = "behav.npy"
 BEHAV_IMAGE, BEHAV_TRIAL = 0, 5  # columns of behav.npy: the 73k image index, the row of the betas file
+log = logging.getLogger("mindvis.dataset")
 BLOCK_ROWS = 128  # HDF5 rows read at a time (128 images at 224 px: ~60 MB as float32)
 
 
@@ -349,12 +351,16 @@ def create_nsd_dataset(
             train, test = (_me1_read(root, subject, part, images) for part in ("train", "test"))
         else:
             train, test = (_me2_read(root, subject, part) for part in ("train", "test"))
-        shared = np.intersect1d(train.image_id, test.image_id)
-        if len(shared):
-            raise DataFormatError(
-                f"{root} ({subject}): {len(shared)} image(s) in both the training and the test set, e.g. "
-                f"{int(shared[0])}"
+        leaked = np.isin(train.image_id, test.image_id)
+        if leaked.any():  # the releases split by image; files that do not are kept from leaking the test set
+            log.warning(
+                "%s (%s): %d training trial(s) show test images (e.g. %d): left out of training",
+                root,
+                subject,
+                int(leaked.sum()),
+                int(train.image_id[leaked][0]),
             )
+            train = Trials(train.fmri[~leaked], train.image_id[~leaked])
         per_subject.append((subject, train, test))
 
     ids = np.unique(np.concatenate([t.image_id for _, train, test in per_subject for t in (train, test)]))
