@@ -36,9 +36,9 @@ import hardware
 import models
 import report
 import timing
-from dc_ldm.ldm_for_fmri import sample_images
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
+from dc_ldm.sampling import sample_images
 from errors import run_main
 from runtime import compile_for_inference
 

@@ -36,8 +36,8 @@ import report
 import timing
 from engine import AmpScaler, Schedule, make_optimizer, train_one_epoch
 from errors import run_main
-from runtime import autocast
-from sc_mbm.mae_for_fmri import MAEforFMRI, attention_kind, use_attention
+from runtime import attention_kind, autocast, use_attention
+from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.training import mae_step
 
 ARCH = {

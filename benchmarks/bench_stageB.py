@@ -38,8 +38,7 @@ import report
 import timing
 from engine import fused_adam
 from errors import run_main
-from runtime import autocast
-from sc_mbm.mae_for_fmri import attention_kind, use_attention
+from runtime import attention_kind, autocast, use_attention
 
 BATCH = {"full": 5, "quick": 1, "tiny": 2}
 CLIP_GRAD, LR = 0.5, 5.3e-5

@@ -380,7 +380,7 @@ def conditioning_start(checkout: OriginalCheckout, ldm_dir: Path | None, seed: i
         for start in TIME_COND_STARTS:
             torch.manual_seed(seed)
             ours[start] = build_ldm_for_fmri(
-                folder, mae_meta, 256, global_pool=False, use_time_cond=True, time_cond_start=start
+                folder, mae_meta, 256, conditioner="published", use_time_cond=True, time_cond_start=start
             ).eval()
         util = checkout.module("dc_ldm.util")
         with checkout.active(), contextlib.redirect_stdout(io.StringIO()):

@@ -54,8 +54,8 @@ import models
 import repo
 import report
 from checkpoint import load_checkpoint
-from dc_ldm.ldm_for_fmri import sample_images
 from dc_ldm.models.diffusion.sampling_util import make_ddim_timesteps
+from dc_ldm.sampling import sample_images
 from dc_ldm.util import instantiate_from_config
 from errors import DEBUG_HELP, UsageError, UserError, run_main
 from runtime import autocast

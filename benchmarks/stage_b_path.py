@@ -5,12 +5,13 @@
 Runs `stageB_ldm_finetune.main` on the tiny world until the first `optimizer.step()` and reports, of the
 project's own files (`code/`):
 
-- `called by main`: the files holding a function or class that `main` itself calls (what a reader opens to
-  follow the stage's story);
+- `called by the stage script`: the files holding a function or class that the stage script's own code (`main`,
+  its step, its validation) calls directly: what a reader opens to follow the stage's story;
 - `ran`: every file whose code ran on the way (the whole path, to the bottom of the model);
 - `imported`: every file of ours that importing the stage script loads.
 
-The numbers are a property of the code, not of the machine; a structure test keeps the first bounded.
+The numbers are a property of the code, not of the machine (benchmarks/README.md has them, before and after the
+conditioner registry).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def tiny_world(root: Path) -> types.SimpleNamespace:
 
 
 def trace_stage_b(world: types.SimpleNamespace) -> dict[str, list[str]]:
-    """Run Stage B to its first optimiser step; the files of ours called by `main`, and all that ran."""
+    """Run Stage B to its first optimiser step; the files of ours the stage script calls, and all that ran."""
     import stageB_ldm_finetune
     from config import StageBConfig
 
@@ -79,7 +80,7 @@ def trace_stage_b(world: types.SimpleNamespace) -> dict[str, list[str]]:
         num_samples=1,
         ddim_steps=4,
     )
-    main_code = stageB_ldm_finetune.main.__code__
+    script = stageB_ldm_finetune.__file__
     called, ran = set(), set()
 
     def profile(frame, event, arg):
@@ -88,7 +89,7 @@ def trace_stage_b(world: types.SimpleNamespace) -> dict[str, list[str]]:
         name = _ours(frame.f_code.co_filename)
         if name:
             ran.add(name)
-            if frame.f_back is not None and frame.f_back.f_code is main_code:
+            if frame.f_back is not None and frame.f_back.f_code.co_filename == script:
                 called.add(name)
 
     def stop(optimizer, args, kwargs):
@@ -106,12 +107,15 @@ def trace_stage_b(world: types.SimpleNamespace) -> dict[str, list[str]]:
         sys.setprofile(None)
         handle.remove()
     called.add("stageB_ldm_finetune.py")
-    return {"called by main": sorted(called), "ran": sorted(ran), "imported": imported_by_stage_b()}
+    return {"called by the stage script": sorted(called), "ran": sorted(ran), "imported": imported_by_stage_b()}
 
 
 def imported_by_stage_b() -> list[str]:
     """Our files that `import stageB_ldm_finetune` loads, in a fresh interpreter."""
-    probe = "import sys, stageB_ldm_finetune; print('\\n'.join(getattr(m, '__file__', None) or '' for m in sys.modules.values()))"
+    probe = (
+        "import sys, stageB_ldm_finetune\n"
+        "print('\\n'.join(getattr(m, '__file__', None) or '' for m in sys.modules.values()))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=CODE, capture_output=True, text=True, check=True)
     return sorted({name for line in out.stdout.splitlines() if (name := _ours(line))})
 

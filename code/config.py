@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from bounded import short_repr
 from config_engine import arg, check
+from corpora import CORPORA
 from dataset import HELD_OUT_SEED
+from dc_ldm.conditioners import CONDITIONERS
 from dc_ldm.ldm_for_fmri import TIME_COND_STARTS
 from dc_ldm.models.diffusion.samplers import SAMPLERS
 from eval_metrics import METRIC_GROUPS, METRICS
@@ -25,6 +28,7 @@ from published_configs import (  # noqa: F401 - Config_*: checkpoints pickle the
     Config_Generative_Model,
     Config_MBM_finetune,
     Config_MBM_fMRI,
+    stage_b_conditioner,
 )
 from readers.hcp import HCP_ROIS
 from readers.nsd import NSD_LAYOUTS
@@ -174,6 +178,9 @@ class StageA1Config(_Run, _Optimisation, MAEArchitecture):
     include_nsd: bool = arg(False, "add the NSD training trials of nsd_subs (any MindEye layout)", "data")
     nsd_path: str | None = arg(None, f"NSD folder for include_nsd (default: <root_path>/{NSD.default_path})", "data")
     nsd_subs: list[str] = arg(list(NSD.default_subjects), "NSD subjects for include_nsd", "data")
+    fmri_folder: str | None = arg(
+        None, "add every .npy array (samples, voxels) in this folder: pre-training fMRI of your own", "data"
+    )
     roi: str = arg("VC", "HCP region: V1, V2, V3, V4 or VC (all four)", "data")
     num_sub_limit: int | None = arg(None, "read at most this many HCP subjects (sorted)", "data")
     aug_times: int = arg(1, "> 1 adds (aug_times - 1) x N interpolated HCP samples", "data")
@@ -196,8 +203,8 @@ class StageA1Config(_Run, _Optimisation, MAEArchitecture):
         self._validate_run()
         self._validate_optimisation()
         check(
-            self.include_hcp or self.include_kam or self.include_nsd,
-            "at least one of include_hcp / include_kam / include_nsd must be set",
+            any(getattr(self, c.field) for c in CORPORA.values()),
+            f"no pre-training corpus: set at least one of {' / '.join(c.field for c in CORPORA.values())}",
         )
         check(not self.include_nsd or len(self.nsd_subs) > 0, "include_nsd needs subjects in nsd_subs")
         check(self.roi in ("VC", *HCP_ROIS), f"roi must be VC, V1, V2, V3 or V4, got {self.roi!r}")
@@ -267,7 +274,13 @@ class StageBConfig(_Run, TargetData):
         "fmri_encoder.pth)",
         "model",
     )
-    global_pool: bool = arg(False, "condition on the mean encoder token instead of 77 mapped tokens", "model")
+    conditioner: str = arg(
+        "published",
+        f"the fMRI conditioner, one of {tuple(CONDITIONERS)}: 'published' (77 tokens mapped from the encoder's), "
+        "'global_pool' (the mean token; the published flag of that name), 'linear_pool' (one token, a Linear map "
+        "of all; ours), 'patch_tokens' (every encoder token; ours); dc_ldm/conditioners",
+        "model",
+    )
     use_time_cond: bool = arg(True, "double conditioning: add the context to the timestep embedding too", "model")
     time_cond_start: str = arg(
         "published",
@@ -282,14 +295,9 @@ class StageBConfig(_Run, TargetData):
         "for classifier-free guidance (0: the published method)",
         "model",
     )
-    linear_pool: bool = arg(
-        False,
-        "with global_pool: the one context token is a Linear map of all encoder tokens, not their mean (ours)",
-        "model",
-    )
     ridge_init: bool = arg(
         False,
-        "with linear_pool: start it as the ridge regression (penalty by cross-validation) "
+        "with --conditioner linear_pool: start it as the ridge regression (penalty by cross-validation) "
         "from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
         "labels (ours; needs class labels)",
         "model",
@@ -367,6 +375,18 @@ class StageBConfig(_Run, TargetData):
             self.batch_size = self.target.batch_size_b
         self.validate()
 
+    @classmethod
+    def read_published(cls, values: dict) -> dict:
+        """`values` with the published names of the conditioner (`global_pool`; our former `linear_pool`, both
+        booleans) replaced by `conditioner` (`published_configs.stage_b_conditioner`)."""
+        names = [k for k in ("global_pool", "linear_pool") if k in values]
+        if not names:
+            return values
+        for key in names:
+            check(isinstance(values[key], bool), f"{key} must be true or false, got {short_repr(values[key])}")
+        rest = {k: v for k, v in values.items() if k not in names}
+        return {"conditioner": stage_b_conditioner(values), **rest}
+
     def validate(self) -> None:
         self._validate_run()
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
@@ -380,8 +400,14 @@ class StageBConfig(_Run, TargetData):
             self.time_cond_start in TIME_COND_STARTS,
             f"time_cond_start must be one of {', '.join(TIME_COND_STARTS)}, got {self.time_cond_start!r}",
         )
-        check(not self.linear_pool or self.global_pool, "linear_pool makes one context token: it needs --global_pool")
-        check(not self.ridge_init or self.linear_pool, "ridge_init starts the linear pool: it needs --linear_pool")
+        check(
+            self.conditioner in CONDITIONERS,
+            f"conditioner must be one of {tuple(CONDITIONERS)}, got {self.conditioner!r}",
+        )
+        check(
+            not self.ridge_init or hasattr(CONDITIONERS[self.conditioner], "start_from_ridge"),
+            f"ridge_init starts a linear pool: it needs --conditioner linear_pool, got {self.conditioner!r}",
+        )
         check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")

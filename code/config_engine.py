@@ -142,9 +142,12 @@ def from_dict(cls: type, values: dict, strict: bool = True):
 def typed_fields(cls: type, values: dict, strict: bool = True, source: object = None) -> dict:
     """The values of `cls`'s fields in `values`, each checked to be of its field's type (an error names `source`,
     e.g. a YAML file, and the field): a boolean is no number, a list or mapping no text; ints do for floats, and so
-    does text that reads as a number (PyYAML reads `1e-4` as text)."""
+    does text that reads as a number (PyYAML reads `1e-4` as text). A class with a `read_published` classmethod
+    has the published (or former) names in `values` mapped to its own by it first."""
     types_ = _field_types(cls)
     try:
+        if hasattr(cls, "read_published"):
+            values = cls.read_published(values)
         unknown = sorted(short_repr(k) if not isinstance(k, str) else k for k in set(values) - set(types_))
         if strict and unknown:
             more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""

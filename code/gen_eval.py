@@ -38,12 +38,15 @@ from checkpoint_layouts import read_finetuned, resolve_stored_path
 from classifier_file import load_classifier_file
 from config import GenEvalConfig, StageBConfig, TargetData
 from config_engine import ConfigError, format_config, parse_config, save_config, typed_fields
-from dc_ldm.ldm_for_fmri import generate, model_from_finetuned
+from dc_ldm.conditioners import CONDITIONERS
+from dc_ldm.ldm_for_fmri import model_from_finetuned
+from dc_ldm.sampling import generate
 from errors import CheckpointError, UserError, run_main
 from figures import image_grid, metric_bar_chart
 from intervals import format_interval
 from readers.files import check_subjects
 from runtime import (
+    attention_kind,
     check_output_folder,
     compile_for_inference,
     log,
@@ -52,17 +55,18 @@ from runtime import (
     resolve_precision,
     run_folder,
     setup_logging,
+    use_attention,
 )
-from sc_mbm.mae_for_fmri import attention_kind, use_attention
 from targets import DATASETS, DEFAULT_DATASET, TARGETS, load_target
 
 # The stored Stage B settings gen_eval builds and samples with: typed as Stage B's fields (a boolean is a boolean, a
 # number finite; a published `"no"` is not True) and in range, so a file cannot make a silently wrong run.
 STORED_SETTINGS = (
     "img_size",
-    "global_pool",
+    "conditioner",
+    "global_pool",  # the published name of the conditioner (StageBConfig.read_published)
+    "linear_pool",  # our former one
     "use_time_cond",
-    "linear_pool",
     "cond_dropout",
     "guidance_scale",
     "include_nonavg_test",
@@ -76,19 +80,21 @@ MAX_IMG_SIZE = 1024
 
 
 def stored_settings(stored: dict, path: str) -> dict:
-    """`stored` with the settings of STORED_SETTINGS checked (CheckpointError naming the file and the field)."""
+    """`stored` with the settings of STORED_SETTINGS checked (CheckpointError naming the file and the field); the
+    conditioner of a published file (or of ours before it stored one) named from its `global_pool`."""
     try:
         values = typed_fields(StageBConfig, {k: stored[k] for k in STORED_SETTINGS if k in stored}, source=path)
     except ConfigError as e:
         raise CheckpointError(f"{e} (a setting stored in the checkpoint)") from None
     ranges = {
-        "img_size": lambda v: 8 <= v <= MAX_IMG_SIZE and v % 8 == 0,
-        "cond_dropout": lambda v: 0 <= v < 1,
-        "guidance_scale": lambda v: v >= 0,
+        "img_size": (lambda v: 8 <= v <= MAX_IMG_SIZE and v % 8 == 0, "out of range"),
+        "cond_dropout": (lambda v: 0 <= v < 1, "out of range"),
+        "conditioner": (lambda v: v in CONDITIONERS, f"not one of {tuple(CONDITIONERS)}"),
+        "guidance_scale": (lambda v: v >= 0, "out of range"),
     }
-    for key, ok in ranges.items():
+    for key, (ok, why) in ranges.items():
         if key in values and not ok(values[key]):
-            raise CheckpointError(f"{path}: its stored {key} {values[key]!r} is out of range")
+            raise CheckpointError(f"{path}: its stored {key} {values[key]!r} is {why}")
     return {**stored, **values}
 
 

@@ -15,6 +15,7 @@ A published `.pth` file holds a `config.Config_MBM_fMRI`, `config.Config_MBM_fin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from errors import UnsafeCheckpointError
@@ -83,4 +84,15 @@ def published_config(cfg: Any, cls: type[_PublishedConfig]) -> _PublishedConfig:
     if cls is Config_Generative_Model:
         precision = values["precision"]
         values["precision"] = PRECISION_SPELLINGS["fp32" if precision == "auto" else precision][0]
+        values["global_pool"] = values.get("conditioner") == "global_pool"  # how the original names its conditioner
     return cls(**values)
+
+
+def stage_b_conditioner(values: Mapping) -> Any:
+    """The conditioner (`dc_ldm.conditioners.CONDITIONERS` name) a stored Stage B config names: `conditioner` in
+    ours; in a published file (and ours before it stored one) `global_pool` (and our former `linear_pool`)."""
+    if values.get("conditioner") is not None:
+        return values["conditioner"]
+    if values.get("linear_pool"):
+        return "linear_pool"
+    return "global_pool" if values.get("global_pool") else "published"

@@ -209,6 +209,29 @@ def precision_hint(requested: str, resolved: str, device: torch.device) -> str |
     )
 
 
+def attention_kind(device: torch.device, precision: str) -> str:
+    """The attention path of the fMRI transformers for a device and precision: "sdpa" or "explicit".
+
+    Explicit for bf16 on a CPU: PyTorch's CPU SDPA kernels run these short sequences of 32- and 64-wide heads
+    several times slower in bf16 than three plain ops (forward and backward), and the bf16 Stage A1 step on an AMX
+    CPU runs faster with them (benchmarks/README.md has the numbers). SDPA everywhere else (its fused kernels win
+    on GPUs and in fp32). Both compute the same attention.
+    """
+    return "explicit" if device.type == "cpu" and precision == "bf16" else "sdpa"
+
+
+def use_attention(model: torch.nn.Module, kind: str) -> None:
+    """Run every timm attention layer in `model` (the fMRI transformers) through SDPA ("sdpa") or the explicit
+    softmax ("explicit")."""
+    from timm.models.vision_transformer import Attention
+
+    if kind not in ("sdpa", "explicit"):
+        raise ValueError(f"attention must be 'sdpa' or 'explicit', got {kind!r}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = kind == "sdpa"
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context for a resolved precision ('fp32' gives a disabled context)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -1,8 +1,10 @@
-"""Stage A1 (SC-MBM): pre-train the fMRI masked autoencoder on HCP resting state (+ GOD training fMRI, + NSD trials).
+"""Stage A1 (SC-MBM): pre-train the fMRI masked autoencoder on HCP resting state and GOD training fMRI (or any
+corpus of `corpora.py`: NSD trials, a folder of your own arrays).
 
     python code/stageA1_mbm_pretrain.py                                   # published defaults: data/HCP, data/Kamitani
     python code/stageA1_mbm_pretrain.py --no-include_kam --num_epoch 800 --mask_ratio 0.65
     python code/stageA1_mbm_pretrain.py --include_nsd --nsd_subs subj01 subj02     # add NSD's training trials
+    python code/stageA1_mbm_pretrain.py --no-include_hcp --no-include_kam --fmri_folder my_fmri/   # yours alone
     torchrun --nproc_per_node=8 code/stageA1_mbm_pretrain.py              # DDP, one process per GPU
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 code/stageA1_mbm_pretrain.py
     python code/stageA1_mbm_pretrain.py --resume results/stageA1/<run>   # continue the run in its folder
@@ -21,12 +23,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from checkpoint_layouts import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training, save_stage_a
+from checkpoint_layouts import save_stage_a
 from config import StageA1Config
 from config_engine import ConfigError, config_to_dict, parse_config
+from corpora import pretraining_fmri
 from dataset import FMRIDataset
 from engine import (
     AmpScaler,
@@ -39,45 +41,29 @@ from engine import (
     wrap_ddp,
 )
 from errors import run_main
-from readers.arrays import fit_voxels, pad_all_to_longest
+from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import HCP_FILE, create_hcp_dataset
-from readers.nsd import create_nsd_dataset
+from resume import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training
 from runtime import (
     append_jsonl,
+    attention_kind,
     check_output_folder,
     init_distributed,
     log,
     seed_everything,
+    use_attention,
 )
 from sc_mbm import reconstruction
 from sc_mbm.architecture import ARCH_FIELDS
-from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
+from sc_mbm.mae_for_fmri import build_mae
 from sc_mbm.training import mae_step, pick_examples
 from sc_mbm.visualize import save_reconstruction_figure
 
 
 def pretraining_data(cfg: StageA1Config) -> FMRIDataset:
-    """The pre-training fMRI (N, 1, V): HCP window means and GOD training fMRI as published, then with
-    `include_nsd` the NSD training trials of `nsd_subs`; every source wrap-padded to the longest."""
-    parts = []
-    if cfg.include_hcp or cfg.include_kam:
-        hcp = create_hcp_dataset(
-            cfg.hcp_path,
-            cfg.roi,
-            cfg.patch_size,
-            aug_times=cfg.aug_times,
-            num_sub_limit=cfg.num_sub_limit,
-            include_kam=cfg.include_kam,
-            kam_path=cfg.kam_path,
-            include_hcp=cfg.include_hcp,
-            seed=cfg.seed,
-        )
-        parts.append(hcp.fmri[:, 0])
-    if cfg.include_nsd:
-        nsd, _ = create_nsd_dataset(cfg.nsd_path, cfg.patch_size, subjects=cfg.nsd_subs)
-        parts.append(nsd.fmri[:, 0])
-    return FMRIDataset(np.concatenate(pad_all_to_longest(parts))[:, None])
+    """The pre-training fMRI (N, 1, V) of the corpora the config switches on (`corpora.CORPORA`)."""
+    return FMRIDataset(pretraining_fmri(cfg)[:, None])
 
 
 def held_out_fmri(cfg: StageA1Config) -> dict[str, torch.Tensor]:

@@ -25,14 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint_layouts import (
-    SCHEDULE_FIELDS,
-    load_weights,
-    read_stage_a,
-    resume_checkpoint_path,
-    resume_training,
-    save_stage_a,
-)
+from checkpoint_layouts import load_weights, read_stage_a, save_stage_a
 from config import StageA2Config
 from config_engine import config_to_dict, parse_config
 from dataset import FMRIDataset, split_images
@@ -48,14 +41,17 @@ from engine import (
 )
 from errors import UserError, run_main
 from readers.arrays import fit_voxels
+from resume import SCHEDULE_FIELDS, resume_checkpoint_path, resume_training
 from runtime import (
     append_jsonl,
+    attention_kind,
     check_output_folder,
     init_distributed,
     log,
     seed_everything,
+    use_attention,
 )
-from sc_mbm.mae_for_fmri import attention_kind, build_mae, use_attention
+from sc_mbm.mae_for_fmri import build_mae
 from sc_mbm.reconstruction import score_sets
 from sc_mbm.training import mae_step, pick_examples
 from sc_mbm.visualize import save_reconstruction_figure

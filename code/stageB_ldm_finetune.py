@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import eval_metrics
@@ -32,34 +31,35 @@ from checkpoint_layouts import (
     finetuned_checkpoint,
     read_selection,
     read_stage_a,
-    resume_checkpoint_path,
-    resume_training,
     stage_b_training_checkpoint,
 )
 from classifier_file import load_classifier_file
 from config import StageBConfig
 from config_engine import parse_config
-from dataset import LatentViews, split_images
-from dc_ldm.ldm_for_fmri import build_ldm_for_fmri, generate, ridge_init_pool
+from dataset import LatentViews
+from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
+from dc_ldm.sampling import generate
 from engine import AmpScaler, Schedule, fused_adam, make_loader, record_epoch, train_one_epoch, training_run, wrap_ddp
 from errors import CheckpointError, UserError, run_main
 from figures import image_grid
+from resume import resume_checkpoint_path, resume_training
 from runtime import (
+    attention_kind,
     barrier,
     check_output_folder,
     init_distributed,
     log,
     seed_everything,
+    use_attention,
 )
-from sc_mbm.mae_for_fmri import attention_kind, use_attention
-from targets import load_target
-from transforms import RandomVoxelDropout, model_image_transform
+from targets import stage_b_data
 
 
 def conditioning_optimizer(model: torch.nn.Module, cfg: StageBConfig) -> torch.optim.AdamW:
-    """Make the conditioning path trainable (less what `freeze_encoder` / `freeze_mapper` keep fixed) and return
-    the AdamW over it: the published optimiser (its defaults, weight decay 0.01 on every parameter), fused."""
-    frozen = ("mae.",) * cfg.freeze_encoder + ("channel_mapper.", "dim_mapper.") * cfg.freeze_mapper
+    """Make the conditioning path trainable (less the conditioner's groups that `freeze_encoder` / `freeze_mapper`
+    keep fixed) and return the AdamW over it: the published optimiser (its defaults, weight decay 0.01 on every
+    parameter), fused."""
+    frozen = ("encoder",) * cfg.freeze_encoder + ("mapper",) * cfg.freeze_mapper
     params = model.set_trainable(cond_path_only=True, frozen=frozen)
     return torch.optim.AdamW(params, lr=cfg.lr, fused=fused_adam(next(model.parameters()).device))
 
@@ -155,34 +155,20 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
         classifier = load_classifier_file(cfg.classifier, device)
     seed_everything(cfg.seed, dist_info.rank)
 
-    # ---- data: fMRI-image pairs (random crops, voxel dropout) and the test items that validation decodes
-    train_set, test_set = load_target(cfg, cfg.patch_size, cfg.include_nonavg_test)
-    if cfg.select_on == "val_split":
-        train_images = len(np.unique(train_set.image_index))
-        if cfg.val_split >= train_images:
-            raise UserError(
-                f"--val_split {cfg.val_split}: the training pairs show only {train_images} images; hold out fewer"
-            )
-        train_set, val_set = train_set.hold_out(cfg.val_split, cfg.seed)
-    else:
-        val_set = test_set
-    if cfg.num_train_images is not None:
-        train_set = split_images(train_set, cfg.num_train_images, "--num_train_images")[1]
-    train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
-    train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
+    # ---- data: fMRI-image pairs (random crops, voxel dropout), the validation items, the test items
+    train_set, val_set, test_set = stage_b_data(cfg, cfg.patch_size)
 
     # ---- model: the LDM with the fMRI conditioner, the Stage A encoder loaded; optimiser over the cond path
     model = build_ldm_for_fmri(
         cfg.pretrain_gm_path,
         stage_a.arch,
         train_set.num_voxels,
-        cfg.global_pool,
-        cfg.use_time_cond,
+        conditioner=cfg.conditioner,
+        use_time_cond=cfg.use_time_cond,
         cond_dropout=cfg.cond_dropout,
-        linear_pool=cfg.linear_pool,
         time_cond_start=cfg.time_cond_start,
+        encoder_weights=stage_a.model,
     ).to(device)
-    model.cond_stage_model.mae.load_checkpoint(stage_a.model)
     use_attention(model, attention_kind(device, amp.precision))
     fit = None
     if cfg.ridge_init and not resume:
@@ -191,8 +177,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                 f"--ridge_init needs the label LDM's class embeddings: {cfg.pretrain_gm_path}/model.ckpt "
                 "holds no cond_stage_model.embedding.weight"
             )
-        fit = ridge_init_pool(
-            model.cond_stage_model,
+        fit = model.cond_stage_model.start_from_ridge(
             torch.from_numpy(train_set.fmri),
             train_set.item_labels(),
             model.class_table.to(device),

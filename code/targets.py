@@ -12,10 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataset import FMRIImageDataset
+import numpy as np
+
+from dataset import FMRIImageDataset, split_images
+from errors import UserError
 from readers.bold5000 import create_bold5000_dataset
 from readers.god import GOD_ROIS, create_god_dataset
 from readers.nsd import NSD_ROIS, create_nsd_dataset
+from transforms import RandomVoxelDropout, model_image_transform
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,27 @@ def load_target(data: Any, patch_size: int, include_nonavg_test: bool) -> tuple[
         include_nonavg_test=include_nonavg_test,
         **options,
     )
+
+
+def stage_b_data(cfg: Any, patch_size: int) -> tuple[FMRIImageDataset, FMRIImageDataset, FMRIImageDataset]:
+    """Stage B's (training pairs, validation items, test items) from its config (`config.StageBConfig`).
+
+    The validation items are `val_split` training images held out of the pairs (drawn with the run's seed), or
+    with `select_on test` the test set itself, as published; `num_train_images` keeps that many of the rest. The
+    pairs get Stage B's transforms: random crops of the images (`crop_ratio`), voxel dropout (`fmri_dropout`).
+    """
+    train_set, test_set = load_target(cfg, patch_size, cfg.include_nonavg_test)
+    if cfg.select_on == "val_split":
+        train_images = len(np.unique(train_set.image_index))
+        if cfg.val_split >= train_images:
+            raise UserError(
+                f"--val_split {cfg.val_split}: the training pairs show only {train_images} images; hold out fewer"
+            )
+        train_set, val_set = train_set.hold_out(cfg.val_split, cfg.seed)
+    else:
+        val_set = test_set
+    if cfg.num_train_images is not None:
+        train_set = split_images(train_set, cfg.num_train_images, "--num_train_images")[1]
+    train_set.image_transform = model_image_transform(cfg.img_size, cfg.crop_ratio)
+    train_set.transform = RandomVoxelDropout(cfg.fmri_dropout)
+    return train_set, val_set, test_set

@@ -1,19 +1,24 @@
-"""fMRI conditioner (FMRICondStage): the `cond_stage` reference fixture, the full-size `cond_stage_model.*` schema,
-the global-pool variant and bad inputs."""
+"""fMRI conditioners (`dc_ldm.conditioners`): the `cond_stage` reference fixture, the full-size
+`cond_stage_model.*` schema, what every registry entry states (tokens, groups), the one-token variants, the
+`patch_tokens` scheme and bad inputs."""
+
+import types
 
 import pytest
 import torch
 
 from conftest import FORWARD_TOL, load_fixture, rel_err
-from dc_ldm.ldm_for_fmri import NUM_CONTEXT_TOKENS, FMRICondStage
+from dc_ldm.conditioners import CONDITIONERS, NUM_CONTEXT_TOKENS
+from published_configs import stage_b_conditioner
 
-COND_ARGS = ("num_voxels", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "cond_dim", "global_pool")
-TINY = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, cond_dim=8)
+ENCODER_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+TINY = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0)
 
 
 def test_cond_stage_reproduces_reference():
     cfg, ref = load_fixture("cond_stage")
-    model = FMRICondStage(**{k: cfg[k] for k in COND_ARGS}).eval()
+    scheme = CONDITIONERS[stage_b_conditioner(cfg)]  # the fixture names it as the original does: global_pool
+    model = scheme(cfg["num_voxels"], cfg["cond_dim"], **{k: cfg[k] for k in ENCODER_ARGS}).eval()
     model.load_state_dict(ref["state_dict"], strict=True)
     with torch.no_grad():
         out = model(ref["fmri"])
@@ -28,21 +33,86 @@ def test_cond_stage_schema(schemas):
     mae_cfg = schemas["mae_fmri"]["config"]  # the published Stage A architecture
     context_dim = expected["dim_mapper.weight"][0]
     with torch.device("meta"):
-        model = FMRICondStage(**{k: mae_cfg[k] for k in COND_ARGS[:6]}, cond_dim=context_dim, global_pool=False)
+        model = CONDITIONERS["published"](mae_cfg["num_voxels"], context_dim, **{k: mae_cfg[k] for k in ENCODER_ARGS})
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+
+
+@pytest.mark.parametrize("name", list(CONDITIONERS))
+def test_every_entry_states_its_tokens_and_groups(name):
+    """What the UNet and Stage B rely on: the stated token count is the output's, the groups split every parameter
+    (the null context aside) into the encoder and the read-out, and the entry's name is its key."""
+    scheme = CONDITIONERS[name]
+    torch.manual_seed(0)
+    model = scheme(32, 8, cond_dropout=0.1, **TINY)
+    out = model.eval()(torch.randn(3, 1, 32))
+    assert scheme.name == name and out.shape == (3, scheme.context_tokens(32 // 4), 8) == (3, model.num_tokens, 8)
+    groups = model.groups()
+    assert groups["encoder"] == [model.mae] and groups["mapper"]
+    grouped = [id(p) for ms in groups.values() for m in ms for p in m.parameters()]
+    assert sorted(grouped + [id(model.null_context)]) == sorted(id(p) for p in model.parameters())
+    assert model.unconditional(2).shape == (2, model.num_tokens, 8)
 
 
 def test_global_pool_has_one_token_and_no_channel_mapper():
     torch.manual_seed(0)
-    model = FMRICondStage(32, **TINY, global_pool=True)
+    model = CONDITIONERS["global_pool"](32, 8, **TINY)
     assert not any(k.startswith("channel_mapper") for k in model.state_dict())
-    out = model(torch.randn(3, 1, 32))
-    assert out.shape == (3, 1, 8) and model.num_tokens == 1
-    assert FMRICondStage(32, **TINY)(torch.randn(3, 1, 32)).shape == (3, NUM_CONTEXT_TOKENS, 8)
+    assert model(torch.randn(3, 1, 32)).shape == (3, 1, 8) and model.num_tokens == 1
+    assert CONDITIONERS["published"](32, 8, **TINY)(torch.randn(3, 1, 32)).shape == (3, NUM_CONTEXT_TOKENS, 8)
+
+
+def test_patch_tokens_maps_each_encoder_token_alone():
+    """One context token per patch of voxels: token i is dim_mapper of encoder token i (no mixing across tokens)."""
+    torch.manual_seed(0)
+    model = CONDITIONERS["patch_tokens"](32, 8, **TINY).eval()
+    fmri = torch.randn(2, 1, 32)
+    with torch.no_grad():
+        out, tokens = model(fmri), model.mae(fmri)
+    assert out.shape == (2, 8, 8)
+    torch.testing.assert_close(out[:, 3], model.dim_mapper(tokens[:, 3]))
+
+
+def test_published_names_map_onto_the_registry():
+    assert stage_b_conditioner({"global_pool": True}) == "global_pool"
+    assert stage_b_conditioner({"global_pool": False}) == stage_b_conditioner({}) == "published"
+    assert stage_b_conditioner({"global_pool": True, "linear_pool": True}) == "linear_pool"  # ours, before
+    assert stage_b_conditioner({"global_pool": True, "conditioner": "patch_tokens"}) == "patch_tokens"
 
 
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="at least 2 patches"):
-        FMRICondStage(4, **TINY)
+        CONDITIONERS["published"](4, 8, **TINY)
     with pytest.raises(ValueError, match="model was built for 32"):
-        FMRICondStage(32, **TINY)(torch.randn(2, 1, 40))
+        CONDITIONERS["published"](32, 8, **TINY)(torch.randn(2, 1, 40))
+
+
+def test_freezing_goes_by_group_and_an_empty_group_is_an_error(tmp_path):
+    """Stage B's --freeze_encoder / --freeze_mapper fix the conditioner's groups by module; a scheme without such a
+    group (here one whose read-out has no layers) is told so instead of training what it asked to keep fixed."""
+    from dc_ldm.conditioners import Conditioner
+    from dc_ldm.models.diffusion.ddpm import LatentDiffusion
+    from errors import UserError
+
+    class Identity(Conditioner):  # the encoder's tokens as the context, nothing to map
+        name = "identity"
+
+        @classmethod
+        def context_tokens(cls, num_patches):
+            return num_patches
+
+        def build_read_out(self, num_patches, embed_dim, cond_dim):
+            pass
+
+        def read_out(self, tokens):
+            return tokens
+
+    model = LatentDiffusion.__new__(LatentDiffusion)  # only the parts set_trainable reads
+    torch.nn.Module.__init__(model)
+    model.model = torch.nn.Module()
+    model.model.diffusion_model = types.SimpleNamespace(conditioning_modules=lambda: [])
+    model.cond_stage_model = CONDITIONERS["published"](32, 8, **TINY)
+    kept = {id(p) for p in model.set_trainable(frozen=("encoder",))}
+    assert kept == {id(p) for m in model.cond_stage_model.groups()["mapper"] for p in m.parameters()}
+    model.cond_stage_model = Identity(32, 16, **TINY)
+    with pytest.raises(UserError, match="'identity' has no mapper to keep fixed"):
+        model.set_trainable(frozen=("mapper",))

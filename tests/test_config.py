@@ -37,7 +37,7 @@ def test_published_defaults():
         5,
     )
     assert StageBConfig(dataset="BOLD5000").batch_size == 25
-    assert b.use_time_cond and not b.global_pool
+    assert b.use_time_cond and b.conditioner == "published"
     g = GenEvalConfig()
     assert (g.num_samples, g.ddim_steps, g.sampler, g.n_way, g.num_trials) == (5, 250, "plms", 50, 1000)
 
@@ -64,8 +64,8 @@ def test_command_line_types_booleans_lists_and_none():
     assert cfg.include_kam is False and cfg.include_hcp is True  # defect #1: "--include_hcp False" was True
     assert cfg.focus_range == [0, 1500] and cfg.num_sub_limit is None
     assert cfg.seed == 7 and isinstance(cfg.seed, int)  # defect #9: the seed was a string
-    b = parse_config(StageBConfig, ["--kam_subs", "sbj_1", "sbj_3", "--global_pool", "--dataset", "GOD"])
-    assert b.kam_subs == ["sbj_1", "sbj_3"] and b.global_pool is True
+    b = parse_config(StageBConfig, ["--kam_subs", "sbj_1", "sbj_3", "--conditioner", "global_pool"])
+    assert b.kam_subs == ["sbj_1", "sbj_3"] and b.conditioner == "global_pool"
 
 
 def test_yaml_overrides_and_flags_win(tmp_path):
@@ -117,7 +117,7 @@ def test_published_config_object_maps_onto_ours():
         lr=5.3e-5,
         num_epoch=500,
         precision=32,
-        global_pool=False,
+        global_pool=True,
         use_time_cond=True,
         num_samples=5,
         ddim_steps=250,
@@ -128,6 +128,15 @@ def test_published_config_object_maps_onto_ours():
     )
     cfg = from_dict(StageBConfig, published.to_dict(), strict=False)
     assert cfg.precision == "fp32" and cfg.ddim_steps == 250 and cfg.batch_size == 5
+    assert cfg.conditioner == "global_pool"  # the published name of the conditioner, read where configs are read
+    former = {"global_pool": True, "linear_pool": True, "ridge_init": True}  # a config.yaml of ours, before
+    assert from_dict(StageBConfig, former).conditioner == "linear_pool"
+    with pytest.raises(ConfigError, match="global_pool must be true or false"):
+        from_dict(StageBConfig, {"global_pool": "no"})
+    with pytest.raises(ConfigError, match="conditioner must be one of"):
+        StageBConfig(conditioner="resampler")
+    with pytest.raises(ConfigError, match="ridge_init starts a linear pool"):
+        StageBConfig(conditioner="patch_tokens", ridge_init=True)
 
 
 def test_published_protocol_sets_the_papers_settings():

@@ -1,12 +1,14 @@
 """Format semantics of the readers on small hand-made trees, the transforms, and clear errors on bad input."""
 
 import json
+import types
 
 import numpy as np
 import pytest
 import torch
 
 from config import TargetData
+from corpora import pretraining_fmri
 from readers.arrays import chunk_mean, interpolate_augment, pad_to_patch_size
 from readers.bold5000 import BOLD5000_ROIS, create_bold5000_dataset
 from readers.files import DataFormatError
@@ -246,7 +248,7 @@ def test_hcp_sorted_subjects_skipping_folders_without_the_file(tmp_path):
     assert ds[0]["fmri"].shape == (1, 32)
 
 
-def test_hcp_augmentation_and_god_appended(tmp_path):
+def test_hcp_augmentation(tmp_path):
     root = write_hcp(tmp_path / "hcp")
     plain = create_hcp_dataset(root)
     aug = create_hcp_dataset(root, aug_times=3, seed=1)
@@ -254,14 +256,40 @@ def test_hcp_augmentation_and_god_appended(tmp_path):
     np.testing.assert_array_equal(aug.fmri[:240], plain.fmri)
     np.testing.assert_array_equal(create_hcp_dataset(root, aug_times=3, seed=1).fmri, aug.fmri)  # reproducible
     assert not np.array_equal(create_hcp_dataset(root, aug_times=3, seed=2).fmri, aug.fmri)
+
+
+def test_pretraining_corpora_in_the_published_order_padded_to_the_longest(tmp_path):
+    """HCP (augmented) then GOD's training fMRI, as published, then a folder of the user's own arrays; each corpus
+    switched by its field, every one wrap-padded to the longest."""
+    root = write_hcp(tmp_path / "hcp")
     god = write_god(tmp_path / "god", voxels=(20, 40))
-    both = create_hcp_dataset(root, aug_times=2, include_kam=True, kam_path=god)
-    assert both.fmri.shape == (2 * 240 + 2 * N_TRAIN, 1, 48)  # only HCP is augmented; all padded to the longest
+    cfg = types.SimpleNamespace(
+        include_hcp=True, include_kam=True, include_nsd=False, fmri_folder=None, hcp_path=root, kam_path=god,
+        roi="VC", patch_size=16, aug_times=2, num_sub_limit=None, seed=1,
+    )  # fmt: skip
+    both = pretraining_fmri(cfg)
+    assert both.shape == (2 * 240 + 2 * N_TRAIN, 48)  # only HCP is augmented; all padded to the longest
     god_train, _ = create_god_dataset(god, subjects=["sbj_1", "sbj_2"])
-    np.testing.assert_array_equal(both.fmri[480:], god_train.fmri)
-    np.testing.assert_array_equal(both.fmri[:240, 0, 32:], plain.fmri[:, 0, :16])  # HCP wrap-padded 32 -> 48
-    only_god = create_hcp_dataset(root, include_hcp=False, include_kam=True, kam_path=god)
-    np.testing.assert_array_equal(only_god.fmri, god_train.fmri)
+    plain = create_hcp_dataset(root).fmri[:, 0]
+    np.testing.assert_array_equal(both[480:], god_train.fmri[:, 0])
+    np.testing.assert_array_equal(both[:240, 32:], plain[:, :16])  # HCP wrap-padded 32 -> 48
+    cfg.include_hcp = False
+    np.testing.assert_array_equal(pretraining_fmri(cfg), god_train.fmri[:, 0])
+    own = tmp_path / "own"
+    own.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(own / "b_session.npy", rng.normal(3, 2, (7, 70)).astype(np.float32))
+    np.save(own / "a_session.npy", rng.normal(0, 1, (5, 20)))
+    cfg.include_kam, cfg.fmri_folder = False, str(own)
+    rows = pretraining_fmri(cfg)
+    assert rows.shape == (12, 80) and rows.dtype == np.float32  # 70 -> 80 (whole patches); 20 -> 32 -> 80
+    np.testing.assert_allclose(rows[5:].mean(), 0, atol=1e-5)  # each file z-scored on its own, in name order
+    (own / "c_bad.npy").write_bytes(b"\x93NUMPY junk")
+    with pytest.raises(DataFormatError, match="c_bad.npy"):
+        pretraining_fmri(cfg)
+    cfg.fmri_folder = None
+    with pytest.raises(ValueError, match="no pre-training corpus"):
+        pretraining_fmri(cfg)
 
 
 # ---- BOLD5000 ----------------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ import json
 import numpy as np
 import pytest
 
+from config import StageA1Config
 from conftest import REFERENCE_DIR
 from readers.bold5000 import create_bold5000_dataset
 from readers.god import create_god_dataset
 from readers.hcp import HCP_FILE, create_hcp_dataset
+from stageA1_mbm_pretrain import pretraining_data
 
 READERS = REFERENCE_DIR / "readers"
 DATA = READERS / "data"
@@ -42,7 +44,8 @@ def check_hcp(case: str, spec: dict, tmp_path) -> None:
             (root / sub / HCP_FILE).symlink_to(DATA / "HCP" / "npz" / sub / HCP_FILE)
     hcp = create_hcp_dataset(root, roi="VC", patch_size=16, aug_times=1)
     assert_fmri(hcp.fmri, f"{case}_fmri")
-    both = create_hcp_dataset(root, roi="VC", patch_size=16, include_kam=True, kam_path=DATA / "Kamitani" / "npz")
+    a1 = StageA1Config(hcp_path=str(root), kam_path=str(DATA / "Kamitani" / "npz"), roi="VC", patch_size=16)
+    both = pretraining_data(a1)  # the published pre-training set: HCP, then GOD's training fMRI (corpora.py)
     assert_fmri(both.fmri, f"{case}_kam_fmri")
     assert both[0]["fmri"].shape == (1, both.num_voxels)
 

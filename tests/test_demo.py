@@ -64,7 +64,10 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     assert {"loss_own_fmri", "loss_other_fmri", "gain", "label_gain"} <= set(gain)
     curve_b = next(r for r in world.steps.records if r["step"] == "curve: stage B")
     assert curve_b["recipe"]["flags"]["lr"] == 5.3e-5 and curve_b["recipe"]["flags"]["batch_size"] == 5
-    assert not curve_b["recipe"]["flags"]["global_pool"] and curve_b["recipe"]["flags"]["guidance_scale"] == 1.0
+    assert (
+        curve_b["recipe"]["flags"]["conditioner"] == "published"
+        and curve_b["recipe"]["flags"]["guidance_scale"] == 1.0
+    )
     probe = studies.stage_a_probe(world, {"A2": out / "fmri_encoder.pth"}, masks=1)
     assert set(probe) == {
         "mask_ratio",
@@ -210,7 +213,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     assert "| the demo's recipe | full | 0.600 | 0.620 | 0.950 [0.900, 1.000] | 23.9 |" in text
     assert "| published Stage B | no pre-training | 0.100 | 0.200 | 0.600 | 2.6 |" in text
     published = [flags for flags, _ in decoded if flags.get("lr") == 5.3e-5]
-    assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and not f["global_pool"] for f in published)
+    assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and f["conditioner"] == "published" for f in published)
     assert sum(f.get("use_time_cond") is False for f, _ in decoded) == 2  # cross-attention only, both conditionings
     assert "460 optimiser steps" in text
     assert "| no pre-training | 0.100 |" in text and "| linear map from sbj_3's training fMRI | 0.800 |" in text

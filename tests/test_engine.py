@@ -10,12 +10,13 @@ from torch import nn
 
 import runtime
 from checkpoint import save_checkpoint
-from checkpoint_layouts import load_weights, resume_training
+from checkpoint_layouts import load_weights
 from correlation import row_pearson
 from dataset import FMRIDataset
 from engine import AmpScaler, NonFiniteLossError, Schedule, make_loader, make_optimizer, train_one_epoch
 from errors import CheckpointError, UsageError
 from readers.arrays import fit_voxels
+from resume import resume_training
 from runtime import DistInfo, precision_hint
 from sc_mbm.mae_for_fmri import MAEforFMRI
 from sc_mbm.reconstruction import score

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FORWARD_TOL, ROOT, SAMPLER_TOL, load_fixture, rel_err
-from dc_ldm.ldm_for_fmri import FMRICondStage
+from dc_ldm.conditioners import CONDITIONERS
 from dc_ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS, LatentDiffusion, load_ldm_checkpoint
 from dc_ldm.models.diffusion.plms import PLMSSampler
 from dc_ldm.models.diffusion.samplers import SAMPLERS
@@ -31,7 +31,7 @@ def build(cfg: dict, fmri_cond: bool = True, **params) -> LatentDiffusion:
     model = instantiate_from_config(model_cfg)
     if fmri_cond:
         mae = cfg["mae"]
-        model.cond_stage_model = FMRICondStage(
+        model.cond_stage_model = CONDITIONERS["published"](
             num_voxels=mae["num_voxels"],
             patch_size=mae["patch_size"],
             embed_dim=mae["embed_dim"],
@@ -39,7 +39,6 @@ def build(cfg: dict, fmri_cond: bool = True, **params) -> LatentDiffusion:
             num_heads=mae["num_heads"],
             mlp_ratio=mae["mlp_ratio"],
             cond_dim=model_cfg["params"]["unet_config"]["params"]["context_dim"],
-            global_pool=False,
         )
     return model
 
@@ -257,7 +256,10 @@ def test_time_conditioning_starts_as_published_unless_asked(fixture, global_pool
 
     def built(start: str) -> LatentDiffusion:
         torch.manual_seed(0)
-        return build_ldm_for_fmri(folder, mae, cfg["mae"]["num_voxels"], global_pool, time_cond_start=start)
+        conditioner = "global_pool" if global_pool else "published"
+        return build_ldm_for_fmri(
+            folder, mae, cfg["mae"]["num_voxels"], conditioner=conditioner, time_cond_start=start
+        )
 
     published, zero = built("published"), built("zero")
     torch.manual_seed(0)  # the same construction, nothing loaded: PyTorch's default initialisation

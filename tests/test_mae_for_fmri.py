@@ -7,8 +7,9 @@ import torch
 
 from conftest import FORWARD_TOL, load_fixture, rel_err
 from errors import CheckpointError
+from runtime import attention_kind, use_attention
 from sc_mbm.architecture import ARCH_FIELDS
-from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights, attention_kind, use_attention
+from sc_mbm.mae_for_fmri import FMRIEncoder, MAEforFMRI, architecture_from_weights
 from sc_mbm.utils import get_1d_sincos_pos_embed, interpolate_pos_embed, patchify
 
 MAE_ARGS = ("num_voxels", *ARCH_FIELDS)

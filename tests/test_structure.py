@@ -103,7 +103,7 @@ def _reaches(graph: dict[str, set[str]], start: str) -> dict[str, str]:
 def test_the_graph_sees_our_imports():
     graph = import_graph()
     assert "dataset" in graph["stageB_ldm_finetune"] and "config" in graph["gen_eval"]
-    assert "sc_mbm.mae_for_fmri" in graph["dc_ldm.ldm_for_fmri"]  # `from sc_mbm.mae_for_fmri import ...`
+    assert "sc_mbm.mae_for_fmri" in graph["dc_ldm.conditioners.base"]  # `from sc_mbm.mae_for_fmri import ...`
     assert {"a", "b"} <= set(_cycle({"a": {"b"}, "b": {"a"}}) or [])
     assert _cycle({"a": {"b"}, "b": set()}) is None
 

@@ -158,15 +158,35 @@ def test_activation_checkpointing_is_exact():
     torch.testing.assert_close(grads1, grads0)
 
 
-@pytest.mark.parametrize("use_time_cond, global_pool", [(False, False), (True, True)])
-def test_conditioning_variants(use_time_cond, global_pool):
+@pytest.mark.parametrize(
+    "use_time_cond, params, tokens",
+    [
+        (False, {}, 77),
+        (True, {"global_pool": True}, 1),
+        (True, {"context_tokens": 1}, 1),
+        (True, {"context_tokens": 5}, 5),
+    ],
+)
+def test_conditioning_variants(use_time_cond, params, tokens):
+    """The context's length sizes double conditioning: one token, a Linear (the published `global_pool`); more, the
+    published Conv1d pair over them."""
     config, t = load_fixture("unet")
     config = copy.deepcopy(config)
-    config["params"].update(use_time_cond=use_time_cond, global_pool=global_pool)
+    config["params"].update(use_time_cond=use_time_cond, **params)
     model = instantiate_from_config(config)
-    context = t["context"][:, :1] if global_pool else t["context"]  # pooled: one token
-    assert isinstance(getattr(model, "time_embed_condtion", None), torch.nn.Linear) == global_pool
+    context = t["context"][:, :1].expand(-1, tokens, -1)
+    assert isinstance(getattr(model, "time_embed_condtion", None), torch.nn.Linear) == (use_time_cond and tokens == 1)
     assert model(t["x"], t["t"], context=context).shape == t["out"].shape
+    if use_time_cond and tokens > 1:
+        assert model.time_embed_condtion[0].in_channels == tokens
+
+
+def test_context_length_given_twice_must_agree():
+    config, _ = load_fixture("unet")
+    config = copy.deepcopy(config)
+    config["params"].update(use_time_cond=True, global_pool=True, context_tokens=77)
+    with pytest.raises(ValueError, match="global_pool means one context token"):
+        instantiate_from_config(config)
 
 
 def test_class_embedder_shapes():

@@ -35,8 +35,7 @@ class Preset:
 # cross-attention only; docs/defects.md #16). Stage A's share is short: a linear read-out of the encoder's tokens
 # holds what the fMRI holds after one epoch already.
 RECIPE_B = dict(
-    global_pool=True,
-    linear_pool=True,
+    conditioner="linear_pool",
     ridge_init=True,
     freeze_encoder=True,
     freeze_mapper=True,
@@ -67,8 +66,7 @@ DEMO = Preset(
 # `--levers`: each one change of the recipe, Stage B retrained (or only sampled) and scored like the recipe. The
 # published conditioning trains the encoder, the mappers and the UNet's conditioning path on 77 mapped tokens.
 PUBLISHED_B = dict(
-    global_pool=False,
-    linear_pool=False,
+    conditioner="published",
     ridge_init=False,
     freeze_encoder=False,
     freeze_mapper=False,
@@ -81,7 +79,7 @@ PUBLISHED_B = dict(
 PUBLISHED_STAGE_B = {**PUBLISHED_B, "lr": 5.3e-5, "batch_size": 5, "clip_grad": 0.5, "crop_ratio": 0.2}
 LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_eval flags changed)
     "published conditioning (77 tokens)": (PUBLISHED_B, {}),
-    "published, global_pool (one mean token)": ({**PUBLISHED_B, "global_pool": True}, {}),
+    "published, global_pool (one mean token)": ({**PUBLISHED_B, "conditioner": "global_pool"}, {}),
     "linear pool trained from the ridge start": ({"freeze_mapper": False}, {}),
     "linear pool trained from a random start": ({"ridge_init": False, "freeze_mapper": False}, {}),
     "encoder trained too": ({"freeze_encoder": False}, {}),

@@ -19,7 +19,16 @@ from bounded import check_tree
 from dataset import FMRIImageDataset
 from errors import one_line
 from readers.arrays import make_sets, pad_to_patch_size, zscore
-from readers.files import DataFormatError, check_fmri, check_images, check_subjects, data_root, load_npz, require
+from readers.files import (
+    DataFormatError,
+    check_fmri,
+    check_images,
+    check_subjects,
+    data_root,
+    load_npz,
+    missing,
+    require,
+)
 
 GOD_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC")
 
@@ -186,3 +195,16 @@ def create_god_dataset(
         )
         views = [both, both]
     return make_sets(train, test, views, fmri_transform=fmri_transform, image_transform=image_transform)
+
+
+def god_training_fmri(
+    path: str | os.PathLike = "data/Kamitani/npz", roi: str = "VC", patch_size: int = 16
+) -> np.ndarray:
+    """The training fMRI (N, V) of every GOD subject in `path` (`sbj_<k>.npz`, in subject order), as the published
+    pre-training appends it to HCP's: test fMRI left out, no images."""
+    root = data_root(Path(path))
+    subjects = sorted((p.stem for p in root.glob("sbj_*.npz")), key=lambda s: (len(s), s))
+    if not subjects:
+        raise missing(root / "sbj_<k>.npz")
+    train, _ = create_god_dataset(root, roi, patch_size, subjects=subjects)
+    return train.fmri[:, 0]

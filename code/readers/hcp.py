@@ -16,7 +16,6 @@ import numpy as np
 from dataset import FMRIDataset
 from readers.arrays import chunk_mean, interpolate_augment, pad_all_to_longest, pad_to_patch_size, zscore
 from readers.files import DataFormatError, check_fmri, data_root, load_npz, missing
-from readers.god import create_god_dataset
 
 log = logging.getLogger("mindvis.dataset")
 
@@ -33,44 +32,31 @@ def create_hcp_dataset(
     transform: Callable | None = None,
     aug_times: int = 1,
     num_sub_limit: int | None = None,
-    include_kam: bool = False,
-    kam_path: str | os.PathLike = "data/Kamitani/npz",
-    include_hcp: bool = True,
     seed: int = 0,
 ) -> FMRIDataset:
-    """HCP resting-state window means (N, 1, V) for pre-training, optionally followed by all GOD training fMRI.
+    """HCP resting-state window means (N, 1, V) for pre-training (`corpora.py` adds the other corpora).
 
-    Subjects are read in sorted order (at most `num_sub_limit`); folders without the file are skipped.
-    `aug_times` > 1 appends interpolated HCP samples (drawn from `seed`) before GOD is appended, as published.
+    Subjects are read in sorted order (at most `num_sub_limit`); folders without the file are skipped, and subjects
+    of different voxel counts are wrap-padded to the longest. `aug_times` > 1 appends interpolated samples (drawn
+    from `seed`), as published.
     """
     if roi != "VC" and roi not in HCP_ROIS:
         raise ValueError(f"HCP roi must be 'VC' or one of {HCP_ROIS}, got {roi!r}")
     if num_sub_limit is not None and num_sub_limit < 1:
         raise ValueError(f"num_sub_limit must be None or at least 1, got {num_sub_limit}")
     keys = HCP_ROIS if roi == "VC" else (roi,)
+    root = data_root(Path(path))
+    files = [root / s / HCP_FILE for s in sorted(os.listdir(root)) if (root / s / HCP_FILE).is_file()]
+    if not files:
+        raise missing(root / "<subject>" / HCP_FILE)
     arrays = []
-    if include_hcp:
-        root = data_root(Path(path))
-        files = [root / s / HCP_FILE for s in sorted(os.listdir(root)) if (root / s / HCP_FILE).is_file()]
-        if not files:
-            raise missing(root / "<subject>" / HCP_FILE)
-        for file in files[:num_sub_limit]:
-            npz = load_npz(file, keys)
-            v = np.concatenate([check_fmri(npz[k], file, k, rows=len(npz[keys[0]])) for k in keys], axis=-1)
-            num_windows = len(v) // int(HCP_WINDOW / HCP_TR)
-            if num_windows == 0:
-                raise DataFormatError(f"{file}: {len(v)} frames, fewer than one {HCP_WINDOW:g} s window")
-            arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size, file), source=file))
-        log.info("HCP: %d subjects from %s", len(arrays), root)
-        arrays = pad_all_to_longest(arrays)
-        arrays = [interpolate_augment(np.concatenate(arrays), aug_times, np.random.default_rng(seed))]
-    if include_kam:
-        kam = data_root(Path(kam_path))
-        subjects = sorted((p.stem for p in kam.glob("sbj_*.npz")), key=lambda s: (len(s), s))
-        if not subjects:
-            raise missing(kam / "sbj_<k>.npz")
-        train, _ = create_god_dataset(kam, roi, patch_size, subjects=subjects)
-        arrays.append(train.fmri[:, 0])
-    if not arrays:
-        raise ValueError("create_hcp_dataset: include_hcp and include_kam are both off")
-    return FMRIDataset(np.concatenate(pad_all_to_longest(arrays))[:, None], transform)
+    for file in files[:num_sub_limit]:
+        npz = load_npz(file, keys)
+        v = np.concatenate([check_fmri(npz[k], file, k, rows=len(npz[keys[0]])) for k in keys], axis=-1)
+        num_windows = len(v) // int(HCP_WINDOW / HCP_TR)
+        if num_windows == 0:
+            raise DataFormatError(f"{file}: {len(v)} frames, fewer than one {HCP_WINDOW:g} s window")
+        arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size, file), source=file))
+    log.info("HCP: %d subjects from %s", len(arrays), root)
+    fmri = interpolate_augment(np.concatenate(pad_all_to_longest(arrays)), aug_times, np.random.default_rng(seed))
+    return FMRIDataset(fmri[:, None], transform)

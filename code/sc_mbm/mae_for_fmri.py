@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Attention, Block
+from timm.models.vision_transformer import Block
 
 from errors import CheckpointError
 from sc_mbm.architecture import width_problem
@@ -58,26 +58,6 @@ def _vit_blocks(width: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.
     return nn.ModuleList(
         [Block(width, num_heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)]
     )
-
-
-def attention_kind(device: torch.device, precision: str) -> str:
-    """The attention path of the fMRI transformers for a device and precision: "sdpa" or "explicit".
-
-    Explicit for bf16 on a CPU: PyTorch's CPU SDPA kernels run these short sequences of 32- and 64-wide heads
-    several times slower in bf16 than three plain ops (forward and backward), and the bf16 Stage A1 step on an AMX
-    CPU runs faster with them (benchmarks/README.md has the numbers). SDPA everywhere else (its fused kernels win
-    on GPUs and in fp32). Both compute the same attention.
-    """
-    return "explicit" if device.type == "cpu" and precision == "bf16" else "sdpa"
-
-
-def use_attention(model: nn.Module, kind: str) -> None:
-    """Run every timm attention layer in `model` through SDPA ("sdpa") or the explicit softmax ("explicit")."""
-    if kind not in ("sdpa", "explicit"):
-        raise ValueError(f"attention must be 'sdpa' or 'explicit', got {kind!r}")
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.fused_attn = kind == "sdpa"
 
 
 class PatchEmbed1D(nn.Module):

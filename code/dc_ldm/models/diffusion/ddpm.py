@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from checkpoint import load_checkpoint
 from dc_ldm.modules.diffusionmodules.util import make_beta_schedule
 from dc_ldm.modules.ema import LitEma
 from dc_ldm.util import instantiate_from_config
-from errors import CheckpointError
+from errors import CheckpointError, UserError
 
 log = logging.getLogger("mindvis.dc_ldm")
 
@@ -44,9 +44,6 @@ SCHEDULE_BUFFERS = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
-# UNet parameters that Stage B trains with the conditioner: cross-attention (`attn2`), the norm in front
-# of it (`norm2`) and the projection of the context into the timestep embedding (`time_embed_condtion`).
-COND_PATH_NAMES = ("attn2", "norm2", "time_embed_condtion")
 
 
 class DiffusionWrapper(nn.Module):
@@ -114,6 +111,8 @@ class LatentDiffusion(nn.Module):
         _set_requires_grad(self.first_stage_model, False)
         _set_requires_grad(self.cond_stage_model, cond_stage_trainable)
         self.first_stage_model.eval()
+        # the class embeddings of a label LDM file whose class embedder was replaced (set by its loader), or None
+        self.class_table: torch.Tensor | None = None
         if ckpt_path is not None:
             load_ldm_checkpoint(self, ckpt_path, ignore_cond_stage=False, ignore_keys=ignore_keys)
 
@@ -205,23 +204,32 @@ class LatentDiffusion(nn.Module):
         return self
 
     def cond_path_parameters(self) -> list[nn.Parameter]:
-        """The conditioning path: all cond-stage parameters + UNet parameters named attn2/norm2/time_embed_condtion."""
-        unet = [p for name, p in self.model.named_parameters() if any(s in name for s in COND_PATH_NAMES)]
-        return list(self.cond_stage_model.parameters()) + unet
+        """The conditioning path: every cond-stage parameter, then the UNet's (`UNetModel.conditioning_modules`)."""
+        unet = {id(p) for m in self.model.diffusion_model.conditioning_modules() for p in m.parameters()}
+        return list(self.cond_stage_model.parameters()) + [p for p in self.model.parameters() if id(p) in unet]
 
-    def set_trainable(self, cond_path_only: bool = True, frozen: tuple[str, ...] = ()) -> list[nn.Parameter]:
+    def set_trainable(self, cond_path_only: bool = True, frozen: Sequence[str] = ()) -> list[nn.Parameter]:
         """Make trainable what Stage B trains and freeze the rest; returns those parameters (for the optimiser).
 
-        `cond_path_only` (Stage B): the conditioning path. Otherwise the UNet and the cond stage, as the
-        published code left them (it narrowed only the optimiser). The autoencoder is always frozen; frozen
-        parameters also save backward the weight gradients that would never be applied. Cond-stage parameters
-        whose names start with one of `frozen` (e.g. "mae." for the encoder) stay fixed.
+        `cond_path_only` (Stage B): the conditioning path, less the conditioner's groups named in `frozen`
+        (`Conditioner.groups`: "encoder", "mapper"); a group that holds no parameter is an error, not a silent
+        no-op. Otherwise the UNet and the cond stage, as the published code left them (it narrowed only the
+        optimiser). The autoencoder is always frozen; frozen parameters also save backward the weight gradients
+        that would never be applied.
         """
         _set_requires_grad(self, False)
         if cond_path_only:
-            params = self.cond_path_parameters()
-            fixed = {id(p) for n, p in self.cond_stage_model.named_parameters() if frozen and n.startswith(frozen)}
-            params = [p for p in params if id(p) not in fixed]
+            groups = self.cond_stage_model.groups() if frozen else {}
+            fixed = set()
+            for name in frozen:
+                found = {id(p) for m in groups.get(name, ()) for p in m.parameters()}
+                if not found:
+                    scheme = getattr(self.cond_stage_model, "name", type(self.cond_stage_model).__name__)
+                    raise UserError(
+                        f"the conditioner {scheme!r} has no {name} to keep fixed (its groups: {list(groups)})"
+                    )
+                fixed |= found
+            params = [p for p in self.cond_path_parameters() if id(p) not in fixed]
         else:
             params = list(self.model.parameters()) + list(self.cond_stage_model.parameters())
         for p in params:

@@ -1,8 +1,8 @@
 """The LDM denoising UNet with MinD-Vis's double conditioning.
 
-The conditioning context (N, 77, context_dim) enters every SpatialTransformer through
-cross-attention and, with `use_time_cond`, is also mapped by `time_embed_condtion` (name as
-published, typo included, so checkpoints load) to one vector added to the timestep embedding.
+The conditioning context (N, T, context_dim), T = `context_tokens` (77 as published), enters every
+SpatialTransformer through cross-attention and, with `use_time_cond`, is also mapped by `time_embed_condtion`
+(name as published, typo included, so checkpoints load) to one vector added to the timestep embedding.
 Only the paths MinD-Vis takes are built: 2-D, spatial transformers, plain ResBlocks.
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 from dc_ldm.modules.attention import BasicTransformerBlock, FixedContext, SpatialTransformer
 from dc_ldm.modules.diffusionmodules.util import GroupNorm32, checkpoint, timestep_embedding, zero_module
 
-NUM_CONTEXT_TOKENS = 77  # the published conditioners emit 77 tokens; time_embed_condtion's Conv1d is sized for it
+NUM_CONTEXT_TOKENS = 77  # the published context length, which the published time_embed_condtion's Conv1d is sized for
 
 
 class ResBlock(nn.Module):
@@ -117,8 +117,17 @@ class UNetModel(nn.Module):
         cond_scale: float = 1.0,
         global_pool: bool = False,
         use_time_cond: bool = False,
+        context_tokens: int | None = None,
     ):
+        """`context_tokens`: the length of the context (what sizes `time_embed_condtion`); a published config gives
+        it as `global_pool` (True: one token, else 77), read here and nowhere else."""
         super().__init__()
+        if context_tokens is None:
+            context_tokens = 1 if global_pool else NUM_CONTEXT_TOKENS
+        elif global_pool and context_tokens != 1:
+            raise ValueError(f"UNetModel: global_pool means one context token, got context_tokens={context_tokens}")
+        if context_tokens < 1:
+            raise ValueError(f"UNetModel: context_tokens must be >= 1, got {context_tokens}")
         unsupported = {
             "conv_resample=False": not conv_resample,
             f"dims={dims}": dims != 2,
@@ -149,11 +158,11 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         if use_time_cond:
             self.time_embed_condtion = (
-                nn.Linear(context_dim, time_dim)  # global_pool: the context is a single token already
-                if global_pool
+                nn.Linear(context_dim, time_dim)  # one context token already
+                if context_tokens == 1
                 else nn.Sequential(
-                    nn.Conv1d(NUM_CONTEXT_TOKENS, NUM_CONTEXT_TOKENS // 2, 1),
-                    nn.Conv1d(NUM_CONTEXT_TOKENS // 2, 1, 1),
+                    nn.Conv1d(context_tokens, context_tokens // 2, 1),
+                    nn.Conv1d(context_tokens // 2, 1, 1),
                     nn.Linear(context_dim, time_dim),
                 )
             )
@@ -204,13 +213,20 @@ class UNetModel(nn.Module):
         kv = [attn.keys_values(context) for attn in self._cross_attentions()]
         return FixedContext(context, kv, time_cond)
 
+    def conditioning_modules(self) -> list[nn.Module]:
+        """What Stage B trains of the UNet: each transformer block's cross-attention (`attn2`) and the norm in front
+        of it (`norm2`), and the projection of the context into the timestep embedding (`time_embed_condtion`)."""
+        blocks = [m for m in self.modules() if isinstance(m, BasicTransformerBlock)]
+        time_cond = [self.time_embed_condtion] if self.use_time_cond else []
+        return [layer for b in blocks for layer in (b.norm2, b.attn2)] + time_cond
+
     def _cross_attentions(self) -> list[nn.Module]:
         return [m.attn2 for m in self.modules() if isinstance(m, BasicTransformerBlock)]
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | FixedContext | None = None
     ) -> torch.Tensor:
-        """x (N, C_in, H, W), timesteps (N,), context (N, 77, context_dim) or (N, 1, .) pooled, or the same fixed
+        """x (N, C_in, H, W), timesteps (N,), context (N, T, context_dim), or the same fixed
         (`fix_context`) -> (N, C_out, H, W)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))  # (N, 4C)
         if self.use_time_cond:
