@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from config import StageA1Config
+from corpora import pretraining_fmri
 from demo.simulation.simulate import draw_class_images, make_synthetic_data
 from demo.simulation.spec import SIZES
 from demo.simulation.stimuli import ATTRIBUTE_SIZES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
@@ -265,8 +267,8 @@ def test_the_three_readers_run_on_it(tiny):
     god = tiny / "Kamitani" / "npz"
     hcp = create_hcp_dataset(tiny / "HCP" / "npz")
     assert hcp.fmri.shape[0] == SPEC.hcp_subjects * 120 and hcp[0]["fmri"].shape == (1, hcp.num_voxels)
-    both = create_hcp_dataset(tiny / "HCP" / "npz", include_kam=True, kam_path=god)
-    assert len(both) == SPEC.hcp_subjects * 120 + 5 * SPEC.train_categories * SPEC.images_per_category
+    a1 = StageA1Config(hcp_path=str(tiny / "HCP" / "npz"), kam_path=str(god))  # HCP + GOD, as published
+    assert len(pretraining_fmri(a1)) == SPEC.hcp_subjects * 120 + 5 * SPEC.train_categories * SPEC.images_per_category
 
     n_train, n_test = SPEC.train_categories * SPEC.images_per_category, SPEC.test_categories
     for roi in ("VC", "LVC", "HVC", "V1", "PPA"):
