@@ -325,7 +325,11 @@ class StageBConfig(_Run, TargetData):
     batch_size: int | None = arg(
         None, f"pairs per step and process (default: {_by_dataset('batch_size_b')})", "optimisation"
     )
-    accumulate_grad: int = arg(1, "steps accumulated per optimiser update", "optimisation")
+    accum_iter: int = arg(
+        1,
+        "steps accumulated per optimiser update (as in Stage A; the published Stage B config's accumulate_grad)",
+        "optimisation",
+    )
     clip_grad: float | None = arg(0.5, "gradient-norm clipping (None: off)", "optimisation")
     allow_new_schedule: bool = arg(
         False, "with --resume: accept a changed lr (the rate changes mid-run)", "optimisation"
@@ -377,8 +381,12 @@ class StageBConfig(_Run, TargetData):
 
     @classmethod
     def read_published(cls, values: dict) -> dict:
-        """`values` with the published names of the conditioner (`global_pool`; our former `linear_pool`, both
-        booleans) replaced by `conditioner` (`published_configs.stage_b_conditioner`)."""
+        """`values` with the published Stage B names replaced by ours: `accumulate_grad` by `accum_iter` (Stage A's
+        name), the conditioner's `global_pool` (and our former `linear_pool`, both booleans) by `conditioner`
+        (`published_configs.stage_b_conditioner`)."""
+        values = dict(values)
+        if "accumulate_grad" in values:
+            values.setdefault("accum_iter", values.pop("accumulate_grad"))
         names = [k for k in ("global_pool", "linear_pool") if k in values]
         if not names:
             return values
@@ -391,7 +399,7 @@ class StageBConfig(_Run, TargetData):
         self._validate_run()
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
-        check(self.accumulate_grad >= 1, f"accumulate_grad must be >= 1, got {self.accumulate_grad}")
+        check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
         check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
         check(0.0 <= self.crop_ratio < 1.0, f"crop_ratio must be in [0, 1), got {self.crop_ratio}")
         check(0.0 <= self.fmri_dropout < 1.0, f"fmri_dropout must be in [0, 1), got {self.fmri_dropout}")

@@ -139,15 +139,19 @@ def from_dict(cls: type, values: dict, strict: bool = True):
     return cls(**typed_fields(cls, values, strict))
 
 
+def with_our_names(cls: type, values: dict) -> dict:
+    """`values` with the published (or former) field names that `cls.read_published` knows mapped to its own."""
+    return cls.read_published(values) if hasattr(cls, "read_published") else values
+
+
 def typed_fields(cls: type, values: dict, strict: bool = True, source: object = None) -> dict:
     """The values of `cls`'s fields in `values`, each checked to be of its field's type (an error names `source`,
     e.g. a YAML file, and the field): a boolean is no number, a list or mapping no text; ints do for floats, and so
-    does text that reads as a number (PyYAML reads `1e-4` as text). A class with a `read_published` classmethod
-    has the published (or former) names in `values` mapped to its own by it first."""
+    does text that reads as a number (PyYAML reads `1e-4` as text). Published (or former) names are mapped to
+    the class's own first (`with_our_names`)."""
     types_ = _field_types(cls)
     try:
-        if hasattr(cls, "read_published"):
-            values = cls.read_published(values)
+        values = with_our_names(cls, values)
         unknown = sorted(short_repr(k) if not isinstance(k, str) else k for k in set(values) - set(types_))
         if strict and unknown:
             more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""

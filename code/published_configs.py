@@ -85,6 +85,7 @@ def published_config(cfg: Any, cls: type[_PublishedConfig]) -> _PublishedConfig:
         precision = values["precision"]
         values["precision"] = PRECISION_SPELLINGS["fp32" if precision == "auto" else precision][0]
         values["global_pool"] = values.get("conditioner") == "global_pool"  # how the original names its conditioner
+        values["accumulate_grad"] = values.pop("accum_iter", 1)  # and its accumulation
     return cls(**values)
 
 

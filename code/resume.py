@@ -21,7 +21,7 @@ from torch import nn
 from bounded import short_repr
 from checkpoint import as_config_dict, check_finite, load_checkpoint, set_rng_state
 from checkpoint_layouts import CHECKPOINT, load_weights
-from config_engine import ConfigError, load_yaml
+from config_engine import ConfigError, load_yaml, with_our_names
 from errors import CheckpointError
 
 log = logging.getLogger("mindvis.resume")
@@ -63,7 +63,7 @@ def resume_checkpoint_path(cfg: Any) -> Path:
             "one hard link), which a run folder of this project never holds (resuming would write through it)"
         )
     try:
-        values = load_yaml(folder / "config.yaml")
+        values = with_our_names(type(cfg), load_yaml(folder / "config.yaml"))
     except ConfigError:
         values = {}
     if not values or not set(values) <= {f.name for f in dataclasses.fields(cfg)}:

@@ -250,7 +250,7 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
                 epoch=epoch,
                 step=ldm_step,
                 schedule=schedule,
-                accum_iter=cfg.accumulate_grad,
+                accum_iter=cfg.accum_iter,
                 clip_grad=cfg.clip_grad,
                 log_every=cfg.log_every,
             )

@@ -7,6 +7,7 @@ import yaml
 
 from config import GenEvalConfig, StageA1Config, StageA2Config, StageBConfig
 from config_engine import ConfigError, from_dict, parse_config, save_config
+from published_configs import Config_Generative_Model, published_config
 from safe_pickle import PickledObject
 
 
@@ -157,3 +158,20 @@ def test_whole_numbers_only_for_integer_fields():
         from_dict(StageA1Config, {"num_epoch": 1.7})
     with pytest.raises(ConfigError, match="batch_size must be a whole number"):
         from_dict(StageA1Config, {"batch_size": True})
+
+
+def test_a_run_folder_of_the_former_names_resumes(tmp_path):
+    """A Stage B run written before the conditioner registry (config.yaml with global_pool / linear_pool and the
+    published accumulate_grad) is still a run folder of the stage, and resumes with the same settings."""
+    from resume import resume_checkpoint_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fields = {"global_pool": True, "linear_pool": True, "ridge_init": True, "accumulate_grad": 2, "lr": 1e-4}
+    (run / "config.yaml").write_text(yaml.safe_dump(fields))
+    (run / "checkpoint.pth").write_bytes(b"")
+    cfg = parse_config(StageBConfig, ["--resume", str(run)])
+    assert (cfg.conditioner, cfg.accum_iter, cfg.ridge_init) == ("linear_pool", 2, True)
+    assert resume_checkpoint_path(cfg) == run / "checkpoint.pth"
+    written = published_config(cfg, Config_Generative_Model)  # what the original reads back
+    assert written.accumulate_grad == 2 and written.global_pool is False and not hasattr(written, "accum_iter")
