@@ -282,3 +282,32 @@ def _unet(cfg: dict, global_pool: bool) -> dict:
     unet = copy.deepcopy(cfg["model"]["params"]["unet_config"])
     unet["params"].update(use_time_cond=True, global_pool=global_pool)
     return unet
+
+
+def test_another_context_length_starts_double_conditioning_new(fixture, tmp_path: Path):
+    """A label LDM file whose double conditioning reads the published 77 tokens: the published conditioner loads
+    those layers, a conditioner of another token count (patch_tokens) starts them new instead of failing on their
+    shape (and under `time_cond_start="zero"` from cross-attention only)."""
+    import yaml
+
+    from dc_ldm.ldm_for_fmri import build_ldm_for_fmri
+
+    cfg, _ = fixture
+    folder = tmp_path / "label2img"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": cfg["model"]}))
+    torch.manual_seed(1)
+    label_ldm = instantiate_from_config(
+        {**cfg["model"], "params": {**cfg["model"]["params"], "unet_config": _unet(cfg, False)}}
+    )
+    state = {k: v for k, v in label_ldm.state_dict().items() if not k.startswith("cond_stage_model.")}
+    torch.save({"state_dict": state}, folder / "model.ckpt")
+    mae = {k: cfg["mae"][k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")}
+    num_voxels = cfg["mae"]["num_voxels"]
+    tec = "model.diffusion_model.time_embed_condtion.0.weight"
+    published = build_ldm_for_fmri(folder, mae, num_voxels, conditioner="published")
+    assert torch.equal(published.state_dict()[tec], state[tec]) and state[tec].shape[1] == 77
+    tokens = build_ldm_for_fmri(folder, mae, num_voxels, conditioner="patch_tokens", time_cond_start="zero")
+    layers = tokens.model.diffusion_model.time_embed_condtion
+    assert layers[0].in_channels == num_voxels // mae["patch_size"] != 77
+    assert not layers[-1].weight.any() and not layers[-1].bias.any()

@@ -18,6 +18,7 @@ import torch.nn as nn
 from checkpoint_layouts import ENCODER_FIELDS, read_architecture, read_finetuned, stage_a_config
 from dc_ldm.conditioners import CONDITIONERS
 from dc_ldm.models.diffusion.ddpm import LatentDiffusion, load_ldm_checkpoint
+from dc_ldm.modules.diffusionmodules.openaimodel import NUM_CONTEXT_TOKENS
 from dc_ldm.util import instantiate_from_config, load_ldm_config
 from errors import CheckpointError
 from published_configs import stage_b_conditioner
@@ -28,6 +29,7 @@ log = logging.getLogger("mindvis.dc_ldm")
 # the one-token Linear of global_pool): as constructed (PyTorch's default initialisation; the original loads the
 # file non-strictly and keeps it), or with their last Linear zero (ours: training starts from cross-attention only).
 TIME_COND_STARTS = ("published", "zero")
+TIME_COND = "model.diffusion_model.time_embed_condtion"  # double conditioning's layers (the published typo)
 
 
 def build_ldm_for_fmri(
@@ -65,9 +67,12 @@ def build_ldm_for_fmri(
     params.update(cond_stage_key="fmri", use_ema=False)  # the YAML's class embedder is replaced below
     model = instantiate_from_config(model_cfg)
     if load_ldm_weights and ckpt_path.is_file():
-        report = load_ldm_checkpoint(model, ckpt_path, ignore_cond_stage=True)
+        # a label LDM's own double conditioning, if it has one, reads the published 77 tokens: another count
+        # (patch_tokens) starts those layers new, as the file has none for it
+        other = unet["context_tokens"] not in (1, NUM_CONTEXT_TOKENS)
+        report = load_ldm_checkpoint(model, ckpt_path, ignore_cond_stage=True, ignore_keys=(f"{TIME_COND}.",) * other)
         model.class_table = report.class_table
-        missing = any(k.startswith("model.diffusion_model.time_embed_condtion.") for k in report.missing)
+        missing = any(k.startswith(f"{TIME_COND}.") for k in report.missing)
         if use_time_cond and missing and time_cond_start == "zero":
             # double conditioning starts as the pretrained timestep embedding, not a random vector added to it
             last = [m for m in model.model.diffusion_model.time_embed_condtion.modules() if isinstance(m, nn.Linear)]

@@ -255,6 +255,7 @@ _KNOWN_REASONS = (
     ("missing", "cond_stage_model.mae", "fMRI encoder, loaded from the Stage A checkpoint"),
     ("missing", "cond_stage_model.", "new, trained in Stage B"),
     ("ignored", "cond_stage_model.", "class-embedding cond stage, replaced by the fMRI conditioner"),
+    ("ignored", "model.diffusion_model.time_embed_condtion", "sized for 77 context tokens, started new"),
 )
 
 
