@@ -95,6 +95,10 @@ def test_tiny_study_and_curve_run_resume_and_write_their_tables(tmp_path, monkey
     assert all(len(p["per_item"]) == 20 and 0 <= p["top1"] <= 1 for p in probes.values())
     table = md.read_text()
     assert table.count("| cortex-tiny | probe |") == 8 and "minus pre-trained" in table
+    held = json.loads((tmp_path / "results/demo/cortex-tiny/study/tokens.json").read_text())
+    assert set(held) == {"raw fMRI", *pretraining.ENCODERS}
+    assert all(0 < h["signal_share"] < 1 and 1 <= h["effective_dims"] for h in held.values())
+    assert table.count("| cortex-tiny | 0 |") == 4 and "## What the features hold" in table
     summary = json.loads((tmp_path / "results/demo/pretraining_study.json").read_text())
     assert {r["features"] for r in summary} == {"raw fMRI", *pretraining.ENCODERS}
     assert (tmp_path / "results/demo/pretraining_study.png").read_bytes()[:4] == b"\x89PNG"
