@@ -16,9 +16,15 @@ ALPHAS = tuple(10.0 ** np.arange(-1, 6))  # relative to the mean squared singula
 
 
 def fit_ridge(
-    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS, folds: int = 5, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    alphas: tuple[float, ...] = ALPHAS,
+    folds: int = 5,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge from x (N, V) to y (N, P), the penalty of the best mean held-out correlation over `folds` folds.
+    `groups` (N,): rows of one group stay in one fold (e.g. the tokens of one trial).
 
     Returns the map in the original units, weights (V, P) and bias (P,) with y ~ x @ weights + bias, and the
     chosen penalty.
@@ -26,10 +32,16 @@ def fit_ridge(
     mean, std = x.mean(0), x.std(0) + 1e-8
     xs = (x - mean) / std
     scale = np.mean(xs**2) * x.shape[1]
-    order = np.random.default_rng(seed).permutation(len(x))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        held_out = np.array_split(rng.permutation(len(x)), folds)
+    else:
+        held_out = [
+            np.flatnonzero(np.isin(groups, g)) for g in np.array_split(rng.permutation(np.unique(groups)), folds)
+        ]
     scores = np.zeros(len(alphas))
-    for held in np.array_split(order, folds):
-        fit = np.setdiff1d(order, held)
+    for held in held_out:
+        fit = np.setdiff1d(np.arange(len(x)), held)
         y_fit = y[fit].mean(0)
         truth = torch.from_numpy(y[held])
         for i, pred in enumerate(_solve(xs[fit], y[fit] - y_fit, [a * scale for a in alphas], xs[held])):

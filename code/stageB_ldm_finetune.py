@@ -219,7 +219,8 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             )
             if fit is not None:
                 log.info(
-                    "linear pool started as the ridge map to the LDM's class embeddings (penalty %g)", fit["penalty"]
+                    "the conditioner's mapper started as the ridge map to the LDM's class embeddings (penalty %g)",
+                    fit["penalty"],
                 )
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log.info(

@@ -4,11 +4,13 @@
 
 import types
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import FORWARD_TOL, load_fixture, rel_err
 from dc_ldm.conditioners import CONDITIONERS, NUM_CONTEXT_TOKENS
+from errors import UserError
 from published_configs import stage_b_conditioner
 
 ENCODER_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -116,3 +118,40 @@ def test_freezing_goes_by_group_and_an_empty_group_is_an_error(tmp_path):
     model.cond_stage_model = Identity(32, 16, **TINY)
     with pytest.raises(UserError, match="'identity' has no mapper to keep fixed"):
         model.set_trainable(frozen=("mapper",))
+
+
+@pytest.mark.parametrize("name", ["linear_pool", "patch_tokens"])
+def test_ridge_start_points_the_context_at_the_class_embeddings(name):
+    """`--ridge_init`: the mapper starts as the ridge map from the encoder's tokens to the label LDM's class
+    embedding of each training trial's label, so the context of a trial already resembles its class's row."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    patterns = rng.normal(size=(5, 32))
+    fmri = torch.from_numpy(patterns[labels] + 0.3 * rng.normal(size=(200, 32))).float()[:, None]
+    table = torch.randn(6, 8)  # 5 classes + the unconditional row
+    model = CONDITIONERS[name](32, 8, **TINY).eval()
+
+    def fit() -> float:
+        with torch.no_grad():
+            context = model(fmri).mean(1)  # (N, 8): the tokens' mean
+        return float(torch.nn.functional.cosine_similarity(context, table[labels], dim=1).mean())
+
+    before = fit()
+    assert model.start_from_ridge(fmri, labels, table)["penalty"] > 0
+    assert fit() > max(0.8, before + 0.3)
+    with pytest.raises(UserError, match="ridge_init needs the class of every training image"):
+        model.start_from_ridge(fmri, labels + 3, table)
+
+
+def test_ridge_folds_keep_a_group_together():
+    """Rows of one group (the tokens of one trial) stay in one fold: repeated rows then cannot make a small penalty
+    look good by being seen in training and scored in the held-out fold (a weak signal in strong noise)."""
+    from ridge import ALPHAS, fit_ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 40))
+    y = 0.15 * x @ rng.normal(size=(40, 3)) + rng.normal(size=(60, 3))
+    x, y = np.repeat(x, 5, 0), np.repeat(y, 5, 0)
+    assert fit_ridge(x, y)[2] == ALPHAS[0]  # copies split across folds: memorising the noise looks like skill
+    assert fit_ridge(x, y, groups=np.repeat(np.arange(60), 5))[2] >= 10 * ALPHAS[0]  # kept together: it does not

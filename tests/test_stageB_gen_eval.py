@@ -331,7 +331,7 @@ def test_ridge_started_linear_pool_with_frozen_conditioner(world, tmp_path):
     assert after["cond_stage_model.dim_mapper.weight"].shape[1] == 32 * (
         after["cond_stage_model.mae.pos_embed"].shape[1] - 1
     )  # L * D inputs
-    assert "linear pool started as the ridge map" in (run / "log.txt").read_text()
+    assert "mapper started as the ridge map" in (run / "log.txt").read_text()
     changed = [k for k, v in world.label2img.items() if k in after and "attn2" in k and not torch.equal(v, after[k])]
     assert changed  # the UNet's cross-attention trained
     null = state["cond_stage_model.embedding.weight"][-1]  # the null context started at the "no class" row

@@ -19,11 +19,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from errors import UserError
 from sc_mbm.mae_for_fmri import FMRIEncoder
+
+
+def check_class_labels(labels: np.ndarray, class_table: torch.Tensor) -> None:
+    """A ridge start needs each training image's class among the label LDM's classes (the rows of `class_table`)."""
+    if (labels < 0).any() or labels.max() >= len(class_table):
+        raise UserError(
+            f"ridge_init needs the class of every training image among the LDM's {len(class_table)} "
+            "classes (GOD's labels are ImageNet classes; BOLD5000 has none)"
+        )
 
 
 class Conditioner(nn.Module):
@@ -77,6 +87,16 @@ class Conditioner(nn.Module):
             dropped = torch.rand(len(x), 1, 1, device=x.device) < self.cond_dropout  # (N, 1, 1)
             x = torch.where(dropped, self.null_context.to(x.dtype), x)
         return x
+
+    @torch.no_grad()
+    def encoded(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The encoder's tokens of many fMRI (N, 1, V) in eval mode, in batches: (N, L, D) on the CPU."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        tokens = torch.cat([self.mae(b.to(device)).cpu() for b in fmri.split(100)])
+        self.train(was_training)
+        return tokens
 
     def groups(self) -> dict[str, list[nn.Module]]:
         """Its layers by job: `encoder` (the Stage A encoder) and `mapper` (the read-out's layers)."""

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dc_ldm.conditioners.base import Conditioner
+from dc_ldm.conditioners.base import Conditioner, check_class_labels
 from dc_ldm.modules.diffusionmodules.openaimodel import NUM_CONTEXT_TOKENS
-from errors import UserError
 from ridge import fit_ridge
 
 
@@ -88,16 +87,8 @@ class LinearPool(Conditioner):
         The penalty is chosen by cross-validation on the training set; test classes, never seen, map to points
         between the known classes' embeddings. Returns the penalty.
         """
-        if (labels < 0).any() or labels.max() >= len(class_table):
-            raise UserError(
-                f"ridge_init needs the class of every training image among the LDM's {len(class_table)} "
-                "classes (GOD's labels are ImageNet classes; BOLD5000 has none)"
-            )
-        was_training = self.training
-        self.eval()
-        device = self.dim_mapper.weight.device
-        tokens = torch.cat([self.mae(b.to(device)).flatten(1).cpu() for b in fmri.split(100)])
-        self.train(was_training)
+        check_class_labels(labels, class_table)
+        tokens = self.encoded(fmri).flatten(1)  # (N, L * D)
         weights, bias, alpha = fit_ridge(tokens.double().numpy(), class_table[labels].double().numpy(), seed=seed)
         self.dim_mapper.weight.copy_(torch.from_numpy(weights.T))
         self.dim_mapper.bias.copy_(torch.from_numpy(bias))
