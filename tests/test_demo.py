@@ -11,6 +11,7 @@ import pytest
 
 from demo import pipeline, presets, reports, steps, studies
 from demo.simulation import spec
+from errors import UserError
 
 
 def _steps(out) -> dict[str, bool]:
@@ -264,3 +265,35 @@ def test_seeds_table_gives_each_score_over_training_runs_with_its_interval(tmp_p
     assert low < mean < high and high - low < 0.2 and mean == pytest.approx(0.82, abs=0.02)
     assert row.count(", ") >= 4  # each run's score listed, for decoded and control
     assert "| mse | n/a |" in text  # no item scores: no interval is made up
+
+
+def test_a_killed_stage_step_resumes_and_a_finished_one_is_taken(tmp_path, monkeypatch):
+    """`run_stage` of the same command again: an earlier attempt with a checkpoint of some epochs is resumed
+    (`--resume` its run folder), one whose checkpoint holds every epoch is taken as it is, another command starts
+    over; Stage A checkpoints after every epoch whatever its recipe says."""
+    from checkpoint import save_checkpoint
+    from demo import steps
+
+    calls = []
+
+    def fake_run(argv):
+        calls.append(argv)
+        run = tmp_path / "out" / "stageA1" / "run0"
+        run.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"epoch": 1}, run / "checkpoint.pth")  # killed after its second epoch
+        return types.SimpleNamespace(returncode=1)
+
+    monkeypatch.setattr(steps.subprocess, "run", fake_run)
+    flags = {"num_epoch": 4, "ckpt_every": 4, "seed": 0}
+    with pytest.raises(UserError, match="failed"):
+        steps.run_stage("stageA1_mbm_pretrain.py", flags, tmp_path / "out")
+    assert calls[-1][calls[-1].index("--ckpt_every") + 1] == "1" and "--resume" not in calls[-1]
+    with pytest.raises(UserError, match="failed"):
+        steps.run_stage("stageA1_mbm_pretrain.py", flags, tmp_path / "out")
+    assert calls[-1][-2:] == ["--resume", str(tmp_path / "out" / "stageA1" / "run0")]
+    save_checkpoint({"epoch": 3}, tmp_path / "out" / "stageA1" / "run0" / "checkpoint.pth")
+    assert steps.run_stage("stageA1_mbm_pretrain.py", flags, tmp_path / "out") == tmp_path / "out/stageA1/run0"
+    assert len(calls) == 2  # finished: nothing run
+    with pytest.raises(UserError, match="failed"):
+        steps.run_stage("stageA1_mbm_pretrain.py", {**flags, "seed": 1}, tmp_path / "out")
+    assert "--resume" not in calls[-1]  # another command: the old attempt removed, a new one started

@@ -149,6 +149,9 @@ def test_stageA1_resumes_exactly_where_it_was_killed(tiny, tmp_path, monkeypatch
     }
     with pytest.raises(ConfigError, match="already finished its 3 epochs"):
         a1.main(a1_config(tiny, tmp_path, num_epoch=3, resume=str(killed)))
+    # checkpointing changes nothing the run computes (the demo's steps checkpoint every epoch to resume)
+    every = a1.main(a1_config(tiny, tmp_path / "every", num_epoch=3, ckpt_every=1))
+    assert_same_training_state(load_checkpoint(whole / "checkpoint.pth"), load_checkpoint(every / "checkpoint.pth"))
 
     # a longer target changes the schedule: refused unless asked for; then the lr follows the new num_epoch
     with pytest.raises(ConfigError, match=r"schedule would change \(num_epoch 3 -> 4\).*--allow_new_schedule"):

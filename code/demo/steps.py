@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from atomic import write_text_atomically
+from checkpoint import load_checkpoint
 from errors import UserError
 from runtime import format_seconds
 
@@ -85,10 +86,15 @@ class Steps:
 
 def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     """Run a stage script in its own process, as a user would; returns its run folder. `output_path` is stamped as
-    the demo's first, so that a failed attempt's folder can be removed by the next one."""
-    if output_path.exists() or output_path.is_symlink():
-        remove_made(output_path)  # a failed earlier attempt of this step
+    the demo's first, so that a failed attempt's folder can be removed by the next one.
+
+    A stage that checkpoints (`ckpt_every`: Stage A) does so after every epoch, whatever the recipe says
+    (checkpointing changes nothing a stage computes: tests/test_stageA.py), and an earlier attempt of the same
+    command that was killed is resumed from its last checkpoint (`--resume`) instead of started again; one that
+    had finished its epochs is taken as it is."""
     argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
+    if "ckpt_every" in flags:
+        flags = {**flags, "ckpt_every": 1}
     for key, value in flags.items():
         if isinstance(value, bool):
             argv.append(f"--{key}" if value else f"--no-{key}")
@@ -96,14 +102,55 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
             argv += [f"--{key}", *map(str, value)]
         else:
             argv += [f"--{key}", "None" if value is None else str(value)]
-    log.info("$ %s", " ".join(argv[1:]))
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    stamp_of(output_path).write_text(json.dumps({"made_by": "demo.steps.run_stage", "argv": argv[1:]}) + "\n")
-    result = subprocess.run(argv)
+    earlier = _earlier_attempt(output_path, argv[1:])
+    done = _checkpointed_epochs(earlier) if earlier is not None else 0
+    if done and done >= int(flags.get("num_epoch") or 0):
+        log.info("an earlier attempt of this step finished its epochs: %s", earlier)
+        return earlier
+    if done:
+        log.info("resuming the earlier attempt of this step after epoch %d: %s", done, earlier)
+        log.info("$ %s --resume %s", " ".join(argv[1:]), earlier)
+        result = subprocess.run([*argv, "--resume", str(earlier)])
+    else:
+        if output_path.exists() or output_path.is_symlink():
+            remove_made(output_path)  # a failed earlier attempt of this step, or one of another command
+        log.info("$ %s", " ".join(argv[1:]))
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp_of(output_path).write_text(json.dumps({"made_by": "demo.steps.run_stage", "argv": argv[1:]}) + "\n")
+        result = subprocess.run(argv)
     if result.returncode != 0:
         raise UserError(f"{script} failed (exit code {result.returncode}); its message is above")
     (run_dir,) = (p for p in output_path.glob("*/*") if p.is_dir())
     return run_dir
+
+
+def _earlier_attempt(output_path: Path, argv: list[str]) -> Path | None:
+    """The run folder of an earlier attempt of exactly this command in `output_path`, or None."""
+    stamp = stamp_of(output_path)
+    if not (output_path.is_dir() and stamp.is_file()):
+        return None
+    try:
+        same = json.loads(stamp.read_text()).get("argv") == argv
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    runs = [p for p in output_path.glob("*/*") if p.is_dir()]
+    return runs[0] if same and len(runs) == 1 else None
+
+
+def _checkpointed_epochs(run_dir: Path) -> int:
+    """How many epochs the training checkpoint of a run folder holds (0 without one)."""
+    path = run_dir / "checkpoint.pth"
+    if not path.is_file():
+        return 0
+    epoch = load_checkpoint(path).get("epoch", -1)
+    return epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """How many epochs a run folder's metrics.jsonl records as done (0 when it has none)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return len({e for line in lines if '"epoch"' in line and (e := json.loads(line)["epoch"]) >= 0})
 
 
 def write_json(data: dict, path: Path) -> dict:
@@ -115,8 +162,7 @@ def write_json(data: dict, path: Path) -> dict:
 def train_stage(script: str, flags: dict, output_path: Path, artefact: str, target: Path) -> dict:
     """Run a training stage, copy its `artefact` to `target`; the facts: the run and the epochs it trained."""
     run_dir = run_stage(script, flags, output_path)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    epochs = len({e for line in lines if '"epoch"' in line and (e := json.loads(line)["epoch"]) >= 0})  # -1: before
+    epochs = _epochs_done(run_dir)
     return {**copy_result(run_dir / artefact, target), "steps": f"{epochs} epoch{'s' * (epochs != 1)}"}
 
 
