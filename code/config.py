@@ -297,8 +297,8 @@ class StageBConfig(_Run, TargetData):
     )
     ridge_init: bool = arg(
         False,
-        "with --conditioner linear_pool: start it as the ridge regression (penalty by cross-validation) "
-        "from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
+        "with --conditioner linear_pool or patch_tokens: start its mapper as the ridge regression (penalty by "
+        "cross-validation) from the encoder's tokens of the training fMRI to the LDM's class embedding of their "
         "labels (ours; needs class labels)",
         "model",
     )
@@ -414,7 +414,8 @@ class StageBConfig(_Run, TargetData):
         )
         check(
             not self.ridge_init or hasattr(CONDITIONERS[self.conditioner], "start_from_ridge"),
-            f"ridge_init starts a linear pool: it needs --conditioner linear_pool, got {self.conditioner!r}",
+            f"ridge_init starts a conditioner's mapper from the ridge map: the conditioner {self.conditioner!r} has "
+            "none (linear_pool and patch_tokens do)",
         )
         check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")

@@ -136,8 +136,8 @@ def test_published_config_object_maps_onto_ours():
         from_dict(StageBConfig, {"global_pool": "no"})
     with pytest.raises(ConfigError, match="conditioner must be one of"):
         StageBConfig(conditioner="resampler")
-    with pytest.raises(ConfigError, match="ridge_init starts a linear pool"):
-        StageBConfig(conditioner="patch_tokens", ridge_init=True)
+    with pytest.raises(ConfigError, match="the conditioner 'published' has none"):
+        StageBConfig(conditioner="published", ridge_init=True)
 
 
 def test_published_protocol_sets_the_papers_settings():
