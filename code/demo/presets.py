@@ -82,6 +82,11 @@ LEVERS = {  # name -> (Stage B flags changed, or None: the recipe's model; gen_e
     "published, global_pool (one mean token)": ({**PUBLISHED_B, "conditioner": "global_pool"}, {}),
     "linear pool trained from the ridge start": ({"freeze_mapper": False}, {}),
     "linear pool trained from a random start": ({"ridge_init": False, "freeze_mapper": False}, {}),
+    "patch tokens (one context token per encoder token), ridge start": ({"conditioner": "patch_tokens"}, {}),
+    "patch tokens trained from a random start": (
+        {"conditioner": "patch_tokens", "ridge_init": False, "freeze_mapper": False},
+        {},
+    ),
     "encoder trained too": ({"freeze_encoder": False}, {}),
     "no condition dropout, no guidance": ({"cond_dropout": 0.0, "guidance_scale": 1.0}, {}),
     "guidance 1 at sampling (no guidance)": (None, {"guidance_scale": 1.0}),
