@@ -635,8 +635,9 @@ def token_table(rows: list[dict]) -> str:
         "## What the features hold",
         "",
         "Signal share: of the features' variance over sbj_3's 1,750 single test trials, the share the image explains "
-        "(pure noise: 0.028). Effective dimensions: the participation ratio of the standardised features' covariance over the "
-        "training fMRI. A ridge read-out from few pairs reads the directions of large variance first.",
+        "(pure noise: 0.028). Effective dimensions: the participation ratio of the standardised features' "
+        "covariance over the training fMRI. A ridge read-out from few pairs reads the directions of large variance "
+        "first.",
         "",
         "| world | seed | features | signal share | effective dimensions |",
         "| --- | --- | --- | --- | --- |",
