@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -81,6 +82,37 @@ def fill_zero_init(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module
             if p.device.type != "meta" and p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
     return model
+
+
+def tiny_stage_b_world(root: Path) -> SimpleNamespace:
+    """What Stage B reads, at toy size, in `root`: the tiny simulated GOD data (`data/`), a label2img folder of the
+    reference test architecture (`ldm/`: 32x32 images, 8x8 latents; random weights, zero-initialised layers filled
+    in as a trained model's would be) and a random-weight Stage A file sized to sbj_3 (`fmri_encoder.pth`). Shared
+    by the Stage B tests and `stage_b_path.py`."""
+    import json
+
+    import yaml
+
+    from checkpoint import save_checkpoint
+    from demo.simulation.simulate import make_synthetic_data
+    from readers.god import create_god_dataset
+    from sc_mbm.mae_for_fmri import MAEforFMRI
+
+    data = make_synthetic_data(root / "data", size="tiny", seed=0)
+    ldm_dir = root / "ldm"
+    ldm_dir.mkdir()
+    model_cfg = json.loads((repo.ROOT / "tests" / "reference" / "ldm.json").read_text())["model"]
+    (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg}))
+    torch.manual_seed(0)
+    label2img = fill_zero_init(instantiate_from_config(model_cfg))
+    torch.save({"state_dict": label2img.state_dict(), "epoch": 3}, ldm_dir / "model.ckpt")
+    num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
+    decoder = {"decoder_embed_dim": 16, "decoder_num_heads": 4}
+    mae = MAEforFMRI(num_voxels=num_voxels, **decoder, **MAE_META["tiny"])
+    stage_a = root / "fmri_encoder.pth"
+    config = {**MAE_META["tiny"], **decoder, "num_voxels": num_voxels}
+    save_checkpoint({"model": mae.state_dict(), "config": config, "epoch": 0}, stage_a)
+    return SimpleNamespace(root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a, label2img=label2img.state_dict())
 
 
 def first_stage_config(args: Any) -> dict:

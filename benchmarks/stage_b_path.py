@@ -24,42 +24,16 @@ import tempfile
 import types
 from pathlib import Path
 
-import torch
-import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-CODE = Path(__file__).resolve().parents[1] / "code"
-sys.path.insert(0, str(CODE))
+import repo  # first: puts code/ on sys.path
+from models import tiny_stage_b_world
 
-MAE = {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.0}
+CODE = repo.ROOT / "code"
 
 
 class _FirstStep(Exception):
     """Raised by the optimiser's pre-step hook: the path ends here."""
-
-
-def tiny_world(root: Path) -> types.SimpleNamespace:
-    """Tiny simulated GOD data, a random-weight label LDM folder of the reference architecture, a Stage A file."""
-    from checkpoint import save_checkpoint
-    from dc_ldm.util import instantiate_from_config
-    from demo.simulation.simulate import make_synthetic_data
-    from readers.god import create_god_dataset
-    from sc_mbm.mae_for_fmri import MAEforFMRI
-
-    data = make_synthetic_data(root / "data", size="tiny", seed=0)
-    ldm_dir = root / "ldm"
-    ldm_dir.mkdir()
-    reference = Path(__file__).resolve().parents[1] / "tests" / "reference" / "ldm.json"
-    model_cfg = json.loads(reference.read_text())["model"]
-    (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg}))
-    torch.manual_seed(0)
-    torch.save({"state_dict": instantiate_from_config(model_cfg).state_dict()}, ldm_dir / "model.ckpt")
-    num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
-    mae = MAEforFMRI(num_voxels=num_voxels, decoder_embed_dim=16, decoder_num_heads=4, **MAE)
-    stage_a = root / "fmri_encoder.pth"
-    config = {**MAE, "decoder_embed_dim": 16, "decoder_num_heads": 4, "num_voxels": num_voxels}
-    save_checkpoint({"model": mae.state_dict(), "config": config, "epoch": 0}, stage_a)
-    return types.SimpleNamespace(root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a)
 
 
 def trace_stage_b(world: types.SimpleNamespace) -> dict[str, list[str]]:
@@ -133,7 +107,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the lists here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        found = trace_stage_b(tiny_world(Path(tmp)))
+        found = trace_stage_b(tiny_stage_b_world(Path(tmp)))
     for key, files in found.items():
         print(f"{key}: {len(files)} files")
         print("   " + " ".join(files))

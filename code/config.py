@@ -104,7 +104,11 @@ class _Optimisation:
         check(self.lr > 0 and self.min_lr >= 0, f"lr must be positive and min_lr >= 0, got {self.lr}, {self.min_lr}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(self.num_epoch > 0 and self.batch_size > 0, "num_epoch and batch_size must be positive")
-        check(0 <= self.warmup_epochs <= self.num_epoch, f"warmup_epochs must be in [0, num_epoch={self.num_epoch}]")
+        check(
+            0 <= self.warmup_epochs < self.num_epoch,
+            f"warmup_epochs must be in [0, num_epoch={self.num_epoch}): the warm-up must end before the run does "
+            f"(the learning rate reaches its peak, then the half-cosine), got {self.warmup_epochs}",
+        )
         check(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
         check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
         check(self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")

@@ -160,6 +160,16 @@ def test_whole_numbers_only_for_integer_fields():
         from_dict(StageA1Config, {"batch_size": True})
 
 
+@pytest.mark.parametrize("config", [StageA1Config, StageA2Config])
+def test_the_warm_up_ends_before_the_run_does(config):
+    """A schedule whose warm-up is the whole run never reaches its peak learning rate (the demo's A1 once was)."""
+    assert from_dict(config, {"num_epoch": 2, "warmup_epochs": 1}).warmup_epochs == 1
+    assert from_dict(config, {"num_epoch": 1, "warmup_epochs": 0}).warmup_epochs == 0
+    for warmup in (2, 3):
+        with pytest.raises(ConfigError, match=r"warmup_epochs must be in \[0, num_epoch=2\): the warm-up must end"):
+            from_dict(config, {"num_epoch": 2, "warmup_epochs": warmup})
+
+
 def test_a_run_folder_of_the_former_names_resumes(tmp_path):
     """A Stage B run written before the conditioner registry (config.yaml with global_pool / linear_pool and the
     published accumulate_grad) is still a run folder of the stage, and resumes with the same settings."""

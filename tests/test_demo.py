@@ -297,3 +297,41 @@ def test_a_killed_stage_step_resumes_and_a_finished_one_is_taken(tmp_path, monke
     with pytest.raises(UserError, match="failed"):
         steps.run_stage("stageA1_mbm_pretrain.py", {**flags, "seed": 1}, tmp_path / "out")
     assert "--resume" not in calls[-1]  # another command: the old attempt removed, a new one started
+
+
+def test_an_attempt_of_another_recipe_is_never_taken_though_its_command_is_the_same(tmp_path, monkeypatch):
+    """A stage's command names its inputs by path: when an input was remade (a new Stage A encoder in the same
+    file), the command is the same and the recipe is not. The earlier attempt, finished or killed, belongs to the
+    old recipe and is removed, never taken or resumed."""
+    from checkpoint import save_checkpoint
+    from demo import steps
+
+    calls = []
+
+    def fake_run(argv):
+        calls.append(argv)
+        run = tmp_path / "out" / "stageB" / "run0"
+        run.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"epoch": 3}, run / "checkpoint.pth")  # every epoch done
+        (run / "finetuned.pth").write_text(f"made by call {len(calls)}")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(steps.subprocess, "run", fake_run)
+    flags = {"num_epoch": 4, "pretrain_mbm_path": str(tmp_path / "encoder.pth")}
+    target = tmp_path / "finetuned.pth"
+
+    def make(encoder_recipe):
+        return steps.Steps()(
+            "stage B",
+            target,
+            {"encoder": encoder_recipe},
+            lambda: steps.train_stage("stageB_ldm_finetune.py", flags, tmp_path / "out", "finetuned.pth", target),
+        )
+
+    make("encoder 1")
+    assert len(calls) == 1 and target.read_text() == "made by call 1"
+    target.unlink()  # the step's result lost: the same recipe takes its finished attempt
+    make("encoder 1")
+    assert len(calls) == 1 and target.read_text() == "made by call 1"
+    make("encoder 2")  # the encoder remade in the same file: the same command, another recipe
+    assert len(calls) == 2 and "--resume" not in calls[-1] and target.read_text() == "made by call 2"

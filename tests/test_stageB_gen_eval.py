@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import gen_eval
 import stageB_ldm_finetune
@@ -18,42 +17,19 @@ from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import build_sequential, save_classifier_file
 from config import GenEvalConfig, StageBConfig
 from config_engine import ConfigError
-from conftest import REFERENCE_DIR
 from dc_ldm.ldm_for_fmri import load_finetuned
-from dc_ldm.util import instantiate_from_config
-from demo.simulation.simulate import make_synthetic_data
 from errors import CheckpointError, UserError
-from sc_mbm.mae_for_fmri import MAEforFMRI
 
-MAE = {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.0}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from models import MAE_META, tiny_stage_b_world  # noqa: E402  (benchmarks/models.py)
+
+MAE = MAE_META["tiny"]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Tiny simulated data, a tiny label2img LDM folder (config.yaml, no weights) and a Stage A checkpoint."""
-    root = tmp_path_factory.mktemp("stageB")
-    data = make_synthetic_data(root / "data", size="tiny", seed=0)
-    ldm_dir = root / "ldm"
-    ldm_dir.mkdir()
-    ldm_config = json.loads((REFERENCE_DIR / "ldm.json").read_text())["model"]  # 32x32 images, 8x8 latents
-    (ldm_dir / "config.yaml").write_text(yaml.safe_dump({"model": ldm_config}))
-    torch.manual_seed(0)
-    label2img = instantiate_from_config(ldm_config)  # the "pretrained" label-conditioned LDM, random weights
-    with torch.no_grad():  # a trained model has no all-zero layers (zero-initialised outputs would block gradients)
-        for p in label2img.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(0, 0.02)
-    torch.save({"state_dict": label2img.state_dict(), "epoch": 3}, ldm_dir / "model.ckpt")
-    from readers.god import create_god_dataset
-
-    num_voxels = create_god_dataset(data / "Kamitani" / "npz", subjects=["sbj_3"])[0].num_voxels
-    mae = MAEforFMRI(num_voxels=num_voxels, decoder_embed_dim=16, decoder_num_heads=4, **MAE)
-    stage_a = root / "fmri_encoder.pth"
-    config = {**MAE, "decoder_embed_dim": 16, "decoder_num_heads": 4, "num_voxels": num_voxels}
-    save_checkpoint({"model": mae.state_dict(), "config": config, "epoch": 0}, stage_a)
-    return types.SimpleNamespace(
-        root=root, data=data, ldm_dir=ldm_dir, stage_a=stage_a, label2img=label2img.state_dict()
-    )
+    """Tiny simulated data, a tiny label2img folder (random weights) and a Stage A checkpoint."""
+    return tiny_stage_b_world(tmp_path_factory.mktemp("stageB"))
 
 
 def _stage_b_config(world, **overrides) -> StageBConfig:

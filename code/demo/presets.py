@@ -48,7 +48,7 @@ DEMO = Preset(
     simulation="demo",
     img_size=32,
     world=WorldSizes(),
-    a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
+    a1=dict(num_epoch=2, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=2, **MAE),
     a2=dict(num_epoch=2, warmup_epochs=1, lr=5e-4, ckpt_every=2),
     b=dict(
         img_size=32,
@@ -123,8 +123,8 @@ PRESETS = {
             eval_samples=1,
             eval_steps=5,
         ),
-        a1=dict(num_epoch=1, warmup_epochs=1, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
-        a2=dict(num_epoch=1, warmup_epochs=1, lr=5e-4, ckpt_every=1),
+        a1=dict(num_epoch=1, warmup_epochs=0, lr=1e-3, batch_size=32, ckpt_every=1, **MAE),
+        a2=dict(num_epoch=1, warmup_epochs=0, lr=5e-4, ckpt_every=1),
         b=dict(
             img_size=32,
             batch_size=8,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from runtime import format_seconds
 CODE = Path(__file__).resolve().parents[1]
 ROOT = CODE.parent
 log = logging.getLogger("mindvis.demo")
+
+# The recipe hash of the step being made: a stage run inside it belongs to that recipe (run_stage's stamp).
+_STEP_RECIPE: ContextVar[str | None] = ContextVar("step_recipe", default=None)
 
 
 def recipe_hash(recipe: Any) -> str:
@@ -76,9 +80,13 @@ class Steps:
                 remove_made(target)
         log.info("[%s] running ...", name)
         start = time.time()
-        facts = run() or {}
+        token = _STEP_RECIPE.set(digest)
+        try:
+            facts = run() or {}
+        finally:
+            _STEP_RECIPE.reset(token)
         record = {"hash": digest, "seconds": round(time.time() - start, 1), **facts, "recipe": recipe}
-        stamp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        write_text_atomically(stamp, json.dumps(record, indent=1, default=str) + "\n")
         log.info("[%s] done in %s -> %s", name, format_seconds(record["seconds"]), target)
         self.records.append({"step": name, **record, "reused": False})
         return digest
@@ -91,7 +99,8 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     A stage that checkpoints (`ckpt_every`: Stage A) does so after every epoch, whatever the recipe says
     (checkpointing changes nothing a stage computes: tests/test_stageA.py), and an earlier attempt of the same
     command that was killed is resumed from its last checkpoint (`--resume`) instead of started again; one that
-    had finished its epochs is taken as it is."""
+    had finished its epochs is taken as it is. "The same" includes the recipe of the step it runs in (a command
+    names its inputs by path, and a remade input keeps its path): an attempt of another recipe is removed."""
     argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
     if "ckpt_every" in flags:
         flags = {**flags, "ckpt_every": 1}
@@ -102,7 +111,8 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
             argv += [f"--{key}", *map(str, value)]
         else:
             argv += [f"--{key}", "None" if value is None else str(value)]
-    earlier = _earlier_attempt(output_path, argv[1:])
+    attempt = {"made_by": "demo.steps.run_stage", "argv": argv[1:], "recipe": _STEP_RECIPE.get()}
+    earlier = _earlier_attempt(output_path, attempt)
     done = _checkpointed_epochs(earlier) if earlier is not None else 0
     if done and done >= int(flags.get("num_epoch") or 0):
         log.info("an earlier attempt of this step finished its epochs: %s", earlier)
@@ -116,7 +126,7 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
             remove_made(output_path)  # a failed earlier attempt of this step, or one of another command
         log.info("$ %s", " ".join(argv[1:]))
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        stamp_of(output_path).write_text(json.dumps({"made_by": "demo.steps.run_stage", "argv": argv[1:]}) + "\n")
+        write_text_atomically(stamp_of(output_path), json.dumps(attempt) + "\n")
         result = subprocess.run(argv)
     if result.returncode != 0:
         raise UserError(f"{script} failed (exit code {result.returncode}); its message is above")
@@ -124,14 +134,14 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     return run_dir
 
 
-def _earlier_attempt(output_path: Path, argv: list[str]) -> Path | None:
-    """The run folder of an earlier attempt of exactly this command in `output_path`, or None."""
+def _earlier_attempt(output_path: Path, attempt: dict) -> Path | None:
+    """The run folder of an earlier attempt of exactly this command and step recipe in `output_path`, or None."""
     stamp = stamp_of(output_path)
     if not (output_path.is_dir() and stamp.is_file()):
         return None
     try:
-        same = json.loads(stamp.read_text()).get("argv") == argv
-    except (json.JSONDecodeError, AttributeError):
+        same = json.loads(stamp.read_text()) == attempt
+    except json.JSONDecodeError:
         return None
     runs = [p for p in output_path.glob("*/*") if p.is_dir()]
     return runs[0] if same and len(runs) == 1 else None
