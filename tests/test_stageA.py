@@ -237,13 +237,17 @@ def test_stageA2_scores_test_images_it_leaves_out_after_every_epoch(tiny, a1_run
     assert all(-1 <= m["val_test_masked_cor"] <= 1 for m in lines if "val_test_masked_cor" in m)
     assert "612 test fMRI of 336 voxels" in (run / "log.txt").read_text()  # 17 of 20 images x (1 average + 35)
     with pytest.raises(UserError, match="--val_images 20 leaves no test image"):
-        a2.main(a2_config(tiny, tmp_path / "all", a1_run / "checkpoint.pth", val_images=20, num_epoch=1))
+        a2.main(
+            a2_config(tiny, tmp_path / "all", a1_run / "checkpoint.pth", val_images=20, num_epoch=1, warmup_epochs=0)
+        )
     with pytest.raises(UserError, match="--val_images 21: the data show only 20 images"):
-        a2.main(a2_config(tiny, tmp_path / "more", a1_run / "checkpoint.pth", val_images=21, num_epoch=1))
+        a2.main(
+            a2_config(tiny, tmp_path / "more", a1_run / "checkpoint.pth", val_images=21, num_epoch=1, warmup_epochs=0)
+        )
 
 
 def test_stageA2_in_bf16_on_a_cpu_runs_the_explicit_attention(tiny, a1_run, tmp_path):
-    run = a2.main(a2_config(tiny, tmp_path, a1_run / "checkpoint.pth", precision="bf16", num_epoch=1))
+    run = a2.main(a2_config(tiny, tmp_path, a1_run / "checkpoint.pth", precision="bf16", num_epoch=1, warmup_epochs=0))
     assert "bf16 on cpu (explicit attention)" in (run / "log.txt").read_text()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics(run)[-1].items() if k in ("loss", "cor"))
 
@@ -295,7 +299,11 @@ def _published_checkpoint(path: Path, monkeypatch, num_voxels: int = 160, **conf
 
 def test_stageA2_loads_a_published_checkpoint_and_cuts_the_voxels(tiny, tmp_path, monkeypatch):
     _published_checkpoint(tmp_path / "fmri_encoder.pth", monkeypatch, num_voxels=160)
-    run = a2.main(a2_config(tiny, tmp_path, tmp_path / "fmri_encoder.pth", num_epoch=1, include_nonavg_test=False))
+    run = a2.main(
+        a2_config(
+            tiny, tmp_path, tmp_path / "fmri_encoder.pth", num_epoch=1, warmup_epochs=0, include_nonavg_test=False
+        )
+    )
     assert "20 test fMRI of 336 voxels, cut to 160" in (run / "log.txt").read_text()
     config = as_config_dict(load_checkpoint(run / "checkpoint.pth")["config"])
     assert config["embed_dim"] == 24 and config["num_voxels"] == 160 and config["decoder_depth"] == 8
