@@ -87,3 +87,19 @@ def image_grid(gt: np.ndarray, samples: np.ndarray, path: str | Path, max_rows: 
     with atomic_write(path) as f:  # never through a link at `path`
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format=Path(path).suffix[1:] or "png")
     return Path(path)
+
+
+def grids_side_by_side(grids: dict[str, str | Path], path: str | Path, row_height: int, rows: int = 10) -> Path:
+    """The first `rows` rows (of `row_height` pixels) of image grids (title -> PNG from `image_grid`), side by
+    side under their titles, pixels shown as they are (no smoothing): the README's picture of a decoding."""
+    images = [np.asarray(Image.open(grid).convert("RGB"))[: rows * row_height] for grid in grids.values()]
+    height = max(len(image) for image in images)
+    fig = Figure(figsize=(sum(i.shape[1] for i in images) / height * 8.0 + 0.2 * len(images), 8.3))
+    axes = fig.subplots(1, len(images), squeeze=False, gridspec_kw={"wspace": 0.04})
+    for ax, title, image in zip(axes.flat, grids, images, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_axis_off()
+    with atomic_write(path) as f:  # never through a link at `path`
+        fig.savefig(f, format=Path(path).suffix[1:] or "png", dpi=100, bbox_inches="tight")
+    return Path(path)

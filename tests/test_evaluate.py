@@ -267,6 +267,25 @@ def test_bar_chart_of_two_series_with_gaps(tmp_path):
         metric_bar_chart({"decoded": {}}, tmp_path / "empty.png")
 
 
+def test_grids_side_by_side_show_the_first_rows_of_each_grid_as_they_are(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from figures import grids_side_by_side, image_grid
+
+    gt = np.repeat(np.arange(12, dtype=np.uint8)[:, None, None, None] * 20, 8, 1).repeat(8, 2).repeat(3, 3)
+    left = image_grid(gt, np.stack([gt, gt]), tmp_path / "left.png")  # 12 rows of 8 px, 3 tiles each
+    right = image_grid(gt, np.stack([255 - gt]), tmp_path / "right.png")
+    drawn = []
+    imshow = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda ax, image, **kw: drawn.append((image, kw)) or imshow(ax, image, **kw))
+    path = grids_side_by_side({"decoded": left, "control": right}, tmp_path / "pair.png", row_height=8, rows=3)
+    assert [image.shape for image, _ in drawn] == [(24, 24, 3), (24, 16, 3)]  # 3 rows of each, every tile
+    assert [image[17, 0, 0] for image, _ in drawn] == [40, 40]  # the third row: item 2's ground truth
+    assert all(kw["interpolation"] == "nearest" for _, kw in drawn)
+    with Image.open(path) as figure:
+        assert figure.format == "PNG"
+
+
 def test_bar_chart_draws_each_given_interval(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 

@@ -236,7 +236,7 @@ def test_3_resume_refuses_a_hard_linked_log(a1_killed, simulation, tmp_path):
 
 def test_2_figures_replace_a_link_instead_of_writing_through_it(tmp_path):
     """Every figure is written to a temporary file and renamed: a link at its name is replaced, its target kept."""
-    from figures import image_grid, metric_bar_chart
+    from figures import grids_side_by_side, image_grid, metric_bar_chart
     from sc_mbm.visualize import plot_reconstructions
 
     mine = write(tmp_path / "notes.txt", "a user's file")
@@ -244,6 +244,7 @@ def test_2_figures_replace_a_link_instead_of_writing_through_it(tmp_path):
     writers = {
         "grid.png": lambda p: image_grid(images, images[None], p),
         "bars.png": lambda p: metric_bar_chart({"run": {"pcc": 0.5}}, p),
+        "pair.png": lambda p: grids_side_by_side({"a": image_grid(images, images[None], tmp_path / "g.png")}, p, 8),
         "recon.png": lambda p: plot_reconstructions(*(np.zeros((1, 4)),) * 3, np.zeros((1, 2)), p),
     }
     for name, draw in writers.items():

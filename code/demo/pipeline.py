@@ -10,12 +10,12 @@ it builds on), so a second run reuses what is done and an edited preset redoes e
   5. Stage B on sbj_3's training pairs;
   6. gen_eval on the 50 held-out test fMRI, and the same model fed *shuffled* test fMRI (a control that must
      stay at chance);
-then writes `results/demo/<size>/`: grid.png (ground truth, then decoded samples), grid_shuffled.png,
-metrics.json, metrics_shuffled.json, metrics.png (decoded, control and chance per metric), report.json (every
-step's recipe hash, steps and seconds, the machine, the seed) and summary.md. The stages run through their
-command lines, as a user runs them (`demo/steps.py`; the presets in `demo/presets.py`, the reports in
-`demo/reports.py`). Every part trains a fixed number of steps: a result depends on the seed,
-never on the machine's speed; a slow machine only takes longer (progress lines carry an ETA).
+then writes `results/demo/<size>/`: grid.png (ground truth, then decoded samples), grid_shuffled.png, grid_pair.png
+(the first 10 rows of both), metrics.json, metrics_shuffled.json, metrics.png (decoded, control and chance per
+metric), report.json (every step's recipe hash, steps and seconds, the machine, the seed) and summary.md. The
+stages run through their command lines, as a user runs them (`demo/steps.py`; the presets in `demo/presets.py`, the
+reports in `demo/reports.py`). Every part trains a fixed number of steps: a result depends on the seed, never on the
+machine's speed; a slow machine only takes longer (progress lines carry an ETA).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from demo.simulation.simulate import MARKER, make_synthetic_data
 from demo.simulation.spec import IMAGE_SETTINGS, SIZES, SimSpec
 from demo.steps import Steps, copy_result, run_stage, train_stage, write_json
 from eval_metrics import chance_level
-from figures import metric_bar_chart
+from figures import grids_side_by_side, metric_bar_chart
 from runtime import format_seconds, machine, pick_device
 
 log = logging.getLogger("mindvis.demo")
@@ -330,6 +330,11 @@ def run_world(
         ("metrics_shuffled.json", "control/metrics.json"),
     ):
         shutil.copy2(out / source, out / name)
+    grids_side_by_side(
+        {"decoded (truth, then the samples)": out / "grid.png", "shuffled-fMRI control": out / "grid_shuffled.png"},
+        out / "grid_pair.png",
+        row_height=w.preset.img_size,
+    )
     names = ("mse", "pcc", "ssim", "top-1-class", "top-1-class (max)")
     chance = {k: chance_level(k, w.n_way()) for k in names}
     metric_bar_chart(
