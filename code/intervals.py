@@ -93,6 +93,20 @@ def paired_difference(
     return float(grid_b.mean() - grid_a.mean()), _percentiles(diffs, confidence)
 
 
+def over_seeds(per_seed: dict[int, list], base: dict[int, list] | None = None) -> dict:
+    """A row of a study scored per training seed and item ({seed: item scores}): its mean over seeds and items with
+    the interval resampling both (`seeds`, `mean`, `interval`) and, given `base` (another row scored on the same
+    items with the same seeds), the paired difference row - base over the seeds both have, seeds and items drawn
+    together (`minus_base`: (difference, interval))."""
+    seeds = sorted(per_seed)
+    grid = np.array([per_seed[s] for s in seeds], dtype=np.float64)
+    row = {"seeds": seeds, "mean": float(grid.mean()), "interval": bootstrap_interval(grid)}
+    both = [s for s in seeds if base is not None and s in base]
+    if both:
+        row["minus_base"] = paired_difference([base[s] for s in both], [per_seed[s] for s in both], paired_seeds=True)
+    return row
+
+
 def max_over_sets_interval(
     per_set: np.ndarray | list, confidence: float = CONFIDENCE, num_resamples: int = NUM_RESAMPLES, seed: int = SEED
 ) -> Interval:

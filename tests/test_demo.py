@@ -220,6 +220,89 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     assert "| no pre-training | 0.100 |" in text and "| linear map from sbj_3's training fMRI | 0.800 |" in text
 
 
+def _seeded_worlds(tmp_path, seeds=(0, 1, 2)):
+    return [
+        types.SimpleNamespace(out=tmp_path / ("demo" if t == 0 else f"demo-train{t}"), train_seed=t, n_way=lambda: 50)
+        for t in seeds
+    ]
+
+
+def _write_scores(folder, **per_item):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"per_item": {k: list(v) for k, v in per_item.items()}}))
+
+
+def test_ablations_over_seeds_pair_each_change_with_the_full_method_on_the_same_seeds_and_items(tmp_path):
+    """Seeds that differ a lot and a change that adds exactly 0.05 to every item of every seed: the row's own
+    interval is wide (seeds vary), its paired difference from the full method is 0.05 to the last digit."""
+    rng = np.random.default_rng(0)
+    worlds = _seeded_worlds(tmp_path)
+    for w in worlds:
+        full = 0.3 + 0.1 * w.train_seed + rng.normal(0, 0.1, 50)
+        for (_, name), folder in studies.ablation_folders(w).items():
+            shift = 0.05 if name == "no pre-training" else 0.0
+            _write_scores(folder / "gen_eval", **{"top-1-class": full + shift, "pcc": full / 2 + 0.5})
+    path = studies.ablations_over_seeds(worlds, tmp_path / "demo-ablations-seeds.md")
+    text = path.read_text()
+    assert "over training seeds 0, 1, 2" in text
+    row = next(line for line in text.splitlines() if line.startswith("| published Stage B | no pre-training |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    mean, low, high = map(float, re.match(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cells[2]).groups())
+    assert high - low > 0.1  # the seeds' spread
+    assert cells[3] == "+0.050 [+0.050, +0.050]" and cells[5] == "+0.000 [+0.000, +0.000]" and cells[6] == "2.6"
+    full_row = next(line for line in text.splitlines() if line.startswith("| the demo's recipe | full |"))
+    assert full_row.split("|")[4].strip() == ""  # the full method has no difference from itself
+    rows = json.loads(path.with_suffix(".json").read_text())
+    assert rows["train_seeds"] == [0, 1, 2] and len(rows["rows"]) == 2 * len(studies.ABLATED) * 2
+
+
+def test_curve_over_seeds_says_where_the_fmri_starts_to_steer_the_decoding(tmp_path, monkeypatch):
+    """Decoded equal to its control at the first point (difference 0), above it by 0.2 at the second."""
+    monkeypatch.setattr(studies, "_steps_per_epoch", lambda w, flags: 230)
+    monkeypatch.setattr(studies, "_curve_flags", lambda w, epochs: {})
+    rng = np.random.default_rng(1)
+    worlds = _seeded_worlds(tmp_path)
+    for w in worlds:
+        for epoch, lift in ((1, 0.0), (2, 0.2)):
+            point = studies._curve_point(w, epoch)
+            control = rng.uniform(0, 0.1, 50)
+            _write_scores(point / "control", **{"top-1-class": control, "pcc": control + 0.5})
+            _write_scores(point / "gen_eval", **{"top-1-class": control + lift, "pcc": control + 0.5 + lift})
+            (point / "conditioning.json").write_text(json.dumps({"gain": lift + w.train_seed / 100}))
+    text = studies.curve_over_seeds(worlds, tmp_path / "demo-curve-seeds.md", epochs=(1, 2)).read_text()
+    first, second = (line for line in text.splitlines() if re.match(r"\| [12] \|", line))
+    assert first.startswith("| 1 | 230 |") and "| +0.000 [+0.000, +0.000] |" in first
+    assert second.startswith("| 2 | 460 |") and "| +0.200 [+0.200, +0.200] |" in second
+    assert second.endswith("| 0.200, 0.210, 0.220 |")  # each seed's conditioning gain
+
+
+def test_several_training_seeds_with_the_curve_and_ablations_run_seed_by_seed_then_the_tables(tmp_path, monkeypatch):
+    from demo import cli
+
+    calls = []
+    worlds = _seeded_worlds(tmp_path, seeds=(0, 1))
+    monkeypatch.setattr(
+        cli, "run_world", lambda size, seed, root, snr, levers, t: calls.append(("demo", t)) or worlds[t]
+    )
+    monkeypatch.setattr(cli.studies, "curve", lambda w: calls.append(("curve", w.train_seed)))
+    monkeypatch.setattr(cli.studies, "ablations", lambda w: calls.append(("ablations", w.train_seed)))
+    monkeypatch.setattr(cli, "seeds_table", lambda outs, path: calls.append(("seeds", path.name)))
+    monkeypatch.setattr(cli.studies, "curve_over_seeds", lambda ws, path: calls.append(("curve seeds", path.name)))
+    monkeypatch.setattr(cli.studies, "ablations_over_seeds", lambda ws, path: calls.append(("abl seeds", path.name)))
+    cli.main(["--train_seed", "0", "1", "--curve", "--ablations", "--root_path", str(tmp_path)])
+    assert calls == [
+        ("demo", 0),
+        ("curve", 0),
+        ("ablations", 0),
+        ("demo", 1),
+        ("curve", 1),
+        ("ablations", 1),
+        ("seeds", "demo-seeds.md"),
+        ("curve seeds", "demo-curve-seeds.md"),
+        ("abl seeds", "demo-ablations-seeds.md"),
+    ]
+
+
 def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):
     from checkpoint import save_checkpoint
     from checkpoint_layouts import read_stage_a

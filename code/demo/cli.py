@@ -8,6 +8,8 @@
                                                       # (results/demo/<size>-train1): training's own variance
     PYTHONPATH=code python -m demo --train_seed 0 1 2 # three training runs of one world, and each score over
                                                       # them with its interval -> results/demo/<size>-seeds.md
+                                                      # (with --curve / --ablations: their tables over the seeds
+                                                      # too -> <size>-curve-seeds.md, <size>-ablations-seeds.md)
     PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
     PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
     PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if any(t is not None and t < 0 for t in train_seeds):
         parser.error(f"--train_seed must be >= 0, got {args.train_seed}")
-    if len(train_seeds) > 1 and (args.snr is not None and len(args.snr) > 1 or args.curve or args.ablations):
-        parser.error("several --train_seed values run the demo alone: not with an --snr sweep, --curve or --ablations")
+    if len(train_seeds) > 1 and args.snr is not None and len(args.snr) > 1:
+        parser.error("several --train_seed values and an --snr sweep: give one of them several values")
     if args.snr is not None and min(args.snr) <= 0:
         parser.error(f"--snr must be positive, got {args.snr}")
     if (args.curve or args.ablations) and args.snr is not None and len(args.snr) > 1:
@@ -123,13 +125,19 @@ def main(argv: list[str] | None = None) -> Path:
         outs = [run(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0]) for snr in args.snr]
         return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
     snr = args.snr[0] if args.snr else None
-    if len(train_seeds) > 1:
-        outs = [run(args.size, args.seed, args.root_path, snr, args.levers, t) for t in train_seeds]
-        seeds_table(outs, outs[0].parent / f"{world_name(args.size, args.seed, snr)}-seeds.md")
-        return outs[0].parent
-    world = run_world(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0])
+    worlds = []
+    for t in train_seeds:  # the curve and the ablations of each run right after it: whole seeds first
+        worlds.append(run_world(args.size, args.seed, args.root_path, snr, args.levers, t))
+        if args.curve:
+            studies.curve(worlds[-1])
+        if args.ablations:
+            studies.ablations(worlds[-1])
+    if len(worlds) == 1:
+        return worlds[0].out
+    name = world_name(args.size, args.seed, snr)
+    seeds_table([w.out for w in worlds], worlds[0].out.parent / f"{name}-seeds.md")
     if args.curve:
-        studies.curve(world)
+        studies.curve_over_seeds(worlds, worlds[0].out.parent / f"{name}-curve-seeds.md")
     if args.ablations:
-        studies.ablations(world)
-    return world.out
+        studies.ablations_over_seeds(worlds, worlds[0].out.parent / f"{name}-ablations-seeds.md")
+    return worlds[0].out.parent

@@ -26,7 +26,7 @@ encoder of `ENCODERS` and each number of Stage B training pairs of `STUDY.pairs`
   `STUDY.published_steps`, a budget at which its learning curve has left chance) and gen_eval on the 50 test fMRI.
 
 Every score comes with a 95% interval over test items and training seeds, and each encoder against the pre-trained
-one as a paired difference (`intervals.paired_difference`) -> pretraining_study.{md,json,png}. The plan (every row,
+one as a paired difference (`intervals.over_seeds`) -> pretraining_study.{md,json,png}. The plan (every row,
 and the optimiser steps of each kind) is printed before anything runs.
 """
 
@@ -56,7 +56,7 @@ from demo.simulation.simulate import write_heldout_hcp
 from demo.steps import train_stage, write_json
 from demo.studies import random_encoder
 from demo.world_models import load_world_ldm
-from intervals import bootstrap_interval, paired_difference
+from intervals import over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import HCP_FILE, create_hcp_dataset
@@ -548,17 +548,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     index = {(r["world"], r["kind"], r["features"], r["pairs"], r["metric"]): r for r in rows}
     out = []
     for r in rows:
-        seeds = sorted(r["per_seed"])
-        grid = np.array([r["per_seed"][s] for s in seeds])
-        summary = {**r, "seeds": seeds, "mean": float(grid.mean()), "interval": bootstrap_interval(grid)}
         base = index.get((r["world"], r["kind"], ENCODERS[0], r["pairs"], r["metric"]))
-        if base is not None and r["features"] != ENCODERS[0]:
-            both = [s for s in seeds if s in base["per_seed"]]
-            if both:
-                a = np.array([base["per_seed"][s] for s in both])
-                b = np.array([r["per_seed"][s] for s in both])
-                summary["vs_pretrained"] = paired_difference(a, b, paired_seeds=True)  # same split, same seed
-        out.append(summary)
+        paired = base is not None and r["features"] != ENCODERS[0]  # the same split and seed, another encoder
+        row = over_seeds(r["per_seed"], base["per_seed"] if paired else None)
+        diff = row.pop("minus_base", None)
+        out.append({**r, **row, **({"vs_pretrained": diff} if diff is not None else {})})
     return out
 
 

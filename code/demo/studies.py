@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atomic import write_text_atomically
 from checkpoint import save_checkpoint
 from checkpoint_layouts import read_stage_a
 from config import StageBConfig
@@ -36,6 +37,7 @@ from demo.presets import PUBLISHED_STAGE_B
 from demo.reports import scored
 from demo.steps import run_stage, write_json
 from demo.world_models import load_world_ldm
+from intervals import over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset
@@ -53,13 +55,7 @@ CURVE_EPOCHS = (1, 2, 4, 8, 16, 24, 32, 44)  # 230 steps an epoch at batch 5: 44
 def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     """The published Stage B's learning curve on the demo brain: test scores and conditioning gain per epoch."""
     out = w.out / "curve"
-    flags = w.b_flags(
-        w.out / "fmri_encoder.pth",
-        **PUBLISHED_STAGE_B,
-        num_epoch=max(epochs),
-        snapshot_epochs=list(epochs),
-        val_every=max(epochs),
-    )
+    flags = _curve_flags(w, epochs)
     recipe = {"a2": w.hashes["a2"], "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": flags}
     snapshots = out / "snapshots"
     b_hash = w.steps(
@@ -67,7 +63,7 @@ def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     )
     rows = []
     for e in epochs:
-        folder, checkpoint = out / f"epoch{e:03d}", snapshots / f"snapshot_epoch{e:04d}.pth"
+        folder, checkpoint = _curve_point(w, e), snapshots / f"snapshot_epoch{e:04d}.pth"
         decode(
             w,
             folder,
@@ -99,6 +95,22 @@ def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     curve_figure(rows, recipe_row, w.n_way(), w.out / "curve.png")
     log.info("\n%s", text)
     return w.out / "curve.md"
+
+
+def _curve_flags(w: World, epochs: tuple[int, ...]) -> dict:
+    """The curve's Stage B: as published, for the last of `epochs`, a snapshot kept after each of them."""
+    return w.b_flags(
+        w.out / "fmri_encoder.pth",
+        **PUBLISHED_STAGE_B,
+        num_epoch=max(epochs),
+        snapshot_epochs=list(epochs),
+        val_every=max(epochs),
+    )
+
+
+def _curve_point(w: World, epoch: int) -> Path:
+    """The folder of the curve's point after `epoch` epochs (its gen_eval, control and conditioning gain)."""
+    return w.out / "curve" / f"epoch{epoch:03d}"
 
 
 def _train_snapshots(flags: dict, output_path: Path, target: Path) -> dict:
@@ -182,13 +194,12 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
     published = {**PUBLISHED_STAGE_B, "num_epoch": epochs, "val_every": epochs}
     variants = {f"{name}": (encoders[name], {}) for name in ENCODERS}
     variants["cross-attention only"] = (encoders["full"], {"use_time_cond": False})
+    folders = ablation_folders(w)
     rows = []
     for conditioning, base in (("published Stage B", published), ("the demo's recipe", {})):
         for name, ((encoder, a2), change) in variants.items():
-            folder = out / ("published" if base else "recipe") / name.replace(" ", "_").replace(".", "")
-            if name == "full" and not base:
-                folder = w.out  # the demo's own run
-            else:
+            folder = folders[conditioning, name]
+            if folder != w.out:  # the recipe's full row is the demo's own run
                 decode(w, folder, f"ablation, {conditioning}, {name}: ", w.b_flags(encoder, **base, **change), {}, a2)
             rows.append(
                 {
@@ -202,6 +213,21 @@ def ablations(w: World, epochs: int = ABLATION_EPOCHS) -> Path:
     (w.out / "ablations.md").write_text(text)
     log.info("\n%s", text)
     return w.out / "ablations.md"
+
+
+ABLATED = (*ENCODERS, "cross-attention only")  # the ablations' rows under each Stage B
+
+
+def ablation_folders(w: World) -> dict[tuple[str, str], Path]:
+    """(Stage B, change) -> the folder of that ablation row's decoding (the recipe's full row: the demo's own run)."""
+    folders = {}
+    for conditioning, sub in (("published Stage B", "published"), ("the demo's recipe", "recipe")):
+        for name in ABLATED:
+            slug = name.replace(" ", "_").replace(".", "")
+            folders[conditioning, name] = (
+                w.out if (sub, name) == ("recipe", "full") else w.out / "ablations" / sub / slug
+            )
+    return folders
 
 
 def random_encoder(template: Path, path: Path, seed: int) -> dict:
@@ -244,6 +270,109 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
     ]
     lines += [f"| {k} | {v:.3f} |" for k, v in stage_a.items() if k not in ("mask_ratio", "masks")]
     return "\n".join(lines) + "\n"
+
+
+# ---- over training seeds ------------------------------------------------------------------------------------------
+
+
+def _per_item(folder: Path, metric: str) -> list[float]:
+    return _read(folder / "metrics.json")["per_item"][metric]
+
+
+def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
+    """`path` (.md, and .json beside it): each ablation row over the training seeds of `worlds` (one world, trained
+    again per seed; `ablations` run for each): its mean over seeds and test items with the interval resampling both,
+    and its difference from the full method under the same Stage B, paired over seeds and items."""
+    scores: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    for w in worlds:
+        for (conditioning, name), folder in ablation_folders(w).items():
+            for metric in ("top-1-class", "pcc"):
+                per_seed = scores.setdefault((conditioning, name, metric), {})
+                per_seed[w.train_seed] = _per_item(folder / "gen_eval", metric)
+    rows = [
+        {
+            "conditioning": c,
+            "variant": n,
+            "metric": m,
+            "paper": PAPER.get(n),
+            **over_seeds(s, None if n == "full" else scores[c, "full", m]),
+        }
+        for (c, n, m), s in scores.items()
+    ]
+    seeds = ", ".join(str(w.train_seed) for w in worlds)
+    lines = [
+        f"# The paper's ablations in miniature over training seeds {seeds} of one world",
+        "",
+        "Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
+        "'minus full': the row's score minus the full method's under the same Stage B, on the same seeds and items "
+        f"[paired 95% interval]. {worlds[0].n_way()}-way top-1 is the mean of 5 sample sets (chance "
+        f"{1 / worlds[0].n_way():.3f}); pair-wise PCC chance 0.5. With {len(worlds)} seeds the seed level of an "
+        "interval is a rough estimate. The paper's column: its 50-way top-1 on GOD (%).",
+        "",
+        "| Stage B | change | top-1 | minus full | pair-wise PCC | minus full | paper, top-1 % |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    by_key = {(r["conditioning"], r["variant"], r["metric"]): r for r in rows}
+    for conditioning, name in ablation_folders(worlds[0]):
+        cells = _score_cells({m: by_key[conditioning, name, m] for m in ("top-1-class", "pcc")})
+        lines.append(f"| {conditioning} | {name} | {cells} | {PAPER[name]} |")
+    return _write_over_seeds(path, lines, rows, worlds)
+
+
+def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
+    """`path` (.md, and .json beside it): the published Stage B's learning curve over the training seeds of
+    `worlds` (`curve` run for each): per point, top-1 and PCC over seeds and items with their intervals, decoded
+    minus the shuffled-fMRI control paired over seeds and items (above zero: the fMRI steers the decoding), and
+    the conditioning gain of each seed."""
+    steps_per_epoch = _steps_per_epoch(worlds[0], _curve_flags(worlds[0], epochs))
+    rows = []
+    for e in epochs:
+        row: dict[str, Any] = {"epoch": e, "steps": e * steps_per_epoch}
+        for metric in ("top-1-class", "pcc"):
+            decoded = {w.train_seed: _per_item(_curve_point(w, e) / "gen_eval", metric) for w in worlds}
+            control = {w.train_seed: _per_item(_curve_point(w, e) / "control", metric) for w in worlds}
+            row[metric] = over_seeds(decoded, control)
+            row[f"control {metric}"] = over_seeds(control)
+        row["gain"] = [_read(_curve_point(w, e) / "conditioning.json")["gain"] for w in worlds]
+        rows.append(row)
+    n_way = worlds[0].n_way()
+    seeds = ", ".join(str(w.train_seed) for w in worlds)
+    lines = [
+        f"# The published Stage B's learning curve over training seeds {seeds} of one world",
+        "",
+        f"Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
+        f"'minus control': decoded minus the same models fed shuffled test fMRI, paired over seeds and items "
+        f"[95% interval]: above zero, the fMRI steers the decoding. {n_way}-way top-1 (mean of 5 sample sets, chance "
+        f"{1 / n_way:.3f}), pair-wise PCC (chance 0.5); conditioning gain of each seed's model.",
+        "",
+        "| epochs | optimiser steps | top-1 | minus control | pair-wise PCC | minus control | conditioning gain |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        gains = ", ".join(f"{g:.3f}" for g in r["gain"])
+        lines.append(f"| {r['epoch']} | {r['steps']:,} | {_score_cells(r)} | {gains} |")
+    return _write_over_seeds(path, lines, rows, worlds)
+
+
+def _score_cells(by_metric: dict[str, dict]) -> str:
+    """Table cells of top-1 and pair-wise PCC (`intervals.over_seeds` rows): each mean with its interval, then its
+    paired difference from the base row where there is one."""
+    cells = []
+    for metric in ("top-1-class", "pcc"):
+        row = by_metric[metric]
+        (low, high), difference = row["interval"], row.get("minus_base")
+        cells.append(f"{row['mean']:.3f} [{low:.3f}, {high:.3f}]")
+        cells.append("" if difference is None else "{:+.3f} [{:+.3f}, {:+.3f}]".format(difference[0], *difference[1]))
+    return " | ".join(cells)
+
+
+def _write_over_seeds(path: Path, lines: list[str], rows: list[dict], worlds: list[World]) -> Path:
+    """Write a table over training seeds (`path`) and its rows as JSON beside it."""
+    text = "\n".join(lines) + "\n"
+    write_text_atomically(path, text)
+    write_json({"rows": rows, "train_seeds": [w.train_seed for w in worlds]}, path.with_suffix(".json"))
+    log.info("%s\n%s", path, text)
+    return path
 
 
 # ---- what Stage A learns ------------------------------------------------------------------------------------------
