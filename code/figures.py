@@ -92,7 +92,10 @@ def image_grid(gt: np.ndarray, samples: np.ndarray, path: str | Path, max_rows: 
 def grids_side_by_side(grids: dict[str, str | Path], path: str | Path, row_height: int, rows: int = 10) -> Path:
     """The first `rows` rows (of `row_height` pixels) of image grids (title -> PNG from `image_grid`), side by
     side under their titles, pixels shown as they are (no smoothing): the README's picture of a decoding."""
-    images = [np.asarray(Image.open(grid).convert("RGB"))[: rows * row_height] for grid in grids.values()]
+    images = []
+    for grid in grids.values():
+        with Image.open(grid) as image:
+            images.append(np.asarray(image.convert("RGB"))[: rows * row_height])
     height = max(len(image) for image in images)
     fig = Figure(figsize=(sum(i.shape[1] for i in images) / height * 8.0 + 0.2 * len(images), 8.3))
     axes = fig.subplots(1, len(images), squeeze=False, gridspec_kw={"wspace": 0.04})

@@ -52,6 +52,7 @@ from correlation import row_pearson
 from dataset import split_images
 from demo.pipeline import World, decode, prepare, train_a2, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
+from demo.reports import item_scores
 from demo.simulation.simulate import write_heldout_hcp
 from demo.steps import train_stage, write_json
 from demo.studies import random_encoder
@@ -513,12 +514,6 @@ def pretraining_study(root: Path, plan: StudyPlan = STUDY, kinds: tuple[str, ...
     return write_study(root, plan)
 
 
-def _per_item(path: Path, metric: str) -> list[float] | None:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("per_item", {}).get(metric)
-
-
 def collect(root: Path, plan: StudyPlan) -> list[dict]:
     """Every row made so far: {world, kind, features, pairs, metric, per_seed: {seed: per-item scores}}."""
     rows: dict[tuple, dict] = {}
@@ -534,7 +529,7 @@ def collect(root: Path, plan: StudyPlan) -> list[dict]:
             continue
         metrics = out / kind / encoder.replace(" ", "-") / f"pairs{pairs}" / "gen_eval" / "metrics.json"
         for metric in ("top-1-class", "pcc"):
-            got = _per_item(metrics, metric)
+            got = item_scores(metrics, metric)
             if got is not None:
                 rows.setdefault((size, kind, encoder, pairs, metric), {"per_seed": {}})["per_seed"][seed] = got
     return [

@@ -25,6 +25,13 @@ def scored(metrics: dict, name: str) -> str:
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
+def item_scores(path: Path, metric: str) -> list[float] | None:
+    """The per-item scores of `metric` in a gen_eval metrics.json, or None where the file or the metric is absent."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("per_item", {}).get(metric)
+
+
 def pick_scores(metrics: dict, names: tuple[str, ...]) -> dict[str, float]:
     """The scores of a metrics.json named in `names` (those it has)."""
     return {k: metrics["scores"][k] for k in names if k in metrics["scores"]}

@@ -34,9 +34,10 @@ from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import World, decode, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
-from demo.reports import scored
+from demo.reports import item_scores, scored
 from demo.steps import run_stage, write_json
 from demo.world_models import load_world_ldm
+from errors import UserError
 from intervals import over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
@@ -276,7 +277,11 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
 
 
 def _per_item(folder: Path, metric: str) -> list[float]:
-    return _read(folder / "metrics.json")["per_item"][metric]
+    """A decoding's per-item scores of `metric` (`folder`/metrics.json); UserError naming the file if it has none."""
+    scores = item_scores(folder / "metrics.json", metric)
+    if scores is None:
+        raise UserError(f"{folder / 'metrics.json'}: no per-item '{metric}' scores; run the study's steps first")
+    return scores
 
 
 def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
