@@ -170,7 +170,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     Stage A retrained per mask ratio, a random encoder for no pre-training (the runs themselves are faked)."""
     world = types.SimpleNamespace(
         out=tmp_path,
-        hashes={"a2": "a2", "b": "b"},
+        hashes={"a2": "a2", "b": "b", "ldm": "ldm", "clf": "clf"},
         seed=0,
         train_seed=0,
         steps=steps.Steps(),
@@ -184,8 +184,8 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
         encoders.append(change)
         return "a1", f"a2-{change}"
 
-    def fake_decode(w, folder, label, b_flags, eval_change, a2):
-        decoded.append((b_flags, a2))
+    def fake_decode(w, folder, label, b_flags, eval_change, a2, **curve_point):
+        decoded.append((b_flags or curve_point, a2))
         (folder / "gen_eval").mkdir(parents=True)
         scores = {"top-1-class": 0.1, "top-1-class (max)": 0.2, "pcc": 0.6}
         (folder / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": scores}))
@@ -197,6 +197,9 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     monkeypatch.setattr(studies, "decode", fake_decode)
     monkeypatch.setattr(studies, "random_encoder", lambda template, path, seed: {})
     monkeypatch.setattr(studies, "_steps_per_epoch", lambda w, flags: 230)
+    trained = []
+    monkeypatch.setattr(studies, "_train_snapshots", lambda flags, out, target: trained.append(flags) or {})
+    monkeypatch.setattr(studies, "conditioning_gain", lambda w, checkpoint: {"gain": 0.1})
     monkeypatch.setattr(
         studies,
         "stage_a_probe",
@@ -207,14 +210,17 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
             "linear map from sbj_3's training fMRI": 0.8,
         },
     )
-    text = studies.ablations(world, epochs=2) and (tmp_path / "ablations.md").read_text()
+    text = studies.ablations(world, epochs=(1, 2)) and (tmp_path / "ablations.md").read_text()
     assert encoders == [{"mask_ratio": 0.35}, {"mask_ratio": 0.85}]
     rows = [line for line in text.splitlines() if line.startswith("| published") or line.startswith("| the demo")]
     assert len(rows) == 2 * len(studies.PAPER) and len(decoded) == 2 * len(studies.PAPER) - 1
     assert "| the demo's recipe | full | 0.600 | 0.620 | 0.950 [0.900, 1.000] | 23.9 |" in text
     assert "| published Stage B | no pre-training | 0.100 | 0.200 | 0.600 | 2.6 |" in text
-    published = [flags for flags, _ in decoded if flags.get("lr") == 5.3e-5]
+    published = [flags for flags, _ in decoded if flags.get("lr") == 5.3e-5] + trained
+    assert len(published) == len(studies.PAPER)  # the full row: the curve's model, trained once, its last point
     assert all(f["num_epoch"] == 2 and f["batch_size"] == 5 and f["conditioner"] == "published" for f in published)
+    assert trained[0]["snapshot_epochs"] == [1, 2]
+    assert [kw["checkpoint"].name for kw, _ in decoded if "checkpoint" in kw] == ["snapshot_epoch0002.pth"]
     assert sum(f.get("use_time_cond") is False for f, _ in decoded) == 2  # cross-attention only, both conditionings
     assert "460 optimiser steps" in text
     assert "| no pre-training | 0.100 |" in text and "| linear map from sbj_3's training fMRI | 0.800 |" in text
