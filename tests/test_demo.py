@@ -275,11 +275,13 @@ def test_curve_over_seeds_says_where_the_fmri_starts_to_steer_the_decoding(tmp_p
             _write_scores(point / "control", **{"top-1-class": control, "pcc": control + 0.5})
             _write_scores(point / "gen_eval", **{"top-1-class": control + lift, "pcc": control + 0.5 + lift})
             (point / "conditioning.json").write_text(json.dumps({"gain": lift + w.train_seed / 100}))
+        _write_scores(w.out / "gen_eval", **{"top-1-class": rng.uniform(0.5, 0.7, 50), "pcc": rng.uniform(0.9, 1, 50)})
     text = studies.curve_over_seeds(worlds, tmp_path / "demo-curve-seeds.md", epochs=(1, 2)).read_text()
     first, second = (line for line in text.splitlines() if re.match(r"\| [12] \|", line))
     assert first.startswith("| 1 | 230 |") and "| +0.000 [+0.000, +0.000] |" in first
     assert second.startswith("| 2 | 460 |") and "| +0.200 [+0.200, +0.200] |" in second
     assert second.endswith("| 0.200, 0.210, 0.220 |")  # each seed's conditioning gain
+    assert (tmp_path / "demo-curve-seeds.png").stat().st_size > 10_000  # the figure, its bands over seeds and items
 
 
 def test_several_training_seeds_with_the_curve_and_ablations_run_seed_by_seed_then_the_tables(tmp_path, monkeypatch):

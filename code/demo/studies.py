@@ -336,7 +336,7 @@ def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
 
 
 def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
-    """`path` (.md, and .json beside it): the published Stage B's learning curve over the training seeds of
+    """`path` (.md, and .json and .png beside it): the published Stage B's learning curve over the training seeds of
     `worlds` (`curve` run for each): per point, top-1 and PCC over seeds and items with their intervals, decoded
     minus the shuffled-fMRI control paired over seeds and items (above zero: the fMRI steers the decoding), and
     the conditioning gain of each seed."""
@@ -367,6 +367,13 @@ def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = 
     for r in rows:
         gains = ", ".join(f"{g:.3f}" for g in r["gain"])
         lines.append(f"| {r['epoch']} | {r['steps']:,} | {_score_cells(r)} | {gains} |")
+    recipe = {  # the demo's recipe over the same seeds, and the label LDM's gain (the same world models each seed)
+        key: over_seeds({w.train_seed: _per_item(w.out / "gen_eval", metric) for w in worlds})["mean"]
+        for key, metric in (("top1", "top-1-class"), ("pcc", "pcc"))
+    }
+    gains = [_read(w.out / "conditioning.json") for w in worlds if (w.out / "conditioning.json").is_file()]
+    recipe |= {k: float(np.mean([g[k] for g in gains])) for k in ("gain", "label_gain") if gains}
+    curve_over_seeds_figure(rows, recipe, n_way, path.with_suffix(".png"))
     return _write_over_seeds(path, lines, rows, worlds)
 
 
@@ -507,29 +514,52 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
 
 
 def curve_figure(rows: list[dict], recipe: dict, n_way: int, path: Path) -> Path:
-    """Top-1, pair-wise PCC and conditioning gain against optimiser steps, decoded and control."""
+    """Top-1, pair-wise PCC and conditioning gain against optimiser steps, decoded and control (one run)."""
+    series = {
+        key: [("published Stage B", [r[key] for r in rows], None)]
+        + ([("shuffled-fMRI control", [r[control] for r in rows], None)] if control else [])
+        for key, control in (("top1", "control_top1"), ("pcc", "control_pcc"), ("gain", None))
+    }
+    return _curve_panels([r["steps"] for r in rows], series, recipe, n_way, path)
+
+
+def curve_over_seeds_figure(rows: list[dict], recipe: dict, n_way: int, path: Path) -> Path:
+    """`curve_figure` over training seeds: each mean with its 95% band (seeds and items resampled), decoded and
+    control, and each seed's conditioning gain."""
+    band = lambda rs, k: ([r[k]["mean"] for r in rs], [r[k]["interval"] for r in rs])  # noqa: E731
+    series = {
+        key: [("published Stage B", *band(rows, metric)), ("shuffled-fMRI control", *band(rows, f"control {metric}"))]
+        for key, metric in (("top1", "top-1-class"), ("pcc", "pcc"))
+    }
+    seeds = rows[0]["top-1-class"]["seeds"]
+    series["gain"] = [(f"training seed {s}", [r["gain"][k] for r in rows], None) for k, s in enumerate(seeds)]
+    return _curve_panels([r["steps"] for r in rows], series, recipe, n_way, path)
+
+
+def _curve_panels(steps: list[int], series: dict[str, list], recipe: dict, n_way: int, path: Path) -> Path:
+    """Three panels against optimiser steps (top1, pcc, gain): each (label, values, band or None) of `series`, the
+    recipe's scores and the label LDM's gain as lines, chance (and 5x chance for top-1)."""
     from matplotlib.figure import Figure
 
-    steps = [r["steps"] for r in rows]
     fig = Figure(figsize=(11, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
-    panels = (
-        ("top1", "control_top1", f"{n_way}-way top-1 (mean of 5 sample sets)", 1 / n_way),
-        ("pcc", "control_pcc", "pair-wise PCC identification", 0.5),
-        ("gain", None, "conditioning gain", 0.0),
-    )
-    for ax, (key, control, title, chance) in zip(axes, panels, strict=True):
-        ax.plot(steps, [r[key] for r in rows], "o-", label="published Stage B")
-        if control:
-            ax.plot(steps, [r[control] for r in rows], "x:", label="shuffled-fMRI control")
+    titles = {"top1": f"{n_way}-way top-1 (mean of 5 sample sets)", "pcc": "pair-wise PCC identification"}
+    chance = {"top1": 1 / n_way, "pcc": 0.5, "gain": 0.0}
+    for ax, key in zip(axes, ("top1", "pcc", "gain"), strict=True):
+        for k, (label, values, bands) in enumerate(series[key]):
+            color = f"C{(0, 1, 4, 5, 6, 7)[k]}"  # C2 and C3: the recipe's and the label LDM's lines
+            ax.plot(steps, values, "o-" if k == 0 else "x:", color=color, label=label)
+            if bands is not None:
+                low, high = zip(*bands, strict=True)
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
         if recipe.get(key) is not None:
             ax.axhline(recipe[key], color="C2", ls="--", label="the demo's recipe")
         if key == "gain" and recipe.get("label_gain") is not None:
             ax.axhline(recipe["label_gain"], color="C3", ls=":", label="the label LDM, true class")
-        ax.axhline(chance, color="grey", lw=0.8, label="chance" if key != "gain" else "no use of the fMRI")
+        ax.axhline(chance[key], color="grey", lw=0.8, label="chance" if key != "gain" else "no use of the fMRI")
         if key == "top1":
             ax.axhline(5 / n_way, color="grey", lw=0.8, ls=":", label="5x chance")
-        ax.set(title=title, xlabel="optimiser steps (batch 5)", xscale="log")
+        ax.set(title=titles.get(key, "conditioning gain"), xlabel="optimiser steps (batch 5)", xscale="log")
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return path
