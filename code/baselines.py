@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from eval_metrics import identification_accuracy, score_matrix
+from intervals import bootstrap_interval
 from ridge import fit_ridge
 
 
@@ -33,14 +34,21 @@ def ridge_image_baseline(
 ) -> tuple[dict, np.ndarray]:
     """Ridge from training fMRI (N, V) to grey size x size images; scores on the test set and the predictions.
 
-    Returns ({"ridge_pcc": pair-wise PCC identification of the predictions, "ridge_alpha": penalty},
+    Returns ({"ridge_pcc": pair-wise PCC identification of the predictions, "ridge_pcc_interval": its 95% interval
+    over the test items, "ridge_pcc_per_item", "ridge_alpha": penalty},
     predicted test images uint8 (M, H, W, 3), blown up to the test images' size for a side-by-side grid).
     """
     weights, bias, alpha = fit_ridge(train_fmri, grey_thumbnails(train_images, size), seed=seed)
     pred = test_fmri @ weights + bias  # (M, size * size)
     truth = grey_thumbnails(test_images, size)
     scores = score_matrix("pcc", torch.from_numpy(pred), torch.from_numpy(truth))  # (M, M)
-    accuracy = identification_accuracy(scores, lower_is_better=False).mean().item()
+    per_item = identification_accuracy(scores, lower_is_better=False)  # (M,)
     images = torch.from_numpy(np.clip(pred, 0, 1) * 255).view(len(pred), 1, size, size)
     images = F.interpolate(images, size=test_images.shape[1:3], mode="nearest").round().byte()  # (M, 1, H, W)
-    return {"ridge_pcc": accuracy, "ridge_alpha": alpha}, images.permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()
+    scored = {
+        "ridge_pcc": per_item.mean().item(),
+        "ridge_pcc_interval": bootstrap_interval(per_item.numpy()),
+        "ridge_pcc_per_item": per_item.tolist(),
+        "ridge_alpha": alpha,
+    }
+    return scored, images.permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()

@@ -282,8 +282,9 @@ def main(cfg: GenEvalConfig, classifier: eval_metrics.Classifier | None = None) 
             )
             image_grid(gt, ridge[None], run_dir / "ridge_grid.png")
             log.info(
-                "ridge regression baseline: pair-wise PCC identification %.3f (penalty %g)",
+                "ridge regression baseline: pair-wise PCC identification %.3f %s (penalty %g)",
                 metrics["baselines"]["ridge_pcc"],
+                format_interval(metrics["baselines"]["ridge_pcc_interval"]),
                 metrics["baselines"]["ridge_alpha"],
             )
         write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))

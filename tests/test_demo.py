@@ -55,6 +55,13 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     assert "shuffled fMRI (control)" in summary and "| top-1-class |" in summary and "| stage B |" in summary
     assert "metrics.png" in summary and report["machine"]["cpu"] in summary
+    for reference in (
+        r"identification \*\*[\d.]+\*\* \[",
+        r"\*\*[\d.]+\*\* \[[\d.]+, [\d.]+\] \(chance 0\.17",
+        r"classifier top-1 [\d.]+ \[",
+        r"reach [\d.]+ \[",
+    ):  # each reference score with its interval
+        assert re.search(reference, summary), reference
 
     # the learning curve: Stage B as published with a snapshot per point, each decoded, control and gain measured
     studies.curve(world, epochs=(1, 2))

@@ -249,6 +249,10 @@ def test_ridge_baseline_reads_a_linear_code_and_not_noise():
     noise = rng.normal(size=code.shape)
     chance, _ = ridge_image_baseline(noise[:100], images[:100], noise[100:], images[100:], size=8)
     assert abs(chance["ridge_pcc"] - 0.5) < 0.12
+    for run in (scores, chance):  # each with its interval over the 40 test items, from the scores it keeps
+        low, high = run["ridge_pcc_interval"]
+        assert low < run["ridge_pcc"] < high and np.mean(run["ridge_pcc_per_item"]) == pytest.approx(run["ridge_pcc"])
+    assert chance["ridge_pcc_interval"][0] < 0.5 < chance["ridge_pcc_interval"][1] < scores["ridge_pcc_interval"][0]
 
 
 def test_condition_dropout_learns_a_null_context_for_guidance(world, finetuned, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from demo.simulation.stimuli import ATTRIBUTES, BG_TYPES, COLOUR_NAMES, SHAPES, TEXTURES, TINT_NAMES
+from intervals import bootstrap_interval
 from readers.god import create_god_dataset
 from ridge import fit_ridge
 
@@ -38,7 +39,8 @@ def one_hot(attrs: np.ndarray) -> np.ndarray:
 
 
 def attribute_readout(kam_path: str | Path, subject: str = "sbj_3", seed: int = 0) -> dict[str, float]:
-    """Ridge from the training fMRI to the attributes; accuracy on the averaged test fMRI (unseen categories)."""
+    """Ridge from the training fMRI to the attributes; accuracy on the averaged test fMRI (unseen categories), per
+    attribute and their mean with its 95% interval over the test items."""
     train, test = create_god_dataset(kam_path, subjects=[subject])
     attrs = {
         split: np.array([attributes_of(n) for n in d.item_class_names()])
@@ -46,11 +48,13 @@ def attribute_readout(kam_path: str | Path, subject: str = "sbj_3", seed: int = 
     }
     weights, bias, _ = fit_ridge(train.fmri[:, 0].astype(np.float64), one_hot(attrs["train"]), seed=seed)
     scores = test.fmri[:, 0] @ weights + bias
-    out, start = {}, 0
+    out, start, correct = {}, 0, []
     for a, values in enumerate(VALUES):
-        guess = scores[:, start : start + len(values)].argmax(1)
-        out[ATTRIBUTES[a]] = float((guess == attrs["test"][:, a]).mean())
+        correct.append(scores[:, start : start + len(values)].argmax(1) == attrs["test"][:, a])  # (N,)
+        out[ATTRIBUTES[a]] = float(correct[-1].mean())
         start += len(values)
-    out["mean"] = float(np.mean([out[a] for a in ATTRIBUTES]))
+    per_item = np.mean(correct, axis=0)  # the share of its attributes read right, per test item
+    out["mean"] = float(per_item.mean())
+    out["mean_interval"] = bootstrap_interval(per_item)
     out["chance"] = float(np.mean([1 / len(v) for v in VALUES]))
     return out

@@ -59,6 +59,11 @@ def levers_table(out: Path, records: list[dict]) -> str:
     return text
 
 
+def _bracket(interval: list[float] | None, digits: int) -> str:
+    """ " [low, high]" for a reference score's 95% interval, or nothing where its run predates intervals."""
+    return "" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: dict, report: dict) -> str:
     """summary.md: every metric beside its chance level and the shuffled-fMRI control, the world models' quality, and
     what each step did on which machine."""
@@ -74,10 +79,11 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         for r in report["steps"]
     ]
     m = report["machine"]
-    attributes = report["baselines"].get("attributes")
+    attributes, baselines = report["baselines"].get("attributes"), report["baselines"]
     attribute_text = (
         f"; the unseen test categories' attributes (shape, colour, texture, background type and tint) "
-        f"**{attributes['mean']:.2f}** (chance {attributes['chance']:.2f})"
+        f"**{attributes['mean']:.2f}**{_bracket(attributes.get('mean_interval'), 2)} "
+        f"(chance {attributes['chance']:.2f})"
         if attributes
         else ""
     )
@@ -88,7 +94,8 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
         else "GOD layout, subject sbj_3, test categories never seen in Stage B"
     )
     accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
-    ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1"))
+    ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1 ("))
+    god_test = accuracy["god_test_stimuli"]
     n_way = round(1 / chance["top-1-class"])
     text = "\n".join(
         [
@@ -109,15 +116,18 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "",
             "What a linear read-out gets from the same fMRI (ridge regressions from the training fMRI, penalty by "
             "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
-            f"identification **{report['baselines'].get('ridge_pcc', float('nan')):.3f}** (chance 0.5; the decoded "
+            f"identification **{baselines.get('ridge_pcc', float('nan')):.3f}**"
+            f"{_bracket(baselines.get('ridge_pcc_interval'), 3)} (chance 0.5; the decoded "
             "images "
             f"{fmt(decoded['scores'].get('pcc'))}){attribute_text}.",
             "",
             "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
-            f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {accuracy['god_test_stimuli']:.2f} on the GOD "
+            f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {god_test:.2f}"
+            f"{_bracket(world.get('classifier_accuracy_intervals', {}).get('god_test_stimuli'), 2)} on the GOD "
             f"test stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; "
             "label-conditioned LDM "
-            f"samples of the test categories given the true label reach {ceiling:.3f} {n_way}-way top-1 (one unguided "
+            f"samples of the test categories given the true label reach {ceiling:.3f}"
+            f"{_bracket(ldm.get('n_way_top1_interval'), 3)} {n_way}-way top-1 (one unguided "
             "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
             "further).",
             "",

@@ -38,6 +38,7 @@ from demo.classifier import save_classifier, train_classifier
 from demo.simulation.simulate import draw_class_images
 from engine import Schedule, fused_adam
 from figures import image_grid
+from intervals import bootstrap_interval
 from readers.god import read_class_index, read_god_labels
 from runtime import progress, seed_everything
 from transforms import to_model_range, to_uint8_images
@@ -433,7 +434,7 @@ def measure(
         "psnr_db": (10 * torch.log10(255**2 / mse.clamp_min(1e-3))).mean().item(),
         "mean_abs_error": (recon.float() - images.float()).abs().mean().item(),
     }
-    accuracy = {}
+    accuracy, intervals = {}, {}
     for name, (x, y) in {
         "heldout_train_classes": (images[~is_test], labels[~is_test]),
         "heldout_test_classes": (images[is_test], labels[is_test]),
@@ -441,27 +442,31 @@ def measure(
         "god_train_stimuli": god["train"],
         "god_test_stimuli": god["test"],
     }.items():
-        accuracy[name] = (_predict(clf, preprocess, x, device) == y).float().mean().item()
+        correct = (_predict(clf, preprocess, x, device) == y).double().cpu()
+        accuracy[name], intervals[name] = correct.mean().item(), bootstrap_interval(correct.numpy())
     report["classifier_accuracy"] = accuracy
+    report["classifier_accuracy_intervals"] = intervals  # 95% over the images
 
     gt, gt_labels = god["test"]
     labels_rep = gt_labels.repeat(sizes.eval_samples)  # (S * N,), set-major
     samples = sample_classes(ldm, labels_rep, sizes.eval_steps, seed, device)  # (S * N, 3, S, S)
     top1 = (_predict(clf, preprocess, samples, device) == labels_rep).float().mean().item()
     hwc = samples.view(sizes.eval_samples, len(gt), *samples.shape[1:]).permute(0, 1, 3, 4, 2)
-    n_way = eval_metrics.evaluate(
+    n_way_result = eval_metrics.evaluate(
         gt.permute(0, 2, 3, 1),
         hwc,
         metrics=["n_way"],
         classifier=(clf, preprocess),
         n_way=min(50, n_classes),
         device=device,
-    )["scores"]
+    )
+    n_way = n_way_result["scores"]
     report["ldm_samples_of_test_classes"] = {
         "plms_steps": sizes.eval_steps,
         "samples_per_class": sizes.eval_samples,
         "top1_all_classes": top1,
         "n_way_top1 (gt class = classifier on the GOD stimulus)": n_way.get("top-1-class"),
+        "n_way_top1_interval": n_way_result["intervals"].get("top-1-class"),  # 95% over the test categories
     }
     image_grid(gt.permute(0, 2, 3, 1).numpy(), hwc.numpy(), out / "ldm_samples.png", max_rows=10)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
