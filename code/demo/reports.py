@@ -95,7 +95,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     )
     accuracy, ldm = world["classifier_accuracy"], world["ldm_samples_of_test_classes"]
     ceiling = next(v for k, v in ldm.items() if k.startswith("n_way_top1 ("))
-    god_test = accuracy["god_test_stimuli"]
+    god_test, clf_intervals = accuracy["god_test_stimuli"], world.get("classifier_accuracy_intervals", {})
     n_way = round(1 / chance["top-1-class"])
     text = "\n".join(
         [
@@ -123,8 +123,10 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "",
             "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
             f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {god_test:.2f}"
-            f"{_bracket(world.get('classifier_accuracy_intervals', {}).get('god_test_stimuli'), 2)} on the GOD "
-            f"test stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f} on VQ round trips; "
+            f"{_bracket(clf_intervals.get('god_test_stimuli'), 2)} on the GOD "
+            f"test stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f}"
+            f"{_bracket(clf_intervals.get('heldout_test_classes_vq_reconstructed'), 2)}"
+            " on VQ round trips; "
             "label-conditioned LDM "
             f"samples of the test categories given the true label reach {ceiling:.3f}"
             f"{_bracket(ldm.get('n_way_top1_interval'), 3)} {n_way}-way top-1 (one unguided "
