@@ -83,8 +83,10 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
         "A2",
         "linear map from sbj_3's training fMRI",
         "linear map from the HCP resting state",
+        "intervals",
     }
-    assert all(-1 <= v <= 1 for k, v in probe.items() if k not in ("mask_ratio", "masks"))
+    assert all(low <= probe[k] <= high for k, (low, high) in probe["intervals"].items())
+    assert all(-1 <= v <= 1 for k, v in probe.items() if k not in ("mask_ratio", "masks", "intervals"))
 
     assert all(_steps(pipeline.run("tiny", seed=0, root=tmp_path)).values())  # everything reused
 
@@ -215,6 +217,7 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
             "masks": 4,
             **{name: 0.1 for name in encoders},
             "linear map from sbj_3's training fMRI": 0.8,
+            "intervals": {"linear map from sbj_3's training fMRI": [0.75, 0.85]},
         },
     )
     text = studies.ablations(world, epochs=(1, 2)) and (tmp_path / "ablations.md").read_text()
@@ -230,7 +233,10 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     assert [kw["checkpoint"].name for kw, _ in decoded if "checkpoint" in kw] == ["snapshot_epoch0002.pth"]
     assert sum(f.get("use_time_cond") is False for f, _ in decoded) == 2  # cross-attention only, both conditionings
     assert "460 optimiser steps" in text
-    assert "| no pre-training | 0.100 |" in text and "| linear map from sbj_3's training fMRI | 0.800 |" in text
+    assert (
+        "| no pre-training | 0.100 |" in text
+        and "| linear map from sbj_3's training fMRI | 0.800 [0.750, 0.850] |" in text
+    )
 
 
 def _seeded_worlds(tmp_path, seeds=(0, 1, 2)):
@@ -297,7 +303,7 @@ def test_several_training_seeds_with_the_curve_and_ablations_run_seed_by_seed_th
     calls = []
     worlds = _seeded_worlds(tmp_path, seeds=(0, 1))
     monkeypatch.setattr(
-        cli, "run_world", lambda size, seed, root, snr, levers, t: calls.append(("demo", t)) or worlds[t]
+        cli, "run_world", lambda size, seed, root, snr, levers, t: calls.append(("demo", t)) or worlds[t or 0]
     )
     monkeypatch.setattr(cli.studies, "curve", lambda w: calls.append(("curve", w.train_seed)))
     monkeypatch.setattr(cli.studies, "ablations", lambda w: calls.append(("ablations", w.train_seed)))
@@ -316,6 +322,9 @@ def test_several_training_seeds_with_the_curve_and_ablations_run_seed_by_seed_th
         ("curve seeds", "demo-curve-seeds.md"),
         ("abl seeds", "demo-ablations-seeds.md"),
     ]
+    calls.clear()  # one seed: no table of the demo over seeds, the paired tables of the curve and the ablations
+    cli.main(["--curve", "--ablations", "--root_path", str(tmp_path)])
+    assert [c[0] for c in calls] == ["demo", "curve", "ablations", "curve seeds", "abl seeds"]
 
 
 def test_random_encoder_keeps_the_architecture_and_draws_new_weights(tmp_path):

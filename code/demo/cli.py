@@ -13,8 +13,10 @@
     PYTHONPATH=code python -m demo --size hard        # the harder brain (no category code, silent voxels)
     PYTHONPATH=code python -m demo --snr 0.1 0.3 1.0  # a sweep of single-trial SNR, plotted against the ridge line
     PYTHONPATH=code python -m demo --levers           # also each one-change variant of the recipe -> levers.md
-    PYTHONPATH=code python -m demo --curve            # also the published Stage B's learning curve -> curve.md
-    PYTHONPATH=code python -m demo --ablations        # also the paper's ablations in miniature -> ablations.md
+    PYTHONPATH=code python -m demo --curve            # also the published Stage B's learning curve -> curve.md,
+                                                      # and <size>-curve-seeds.md (each point minus its control)
+    PYTHONPATH=code python -m demo --ablations        # also the paper's ablations in miniature -> ablations.md,
+                                                      # and <size>-ablations-seeds.md (each row minus the full one)
     PYTHONPATH=code python -m demo --size cortex --stage_a_curve   # Stage A's learning curve on held-out fMRI
     PYTHONPATH=code python -m demo --pretraining_study             # does pre-training help? (hours: resumable)
 
@@ -132,12 +134,13 @@ def main(argv: list[str] | None = None) -> Path:
             studies.curve(worlds[-1])
         if args.ablations:
             studies.ablations(worlds[-1])
-    if len(worlds) == 1:
-        return worlds[0].out
     name = world_name(args.size, args.seed, snr)
-    seeds_table([w.out for w in worlds], worlds[0].out.parent / f"{name}-seeds.md")
+    if len(worlds) > 1:
+        seeds_table([w.out for w in worlds], worlds[0].out.parent / f"{name}-seeds.md")
+    # the curve and the ablations over the seeds asked for (one seed too: each row paired with its control or
+    # with the full method over the test items)
     if args.curve:
         studies.curve_over_seeds(worlds, worlds[0].out.parent / f"{name}-curve-seeds.md")
     if args.ablations:
         studies.ablations_over_seeds(worlds, worlds[0].out.parent / f"{name}-ablations-seeds.md")
-    return worlds[0].out.parent
+    return worlds[0].out if len(worlds) == 1 else worlds[0].out.parent

@@ -23,7 +23,8 @@ encoder of `ENCODERS` and each number of Stage B training pairs of `STUDY.pairs`
 - a few-shot linear probe: ridge from the encoder's tokens (and from the raw fMRI, the reference) of the training
   pairs to the label LDM's class embedding of each image, scored as 50-way identification of the test classes;
 - Stage B (the demo's recipe, `STUDY.recipe_steps` optimiser steps; then the published Stage B,
-  `STUDY.published_steps`, a budget at which its learning curve has left chance) and gen_eval on the 50 test fMRI.
+  `STUDY.published_steps`, a budget at which its learning curve's pair-wise PCC has left the control) and gen_eval
+  on the 50 test fMRI.
 
 Every score comes with a 95% interval over test items and training seeds, and each encoder against the pre-trained
 one as a paired difference (`intervals.over_seeds`) -> pretraining_study.{md,json,png}. The plan (every row,
@@ -84,7 +85,7 @@ class StudyPlan:
     curve_a2_epochs: int = 60
     val_images: int = 10
     recipe_steps: int = 552  # the demo recipe's own budget: 12 epochs of 1,150 pairs at batch 25
-    published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the published curve has left chance there
+    published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the curve's PCC has left its control there
     eval_samples: int = 2  # images decoded per test fMRI
 
 

@@ -38,7 +38,7 @@ from demo.reports import item_scores, scored
 from demo.steps import run_stage, write_json
 from demo.world_models import load_world_ldm
 from errors import UserError
-from intervals import over_seeds
+from intervals import bootstrap_interval, over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset
@@ -280,7 +280,12 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
         "| model | masked-voxel correlation |",
         "| --- | --- |",
     ]
-    lines += [f"| {k} | {v:.3f} |" for k, v in stage_a.items() if k not in ("mask_ratio", "masks")]
+    intervals = stage_a.get("intervals", {})
+    lines += [
+        f"| {k} | {v:.3f}" + (" [{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "") + " |"
+        for k, v in stage_a.items()
+        if k not in ("mask_ratio", "masks", "intervals")
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -322,8 +327,8 @@ def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
         "Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
         "'minus full': the row's score minus the full method's under the same Stage B, on the same seeds and items "
         f"[paired 95% interval]. {worlds[0].n_way()}-way top-1 is the mean of 5 sample sets (chance "
-        f"{1 / worlds[0].n_way():.3f}); pair-wise PCC chance 0.5. With {len(worlds)} seeds the seed level of an "
-        "interval is a rough estimate. The paper's column: its 50-way top-1 on GOD (%).",
+        f"{1 / worlds[0].n_way():.3f}); pair-wise PCC chance 0.5. {_seed_level(len(worlds))} The paper's column: its "
+        "50-way top-1 on GOD (%).",
         "",
         "| Stage B | change | top-1 | minus full | pair-wise PCC | minus full | paper, top-1 % |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -333,6 +338,13 @@ def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
         cells = _score_cells({m: by_key[conditioning, name, m] for m in ("top-1-class", "pcc")})
         lines.append(f"| {conditioning} | {name} | {cells} | {PAPER[name]} |")
     return _write_over_seeds(path, lines, rows, worlds)
+
+
+def _seed_level(seeds: int) -> str:
+    """What a table over `seeds` training seeds can say about training's own variance."""
+    if seeds == 1:
+        return "One training seed: the intervals are over the test items alone, without training's own variance."
+    return f"With {seeds} seeds the seed level of an interval is a rough estimate."
 
 
 def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
@@ -359,7 +371,8 @@ def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = 
         f"Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
         f"'minus control': decoded minus the same models fed shuffled test fMRI, paired over seeds and items "
         f"[95% interval]: above zero, the fMRI steers the decoding. {n_way}-way top-1 (mean of 5 sample sets, chance "
-        f"{1 / n_way:.3f}), pair-wise PCC (chance 0.5); conditioning gain of each seed's model.",
+        f"{1 / n_way:.3f}), pair-wise PCC (chance 0.5); conditioning gain of each seed's model. "
+        f"{_seed_level(len(worlds))}",
         "",
         "| epochs | optimiser steps | top-1 | minus control | pair-wise PCC | minus control | conditioning gain |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -410,16 +423,21 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
     same for every model. The linear references: for each mask, a ridge regression (penalty by cross-validation)
     from the visible to the masked voxels, fitted on sbj_3's 1,200 training fMRI, and one fitted on the simulated
     HCP resting state (what pre-training sees; wrap-padded to sbj_3's voxel count as Stage A pads). Scores: the mean
-    over samples of the Pearson correlation between prediction and truth on the masked voxels."""
+    over samples of the Pearson correlation between prediction and truth on the masked voxels, with its 95% interval
+    over the test fMRI (`intervals`)."""
     train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
     out: dict[str, Any] = {"mask_ratio": mask_ratio, "masks": masks}
+    per_item: dict[str, np.ndarray] = {}
     for name, path in encoders.items():
         stage_a = read_stage_a(path)
         model = build_mae(stage_a.arch)
         model.load_state_dict(stage_a.model)
         fmri = torch.from_numpy(fit_voxels(test.fmri, stage_a.arch["num_voxels"]))
-        scores = [score(model, fmri, mask_ratio, batch_size=50, seed=w.seed + k)["masked_cor"] for k in range(masks)]
-        out[name] = float(np.mean(scores))
+        per_mask = [
+            score(model, fmri, mask_ratio, batch_size=50, seed=w.seed + k, per_item=True)["masked_cor_per_item"]
+            for k in range(masks)
+        ]
+        per_item[name] = np.mean(per_mask, axis=0)  # each test fMRI's correlation, averaged over the masks
     x_test = test.fmri[:, 0].astype(np.float64)
     hcp = create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri[:, 0]
     references = {
@@ -437,8 +455,10 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
                 x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64), seed=w.seed
             )
             pred = torch.from_numpy(x_test[:, visible] @ weights + bias)
-            scores.append(row_pearson(pred.float(), torch.from_numpy(x_test[:, masked]).float()).mean().item())
-        out[name] = float(np.mean(scores))
+            scores.append(row_pearson(pred.float(), torch.from_numpy(x_test[:, masked]).float()).numpy())
+        per_item[name] = np.mean(scores, axis=0)
+    out |= {name: float(v.mean()) for name, v in per_item.items()}
+    out["intervals"] = {name: bootstrap_interval(v) for name, v in per_item.items()}  # 95% over the test fMRI
     return out
 
 

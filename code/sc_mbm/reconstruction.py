@@ -29,15 +29,22 @@ def reconstruct(
 
 @torch.no_grad()
 def score(
-    model: nn.Module, fmri: torch.Tensor, mask_ratio: float, batch_size: int, precision: str = "fp32", seed: int = 0
-) -> dict[str, float]:
+    model: nn.Module,
+    fmri: torch.Tensor,
+    mask_ratio: float,
+    batch_size: int,
+    precision: str = "fp32",
+    seed: int = 0,
+    per_item: bool = False,
+) -> dict:
     """Loss, full-reconstruction and masked-patch Pearson correlation on fmri (N, 1, V), with fixed masks, on the
-    model's device."""
+    model's device; with `per_item` also each sample's masked-patch correlation (`masked_cor_per_item`, N floats)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     noise = masking_noise(len(fmri), model, seed)
     sums = torch.zeros(3, device=device)  # loss * n, correlation, masked-patch correlation
+    masked = []
     for start in range(0, len(fmri), batch_size):
         x = fmri[start : start + batch_size].to(device)  # (n, 1, V)
         loss, pred, mask = reconstruct(model, x, mask_ratio, noise[start : start + batch_size], precision)
@@ -45,10 +52,12 @@ def score(
         sums[0] += loss * len(x)
         sums[1] += row_pearson(pred, target).sum()
         # every sample has the same number of masked patches, so the masked voxels form an (n, V_masked) block
-        sums[2] += row_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1)).sum()
+        masked.append(row_pearson(pred[mask].view(len(x), -1), target[mask].view(len(x), -1)))  # (n,)
+        sums[2] += masked[-1].sum()
     model.train(was_training)
     loss, cor, masked_cor = (sums / len(fmri)).tolist()
-    return {"loss": loss, "cor": cor, "masked_cor": masked_cor}
+    result = {"loss": loss, "cor": cor, "masked_cor": masked_cor}
+    return result | ({"masked_cor_per_item": torch.cat(masked).tolist()} if per_item else {})
 
 
 def score_sets(
