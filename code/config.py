@@ -339,6 +339,9 @@ class StageBConfig(_Run, TargetData):
         False, "with --resume: accept a changed lr (the rate changes mid-run)", "optimisation"
     )
     val_every: int = arg(5, "epochs between validations (sampling test items) and checkpoints", "run")
+    ckpt_every: int | None = arg(
+        None, "also write the training checkpoint (what --resume continues from) every this many epochs", "run"
+    )
     num_val_items: int = arg(5, "fMRI decoded at each validation (the first of the validation set)", "run")
     snapshot_epochs: list[int] | None = arg(
         None,
@@ -424,6 +427,7 @@ class StageBConfig(_Run, TargetData):
         check(self.latent_views >= 0, f"latent_views must be >= 0, got {self.latent_views}")
         check(self.img_size > 0 and self.img_size % 8 == 0, f"img_size must be a multiple of 8, got {self.img_size}")
         check(self.val_every >= 1 and self.num_val_items >= 2, "val_every must be >= 1 and num_val_items >= 2")
+        check(self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
         check(
             not self.snapshot_epochs or 1 <= min(self.snapshot_epochs),
             f"snapshot_epochs count from 1, got {self.snapshot_epochs}",

@@ -258,9 +258,10 @@ def main(cfg: StageBConfig, classifier: eval_metrics.Classifier | None = None) -
             last = epoch + 1 == cfg.num_epoch
             if dist_info.is_main and epoch + 1 in (cfg.snapshot_epochs or ()):
                 save_checkpoint(finetuned_checkpoint(model, cfg), run_dir / f"snapshot_epoch{epoch + 1:04d}.pth")
-            if (epoch + 1) % cfg.val_every == 0 or last:
-                if dist_info.is_main:
-                    stats |= validation(model, epoch, run_dir, amp.precision)
+            validate = (epoch + 1) % cfg.val_every == 0 or last
+            if validate and dist_info.is_main:
+                stats |= validation(model, epoch, run_dir, amp.precision)
+            if validate or (cfg.ckpt_every is not None and (epoch + 1) % cfg.ckpt_every == 0):
                 state = stage_b_training_checkpoint(
                     model, cfg, optimizer, amp.state_dict(), epoch, validation.best, validation.select_by
                 )  # a collective

@@ -415,3 +415,36 @@ def test_stage_b_and_gen_eval_on_nsd(world, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["per_item"]["pcc"]) == 3
     assert "decoding 3 NSD ['subj02'] test fMRI" in (out / "log.txt").read_text()  # the checkpoint's subjects
+
+
+def test_stage_b_killed_between_checkpoints_resumes_exactly(world, tmp_path, monkeypatch):
+    """`ckpt_every` writes the training checkpoint between validations (the demo asks for every epoch, so a killed
+    Stage B loses one epoch at most); a run killed after one, resumed, ends where an unkilled run ends, and
+    checkpointing every epoch changes nothing the run computes."""
+
+    def config(out, **overrides):
+        return _stage_b_config(world, output_path=str(tmp_path / out), num_epoch=3, val_every=3, **overrides)
+
+    whole = stageB_ldm_finetune.main(config("whole"))
+    real = stageB_ldm_finetune.train_one_epoch
+
+    def train_or_die(*args, **kwargs):
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt  # stands in for the process being killed between two epochs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stageB_ldm_finetune, "train_one_epoch", train_or_die)
+    with pytest.raises(KeyboardInterrupt):
+        stageB_ldm_finetune.main(config("killed", ckpt_every=1))
+    monkeypatch.undo()
+    (killed,) = (tmp_path / "killed" / "stageB").iterdir()
+    assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 1  # no validation yet, the checkpoint all the same
+    resumed = stageB_ldm_finetune.main(config("killed", ckpt_every=1, resume=str(killed)))
+    every = stageB_ldm_finetune.main(config("every", ckpt_every=1))
+    a = load_checkpoint(whole / "checkpoint.pth")
+    for other in (resumed, every):
+        b = load_checkpoint(other / "checkpoint.pth")
+        assert a["epoch"] == b["epoch"] == 2
+        assert all(torch.equal(v, b["model_state_dict"][k]) for k, v in a["model_state_dict"].items())
+        for (ka, sa), (kb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True):
+            assert ka == kb and all(torch.equal(sa[k], sb[k]) for k in sa)

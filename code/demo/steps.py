@@ -96,13 +96,14 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     """Run a stage script in its own process, as a user would; returns its run folder. `output_path` is stamped as
     the demo's first, so that a failed attempt's folder can be removed by the next one.
 
-    A stage that checkpoints (`ckpt_every`: Stage A) does so after every epoch, whatever the recipe says
-    (checkpointing changes nothing a stage computes: tests/test_stageA.py), and an earlier attempt of the same
+    A training stage (Stage A, Stage B) writes its training checkpoint after every epoch, whatever the recipe says
+    (`ckpt_every` 1; checkpointing changes nothing a stage computes: tests/test_stageA.py, test_stageB_gen_eval.py),
+    and an earlier attempt of the same
     command that was killed is resumed from its last checkpoint (`--resume`) instead of started again; one that
     had finished its epochs is taken as it is. "The same" includes the recipe of the step it runs in (a command
     names its inputs by path, and a remade input keeps its path): an attempt of another recipe is removed."""
     argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
-    if "ckpt_every" in flags:
+    if script != "gen_eval.py":
         flags = {**flags, "ckpt_every": 1}
     for key, value in flags.items():
         if isinstance(value, bool):
