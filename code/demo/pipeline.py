@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atomic import write_text_atomically
 from classifier_file import load_classifier_file
 from demo import world_models
 from demo.presets import LEVERS, PRESETS, Preset
@@ -359,7 +360,7 @@ def run_world(
         "total_seconds": round(time.time() - start, 1),
         "steps": w.steps.records,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=str) + "\n")
     summary = write_summary(out, decoded, control, chance, world_report, report)
     if levers:
         summary += "\n" + levers_table(out, w.steps.records)

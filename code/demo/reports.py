@@ -17,12 +17,17 @@ from runtime import format_seconds
 log = logging.getLogger("mindvis.demo")
 
 
+def bracket(interval: list[float] | tuple[float, float] | None, digits: int = 3) -> str:
+    """ " [low, high]" for a score's 95% interval, or nothing for a score without one (a run that predates them)."""
+    return "" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 def scored(metrics: dict, name: str) -> str:
     """A score of a metrics.json as `0.123 [0.100, 0.150]`, with its 95% interval over test items where it has one."""
     value, interval = metrics["scores"].get(name), metrics.get("intervals", {}).get(name)
     if value is None:
         return "skipped"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    return f"{value:.3f}{bracket(interval)}"
 
 
 def item_scores(path: Path, metric: str) -> list[float] | None:
@@ -55,13 +60,8 @@ def levers_table(out: Path, records: list[dict]) -> str:
     ]
     rows += [row(name, out / "levers" / f"{i}" / "gen_eval", f"lever {i}: stage B") for i, name in enumerate(LEVERS)]
     text = "\n".join(["# One change of the recipe at a time", "", *rows, ""])
-    (out / "levers.md").write_text(text)
+    write_text_atomically(out / "levers.md", text)
     return text
-
-
-def _bracket(interval: list[float] | None, digits: int) -> str:
-    """ " [low, high]" for a reference score's 95% interval, or nothing where its run predates intervals."""
-    return "" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: dict, report: dict) -> str:
@@ -82,7 +82,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
     attributes, baselines = report["baselines"].get("attributes"), report["baselines"]
     attribute_text = (
         f"; the unseen test categories' attributes (shape, colour, texture, background type and tint) "
-        f"**{attributes['mean']:.2f}**{_bracket(attributes.get('mean_interval'), 2)} "
+        f"**{attributes['mean']:.2f}**{bracket(attributes.get('mean_interval'), 2)} "
         f"(chance {attributes['chance']:.2f})"
         if attributes
         else ""
@@ -117,19 +117,19 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "What a linear read-out gets from the same fMRI (ridge regressions from the training fMRI, penalty by "
             "cross-validation on the training trials): the test images as 16x16 grey thumbnails, pair-wise PCC "
             f"identification **{baselines.get('ridge_pcc', float('nan')):.3f}**"
-            f"{_bracket(baselines.get('ridge_pcc_interval'), 3)} (chance 0.5; the decoded "
+            f"{bracket(baselines.get('ridge_pcc_interval'), 3)} (chance 0.5; the decoded "
             "images "
             f"{fmt(decoded['scores'].get('pcc'))}){attribute_text}.",
             "",
             "The simulated world's models (`pretrains/demo/<size>/report.json`): VQ round trip "
             f"{world['vq']['psnr_db']:.1f} dB PSNR; classifier top-1 {god_test:.2f}"
-            f"{_bracket(clf_intervals.get('god_test_stimuli'), 2)} on the GOD "
+            f"{bracket(clf_intervals.get('god_test_stimuli'), 2)} on the GOD "
             f"test stimuli, {accuracy['heldout_test_classes_vq_reconstructed']:.2f}"
-            f"{_bracket(clf_intervals.get('heldout_test_classes_vq_reconstructed'), 2)}"
+            f"{bracket(clf_intervals.get('heldout_test_classes_vq_reconstructed'), 2)}"
             " on VQ round trips; "
             "label-conditioned LDM "
             f"samples of the test categories given the true label reach {ceiling:.3f}"
-            f"{_bracket(ldm.get('n_way_top1_interval'), 3)} {n_way}-way top-1 (one unguided "
+            f"{bracket(ldm.get('n_way_top1_interval'), 3)} {n_way}-way top-1 (one unguided "
             "sample each: what the LDM renders of a category it is told; guided sampling, as the decoding uses, goes "
             "further).",
             "",
@@ -144,7 +144,7 @@ def write_summary(out: Path, decoded: dict, control: dict, chance: dict, world: 
             "",
         ]
     )
-    (out / "summary.md").write_text(text)
+    write_text_atomically(out / "summary.md", text)
     return text
 
 

@@ -103,7 +103,7 @@ def run_stage(script: str, flags: dict, output_path: Path) -> Path:
     had finished its epochs is taken as it is. "The same" includes the recipe of the step it runs in (a command
     names its inputs by path, and a remade input keeps its path): an attempt of another recipe is removed."""
     argv = [sys.executable, str(CODE / script), "--output_path", str(output_path)]
-    if script != "gen_eval.py":
+    if script.startswith("stage"):  # the training stages (stageA1_, stageA2_, stageB_); not gen_eval
         flags = {**flags, "ckpt_every": 1}
     for key, value in flags.items():
         if isinstance(value, bool):

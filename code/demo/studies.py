@@ -34,7 +34,7 @@ from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import World, decode, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
-from demo.reports import item_scores, scored
+from demo.reports import bracket, item_scores, scored
 from demo.steps import run_stage, write_json
 from demo.world_models import load_world_ldm
 from errors import UserError
@@ -55,10 +55,8 @@ CURVE_EPOCHS = (1, 2, 4, 8, 16, 24, 32, 44)  # 230 steps an epoch at batch 5: 44
 
 def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     """The published Stage B's learning curve on the demo brain: test scores and conditioning gain per epoch."""
-    flags = _curve_flags(w, epochs)
-    rows = []
-    for e in epochs:
-        rows.append(_point(curve_point(w, epochs, e), e, e * _steps_per_epoch(w, flags)))
+    model, per_epoch = _curve_model(w, epochs), _steps_per_epoch(w, _curve_flags(w, epochs))
+    rows = [_point(curve_point(w, model, e), e, e * per_epoch) for e in epochs]
     w.steps(
         "the recipe: conditioning gain",
         w.out / "conditioning.json",
@@ -68,15 +66,14 @@ def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
     recipe_row = _point(w.out, None, None)
     seconds = next(r["seconds"] for r in w.steps.records if r["step"] == "curve: stage B")
     text = curve_table(rows, recipe_row, w.n_way(), seconds)
-    (w.out / "curve.md").write_text(text)
+    write_text_atomically(w.out / "curve.md", text)
     curve_figure(rows, recipe_row, w.n_way(), w.out / "curve.png")
     log.info("\n%s", text)
     return w.out / "curve.md"
 
 
-def curve_point(w: World, epochs: tuple[int, ...], epoch: int) -> Path:
-    """The curve's Stage B (trained once, a snapshot after each of `epochs`), its model after `epoch` epochs decoded
-    (the test fMRI and the shuffled-fMRI control) and its conditioning gain measured; returns the point's folder."""
+def _curve_model(w: World, epochs: tuple[int, ...]) -> tuple[Path, str]:
+    """The curve's Stage B, trained once with a snapshot after each of `epochs`: (snapshots folder, recipe hash)."""
     out = w.out / "curve"
     flags = _curve_flags(w, epochs)
     recipe = {"a2": w.hashes["a2"], "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": flags}
@@ -84,6 +81,13 @@ def curve_point(w: World, epochs: tuple[int, ...], epoch: int) -> Path:
     b_hash = w.steps(
         "curve: stage B", snapshots, recipe, lambda: _train_snapshots(flags, out / "runs" / "b", snapshots)
     )
+    return snapshots, b_hash
+
+
+def curve_point(w: World, model: tuple[Path, str], epoch: int) -> Path:
+    """The curve's model (`_curve_model`) after `epoch` epochs decoded (the test fMRI and the shuffled-fMRI control)
+    and its conditioning gain measured; returns the point's folder."""
+    snapshots, b_hash = model
     folder, checkpoint = _curve_point(w, epoch), snapshots / f"snapshot_epoch{epoch:04d}.pth"
     decode(
         w,
@@ -209,7 +213,7 @@ def ablations(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
         for name, ((encoder, a2), change) in variants.items():
             folder = folders[conditioning, name]
             if (conditioning, name) == ("published Stage B", "full"):
-                curve_point(w, epochs, epochs[-1])
+                curve_point(w, _curve_model(w, epochs), epochs[-1])
             elif folder != w.out:  # the recipe's full row is the demo's own run
                 decode(w, folder, f"ablation, {conditioning}, {name}: ", w.b_flags(encoder, **base, **change), {}, a2)
             rows.append(
@@ -221,7 +225,7 @@ def ablations(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
                 }
             )
     text = ablation_table(rows, w.n_way(), epochs[-1] * _steps_per_epoch(w, published), _read(out / "stage_a.json"))
-    (w.out / "ablations.md").write_text(text)
+    write_text_atomically(w.out / "ablations.md", text)
     log.info("\n%s", text)
     return w.out / "ablations.md"
 
@@ -282,7 +286,7 @@ def ablation_table(rows: list[dict], n_way: int, steps: int, stage_a: dict) -> s
     ]
     intervals = stage_a.get("intervals", {})
     lines += [
-        f"| {k} | {v:.3f}" + (" [{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "") + " |"
+        f"| {k} | {v:.3f}{bracket(intervals.get(k))} |"
         for k, v in stage_a.items()
         if k not in ("mask_ratio", "masks", "intervals")
     ]
@@ -381,7 +385,7 @@ def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = 
         gains = ", ".join(f"{g:.3f}" for g in r["gain"])
         lines.append(f"| {r['epoch']} | {r['steps']:,} | {_score_cells(r)} | {gains} |")
     recipe = {  # the demo's recipe over the same seeds, and the label LDM's gain (the same world models each seed)
-        key: over_seeds({w.train_seed: _per_item(w.out / "gen_eval", metric) for w in worlds})["mean"]
+        key: float(np.mean([_per_item(w.out / "gen_eval", metric) for w in worlds]))
         for key, metric in (("top1", "top-1-class"), ("pcc", "pcc"))
     }
     gains = [_read(w.out / "conditioning.json") for w in worlds if (w.out / "conditioning.json").is_file()]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import eval_metrics
+from atomic import write_text_atomically
 from checkpoint import load_checkpoint, save_checkpoint
 from classifier_file import load_classifier_file
 from dc_ldm.models.autoencoder import VQModelInterface
@@ -176,7 +177,7 @@ def write_label2img(ldm: LatentDiffusion, config: dict, folder: Path, steps: int
     folder.mkdir(parents=True, exist_ok=True)
     header = "# The demo's label-conditioned LDM, trained by code/demo/world_models.py on the simulated world;\n"
     header += "# the structure of the published pretrains/ldm/label2img/config.yaml with small sizes.\n"
-    (folder / "config.yaml").write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
+    write_text_atomically(folder / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(config)))
     state = {k: v.detach().cpu() for k, v in full.state_dict().items()}
     ckpt = {"state_dict": state, "epoch": 0, "global_step": steps}
     save_checkpoint(ckpt, folder / "model.ckpt")
@@ -469,5 +470,5 @@ def measure(
         "n_way_top1_interval": n_way_result["intervals"].get("top-1-class"),  # 95% over the test categories
     }
     image_grid(gt.permute(0, 2, 3, 1).numpy(), hwc.numpy(), out / "ldm_samples.png", max_rows=10)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
     return report
