@@ -105,18 +105,33 @@ def test_tiny_demo_runs_every_step_and_caches_by_recipe(tmp_path, monkeypatch):
     assert all(redone[k] for k in models) and not any(v for k, v in redone.items() if k not in models)
 
 
-def test_sweep_figure_plots_pipeline_control_and_baselines(tmp_path):
+def test_sweep_plots_and_tables_each_score_with_its_interval(tmp_path):
     outs = []
-    for snr in (0.1, 1.0, 0.3):  # any order: plotted by SNR
+    for snr in (0.1, 1.0, 0.3):  # any order: plotted and tabled by SNR
         out = tmp_path / f"snr{snr}"
         out.mkdir()
-        report = {"snr": snr, "baselines": {"ridge_pcc": 0.9, "attributes": {"mean": 0.8}}}
+        attributes = {"mean": snr / 2, "mean_interval": [snr / 2 - 0.01, snr / 2 + 0.01], "chance": 0.17}
+        report = {
+            "snr": snr,
+            "baselines": {"ridge_pcc": 0.9, "ridge_pcc_interval": [0.85, 0.95], "attributes": attributes},
+        }
         (out / "report.json").write_text(json.dumps(report))
-        (out / "metrics.json").write_text(json.dumps({"scores": {"pcc": 0.8, "top-1-class": 0.3}}))
-        (out / "metrics_shuffled.json").write_text(json.dumps({"scores": {"pcc": 0.5, "top-1-class": 0.02}}))
+        decoded = {
+            "scores": {"pcc": 0.8, "top-1-class": snr / 4},
+            "intervals": {"pcc": [0.7, 0.88], "top-1-class": [0.0, 0.5]},
+        }
+        (out / "metrics.json").write_text(json.dumps(decoded))
+        (out / "metrics_shuffled.json").write_text(
+            json.dumps({"scores": {"pcc": 0.5, "top-1-class": 0.02}})
+        )  # an old run
         outs.append(out)
-    path = reports.sweep_figure(outs, tmp_path / "sweep.png")
+    path = reports.sweep(outs, tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = path.with_suffix(".md").read_text()
+    assert "| single-trial SNR | 0.1 | 0.3 | 1 |" in table and "over the test items" in table
+    assert "| pipeline: 50-way top-1 | 0.025 [0.000, 0.500] | 0.075 [0.000, 0.500] | 0.250 [0.000, 0.500] |" in table
+    assert "| control: pair-wise PCC | 0.500 | 0.500 | 0.500 |" in table  # no interval where the run has none
+    assert "| ridge attribute read-out | 0.05 [0.04, 0.06] | 0.15 [0.14, 0.16] | 0.50 [0.49, 0.51] |" in table
 
 
 def test_every_lever_is_a_valid_stage_b_and_gen_eval_setting():

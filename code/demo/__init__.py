@@ -9,6 +9,6 @@ demo drives the stages through their command lines, as a user would.
 - `pipeline.py`: `make demo` (`python -m demo`, its command line in `cli.py`): the steps in order;
 - `presets.py`: what a demo run does (sizes, each stage's flags, the recipe, the published Stage B, the levers);
 - `steps.py`: the step cache (a recipe stamp beside every result) and the stage runner (one process per stage);
-- `reports.py`: summary.md, levers.md, the SNR sweep's figure;
+- `reports.py`: summary.md, levers.md, the SNR sweep's figure and table;
 - `studies.py`: `--curve` and `--ablations`, the published method's learning curve and the paper's ablations.
 """

@@ -34,7 +34,7 @@ from pathlib import Path
 from demo import pretraining, studies
 from demo.pipeline import prepare, run, run_world, world_name
 from demo.presets import PRESETS
-from demo.reports import seeds_table, sweep_figure
+from demo.reports import seeds_table, sweep
 from demo.simulation.spec import SIZES
 from demo.steps import ROOT
 from errors import DEBUG_HELP, ArgumentParser
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
         default=None,
         help="the simulation's single-trial SNR "
         "instead of the preset's (results/demo/<size>-snr<x>; the world models are shared); "
-        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png",
+        "several values: a sweep, plotted with the ridge baselines in results/demo/<size>-sweep.png (and .md)",
     )
     parser.add_argument(
         "--levers",
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> Path:
         return pretraining.stage_a_curve(world)
     if args.snr is not None and len(args.snr) > 1:
         outs = [run(args.size, args.seed, args.root_path, snr, args.levers, train_seeds[0]) for snr in args.snr]
-        return sweep_figure(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
+        return sweep(outs, args.root_path / "results" / "demo" / f"{args.size}-sweep.png")
     snr = args.snr[0] if args.snr else None
     worlds = []
     for t in train_seeds:  # the curve and the ablations of each run right after it: whole seeds first

@@ -187,37 +187,91 @@ def seeds_table(outs: list[Path], path: Path) -> str:
     return text
 
 
-def sweep_figure(outs: list[Path], path: Path) -> Path:
-    """Pipeline and ridge baseline against single-trial SNR: pair-wise PCC identification and 50-way top-1."""
+def sweep(outs: list[Path], path: Path) -> Path:
+    """The single-trial SNR sweep: `path` (png) plots the pipeline, its shuffled-fMRI control and the linear
+    baselines against SNR, each with its 95% interval over test items, and `path` with .md tables the same numbers."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
 
     def load(out: Path, name: str) -> dict:
         return json.loads((out / name).read_text())
 
-    rows = sorted(
+    runs = sorted(
         (
-            (load(o, "report.json"), load(o, "metrics.json")["scores"], load(o, "metrics_shuffled.json")["scores"])
+            {
+                "report": load(o, "report.json"),
+                "decoded": load(o, "metrics.json"),
+                "control": load(o, "metrics_shuffled.json"),
+            }
             for o in outs
         ),
-        key=lambda row: row[0]["snr"],
+        key=lambda run: run["report"]["snr"],
     )
-    reports, scores, control = zip(*rows, strict=True)
-    snr = [r["snr"] for r in reports]
+    snr = [run["report"]["snr"] for run in runs]
+
+    def series(kind: str, metric: str | None) -> tuple[list[float], list[list[float] | None]]:
+        baselines = [run["report"]["baselines"] for run in runs]
+        if kind == "ridge":  # fMRI -> image, scored by pair-wise PCC
+            return [b["ridge_pcc"] for b in baselines], [b.get("ridge_pcc_interval") for b in baselines]
+        if kind == "attributes":  # fMRI -> the test categories' attributes, the share read right
+            return [b["attributes"]["mean"] for b in baselines], [
+                b["attributes"].get("mean_interval") for b in baselines
+            ]
+        metrics = [run[kind] for run in runs]
+        return [m["scores"][metric] for m in metrics], [m.get("intervals", {}).get(metric) for m in metrics]
+
     fig = Figure(figsize=(9, 3.4), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    left.plot(snr, [s["pcc"] for s in scores], "o-", label="pipeline")
-    left.plot(snr, [r["baselines"]["ridge_pcc"] for r in reports], "s--", label="ridge regression")
-    left.plot(snr, [c["pcc"] for c in control], "x:", label="shuffled-fMRI control")
-    left.axhline(0.5, color="grey", lw=0.8)
-    left.set(title="pair-wise PCC identification", xlabel="single-trial SNR", xscale="log", ylim=(0.4, 1.0))
-    right.plot(snr, [s["top-1-class"] for s in scores], "o-", label="pipeline")
-    right.plot(snr, [c["top-1-class"] for c in control], "x:", label="shuffled-fMRI control")
-    right.plot(snr, [r["baselines"]["attributes"]["mean"] for r in reports], "s--", label="ridge attribute read-out")
-    right.axhline(1 / 50, color="grey", lw=0.8, label="50-way chance")
-    right.set(title="50-way top-1 (mean of sample sets)", xlabel="single-trial SNR", xscale="log", ylim=(0, 1.05))
-    for ax in (left, right):
+    panels = {
+        "pcc": ("pair-wise PCC identification", 0.5, (0.4, 1.0), "ridge", "ridge fMRI -> image"),
+        "top-1-class": (
+            "50-way top-1 (mean of sample sets)",
+            1 / 50,
+            (0, 1.05),
+            "attributes",
+            "ridge attribute read-out",
+        ),
+    }
+    for ax, (metric, (title, chance, ylim, baseline, name)) in zip(fig.subplots(1, 2), panels.items(), strict=True):
+        for kind, style, label in (
+            ("decoded", "o-", "pipeline"),
+            (baseline, "s--", name),
+            ("control", "x:", "shuffled-fMRI control"),
+        ):
+            values, intervals = series(kind, metric)
+            errors = np.array(
+                [[v - i[0], i[1] - v] if i else [0.0, 0.0] for v, i in zip(values, intervals, strict=True)]
+            ).T
+            ax.errorbar(snr, values, yerr=errors, fmt=style, capsize=3, label=label)
+        ax.axhline(chance, color="grey", lw=0.8, label="chance")
+        ax.set(title=title, xlabel="single-trial SNR", xscale="log", ylim=ylim)
         ax.set_xticks(snr, [f"{v:g}" for v in snr])
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
-    log.info("sweep: %s", path)
+
+    rows = [
+        ("pipeline: pair-wise PCC", "decoded", "pcc"),
+        ("pipeline: 50-way top-1", "decoded", "top-1-class"),
+        ("control: pair-wise PCC", "control", "pcc"),
+        ("control: 50-way top-1", "control", "top-1-class"),
+        ("ridge fMRI -> image, pair-wise PCC", "ridge", "pcc"),
+        ("ridge attribute read-out", "attributes", None),
+    ]
+    attribute_chance = runs[0]["report"]["baselines"]["attributes"]["chance"]
+    items = runs[0]["decoded"].get("num_items", "the")
+    lines = [
+        f"# The demo's recipe against single-trial SNR ({len(runs)} worlds, one run each)",
+        "",
+        f"Each score with its 95% interval over {items} test items (one training run per SNR). Chance: pair-wise PCC "
+        f"0.5, 50-way top-1 0.02, the attribute read-out {attribute_chance:.2f}.",
+        "",
+        "| single-trial SNR | " + " | ".join(f"{v:g}" for v in snr) + " |",
+        "| --- |" + " --- |" * len(snr),
+    ]
+    for label, kind, metric in rows:
+        values, intervals = series(kind, metric)
+        digits = 2 if kind == "attributes" else 3
+        cells = [f"{v:.{digits}f}{bracket(i, digits)}" for v, i in zip(values, intervals, strict=True)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    write_text_atomically(path.with_suffix(".md"), text)
+    log.info("sweep: %s\n%s", path, text)
     return path
