@@ -15,6 +15,7 @@ TINY_PLAN = pretraining.StudyPlan(
     worlds=("cortex-tiny",),
     seeds=(0,),
     pairs=(20, 40),
+    published_pairs=(40,),
     a1_epochs=1,
     a1_warmup=0,
     a2_epochs=1,
@@ -31,16 +32,19 @@ def test_plan_lists_every_row_seed_by_seed_cheap_kinds_first_and_counts_the_step
     plan = pretraining.STUDY
     rows = pretraining.study_rows(plan)
     n = len(plan.seeds) * len(plan.worlds) * len(pretraining.ENCODERS) * len(plan.pairs)
-    assert len(rows) == 3 * n and len(set(rows)) == len(rows)
+    n_published = n // len(plan.pairs) * len(plan.published_pairs)
+    assert 0 < len(plan.published_pairs) < len(plan.pairs) and set(plan.published_pairs) <= set(plan.pairs)
+    assert len(rows) == 2 * n + n_published and len(set(rows)) == len(rows)
     assert [r[1] for r in rows] == sorted(r[1] for r in rows)  # whole seeds first
     per_seed = n // len(plan.seeds)
     for seed in plan.seeds:
         kinds = [r[0] for r in rows if r[1] == seed]
-        assert kinds == ["probe"] * per_seed + ["recipe"] * per_seed + ["published"] * per_seed
+        assert kinds == ["probe"] * per_seed + ["recipe"] * per_seed + ["published"] * (n_published // len(plan.seeds))
+    assert {r[4] for r in rows if r[0] == "published"} == set(plan.published_pairs)
     with caplog.at_level("INFO", logger="mindvis.demo"):
         text = pretraining.print_plan(plan)
     assert f"{n} Stage B runs of the demo's recipe, {plan.recipe_steps} optimiser steps each" in text
-    assert f"({n * plan.published_steps:,} steps)" in text and "stopped and rerun at any point" in text
+    assert f"({n_published * plan.published_steps:,} steps)" in text and "stopped and rerun at any point" in text
 
 
 @pytest.mark.parametrize("kind,batch", [("recipe", 25), ("published", 5)])
