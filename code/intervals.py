@@ -107,6 +107,36 @@ def over_seeds(per_seed: dict[int, list], base: dict[int, list] | None = None) -
     return row
 
 
+def clustered_interval(
+    scores: np.ndarray | list,
+    groups: np.ndarray | list,
+    reference: np.ndarray | list | None = None,
+    confidence: float = CONFIDENCE,
+    num_resamples: int = NUM_RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, Interval]:
+    """The mean of sample scores (N,) whose samples come in correlated units (`groups` (N,): the trials of one
+    image, the windows of one subject), and its interval resampling whole units, each drawn unit bringing all its
+    samples; given `reference` (N,) scores of the same samples, the ratio mean(scores) / mean(reference) instead,
+    both resampled with the same units."""
+    scores, groups = np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    if scores.ndim != 1 or groups.shape != scores.shape:
+        raise ValueError(f"scores and groups must be (N,) each, got {scores.shape} and {groups.shape}")
+    units, unit = np.unique(groups, return_inverse=True)
+    if len(units) < 2:
+        raise ValueError(f"an interval over units needs at least 2 units, got {len(units)}")
+    sums = np.bincount(unit, scores, len(units))  # (G,)
+    if reference is None:
+        denominators, value = np.bincount(unit, minlength=len(units)).astype(np.float64), scores.mean()
+    else:
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.shape != scores.shape:
+            raise ValueError(f"reference must score the same samples, got {reference.shape} for {scores.shape}")
+        denominators, value = np.bincount(unit, reference, len(units)), scores.mean() / reference.mean()
+    counts = _draw_counts(np.random.default_rng(seed), len(units), num_resamples)  # (B, G)
+    return float(value), _percentiles((counts @ sums) / (counts @ denominators), confidence)
+
+
 def max_over_sets_interval(
     per_set: np.ndarray | list, confidence: float = CONFIDENCE, num_resamples: int = NUM_RESAMPLES, seed: int = SEED
 ) -> Interval:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from intervals import bootstrap_interval, max_over_sets_interval, paired_difference
+from intervals import bootstrap_interval, clustered_interval, max_over_sets_interval, paired_difference
 
 REPETITIONS, ITEMS, SAMPLES = 200, 50, 5
 ALPHA, BETA = 2.0, 5.0  # item scores ~ Beta(2, 5): bounded like an accuracy, skewed; mean 2 / 7
@@ -37,6 +37,40 @@ def test_an_item_with_identical_samples_counts_once():
     assert max_over_sets_interval(copies) == pytest.approx(one, rel=1e-12)  # the best of identical sets: any
     naive = bootstrap_interval(copies.reshape(-1))  # what resampling samples would give
     assert naive[1] - naive[0] < 0.6 * (one[1] - one[0])
+
+
+def test_clustered_interval_resamples_whole_units_and_pairs_a_ratio():
+    rng = np.random.default_rng(4)
+    scores = rng.beta(ALPHA, BETA, ITEMS)
+    value, interval = clustered_interval(scores, np.arange(ITEMS))  # every sample its own unit: the item bootstrap
+    assert value == pytest.approx(scores.mean()) and interval == pytest.approx(bootstrap_interval(scores), rel=1e-12)
+    # units of unequal size: the mean is over samples, and a unit's copies of one score count as one draw
+    groups = np.repeat(np.arange(ITEMS), rng.integers(1, 6, ITEMS))
+    value, (low, high) = clustered_interval(scores[groups], groups)
+    assert value == pytest.approx(scores[groups].mean()) and low < value < high
+    naive = bootstrap_interval(scores[groups])
+    assert naive[1] - naive[0] < 0.7 * (high - low)
+    # a ratio to reference scores of the same samples: exact where they are proportional, else around the ratio
+    assert clustered_interval(2 * scores[groups], groups, reference=scores[groups]) == (
+        pytest.approx(2.0),
+        (pytest.approx(2.0), pytest.approx(2.0)),
+    )
+    ratio, (low, high) = clustered_interval(scores, np.arange(ITEMS), reference=scores + 0.5)
+    assert ratio == pytest.approx(scores.mean() / (scores.mean() + 0.5)) and low < ratio < high
+    with pytest.raises(ValueError, match="at least 2 units"):
+        clustered_interval(scores, np.zeros(ITEMS))
+    with pytest.raises(ValueError, match="same samples"):
+        clustered_interval(scores, np.arange(ITEMS), reference=scores[:-1])
+
+
+def test_clustered_interval_covers_over_correlated_units():
+    rng = np.random.default_rng(5)
+    units = rng.beta(ALPHA, BETA, (REPETITIONS, 20))  # 20 units (subjects, images) per repetition
+    groups = np.repeat(np.arange(20), 10)  # 10 correlated samples each
+    samples = units[:, groups] + rng.normal(0, 0.02, (REPETITIONS, 200))
+    coverage = _coverage([clustered_interval(s, groups, num_resamples=2000)[1] for s in samples])
+    assert 0.85 <= coverage <= 0.99  # 20 units: a percentile bootstrap covers a little under 0.95
+    assert _coverage([bootstrap_interval(s, num_resamples=1000) for s in samples[:50]]) < 0.7  # samples as units
 
 
 def test_intervals_are_reproducible_and_contain_the_mean():

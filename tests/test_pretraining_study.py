@@ -124,7 +124,16 @@ def test_tiny_study_and_curve_run_resume_and_write_their_tables(tmp_path, monkey
     assert [m["epoch"] for m in curve["a2"] if "val_test_masked_cor" in m] == [-1, 0, 1]
     assert [m["epoch"] for m in curve["a1"] if "val_hcp_masked_cor" in m] == [-1, 0]
     assert set(curve["ridge"]) == {"hcp", "god", "test"} and all(0 < v < 1 for v in curve["ridge"].values())
-    assert "| A2: held-out test images (averages and trials) |" in (w.out / "stage_a_curve.md").read_text()
+    table = (w.out / "stage_a_curve.md").read_text()
+    assert "| A2: held-out test images (averages and trials) | 3 |" in table  # 3 held-out images, the units
+    got = curve["intervals"]
+    assert got["hcp"]["units"] == pretraining.HELD_OUT_HCP and got["god"]["units"] == 20  # tiny: 20 test images
+    for key, (stage, last) in {"hcp": ("a1", -1), "god": ("a1", -1), "test": ("a2", -1)}.items():
+        logged = [m for m in curve[stage] if f"val_{key}_masked_cor" in m][last][f"val_{key}_masked_cor"]
+        assert got[key]["mae"] == pytest.approx(logged, abs=1e-6)  # rescored as the stage scored it
+        assert got[key]["ridge"] == pytest.approx(curve["ridge"][key], abs=1e-9)
+        low, high = got[key]["mae_interval"]
+        assert low <= got[key]["mae"] <= high and got[key]["share"][0] == pytest.approx(logged / curve["ridge"][key])
 
     made = []  # a rerun makes nothing again
     monkeypatch.setattr(pretraining, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])

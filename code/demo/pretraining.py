@@ -49,21 +49,22 @@ import torch
 from atomic import write_text_atomically
 from checkpoint_layouts import read_stage_a
 from config import StageBConfig
-from correlation import row_pearson
+from config_engine import load_yaml
 from dataset import split_images
 from demo.pipeline import World, decode, prepare, train_a2, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
-from demo.reports import item_scores
+from demo.reports import bracket, item_scores
 from demo.simulation.simulate import write_heldout_hcp
 from demo.steps import train_stage, write_json
 from demo.studies import random_encoder
 from demo.world_models import load_world_ldm
-from intervals import over_seeds
+from intervals import clustered_interval, over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import HCP_FILE, create_hcp_dataset
 from ridge import fit_ridge
-from sc_mbm.mae_for_fmri import FMRIEncoder
+from sc_mbm.mae_for_fmri import FMRIEncoder, build_mae
+from sc_mbm.reconstruction import ridge_reference, score
 
 log = logging.getLogger("mindvis.demo")
 
@@ -155,7 +156,7 @@ def stage_a_curve(w: World, plan: StudyPlan = STUDY) -> Path:
     out = w.out / "stage_a_curve"
     change = {"num_epoch": plan.curve_a2_epochs, "warmup_epochs": plan.a2_warmup, "val_images": plan.val_images}
     change["ckpt_every"] = plan.curve_a2_epochs
-    train_a2(w, a1_path, a1, out, "Stage A curve: ", **change)
+    a2 = train_a2(w, a1_path, a1, out, "Stage A curve: ", **change)
     num_voxels = read_stage_a(a1_path).arch["num_voxels"]
     w.steps(
         "Stage A curve: ridge references",
@@ -164,10 +165,18 @@ def stage_a_curve(w: World, plan: StudyPlan = STUDY) -> Path:
         lambda: write_json(ridge_references(w, held_out_hcp(w), num_voxels, plan.val_images), out / "ridge.json"),
     )
     a1_runs, a2_runs = a1_path.parent / "runs" / "a1", out / "runs" / "a2"
+    models = {"a1": (a1_path, a1_runs), "a2": (out / "fmri_encoder.pth", a2_runs)}
+    w.steps(
+        "Stage A curve: intervals",
+        out / "intervals.json",
+        {"sim": w.hashes["sim"], "a1": a1, "a2": a2, "val_images": plan.val_images},
+        lambda: write_json(curve_intervals(w, models, num_voxels, plan.val_images), out / "intervals.json"),
+    )
     result = {
         "a1": _metrics(a1_runs),
         "a2": _metrics(a2_runs),
         "ridge": json.loads((out / "ridge.json").read_text()),
+        "intervals": json.loads((out / "intervals.json").read_text()),
         "steps_per_epoch": {"a1": _steps_per_epoch(a1_runs), "a2": _steps_per_epoch(a2_runs)},
         "seconds": {"a1": _seconds(w, "pre-trained: stage A1"), "a2": _seconds(w, "Stage A curve: stage A2")},
     }
@@ -201,39 +210,67 @@ def _steps_per_epoch(runs: Path) -> int | None:
     return None
 
 
-def masked_ridge_score(
-    fit: np.ndarray, test: np.ndarray, mask_ratio: float, masks: int, seed: int, patch_size: int = 16
-) -> float:
-    """Mean over `masks` random patch masks of the masked-voxel Pearson correlation (per sample, then averaged) of a
-    ridge map from the visible to the masked voxels, fitted on `fit` (N, V) and applied to `test` (M, V)."""
-    rng, scores = np.random.default_rng(seed), []
-    patches = fit.shape[1] // patch_size
-    for _ in range(masks):
-        keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
-        visible = (keep[:, None] * patch_size + np.arange(patch_size)).ravel()
-        masked = np.setdiff1d(np.arange(patches * patch_size), visible)
-        weights, bias, _ = fit_ridge(fit[:, visible].astype(np.float64), fit[:, masked].astype(np.float64), seed=seed)
-        pred = torch.from_numpy(test[:, visible].astype(np.float64) @ weights + bias).float()
-        scores.append(row_pearson(pred, torch.from_numpy(test[:, masked]).float()).mean().item())
-    return float(np.mean(scores))
+def curve_sets(w: World, heldout: Path, num_voxels: int, val_images: int) -> dict[str, dict[str, np.ndarray]]:
+    """Each held-out set the curve scores ({'fit': the fMRI its ridge reference is fitted on, 'test': the held-out
+    fMRI, 'groups': the unit each test sample belongs to}), wrap-padded like Stage A: 'hcp' the held-out HCP
+    subjects (grouped by subject), 'god' sbj_3's 50 test averages (each its own unit), 'test' the test images A2
+    leaves out, averages and single trials (grouped by image)."""
+    hcp_fit = fit_voxels(create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri, num_voxels)[:, 0]
+    hcp = create_hcp_dataset(heldout, patch_size=16).fmri
+    windows = [len(create_hcp_dataset(heldout, patch_size=16, num_sub_limit=k)) for k in range(1, HELD_OUT_HCP + 1)]
+    subject = np.repeat(np.arange(HELD_OUT_HCP), np.diff([0, *windows]))
+    train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
+    _, test_all = create_god_dataset(w.kam, subjects=["sbj_3"], include_nonavg_test=True)
+    held = split_images(test_all, val_images, "val_images")[1]
+    god_fit = fit_voxels(train.fmri, num_voxels)[:, 0]
+    return {
+        "hcp": {"fit": hcp_fit, "test": fit_voxels(hcp, num_voxels)[:, 0], "groups": subject},
+        "god": {"fit": god_fit, "test": fit_voxels(test.fmri, num_voxels)[:, 0], "groups": np.arange(len(test))},
+        "test": {"fit": god_fit, "test": fit_voxels(held.fmri, num_voxels)[:, 0], "groups": held.image_index},
+    }
 
 
 def ridge_references(
     w: World, heldout: Path, num_voxels: int, val_images: int, mask_ratio: float = 0.75, masks: int = 4
 ) -> dict[str, float]:
-    """The ridge reference of each held-out set the curve scores, on the same fMRI (wrap-padded like Stage A)."""
-    hcp_fit = fit_voxels(create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri, num_voxels)[:, 0]
-    hcp_test = fit_voxels(create_hcp_dataset(heldout, patch_size=16).fmri, num_voxels)[:, 0]
-    train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
-    _, test_all = create_god_dataset(w.kam, subjects=["sbj_3"], include_nonavg_test=True)
-    held = split_images(test_all, val_images, "val_images")[1]
-    god_fit = fit_voxels(train.fmri, num_voxels)[:, 0]
-    sets = {
-        "hcp": (hcp_fit, hcp_test),
-        "god": (god_fit, fit_voxels(test.fmri, num_voxels)[:, 0]),
-        "test": (god_fit, fit_voxels(held.fmri, num_voxels)[:, 0]),
+    """The ridge reference of each held-out set the curve scores, on the same fMRI."""
+    sets = curve_sets(w, heldout, num_voxels, val_images)
+    return {
+        name: float(ridge_reference(d["fit"], d["test"], mask_ratio, masks, w.seed).mean()) for name, d in sets.items()
     }
-    return {name: masked_ridge_score(fit, x, mask_ratio, masks, w.seed) for name, (fit, x) in sets.items()}
+
+
+def curve_intervals(
+    w: World, models: dict[str, Path], num_voxels: int, val_images: int, mask_ratio: float = 0.75, masks: int = 4
+) -> dict[str, dict]:
+    """The trained MAE's and the ridge map's masked-voxel correlation on each held-out set, scored as the stage
+    scores it (the run's masks, seed and batch size) and as `ridge_references` does, with 95% intervals resampling
+    the set's units (`curve_sets`: HCP subjects, test images), and the MAE's share of the ridge map's, paired over
+    the same units. `models`: {'a1': (checkpoint, run folder), 'a2': ...}."""
+    sets = curve_sets(w, held_out_hcp(w), num_voxels, val_images)
+    result = {}
+    for stage, keys in (("a1", ("hcp", "god")), ("a2", ("test",))):
+        checkpoint, runs = models[stage]
+        config = load_yaml(_run_dir(runs) / "config.yaml")  # the run's masks: its mask ratio, seed, batch size
+        stage_a = read_stage_a(checkpoint)
+        model = build_mae(stage_a.arch)
+        model.load_state_dict(stage_a.model)
+        for key in keys:
+            d = sets[key]
+            fmri = torch.from_numpy(d["test"][:, None].copy())
+            mae = score(
+                model, fmri, config["mask_ratio"], config["batch_size"], "fp32", config["seed"], per_item=True
+            )["masked_cor_per_item"]
+            ridge = ridge_reference(d["fit"], d["test"], mask_ratio, masks, w.seed)
+            result[key] = {
+                "units": int(len(np.unique(d["groups"]))),
+                "mae": float(np.mean(mae)),
+                "mae_interval": clustered_interval(mae, d["groups"])[1],
+                "ridge": float(ridge.mean()),
+                "ridge_interval": clustered_interval(ridge, d["groups"])[1],
+                "share": clustered_interval(mae, d["groups"], reference=ridge),
+            }
+    return result
 
 
 CURVE_SETS = {
@@ -244,7 +281,7 @@ CURVE_SETS = {
 
 
 def curve_table(result: dict, plan: StudyPlan) -> str:
-    ridge = result["ridge"]
+    ridge, intervals = result["ridge"], result.get("intervals", {})
     rows = []
     for stage, key in (("a1", "hcp"), ("a1", "god"), ("a2", "test")):
         points = [m for m in result[stage] if f"val_{key}_masked_cor" in m]
@@ -252,9 +289,16 @@ def curve_table(result: dict, plan: StudyPlan) -> str:
             continue
         values = [m[f"val_{key}_masked_cor"] for m in points]
         best = int(np.argmax(values))
+        last = f"{values[-1]:.3f}"
+        reference, share, units = f"{ridge[key]:.3f}", f"{values[-1] / ridge[key]:.2f}", ""
+        if key in intervals:  # the trained models rescored per sample, with intervals over the set's units
+            got = intervals[key]
+            last = f"{got['mae']:.3f}{bracket(got['mae_interval'])}"
+            reference = f"{got['ridge']:.3f}{bracket(got['ridge_interval'])}"
+            share, units = f"{got['share'][0]:.2f}{bracket(got['share'][1], 2)}", str(got["units"])
         rows.append(
-            f"| {CURVE_SETS[key]} | {values[0]:.3f} | {values[-1]:.3f} | {values[best]:.3f} (epoch "
-            f"{points[best]['epoch'] + 1}) | {ridge[key]:.3f} | {values[-1] / ridge[key]:.2f} |"
+            f"| {CURVE_SETS[key]} | {units} | {values[0]:.3f} | {last} | {values[best]:.3f} (epoch "
+            f"{points[best]['epoch'] + 1}) | {reference} | {share} |"
         )
     return (
         "\n".join(
@@ -264,10 +308,13 @@ def curve_table(result: dict, plan: StudyPlan) -> str:
                 f"A1: {plan.a1_epochs} epochs ({result['steps_per_epoch']['a1']} optimiser steps each), A2 from "
                 f"it: {plan.curve_a2_epochs} epochs ({result['steps_per_epoch']['a2']} steps each) on sbj_3's test "
                 f"fMRI less {plan.val_images} test images. Masked-voxel correlation (mask ratio 0.75, fixed masks) "
-                "of the MAE and of a ridge map fitted on fMRI of the same kind (one run, training seed 0).",
+                "of the MAE and of a ridge map fitted on fMRI of the same kind (one run, training seed 0). "
+                "Brackets: 95% intervals resampling the held-out set's units (HCP subjects, sbj_3's test fMRI, "
+                "test images with all their trials); with 4 subjects the HCP interval is a rough one. Before "
+                "training and the best epoch: the curve's per-epoch means.",
                 "",
-                "| held-out fMRI | before training | last epoch | best epoch | ridge map | last / ridge |",
-                "| --- | --- | --- | --- | --- | --- |",
+                "| held-out fMRI | units | before training | last epoch | best epoch | ridge map | last / ridge |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
                 *rows,
             ]
         )

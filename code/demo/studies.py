@@ -30,7 +30,6 @@ from atomic import write_text_atomically
 from checkpoint import save_checkpoint
 from checkpoint_layouts import read_stage_a
 from config import StageBConfig
-from correlation import row_pearson
 from dc_ldm.ldm_for_fmri import load_finetuned
 from demo.pipeline import World, decode, train_encoder
 from demo.presets import PUBLISHED_STAGE_B
@@ -42,10 +41,9 @@ from intervals import bootstrap_interval, over_seeds
 from readers.arrays import fit_voxels
 from readers.god import create_god_dataset
 from readers.hcp import create_hcp_dataset
-from ridge import fit_ridge
 from runtime import format_seconds
 from sc_mbm.mae_for_fmri import build_mae
-from sc_mbm.reconstruction import score
+from sc_mbm.reconstruction import ridge_reference, score
 from transforms import model_image_transform
 
 log = logging.getLogger("mindvis.demo")
@@ -448,19 +446,8 @@ def stage_a_probe(w: World, encoders: dict[str, Path], mask_ratio: float = 0.75,
         "linear map from sbj_3's training fMRI": train.fmri[:, 0],
         "linear map from the HCP resting state": fit_voxels(hcp, x_test.shape[1]),
     }
-    patches = x_test.shape[1] // 16
-    for name, x_fit in references.items():
-        rng, scores = np.random.default_rng(w.seed), []  # the same masks for each reference
-        for _ in range(masks):
-            keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
-            visible = (keep[:, None] * 16 + np.arange(16)).ravel()
-            masked = np.setdiff1d(np.arange(patches * 16), visible)
-            weights, bias, _ = fit_ridge(
-                x_fit[:, visible].astype(np.float64), x_fit[:, masked].astype(np.float64), seed=w.seed
-            )
-            pred = torch.from_numpy(x_test[:, visible] @ weights + bias)
-            scores.append(row_pearson(pred.float(), torch.from_numpy(x_test[:, masked]).float()).numpy())
-        per_item[name] = np.mean(scores, axis=0)
+    for name, x_fit in references.items():  # the same masks for each reference
+        per_item[name] = ridge_reference(x_fit, x_test, mask_ratio, masks, w.seed)
     out |= {name: float(v.mean()) for name, v in per_item.items()}
     out["intervals"] = {name: bootstrap_interval(v) for name, v in per_item.items()}  # 95% over the test fMRI
     return out

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from correlation import row_pearson
+from ridge import fit_ridge
 from runtime import autocast
 
 
@@ -69,3 +71,22 @@ def score_sets(
         result = score(model, fmri, mask_ratio, batch_size, precision, seed)
         scores |= {f"val_{name}_{metric}": value for metric, value in result.items()}
     return scores
+
+
+def ridge_reference(
+    fit: np.ndarray, test: np.ndarray, mask_ratio: float, masks: int, seed: int, patch_size: int = 16
+) -> np.ndarray:
+    """The linear reference of `score`'s masked_cor: for each of `masks` random patch masks (drawn from `seed`), a
+    ridge map from the visible to the masked voxels (penalty by cross-validation) fitted on `fit` (N, V) and applied
+    to `test` (M, V); each test sample's Pearson correlation of prediction and truth on the masked voxels, averaged
+    over the masks (M,)."""
+    rng, scores = np.random.default_rng(seed), []
+    patches = fit.shape[1] // patch_size
+    for _ in range(masks):
+        keep = np.sort(rng.permutation(patches)[: int(round(patches * (1 - mask_ratio)))])
+        visible = (keep[:, None] * patch_size + np.arange(patch_size)).ravel()
+        masked = np.setdiff1d(np.arange(patches * patch_size), visible)
+        weights, bias, _ = fit_ridge(fit[:, visible].astype(np.float64), fit[:, masked].astype(np.float64), seed=seed)
+        pred = torch.from_numpy(test[:, visible].astype(np.float64) @ weights + bias).float()
+        scores.append(row_pearson(pred, torch.from_numpy(test[:, masked]).float()).numpy())
+    return np.mean(scores, axis=0)
