@@ -90,7 +90,7 @@ class StudyPlan:
     curve_a2_epochs: int = 60
     val_images: int = 10
     recipe_steps: int = 552  # the demo recipe's own budget: 12 epochs of 1,150 pairs at batch 25
-    published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the curve's PCC has left its control there
+    published_steps: int = 5520  # 24 epochs of 1,150 pairs at batch 5: the curve (seeds 0, 1) has left its control
     eval_samples: int = 2  # images decoded per test fMRI
 
 
