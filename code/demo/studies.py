@@ -322,9 +322,9 @@ def ablations_over_seeds(worlds: list[World], path: Path) -> Path:
         }
         for (c, n, m), s in scores.items()
     ]
-    seeds = ", ".join(str(w.train_seed) for w in worlds)
+    seeds = ("seeds " if len(worlds) > 1 else "seed ") + ", ".join(str(w.train_seed) for w in worlds)
     lines = [
-        f"# The paper's ablations in miniature over training seeds {seeds} of one world",
+        f"# The paper's ablations in miniature over training {seeds} of one world",
         "",
         "Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
         "'minus full': the row's score minus the full method's under the same Stage B, on the same seeds and items "
@@ -366,9 +366,9 @@ def curve_over_seeds(worlds: list[World], path: Path, epochs: tuple[int, ...] = 
         row["gain"] = [_read(_curve_point(w, e) / "conditioning.json")["gain"] for w in worlds]
         rows.append(row)
     n_way = worlds[0].n_way()
-    seeds = ", ".join(str(w.train_seed) for w in worlds)
+    seeds = ("seeds " if len(worlds) > 1 else "seed ") + ", ".join(str(w.train_seed) for w in worlds)
     lines = [
-        f"# The published Stage B's learning curve over training seeds {seeds} of one world",
+        f"# The published Stage B's learning curve over training {seeds} of one world",
         "",
         f"Each cell: the mean over training seeds and the 50 test items [95% interval, resampling seeds and items]; "
         f"'minus control': decoded minus the same models fed shuffled test fMRI, paired over seeds and items "
