@@ -59,9 +59,9 @@ from demo.steps import train_stage, write_json
 from demo.studies import random_encoder
 from demo.world_models import load_world_ldm
 from intervals import clustered_interval, over_seeds
-from readers.arrays import fit_voxels
+from readers.arrays import fit_voxels, pad_all_to_longest
 from readers.god import create_god_dataset
-from readers.hcp import HCP_FILE, create_hcp_dataset
+from readers.hcp import HCP_FILE, create_hcp_dataset, hcp_subjects
 from ridge import fit_ridge
 from sc_mbm.mae_for_fmri import FMRIEncoder, build_mae
 from sc_mbm.reconstruction import ridge_reference, score
@@ -158,25 +158,20 @@ def stage_a_curve(w: World, plan: StudyPlan = STUDY) -> Path:
     change["ckpt_every"] = plan.curve_a2_epochs
     a2 = train_a2(w, a1_path, a1, out, "Stage A curve: ", **change)
     num_voxels = read_stage_a(a1_path).arch["num_voxels"]
-    w.steps(
-        "Stage A curve: ridge references",
-        out / "ridge.json",
-        {"sim": w.hashes["sim"], "num_voxels": num_voxels, "val_images": plan.val_images},
-        lambda: write_json(ridge_references(w, held_out_hcp(w), num_voxels, plan.val_images), out / "ridge.json"),
-    )
     a1_runs, a2_runs = a1_path.parent / "runs" / "a1", out / "runs" / "a2"
     models = {"a1": (a1_path, a1_runs), "a2": (out / "fmri_encoder.pth", a2_runs)}
     w.steps(
-        "Stage A curve: intervals",
+        "Stage A curve: trained models and ridge references",
         out / "intervals.json",
-        {"sim": w.hashes["sim"], "a1": a1, "a2": a2, "val_images": plan.val_images},
+        {"sim": w.hashes["sim"], "a1": a1, "a2": a2, "num_voxels": num_voxels, "val_images": plan.val_images},
         lambda: write_json(curve_intervals(w, models, num_voxels, plan.val_images), out / "intervals.json"),
     )
+    intervals = json.loads((out / "intervals.json").read_text())
     result = {
         "a1": _metrics(a1_runs),
         "a2": _metrics(a2_runs),
-        "ridge": json.loads((out / "ridge.json").read_text()),
-        "intervals": json.loads((out / "intervals.json").read_text()),
+        "ridge": {key: got["ridge"] for key, got in intervals.items()},
+        "intervals": intervals,
         "steps_per_epoch": {"a1": _steps_per_epoch(a1_runs), "a2": _steps_per_epoch(a2_runs)},
         "seconds": {"a1": _seconds(w, "pre-trained: stage A1"), "a2": _seconds(w, "Stage A curve: stage A2")},
     }
@@ -216,9 +211,9 @@ def curve_sets(w: World, heldout: Path, num_voxels: int, val_images: int) -> dic
     subjects (grouped by subject), 'god' sbj_3's 50 test averages (each its own unit), 'test' the test images A2
     leaves out, averages and single trials (grouped by image)."""
     hcp_fit = fit_voxels(create_hcp_dataset(w.data / "HCP" / "npz", patch_size=16).fmri, num_voxels)[:, 0]
-    hcp = create_hcp_dataset(heldout, patch_size=16).fmri
-    windows = [len(create_hcp_dataset(heldout, patch_size=16, num_sub_limit=k)) for k in range(1, HELD_OUT_HCP + 1)]
-    subject = np.repeat(np.arange(HELD_OUT_HCP), np.diff([0, *windows]))
+    subjects = hcp_subjects(heldout, patch_size=16)  # read once: the windows and whose they are
+    hcp = np.concatenate(pad_all_to_longest(subjects))[:, None]
+    subject = np.repeat(np.arange(len(subjects)), [len(x) for x in subjects])
     train, test = create_god_dataset(w.kam, subjects=["sbj_3"])
     _, test_all = create_god_dataset(w.kam, subjects=["sbj_3"], include_nonavg_test=True)
     held = split_images(test_all, val_images, "val_images")[1]
@@ -230,23 +225,18 @@ def curve_sets(w: World, heldout: Path, num_voxels: int, val_images: int) -> dic
     }
 
 
-def ridge_references(
-    w: World, heldout: Path, num_voxels: int, val_images: int, mask_ratio: float = 0.75, masks: int = 4
-) -> dict[str, float]:
-    """The ridge reference of each held-out set the curve scores, on the same fMRI."""
-    sets = curve_sets(w, heldout, num_voxels, val_images)
-    return {
-        name: float(ridge_reference(d["fit"], d["test"], mask_ratio, masks, w.seed).mean()) for name, d in sets.items()
-    }
-
-
 def curve_intervals(
-    w: World, models: dict[str, Path], num_voxels: int, val_images: int, mask_ratio: float = 0.75, masks: int = 4
+    w: World,
+    models: dict[str, tuple[Path, Path]],
+    num_voxels: int,
+    val_images: int,
+    mask_ratio: float = 0.75,
+    masks: int = 4,
 ) -> dict[str, dict]:
-    """The trained MAE's and the ridge map's masked-voxel correlation on each held-out set, scored as the stage
-    scores it (the run's masks, seed and batch size) and as `ridge_references` does, with 95% intervals resampling
-    the set's units (`curve_sets`: HCP subjects, test images), and the MAE's share of the ridge map's, paired over
-    the same units. `models`: {'a1': (checkpoint, run folder), 'a2': ...}."""
+    """The trained MAE's masked-voxel correlation on each held-out set, scored as the stage scores it (the run's
+    masks, seed and batch size), and its ridge reference's (`ridge_reference`, fitted on fMRI of the same kind), each
+    with its 95% interval resampling the set's units (`curve_sets`: HCP subjects, test images), and the MAE's share
+    of the ridge map's, paired over the same units. `models`: {'a1': (checkpoint, run folder), 'a2': ...}."""
     sets = curve_sets(w, held_out_hcp(w), num_voxels, val_images)
     result = {}
     for stage, keys in (("a1", ("hcp", "god")), ("a2", ("test",))):
@@ -281,7 +271,7 @@ CURVE_SETS = {
 
 
 def curve_table(result: dict, plan: StudyPlan) -> str:
-    ridge, intervals = result["ridge"], result.get("intervals", {})
+    intervals = result["intervals"]
     rows = []
     for stage, key in (("a1", "hcp"), ("a1", "god"), ("a2", "test")):
         points = [m for m in result[stage] if f"val_{key}_masked_cor" in m]
@@ -289,17 +279,17 @@ def curve_table(result: dict, plan: StudyPlan) -> str:
             continue
         values = [m[f"val_{key}_masked_cor"] for m in points]
         best = int(np.argmax(values))
-        last = f"{values[-1]:.3f}"
-        reference, share, units = f"{ridge[key]:.3f}", f"{values[-1] / ridge[key]:.2f}", ""
-        if key in intervals:  # the trained models rescored per sample, with intervals over the set's units
-            got = intervals[key]
-            last = f"{got['mae']:.3f}{bracket(got['mae_interval'])}"
-            reference = f"{got['ridge']:.3f}{bracket(got['ridge_interval'])}"
-            share, units = f"{got['share'][0]:.2f}{bracket(got['share'][1], 2)}", str(got["units"])
-        rows.append(
-            f"| {CURVE_SETS[key]} | {units} | {values[0]:.3f} | {last} | {values[best]:.3f} (epoch "
-            f"{points[best]['epoch'] + 1}) | {reference} | {share} |"
-        )
+        got = intervals[key]  # the trained model rescored per sample, with intervals over the set's units
+        cells = [
+            CURVE_SETS[key],
+            str(got["units"]),
+            f"{values[0]:.3f}",
+            f"{got['mae']:.3f}{bracket(got['mae_interval'])}",
+            f"{values[best]:.3f} (epoch {points[best]['epoch'] + 1})",
+            f"{got['ridge']:.3f}{bracket(got['ridge_interval'])}",
+            f"{got['share'][0]:.2f}{bracket(got['share'][1], 2)}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
     return (
         "\n".join(
             [

@@ -25,21 +25,11 @@ HCP_TR = 0.75  # seconds per HCP frame
 HCP_WINDOW = 8.0  # seconds averaged into one pre-training sample
 
 
-def create_hcp_dataset(
-    path: str | os.PathLike = "data/HCP/npz",
-    roi: str = "VC",
-    patch_size: int = 16,
-    transform: Callable | None = None,
-    aug_times: int = 1,
-    num_sub_limit: int | None = None,
-    seed: int = 0,
-) -> FMRIDataset:
-    """HCP resting-state window means (N, 1, V) for pre-training (`corpora.py` adds the other corpora).
-
-    Subjects are read in sorted order (at most `num_sub_limit`); folders without the file are skipped, and subjects
-    of different voxel counts are wrap-padded to the longest. `aug_times` > 1 appends interpolated samples (drawn
-    from `seed`), as published.
-    """
+def hcp_subjects(
+    path: str | os.PathLike = "data/HCP/npz", roi: str = "VC", patch_size: int = 16, num_sub_limit: int | None = None
+) -> list[np.ndarray]:
+    """Each HCP subject's resting-state window means (windows, V), z-scored per subject and padded to the patch size,
+    in sorted subject order (at most `num_sub_limit`); folders without the file are skipped."""
     if roi != "VC" and roi not in HCP_ROIS:
         raise ValueError(f"HCP roi must be 'VC' or one of {HCP_ROIS}, got {roi!r}")
     if num_sub_limit is not None and num_sub_limit < 1:
@@ -58,5 +48,24 @@ def create_hcp_dataset(
             raise DataFormatError(f"{file}: {len(v)} frames, fewer than one {HCP_WINDOW:g} s window")
         arrays.append(zscore(pad_to_patch_size(chunk_mean(v, num_windows), patch_size, file), source=file))
     log.info("HCP: %d subjects from %s", len(arrays), root)
+    return arrays
+
+
+def create_hcp_dataset(
+    path: str | os.PathLike = "data/HCP/npz",
+    roi: str = "VC",
+    patch_size: int = 16,
+    transform: Callable | None = None,
+    aug_times: int = 1,
+    num_sub_limit: int | None = None,
+    seed: int = 0,
+) -> FMRIDataset:
+    """HCP resting-state window means (N, 1, V) for pre-training (`corpora.py` adds the other corpora).
+
+    Subjects are read in sorted order (at most `num_sub_limit`; `hcp_subjects`), and subjects of different voxel
+    counts are wrap-padded to the longest. `aug_times` > 1 appends interpolated samples (drawn from `seed`), as
+    published.
+    """
+    arrays = hcp_subjects(path, roi, patch_size, num_sub_limit)
     fmri = interpolate_augment(np.concatenate(pad_all_to_longest(arrays)), aug_times, np.random.default_rng(seed))
     return FMRIDataset(fmri[:, None], transform)
