@@ -204,7 +204,8 @@ def test_ablations_pair_each_change_with_the_papers_number(tmp_path, monkeypatch
     )
     encoders, decoded = [], []
 
-    def fake_train_encoder(w, folder, label, **change):
+    def fake_train_encoder(w, folder, label, defer=False, **change):
+        assert defer  # an ablation's encoder is made only if a row the ledger lacks needs it
         encoders.append(change)
         return "a1", f"a2-{change}"
 
@@ -457,3 +458,92 @@ def test_an_attempt_of_another_recipe_is_never_taken_though_its_command_is_the_s
     assert len(calls) == 1 and target.read_text() == "made by call 1"
     make("encoder 2")  # the encoder remade in the same file: the same command, another recipe
     assert len(calls) == 2 and "--resume" not in calls[-1] and target.read_text() == "made by call 2"
+
+
+def _model_and_score(root, made, score_change=0):
+    """Three steps as a study makes them: a model (deferred) from an encoder (deferred), a score kept in the ledger."""
+    s = steps.Steps(steps.Ledger(root))
+    out = root / "results" / "demo" / "w"
+
+    def make(name, target, content):
+        made.append(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+    encoder = s("encoder", out / "enc.pth", {"flags": 1}, lambda: make("encoder", out / "enc.pth", "e"), defer=True)
+    model = s("model", out / "b.pth", {"a2": encoder}, lambda: make("model", out / "b.pth", "m"), defer=True)
+
+    def score():
+        made.append("score")
+        (out / "row" / "gen_eval").mkdir(parents=True, exist_ok=True)
+        assert (out / "b.pth").read_text() == "m"  # the model it builds on is made first
+        (out / "row" / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": {"pcc": 0.75 + score_change}}))
+
+    s("gen_eval", out / "row" / "gen_eval", {"b": f"{model}/4", "change": score_change}, score, keep=True)
+    return s, out
+
+
+def test_a_fresh_clone_restores_kept_scores_from_the_ledger_without_making_their_models(tmp_path):
+    made = []
+    s, out = _model_and_score(tmp_path, made)
+    assert made == ["encoder", "model", "score"]  # the deferred steps made, in order, when the score had to run
+    entry = json.loads((tmp_path / "results/ledger/results/demo/w/row/gen_eval.json").read_text())
+    assert entry["files"] == {"metrics.json": {"scores": {"pcc": 0.75}}} and entry["made"]["machine"]["cores"]
+    model = json.loads((tmp_path / "results/ledger/results/demo/w/b.pth.json").read_text())
+    assert "files" not in model and model["seconds"] >= 0  # a model is entered by its stamp, never its weights
+    assert [r.get("deferred") for r in s.records] == [False, False, None]  # the deferred records, completed
+
+    steps.shutil.rmtree(tmp_path / "results" / "demo")  # a fresh clone: the step cache gone, the ledger kept
+    made.clear()
+    s, out = _model_and_score(tmp_path, made)
+    assert made == [] and not (out / "b.pth").exists()  # restored; the models never made
+    assert json.loads((out / "row/gen_eval/metrics.json").read_text()) == {"scores": {"pcc": 0.75}}
+    deferred = next(r for r in s.records if r["step"] == "model")
+    assert deferred["deferred"] and deferred["seconds"] == model["seconds"]  # its time, from the ledger
+    assert next(r for r in s.records if r["step"] == "gen_eval")["restored"]
+    _model_and_score(tmp_path, made)
+    assert made == []  # and restored once: the next run reuses the cache
+
+    _model_and_score(tmp_path, made, score_change=0.1)  # another score of the same model: made again, from scratch
+    assert made == ["encoder", "model", "score"]
+    entry = json.loads((tmp_path / "results/ledger/results/demo/w/row/gen_eval.json").read_text())
+    assert entry["files"]["metrics.json"]["scores"]["pcc"] == pytest.approx(0.85)  # the entry replaced
+
+
+def test_a_step_cache_made_before_the_ledger_is_entered_when_reused(tmp_path):
+    out = tmp_path / "results" / "demo"
+
+    def make():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probes.json").write_text('{"raw|20": 0.5}')
+
+    steps.Steps()("probes", out / "probes.json", {"x": 1}, make, keep=True)  # no ledger: nothing entered
+    assert not (tmp_path / "results" / "ledger").exists()
+    steps.Steps(steps.Ledger(tmp_path))("probes", out / "probes.json", {"x": 1}, make, keep=True)
+    entry = json.loads((tmp_path / "results/ledger/results/demo/probes.json.json").read_text())
+    assert entry["files"] == {"": {"raw|20": 0.5}} and entry["hash"] == steps.recipe_hash({"x": 1})
+
+
+def test_a_hostile_or_broken_ledger_entry_never_writes_outside_its_step_or_counts_as_made(tmp_path, caplog):
+    out = tmp_path / "results" / "demo"
+    target = out / "gen_eval"
+    entry_path = tmp_path / "results/ledger/results/demo/gen_eval.json"
+    entry_path.parent.mkdir(parents=True)
+    digest = steps.recipe_hash({"b": 1})
+    entry_path.write_text(json.dumps({"hash": digest, "seconds": 1, "made": {}, "files": {"../../x.json": {}}}))
+    ran = []
+    with pytest.raises(UserError, match=r"gen_eval names the file '../../x.json': expected a .json file inside it"):
+        steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
+    assert not (tmp_path / "results" / "x.json").exists() and not ran
+
+    entry_path.write_text('{"hash": "' + digest + '", "files": {"metr')  # cut short (a session ended mid-write)
+    steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
+    assert ran == [1] and "is not valid JSON" in caplog.text  # named, and the step made again
+
+    target.mkdir(parents=True, exist_ok=True)  # a folder the demo did not make is never replaced from the ledger
+    (target / "mine.txt").write_text("keep me")
+    steps.stamp_of(target).unlink()
+    entry_path.write_text(json.dumps({"hash": digest, "seconds": 1, "made": {}, "files": {"metrics.json": {}}}))
+    with pytest.raises(UserError, match="was not made by the demo"):
+        steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
+    assert (target / "mine.txt").read_text() == "keep me"

@@ -2,6 +2,7 @@
 with their paired intervals, and the whole thing at tiny size (probes only, one seed), resumed from its cache."""
 
 import json
+import shutil
 import types
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_tiny_study_and_curve_run_resume_and_write_their_tables(tmp_path, monkey
     probes = json.loads((tmp_path / "results/demo/cortex-tiny/study/probes.json").read_text())
     assert set(probes) == {f"{f}|{n}" for f in ("raw fMRI", *pretraining.ENCODERS) for n in (20, 40)}
     assert all(len(p["per_item"]) == 20 and 0 <= p["top1"] <= 1 for p in probes.values())
-    table = md.read_text()
+    table = study_table = md.read_text()
     assert table.count("| cortex-tiny | probe |") == 8 and "minus pre-trained" in table
     held = json.loads((tmp_path / "results/demo/cortex-tiny/study/tokens.json").read_text())
     assert set(held) == {"raw fMRI", *pretraining.ENCODERS}
@@ -139,3 +140,13 @@ def test_tiny_study_and_curve_run_resume_and_write_their_tables(tmp_path, monkey
     monkeypatch.setattr(pretraining, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])
     pretraining.pretraining_study(tmp_path, TINY_PLAN, kinds=("probe",))
     assert made and all(r["reused"] for w in made for r in w.steps.records)
+
+    # a fresh clone holds the ledger, not the step cache: the study's numbers come back without a Stage A run
+    shutil.rmtree(tmp_path / "results" / "demo")
+    made.clear()
+    md = pretraining.pretraining_study(tmp_path, TINY_PLAN, kinds=("probe",))
+    assert md.read_text() == study_table
+    records = {r["step"]: r for w in made for r in w.steps.records}
+    assert records["linear probes"]["restored"] and records["what the tokens hold"]["restored"]
+    assert records["pre-trained: stage A1"]["deferred"] and records["permuted HCP: stage A2"]["deferred"]
+    assert not (tmp_path / "results/demo/cortex-tiny/encoders/pre-trained/fmri_encoder_A1.pth").exists()

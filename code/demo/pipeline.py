@@ -37,7 +37,7 @@ from demo.readout import attribute_readout
 from demo.reports import levers_table, pick_scores, write_summary
 from demo.simulation.simulate import MARKER, make_synthetic_data
 from demo.simulation.spec import IMAGE_SETTINGS, SIZES, SimSpec
-from demo.steps import Steps, copy_result, run_stage, train_stage, write_json
+from demo.steps import Ledger, Steps, copy_result, run_stage, train_stage, write_json
 from eval_metrics import chance_level
 from figures import grids_side_by_side, metric_bar_chart
 from runtime import format_seconds, machine, pick_device
@@ -153,7 +153,7 @@ def prepare(
     for folder in (models, out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
     device = pick_device("auto")
-    steps = Steps()
+    steps = Steps(Ledger(root))
     world, img = preset.world, preset.img_size
 
     # ---- the simulated world and its models
@@ -199,10 +199,11 @@ def prepare(
 
 
 def train_encoder(
-    w: World, folder: Path, label: str, a2_change: dict | None = None, **a1_change: Any
+    w: World, folder: Path, label: str, a2_change: dict | None = None, defer: bool = False, **a1_change: Any
 ) -> tuple[str, str]:
     """Stage A1 then A2 of the preset into `folder/fmri_encoder_A1.pth` and `folder/fmri_encoder.pth`, with
-    `a1_change` applied to A1 (its mask ratio to A2 too) and `a2_change` to A2; returns their recipe hashes."""
+    `a1_change` applied to A1 (its mask ratio to A2 too) and `a2_change` to A2; returns their recipe hashes. `defer`:
+    both are made only when a step that builds on them runs (a study's encoder; `demo.steps.Steps`)."""
     kam, hcp = w.kam, str(w.data / "HCP" / "npz")
     a1_flags = {"hcp_path": hcp, "kam_path": kam, "seed": w.train_seed, **w.preset.a1, **a1_change}
     if a1_flags.get("include_nsd"):
@@ -218,14 +219,15 @@ def train_encoder(
             "checkpoint.pth",
             folder / "fmri_encoder_A1.pth",
         ),
+        defer=defer,
     )
     a2_change = {**{k: v for k, v in a1_change.items() if k == "mask_ratio"}, **(a2_change or {})}
-    return a1, train_a2(w, folder / "fmri_encoder_A1.pth", a1, folder, label, **a2_change)
+    return a1, train_a2(w, folder / "fmri_encoder_A1.pth", a1, folder, label, defer=defer, **a2_change)
 
 
-def train_a2(w: World, a1_path: Path, a1: str, folder: Path, label: str, **a2_change: Any) -> str:
+def train_a2(w: World, a1_path: Path, a1: str, folder: Path, label: str, defer: bool = False, **a2_change: Any) -> str:
     """Stage A2 of the preset (with `a2_change`) from the A1 checkpoint `a1_path` (made by the recipe `a1`) into
-    `folder/fmri_encoder.pth`; returns its recipe hash."""
+    `folder/fmri_encoder.pth`; returns its recipe hash (`defer`: made when a step that builds on it runs)."""
     a2_flags = {
         **w.target_flags,
         "pretrain_mbm_path": str(a1_path),
@@ -240,6 +242,7 @@ def train_a2(w: World, a1_path: Path, a1: str, folder: Path, label: str, **a2_ch
         lambda: train_stage(
             "stageA2_mbm_finetune.py", a2_flags, folder / "runs" / "a2", "checkpoint.pth", folder / "fmri_encoder.pth"
         ),
+        defer=defer,
     )
 
 
@@ -254,11 +257,13 @@ def decode(
     b_hash: str | None = None,
     control: bool = False,
     baselines: bool = False,
+    kept: bool = False,
 ) -> str:
     """Stage B with `b_flags` into `folder/finetuned.pth` (None: sample the Stage B model `checkpoint`, made by the
     recipe `b_hash`, default the demo's), then gen_eval into `folder/gen_eval` (with `baselines`, also the ridge
     baseline), and with `control` the shuffled-fMRI control into `folder/control`. `a2` is the recipe hash of the
-    encoder Stage B starts from; returns Stage B's hash."""
+    encoder Stage B starts from; returns Stage B's hash. `kept` (a study's row): the scores are kept in the ledger
+    and Stage B is deferred, made only if a decoding the ledger lacks needs it (`demo.steps.Steps`)."""
     folder.mkdir(parents=True, exist_ok=True)
     b_hash = b_hash or w.hashes.get("b", "")
     if b_flags is not None:
@@ -269,6 +274,7 @@ def decode(
             checkpoint,
             recipe,
             lambda: train_stage("stageB_ldm_finetune.py", b_flags, folder / "runs" / "b", "finetuned.pth", checkpoint),
+            defer=kept,
         )
     for step, shuffled in (("gen_eval", False), ("control", True))[: 1 + control]:
         flags = w.eval_flags(checkpoint, shuffle_fmri=shuffled, baselines=baselines and not shuffled, **eval_change)
@@ -279,6 +285,7 @@ def decode(
             lambda flags=flags, step=step: copy_result(
                 run_stage("gen_eval.py", flags, folder / "runs" / step), folder / step
             ),
+            keep=kept,
         )
     return b_hash
 

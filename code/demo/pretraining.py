@@ -145,6 +145,7 @@ def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
         lambda: train_stage(
             "stageA1_mbm_pretrain.py", flags, folder / "runs" / "a1", "checkpoint.pth", folder / "fmri_encoder_A1.pth"
         ),
+        defer=True,  # made when a step that builds on it runs (the study's rows the ledger lacks, the curve's A2)
     )
     return folder / "fmri_encoder_A1.pth", a1
 
@@ -370,7 +371,7 @@ def study_encoders(w: World, plan: StudyPlan) -> dict[str, tuple[Path, str]]:
     folder = a1_path.parent
     encoders["pre-trained"] = (
         folder / "fmri_encoder.pth",
-        train_a2(w, a1_path, a1_hash, folder, "pre-trained: ", **a2),
+        train_a2(w, a1_path, a1_hash, folder, "pre-trained: ", defer=True, **a2),
     )
     random = out / "no-pre-training" / "fmri_encoder.pth"
     encoders["no pre-training"] = (
@@ -380,13 +381,14 @@ def study_encoders(w: World, plan: StudyPlan) -> dict[str, tuple[Path, str]]:
             random,
             {"template": encoders["pre-trained"][1], "seed": w.train_seed},
             lambda: random_encoder(encoders["pre-trained"][0], random, w.train_seed),
+            defer=True,
         ),
     )
     folder = out / "permuted-hcp"
     permuted = {**a1, "hcp_path": str(permuted_hcp(w))}
     encoders[ENCODERS[2]] = (
         folder / "fmri_encoder.pth",
-        train_encoder(w, folder, "permuted HCP: ", a2, **permuted)[1],
+        train_encoder(w, folder, "permuted HCP: ", a2, defer=True, **permuted)[1],
     )
     return encoders
 
@@ -542,18 +544,21 @@ def pretraining_study(root: Path, plan: StudyPlan = STUDY, kinds: tuple[str, ...
                     lambda w=w, paths=paths: write_json(
                         linear_probe(w, paths, plan.pairs), w.out / "study" / "probes.json"
                     ),
+                    keep=True,
                 )
                 w.steps(
                     "what the tokens hold",
                     w.out / "study" / "tokens.json",
                     {n: h for n, (_, h) in encoders.items()},
                     lambda w=w, paths=paths: write_json(token_signal(w, paths), w.out / "study" / "tokens.json"),
+                    keep=True,
                 )
             continue
         path, a2 = encoders[encoder]
         folder = w.out / "study" / kind / encoder.replace(" ", "-") / f"pairs{pairs}"
         label = f"{kind}, {encoder}, {pairs} pairs (seed {seed}, {size}): "
-        decode(w, folder, label, stage_b_flags(w, path, kind, pairs, plan), {"num_samples": plan.eval_samples}, a2)
+        flags = stage_b_flags(w, path, kind, pairs, plan)
+        decode(w, folder, label, flags, {"num_samples": plan.eval_samples}, a2, kept=True)
     return write_study(root, plan)
 
 

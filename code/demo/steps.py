@@ -4,6 +4,14 @@ command line in its own process, as a user runs it.
 Every result is stamped beside it (`<target>.recipe.json`: the recipe's hash, the seconds it took, what it did), so
 a second run reuses what is done and an edited recipe redoes exactly what it changes; nothing without a stamp is
 ever deleted.
+
+The studies' results outlive the step cache: a study's step can be *kept* (its result is a few JSON files: a
+decoding's metrics.json, a table's numbers) or *deferred* (a model only kept results are made from). Every kept or
+deferred step is entered in the ledger, `results/ledger/` (tracked by git, unlike the rest of `results/`; one JSON
+file per step: its recipe hash, seconds, where and when it was made, and a kept step's JSON files). A kept step the
+ledger holds with the same recipe hash is restored from it instead of run, and a deferred step runs only when a step
+that builds on it has to run, so a study committed piece by piece continues on a fresh clone where it stopped,
+without retraining the models of the pieces it has. To recompute everything, move `results/ledger` aside.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 from atomic import write_text_atomically
 from checkpoint import load_checkpoint
 from errors import UserError
-from runtime import format_seconds
+from runtime import format_seconds, machine
 
 CODE = Path(__file__).resolve().parents[1]
 ROOT = CODE.parent
@@ -53,27 +61,170 @@ def remove_made(target: Path) -> None:
     shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
 
 
-class Steps:
-    """Runs each step unless its result exists with the same recipe hash; records what every step did."""
+LEDGER_MAX_BYTES = 4_000_000  # a kept step's JSON files, together: a decoding's metrics.json is about 100 kB
 
-    def __init__(self) -> None:
+
+class Ledger:
+    """The committed record of the studies' kept and deferred steps: `<root>/results/ledger/<target>.json`, where
+    `<target>` is the step's target relative to `root` (module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.folder = self.root / "results" / "ledger"
+
+    def entry_path(self, target: Path) -> Path | None:
+        """Where `target`'s entry lies (None for a target outside the root: not entered)."""
+        try:
+            relative = target.resolve().relative_to(self.root)
+        except ValueError:
+            return None
+        return self.folder / f"{relative}.json"
+
+    def read(self, target: Path, digest: str) -> dict | None:
+        """`target`'s entry if it was made by the recipe `digest`, else None. An entry that is not valid JSON is
+        named and ignored (the step is made again, and its entry replaced)."""
+        path = self.entry_path(target)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            log.warning("ledger entry %s is not valid JSON (%s): ignored", path, e)
+            return None
+        return entry if isinstance(entry, dict) and entry.get("hash") == digest else None
+
+    def write(self, target: Path, record: dict, kept: bool) -> None:
+        """Enter a step made (or reused) at `target` with its stamp `record`; a kept step with its JSON files."""
+        path = self.entry_path(target)
+        if path is None:
+            return
+        entry = {**record, "made": _provenance()}
+        if kept:
+            entry["files"] = kept_files(target)
+        write_text_atomically(path, json.dumps(entry, indent=1, default=str) + "\n")
+
+    def restore(self, target: Path, entry: dict) -> None:
+        """Write a kept step's JSON files back to `target` (a file, or a folder of them)."""
+        files = entry["files"]
+        if list(files) == [""]:
+            write_text_atomically(target, json.dumps(files[""], indent=1) + "\n")
+            return
+        for name in files:  # every name checked before anything is written
+            if not (target / name).resolve().is_relative_to(target.resolve()) or not name.endswith(".json"):
+                raise UserError(f"ledger entry for {target} names the file {name!r}: expected a .json file inside it")
+        for name, content in files.items():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(target / name, json.dumps(content, indent=1) + "\n")
+
+
+def kept_files(target: Path) -> dict[str, Any]:
+    """A kept step's JSON files, parsed: {'': content} for a JSON file, {relative name: content} for a folder."""
+    paths = [target] if target.is_file() else sorted(target.rglob("*.json"))
+    if sum(p.stat().st_size for p in paths) > LEDGER_MAX_BYTES:
+        raise UserError(f"{target}: a kept step's JSON files exceed {LEDGER_MAX_BYTES:,} bytes; keep a smaller result")
+    if target.is_file():
+        return {"": json.loads(target.read_text())}
+    return {str(p.relative_to(target)): json.loads(p.read_text()) for p in paths}
+
+
+_MADE: dict | None = None
+
+
+def _provenance() -> dict:
+    """Where and when a ledger entry was made: the code's commit (with '+changes' if the working tree differs from
+    it), the machine (runtime.machine) and the date."""
+    global _MADE
+    if _MADE is None:
+        git = ["git", "-C", str(CODE)]
+        try:
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True).stdout
+        except OSError:  # no git: the code's version is unknown
+            commit, dirty = "", ""
+        _MADE = {"commit": (commit + "+changes" * bool(dirty.strip())) or None, "machine": machine()}
+    return {**_MADE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+class Steps:
+    """Runs each step unless its result exists with the same recipe hash; records what every step did. With a
+    `ledger`, kept steps are restored from it and deferred steps wait until a step that builds on them runs."""
+
+    def __init__(self, ledger: Ledger | None = None) -> None:
         self.records: list[dict] = []
+        self.ledger = ledger
+        self._deferred: dict[str, tuple] = {}  # recipe hash -> the deferred step's arguments and its record
 
     def __call__(
-        self, name: str, target: Path, recipe: dict, run: Callable[[], dict | None], remove_stale: bool = True
+        self,
+        name: str,
+        target: Path,
+        recipe: dict,
+        run: Callable[[], dict | None],
+        remove_stale: bool = True,
+        keep: bool = False,
+        defer: bool = False,
     ) -> str:
         """Make `target` with `run()` (which may return facts to record, e.g. steps done); returns the recipe hash.
 
         A `target` made by another recipe is deleted first (`remove_stale`; the simulation replaces its own); one
-        without a stamp was not made by the demo and is refused."""
+        without a stamp was not made by the demo and is refused. `keep`: the result is its JSON files, entered in
+        the ledger whole and restored from it; `defer`: a model that runs only when a step whose recipe names its
+        hash has to run (the records name the step at once, with the seconds the ledger holds for it)."""
         digest = recipe_hash(recipe)
         target.parent.mkdir(parents=True, exist_ok=True)
         stamp = stamp_of(target)
+        ledger = self.ledger if keep or defer else None
+        defer = defer and ledger is not None  # without a ledger every step is made at once
         if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
             done = json.loads(stamp.read_text())
             log.info("[%s] reusing %s (recipe %s, made in %s)", name, target, digest, format_seconds(done["seconds"]))
             self.records.append({"step": name, **done, "reused": True})
+            if ledger is not None and ledger.read(target, digest) is None:
+                ledger.write(target, {k: v for k, v in done.items() if k != "restored_from"}, keep)
             return digest
+        entry = ledger.read(target, digest) if ledger is not None else None
+        if keep and entry is not None and "files" in entry:
+            if target.exists():
+                remove_made(target)
+            ledger.restore(target, entry)
+            done = {k: v for k, v in entry.items() if k not in ("files", "made")}
+            write_text_atomically(stamp, json.dumps({**done, "restored_from": str(ledger.entry_path(target))}) + "\n")
+            log.info("[%s] restored %s from the ledger (recipe %s, made %s)", name, target, digest, entry["made"])
+            self.records.append({"step": name, **done, "reused": True, "restored": True})
+            return digest
+        if defer:
+            record = {"step": name, "hash": digest, "seconds": (entry or {}).get("seconds"), "deferred": True}
+            self.records.append(record)
+            self._deferred[digest] = (name, target, recipe, run, remove_stale, record)
+            log.info("[%s] deferred until a step that builds on it has to run (recipe %s)", name, digest)
+            return digest
+        self._make_deferred(recipe)
+        return self._make(name, target, recipe, run, remove_stale, keep)
+
+    def _make_deferred(self, recipe: dict) -> None:
+        """Make every deferred step whose recipe hash the recipe names (and, through their recipes, theirs)."""
+        text = json.dumps(recipe, sort_keys=True, default=str)
+        for digest in [d for d in self._deferred if d in text]:
+            if digest not in self._deferred:  # made already, as a step the one before needed
+                continue
+            name, target, step_recipe, run, remove_stale, record = self._deferred.pop(digest)
+            self._make_deferred(step_recipe)
+            log.info("[%s] needed now: making the deferred step", name)
+            self._make(name, target, step_recipe, run, remove_stale, keep=False, defer=True)
+            record.update(self.records.pop(), deferred=False)  # the step's record, where it was deferred
+
+    def _make(
+        self,
+        name: str,
+        target: Path,
+        recipe: dict,
+        run: Callable[[], dict | None],
+        remove_stale: bool,
+        keep: bool,
+        defer: bool = False,
+    ) -> str:
+        digest = recipe_hash(recipe)
+        stamp = stamp_of(target)
         if target.exists():
             log.info("[%s] %s was made by another recipe: redoing it", name, target)
             if remove_stale:
@@ -87,6 +238,8 @@ class Steps:
             _STEP_RECIPE.reset(token)
         record = {"hash": digest, "seconds": round(time.time() - start, 1), **facts, "recipe": recipe}
         write_text_atomically(stamp, json.dumps(record, indent=1, default=str) + "\n")
+        if self.ledger is not None and (keep or defer):
+            self.ledger.write(target, record, keep)
         log.info("[%s] done in %s -> %s", name, format_seconds(record["seconds"]), target)
         self.records.append({"step": name, **record, "reused": False})
         return digest

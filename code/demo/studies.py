@@ -60,6 +60,7 @@ def curve(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
         w.out / "conditioning.json",
         {"b": w.hashes["b"]},
         lambda: write_json(conditioning_gain(w, w.out / "finetuned.pth"), w.out / "conditioning.json"),
+        keep=True,
     )
     recipe_row = _point(w.out, None, None)
     seconds = next(r["seconds"] for r in w.steps.records if r["step"] == "curve: stage B")
@@ -77,7 +78,11 @@ def _curve_model(w: World, epochs: tuple[int, ...]) -> tuple[Path, str]:
     recipe = {"a2": w.hashes["a2"], "ldm": w.hashes["ldm"], "classifier": w.hashes["clf"], "flags": flags}
     snapshots = out / "snapshots"
     b_hash = w.steps(
-        "curve: stage B", snapshots, recipe, lambda: _train_snapshots(flags, out / "runs" / "b", snapshots)
+        "curve: stage B",
+        snapshots,
+        recipe,
+        lambda: _train_snapshots(flags, out / "runs" / "b", snapshots),
+        defer=True,
     )
     return snapshots, b_hash
 
@@ -97,12 +102,14 @@ def curve_point(w: World, model: tuple[Path, str], epoch: int) -> Path:
         checkpoint=checkpoint,
         b_hash=f"{b_hash}/{epoch}",
         control=True,
+        kept=True,
     )
     w.steps(
         f"curve, epoch {epoch}: conditioning gain",
         folder / "conditioning.json",
         {"b": f"{b_hash}/{epoch}"},
         lambda: write_json(conditioning_gain(w, checkpoint), folder / "conditioning.json"),
+        keep=True,
     )
     return folder
 
@@ -189,10 +196,12 @@ def ablations(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
                 folder / "fmri_encoder.pth",
                 {"a2": w.hashes["a2"]},
                 lambda f=folder: random_encoder(w.out / "fmri_encoder.pth", f / "fmri_encoder.pth", w.train_seed),
+                defer=True,
             )
             encoders[name] = (folder / "fmri_encoder.pth", a2)
         else:
-            encoders[name] = (folder / "fmri_encoder.pth", train_encoder(w, folder, f"{name}: ", **change)[1])
+            a2 = train_encoder(w, folder, f"{name}: ", defer=True, **change)[1]
+            encoders[name] = (folder / "fmri_encoder.pth", a2)
     probe = {name: path for name, (path, _) in encoders.items()} | {
         "A1 of the full method": w.out / "fmri_encoder_A1.pth"
     }
@@ -201,6 +210,7 @@ def ablations(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
         out / "stage_a.json",
         {n: h for n, (_, h) in encoders.items()},
         lambda: write_json(stage_a_probe(w, probe), out / "stage_a.json"),
+        keep=True,
     )
     published = {**PUBLISHED_STAGE_B, "num_epoch": epochs[-1], "val_every": epochs[-1]}
     variants = {f"{name}": (encoders[name], {}) for name in ENCODERS}
@@ -213,7 +223,8 @@ def ablations(w: World, epochs: tuple[int, ...] = CURVE_EPOCHS) -> Path:
             if (conditioning, name) == ("published Stage B", "full"):
                 curve_point(w, _curve_model(w, epochs), epochs[-1])
             elif folder != w.out:  # the recipe's full row is the demo's own run
-                decode(w, folder, f"ablation, {conditioning}, {name}: ", w.b_flags(encoder, **base, **change), {}, a2)
+                flags = w.b_flags(encoder, **base, **change)
+                decode(w, folder, f"ablation, {conditioning}, {name}: ", flags, {}, a2, kept=True)
             rows.append(
                 {
                     "conditioning": conditioning,
@@ -500,7 +511,8 @@ def _label_gain(w: World, z: torch.Tensor, labels: np.ndarray, other: torch.Tens
 # ---- tables and figures --------------------------------------------------------------------------------------------
 
 
-def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> str:
+def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float | None) -> str:
+    took = "its time is not recorded" if seconds is None else f"Stage B took {format_seconds(seconds)}"
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
         "# The published Stage B's learning curve on the demo brain",
@@ -510,7 +522,7 @@ def curve_table(rows: list[dict], recipe: dict, n_way: int, seconds: float) -> s
         f"test fMRI x 5 samples, each with its 95% interval over the test items (one training seed); the control "
         f"decodes shuffled fMRI. Conditioning gain: 1 - loss(own fMRI) / "
         f"loss(another image's fMRI) of the ε-prediction on the test pairs (the label-conditioned LDM given the true "
-        f"class against another class: {recipe['label_gain']:.3f}). Stage B took {format_seconds(seconds)}.",
+        f"class against another class: {recipe['label_gain']:.3f}); {took}.",
         "",
         "| epochs | optimiser steps | top-1 (mean) | top-1 (best set) | pair-wise PCC | control top-1 | control PCC | "
         "conditioning gain |",
