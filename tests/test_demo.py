@@ -547,3 +547,12 @@ def test_a_hostile_or_broken_ledger_entry_never_writes_outside_its_step_or_count
     with pytest.raises(UserError, match="was not made by the demo"):
         steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
     assert (target / "mine.txt").read_text() == "keep me"
+
+
+def test_a_recipe_hash_does_not_depend_on_where_the_checkout_lies(tmp_path):
+    def recipe(root):
+        return {"flags": {"kam_path": str(root / "data" / "npz"), "root_path": str(root)}, "other": "/elsewhere"}
+
+    here, there = tmp_path / "clone", tmp_path / "clone-2"  # a sibling whose name extends the root's is not inside it
+    assert steps.recipe_hash(recipe(here), here) == steps.recipe_hash(recipe(there), there)
+    assert steps.recipe_hash(recipe(there), here) != steps.recipe_hash(recipe(here), here)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -41,9 +42,13 @@ log = logging.getLogger("mindvis.demo")
 _STEP_RECIPE: ContextVar[str | None] = ContextVar("step_recipe", default=None)
 
 
-def recipe_hash(recipe: Any) -> str:
-    """A short hash of a JSON-able recipe."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def recipe_hash(recipe: Any, root: Path | None = None) -> str:
+    """A short hash of a JSON-able recipe; paths inside `root` count as relative to it, so that the same recipe in
+    another checkout (a fresh clone elsewhere) has the same hash."""
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    if root is not None:
+        text = re.sub(re.escape(str(root.resolve())) + r'(?=[/"])', "<root>", text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def stamp_of(target: Path) -> Path:
@@ -170,7 +175,7 @@ class Steps:
         without a stamp was not made by the demo and is refused. `keep`: the result is its JSON files, entered in
         the ledger whole and restored from it; `defer`: a model that runs only when a step whose recipe names its
         hash has to run (the records name the step at once, with the seconds the ledger holds for it)."""
-        digest = recipe_hash(recipe)
+        digest = recipe_hash(recipe, self.ledger and self.ledger.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         stamp = stamp_of(target)
         ledger = self.ledger if keep or defer else None
@@ -223,7 +228,7 @@ class Steps:
         keep: bool,
         defer: bool = False,
     ) -> str:
-        digest = recipe_hash(recipe)
+        digest = recipe_hash(recipe, self.ledger and self.ledger.root)
         stamp = stamp_of(target)
         if target.exists():
             log.info("[%s] %s was made by another recipe: redoing it", name, target)
