@@ -1,6 +1,7 @@
 """The pre-training study and Stage A's learning curve (`demo/pretraining.py`): the plan, the rows' flags, the tables
 with their paired intervals, and the whole thing at tiny size (probes only, one seed), resumed from its cache."""
 
+import dataclasses
 import json
 import shutil
 import types
@@ -141,12 +142,19 @@ def test_tiny_study_and_curve_run_resume_and_write_their_tables(tmp_path, monkey
     pretraining.pretraining_study(tmp_path, TINY_PLAN, kinds=("probe",))
     assert made and all(r["reused"] for w in made for r in w.steps.records)
 
-    # a fresh clone holds the ledger, not the step cache: the study's numbers come back without a Stage A run
+    recipe_plan = dataclasses.replace(TINY_PLAN, pairs=(20,))  # the demo's recipe on 20 pairs, one row per encoder
+    recipe_table = pretraining.pretraining_study(tmp_path, recipe_plan, kinds=("recipe",)).read_text()
+    assert recipe_table.count("| cortex-tiny | recipe |") == 2 * len(pretraining.ENCODERS)  # top-1, PCC
+
+    # a fresh clone holds the ledger, not the step cache: the study's numbers come back without a Stage A or B run
     shutil.rmtree(tmp_path / "results" / "demo")
     made.clear()
     md = pretraining.pretraining_study(tmp_path, TINY_PLAN, kinds=("probe",))
     assert md.read_text() == study_table
+    assert pretraining.pretraining_study(tmp_path, recipe_plan, kinds=("recipe",)).read_text() == recipe_table
     records = {r["step"]: r for w in made for r in w.steps.records}
     assert records["linear probes"]["restored"] and records["what the tokens hold"]["restored"]
     assert records["pre-trained: stage A1"]["deferred"] and records["permuted HCP: stage A2"]["deferred"]
-    assert not (tmp_path / "results/demo/cortex-tiny/encoders/pre-trained/fmri_encoder_A1.pth").exists()
+    row = "recipe, no pre-training, 20 pairs (seed 0, cortex-tiny): "
+    assert records[row + "stage B"]["deferred"] and records[row + "gen_eval"]["restored"]
+    assert not list((tmp_path / "results/demo").rglob("*.pth"))  # no model made
