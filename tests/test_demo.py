@@ -535,6 +535,9 @@ def test_a_hostile_or_broken_ledger_entry_never_writes_outside_its_step_or_count
     with pytest.raises(UserError, match=r"gen_eval names the file '../../x.json': expected a .json file inside it"):
         steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
     assert not (tmp_path / "results" / "x.json").exists() and not ran
+    entry_path.write_text(json.dumps({"hash": digest, "files": ["metrics.json"]}))
+    with pytest.raises(UserError, match="'files' must map file names to their JSON content"):
+        steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
 
     entry_path.write_text('{"hash": "' + digest + '", "files": {"metr')  # cut short (a session ended mid-write)
     steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)

@@ -111,6 +111,8 @@ class Ledger:
     def restore(self, target: Path, entry: dict) -> None:
         """Write a kept step's JSON files back to `target` (a file, or a folder of them)."""
         files = entry["files"]
+        if not isinstance(files, dict):
+            raise UserError(f"ledger entry for {target}: 'files' must map file names to their JSON content")
         if list(files) == [""]:
             write_text_atomically(target, json.dumps(files[""], indent=1) + "\n")
             return
@@ -194,7 +196,7 @@ class Steps:
             ledger.restore(target, entry)
             done = {k: v for k, v in entry.items() if k not in ("files", "made")}
             write_text_atomically(stamp, json.dumps({**done, "restored_from": str(ledger.entry_path(target))}) + "\n")
-            log.info("[%s] restored %s from the ledger (recipe %s, made %s)", name, target, digest, entry["made"])
+            log.info("[%s] restored %s from the ledger (recipe %s, made %s)", name, target, digest, entry.get("made"))
             self.records.append({"step": name, **done, "reused": True, "restored": True})
             return digest
         if defer:
