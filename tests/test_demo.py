@@ -477,7 +477,8 @@ def _model_and_score(root, made, score_change=0):
         made.append("score")
         (out / "row" / "gen_eval").mkdir(parents=True, exist_ok=True)
         assert (out / "b.pth").read_text() == "m"  # the model it builds on is made first
-        (out / "row" / "gen_eval" / "metrics.json").write_text(json.dumps({"scores": {"pcc": 0.75 + score_change}}))
+        scores = {"scores": {"pcc": 0.75 + score_change}, "checkpoint": str(out / "b.pth")}
+        (out / "row" / "gen_eval" / "metrics.json").write_text(json.dumps(scores))
 
     s("gen_eval", out / "row" / "gen_eval", {"b": f"{model}/4", "change": score_change}, score, keep=True)
     return s, out
@@ -488,7 +489,8 @@ def test_a_fresh_clone_restores_kept_scores_from_the_ledger_without_making_their
     s, out = _model_and_score(tmp_path, made)
     assert made == ["encoder", "model", "score"]  # the deferred steps made, in order, when the score had to run
     entry = json.loads((tmp_path / "results/ledger/results/demo/w/row/gen_eval.json").read_text())
-    assert entry["files"] == {"metrics.json": {"scores": {"pcc": 0.75}}} and entry["made"]["machine"]["cores"]
+    metrics = {"scores": {"pcc": 0.75}, "checkpoint": "<root>/results/demo/w/b.pth"}  # no user's folders entered
+    assert entry["files"] == {"metrics.json": metrics} and entry["made"]["machine"]["cores"]
     model = json.loads((tmp_path / "results/ledger/results/demo/w/b.pth.json").read_text())
     assert "files" not in model and model["seconds"] >= 0  # a model is entered by its stamp, never its weights
     assert [r.get("deferred") for r in s.records] == [False, False, None]  # the deferred records, completed
@@ -497,12 +499,23 @@ def test_a_fresh_clone_restores_kept_scores_from_the_ledger_without_making_their
     made.clear()
     s, out = _model_and_score(tmp_path, made)
     assert made == [] and not (out / "b.pth").exists()  # restored; the models never made
-    assert json.loads((out / "row/gen_eval/metrics.json").read_text()) == {"scores": {"pcc": 0.75}}
+    restored = json.loads((out / "row/gen_eval/metrics.json").read_text())
+    assert restored == {"scores": {"pcc": 0.75}, "checkpoint": str(out / "b.pth")}
     deferred = next(r for r in s.records if r["step"] == "model")
     assert deferred["deferred"] and deferred["seconds"] == model["seconds"]  # its time, from the ledger
     assert next(r for r in s.records if r["step"] == "gen_eval")["restored"]
     _model_and_score(tmp_path, made)
     assert made == []  # and restored once: the next run reuses the cache
+    elsewhere = tmp_path / "clone-2"  # a fresh clone in another folder: the same entries, its own paths
+    steps.shutil.copytree(tmp_path / "results" / "ledger", elsewhere / "results" / "ledger")
+    _, there = _model_and_score(elsewhere, made)
+    assert made == [] and json.loads((there / "row/gen_eval/metrics.json").read_text())["checkpoint"] == str(
+        there / "b.pth"
+    )
+    steps.shutil.move(elsewhere / "results" / "ledger", tmp_path / "aside")  # moved aside: recomputed
+    _model_and_score(elsewhere, made)
+    assert made == ["encoder", "model", "score"]
+    made.clear()
 
     _model_and_score(tmp_path, made, score_change=0.1)  # another score of the same model: made again, from scratch
     assert made == ["encoder", "model", "score"]
@@ -535,7 +548,7 @@ def test_a_hostile_or_broken_ledger_entry_never_writes_outside_its_step_or_count
     with pytest.raises(UserError, match=r"gen_eval names the file '../../x.json': expected a .json file inside it"):
         steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
     assert not (tmp_path / "results" / "x.json").exists() and not ran
-    entry_path.write_text(json.dumps({"hash": digest, "files": ["metrics.json"]}))
+    entry_path.write_text(json.dumps({"hash": digest, "seconds": 1, "files": ["metrics.json"]}))
     with pytest.raises(UserError, match="'files' must map file names to their JSON content"):
         steps.Steps(steps.Ledger(tmp_path))("gen_eval", target, {"b": 1}, lambda: ran.append(1), keep=True)
 
@@ -559,3 +572,38 @@ def test_a_recipe_hash_does_not_depend_on_where_the_checkout_lies(tmp_path):
     here, there = tmp_path / "clone", tmp_path / "clone-2"  # a sibling whose name extends the root's is not inside it
     assert steps.recipe_hash(recipe(here), here) == steps.recipe_hash(recipe(there), there)
     assert steps.recipe_hash(recipe(there), here) != steps.recipe_hash(recipe(here), here)
+
+
+def test_the_ledger_never_writes_through_a_link_or_enters_a_linked_file(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "results" / "ledger").mkdir(parents=True)
+    (tmp_path / "results" / "ledger" / "results").symlink_to(outside)  # a committed link out of the ledger
+    out = tmp_path / "results" / "demo"
+    out.mkdir()
+    (out / "probes.json").write_text("{}")
+    with pytest.raises(UserError, match="a link inside .* leads out of it"):
+        steps.Steps(steps.Ledger(tmp_path))("probes", out / "probes.json", {"x": 1}, lambda: None, keep=True)
+    assert list(outside.iterdir()) == []
+
+    (tmp_path / "secret.json").write_text('{"token": "x"}')
+    (out / "gen_eval").mkdir()
+    (out / "gen_eval" / "metrics.json").write_text('{"scores": {}}')
+    (out / "gen_eval" / "linked.json").symlink_to(tmp_path / "secret.json")
+    assert steps.kept_files(out / "gen_eval") == {"metrics.json": {"scores": {}}}
+
+
+def test_a_step_cache_stamped_before_hashes_counted_paths_from_the_root_is_reused(tmp_path):
+    target = tmp_path / "results" / "demo" / "a1.pth"
+    recipe = {"flags": {"hcp_path": str(tmp_path / "data")}}
+    ran = []
+
+    def make():
+        ran.append("made")
+        target.write_text("a1")
+
+    steps.Steps()("stage A1", target, recipe, make)  # a step cache of the old hashes
+    assert steps.json.loads(steps.stamp_of(target).read_text())["hash"] == steps.recipe_hash(recipe)
+    digest = steps.Steps(steps.Ledger(tmp_path))("stage A1", target, recipe, make, defer=True)
+    assert ran == ["made"] and digest == steps.recipe_hash(recipe, tmp_path) != steps.recipe_hash(recipe)
+    assert steps.json.loads(steps.stamp_of(target).read_text())["hash"] == digest  # rewritten

@@ -123,9 +123,10 @@ def _folder_in_place(target: Path) -> Iterator[Path]:
     partial.rename(target)
 
 
-def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
+def pretrained_a1(w: World, plan: StudyPlan, defer: bool = True) -> tuple[Path, str]:
     """The pre-trained encoder's A1 (as published: HCP + GOD training fMRI), scored after every epoch on held-out HCP
-    subjects and sbj_3's test fMRI: (checkpoint, recipe hash). The study and the learning curve share it."""
+    subjects and sbj_3's test fMRI: (checkpoint, recipe hash). The study and the learning curve share it; the study
+    defers it (made when a row the ledger lacks needs it), the curve, which reads its run, does not."""
     folder = w.out / "encoders" / "pre-trained"
     flags = {
         **w.preset.a1,
@@ -145,7 +146,7 @@ def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
         lambda: train_stage(
             "stageA1_mbm_pretrain.py", flags, folder / "runs" / "a1", "checkpoint.pth", folder / "fmri_encoder_A1.pth"
         ),
-        defer=True,  # made when a step that builds on it runs (the study's rows the ledger lacks, the curve's A2)
+        defer=defer,
     )
     return folder / "fmri_encoder_A1.pth", a1
 
@@ -153,7 +154,7 @@ def pretrained_a1(w: World, plan: StudyPlan) -> tuple[Path, str]:
 def stage_a_curve(w: World, plan: StudyPlan = STUDY) -> Path:
     """A1 and an A2 that leaves test images out, scored on held-out fMRI after every epoch, against the ridge
     references on the same fMRI -> stage_a_curve.{md,json,png} in the world's results."""
-    a1_path, a1 = pretrained_a1(w, plan)
+    a1_path, a1 = pretrained_a1(w, plan, defer=False)  # its checkpoint and run are read below
     out = w.out / "stage_a_curve"
     change = {"num_epoch": plan.curve_a2_epochs, "warmup_epochs": plan.a2_warmup, "val_images": plan.val_images}
     change["ckpt_every"] = plan.curve_a2_epochs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -46,9 +47,14 @@ def recipe_hash(recipe: Any, root: Path | None = None) -> str:
     """A short hash of a JSON-able recipe; paths inside `root` count as relative to it, so that the same recipe in
     another checkout (a fresh clone elsewhere) has the same hash."""
     text = json.dumps(recipe, sort_keys=True, default=str)
-    if root is not None:
-        text = re.sub(re.escape(str(root.resolve())) + r'(?=[/"])', "<root>", text)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256((text if root is None else relative_paths(text, root)).encode()).hexdigest()[:16]
+
+
+def relative_paths(text: str, root: Path) -> str:
+    """`text` (JSON) with every path inside `root` (as given, or resolved) written from `<root>`."""
+    for prefix in dict.fromkeys((str(root), str(root.resolve()))):
+        text = re.sub(re.escape(json.dumps(prefix)[1:-1]) + r'(?=[/"])', "<root>", text)
+    return text
 
 
 def stamp_of(target: Path) -> Path:
@@ -71,85 +77,108 @@ LEDGER_MAX_BYTES = 4_000_000  # a kept step's JSON files, together: a decoding's
 
 class Ledger:
     """The committed record of the studies' kept and deferred steps: `<root>/results/ledger/<target>.json`, where
-    `<target>` is the step's target relative to `root` (module docstring)."""
+    `<target>` is the step's target relative to `root` (module docstring). Paths inside the root are entered from
+    `<root>` (no user's folders in the record) and restored into this checkout's root."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
+        self.root = Path(os.path.abspath(root))
         self.folder = self.root / "results" / "ledger"
 
     def entry_path(self, target: Path) -> Path | None:
-        """Where `target`'s entry lies (None for a target outside the root: not entered)."""
+        """Where `target`'s entry lies (None for a target outside the root: not entered). The path is taken as
+        written, so a step cache on a linked disk (`results/demo` a link) is entered as well."""
         try:
-            relative = target.resolve().relative_to(self.root)
+            relative = Path(os.path.abspath(target)).relative_to(self.root)
         except ValueError:
             return None
-        return self.folder / f"{relative}.json"
+        path = self.folder / f"{relative}.json"
+        if not path.parent.resolve().is_relative_to(self.folder.resolve()):
+            raise UserError(f"{path}: a link inside {self.folder} leads out of it; the ledger writes only inside it")
+        return path
 
     def read(self, target: Path, digest: str) -> dict | None:
-        """`target`'s entry if it was made by the recipe `digest`, else None. An entry that is not valid JSON is
-        named and ignored (the step is made again, and its entry replaced)."""
+        """`target`'s entry if it was made by the recipe `digest`, else None. An entry that is not valid JSON, or
+        not an entry, is named and ignored (the step is made again, and its entry replaced)."""
         path = self.entry_path(target)
         if path is None or not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_text())
+            entry = json.loads(_absolute_paths(path.read_text(), self.root))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             log.warning("ledger entry %s is not valid JSON (%s): ignored", path, e)
             return None
-        return entry if isinstance(entry, dict) and entry.get("hash") == digest else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("seconds"), int | float)):
+            log.warning("ledger entry %s has no seconds: not an entry, ignored", path)
+            return None
+        return entry if entry.get("hash") == digest else None
 
-    def write(self, target: Path, record: dict, kept: bool) -> None:
-        """Enter a step made (or reused) at `target` with its stamp `record`; a kept step with its JSON files."""
+    def write(self, target: Path, record: dict, kept: bool, made: dict | None = None) -> None:
+        """Enter a step made (or reused) at `target` with its stamp `record` (`made`: where and when, default
+        here and now); a kept step with its JSON files. A kept result too large to enter is said, not entered."""
         path = self.entry_path(target)
         if path is None:
             return
-        entry = {**record, "made": _provenance()}
+        entry = {**{k: v for k, v in record.items() if k not in ("restored_from", "made")}, "made": made or _here()}
         if kept:
-            entry["files"] = kept_files(target)
-        write_text_atomically(path, json.dumps(entry, indent=1, default=str) + "\n")
+            try:
+                entry["files"] = kept_files(target)
+            except UserError as e:
+                log.warning("%s: not entered in the ledger", e)
+                return
+        write_text_atomically(path, relative_paths(json.dumps(entry, indent=1, default=str), self.root) + "\n")
 
     def restore(self, target: Path, entry: dict) -> None:
-        """Write a kept step's JSON files back to `target` (a file, or a folder of them)."""
-        files = entry["files"]
-        if not isinstance(files, dict):
+        """Write a kept step's JSON files back to `target` (a file, or a folder of them); names checked first."""
+        files = entry.get("files")
+        if not isinstance(files, dict) or not files or ("" in files and len(files) > 1):
             raise UserError(f"ledger entry for {target}: 'files' must map file names to their JSON content")
         if list(files) == [""]:
             write_text_atomically(target, json.dumps(files[""], indent=1) + "\n")
             return
         for name in files:  # every name checked before anything is written
-            if not (target / name).resolve().is_relative_to(target.resolve()) or not name.endswith(".json"):
+            inside = "\0" not in name and (target / name).resolve().is_relative_to(target.resolve())
+            if not inside or not name.endswith(".json"):
                 raise UserError(f"ledger entry for {target} names the file {name!r}: expected a .json file inside it")
         for name, content in files.items():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomically(target / name, json.dumps(content, indent=1) + "\n")
 
 
+def _absolute_paths(text: str, root: Path) -> str:
+    """The inverse of `relative_paths`: `<root>` written as this checkout's root."""
+    return text.replace("<root>", json.dumps(str(root))[1:-1])
+
+
 def kept_files(target: Path) -> dict[str, Any]:
-    """A kept step's JSON files, parsed: {'': content} for a JSON file, {relative name: content} for a folder."""
-    paths = [target] if target.is_file() else sorted(target.rglob("*.json"))
+    """A kept step's JSON files, parsed: {'': content} for a JSON file, {relative name: content} for a folder (its
+    regular *.json files; links are never followed)."""
+    if target.is_file() and not target.is_symlink():
+        paths = [target]
+    else:
+        paths = sorted(p for p in target.rglob("*.json") if p.is_file() and not p.is_symlink())
     if sum(p.stat().st_size for p in paths) > LEDGER_MAX_BYTES:
-        raise UserError(f"{target}: a kept step's JSON files exceed {LEDGER_MAX_BYTES:,} bytes; keep a smaller result")
-    if target.is_file():
+        raise UserError(f"{target}: a kept step's JSON files exceed {LEDGER_MAX_BYTES:,} bytes")
+    if paths == [target]:
         return {"": json.loads(target.read_text())}
     return {str(p.relative_to(target)): json.loads(p.read_text()) for p in paths}
 
 
-_MADE: dict | None = None
+_MACHINE: dict | None = None
 
 
-def _provenance() -> dict:
-    """Where and when a ledger entry was made: the code's commit (with '+changes' if the working tree differs from
+def _here() -> dict:
+    """Where and when a ledger entry is made: the code's commit (with '+changes' if the working tree differs from
     it), the machine (runtime.machine) and the date."""
-    global _MADE
-    if _MADE is None:
+    global _MACHINE
+    if _MACHINE is None:
         git = ["git", "-C", str(CODE)]
         try:
             commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
             dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True).stdout
         except OSError:  # no git: the code's version is unknown
             commit, dirty = "", ""
-        _MADE = {"commit": (commit + "+changes" * bool(dirty.strip())) or None, "machine": machine()}
-    return {**_MADE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        _MACHINE = {"commit": (commit + "+changes" * bool(dirty.strip())) or None, "machine": machine()}
+    return {**_MACHINE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 class Steps:
@@ -177,48 +206,69 @@ class Steps:
         without a stamp was not made by the demo and is refused. `keep`: the result is its JSON files, entered in
         the ledger whole and restored from it; `defer`: a model that runs only when a step whose recipe names its
         hash has to run (the records name the step at once, with the seconds the ledger holds for it)."""
-        digest = recipe_hash(recipe, self.ledger and self.ledger.root)
+        root = self.ledger.root if self.ledger is not None else None
+        digest = recipe_hash(recipe, root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        stamp = stamp_of(target)
         ledger = self.ledger if keep or defer else None
         defer = defer and ledger is not None  # without a ledger every step is made at once
-        if target.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == digest:
-            done = json.loads(stamp.read_text())
+        entry = ledger.read(target, digest) if ledger is not None else None
+        done = self._made(target, recipe, digest, entry)
+        if done is not None:
             log.info("[%s] reusing %s (recipe %s, made in %s)", name, target, digest, format_seconds(done["seconds"]))
             self.records.append({"step": name, **done, "reused": True})
-            if ledger is not None and ledger.read(target, digest) is None:
-                ledger.write(target, {k: v for k, v in done.items() if k != "restored_from"}, keep)
+            if ledger is not None and entry is None:  # a step cache made before the ledger: entered now
+                ledger.write(target, done, keep, {**_here(), "entered from the step cache": True})
             return digest
-        entry = ledger.read(target, digest) if ledger is not None else None
         if keep and entry is not None and "files" in entry:
             if target.exists():
                 remove_made(target)
             ledger.restore(target, entry)
-            done = {k: v for k, v in entry.items() if k not in ("files", "made")}
-            write_text_atomically(stamp, json.dumps({**done, "restored_from": str(ledger.entry_path(target))}) + "\n")
-            log.info("[%s] restored %s from the ledger (recipe %s, made %s)", name, target, digest, entry.get("made"))
+            done = {k: v for k, v in entry.items() if k != "files"}
+            restored = json.dumps({**done, "restored_from": str(ledger.entry_path(target))}, default=str)
+            write_text_atomically(stamp_of(target), restored + "\n")
+            log.info("[%s] restored %s from the ledger (recipe %s, made %s)", name, target, digest, entry["made"])
             self.records.append({"step": name, **done, "reused": True, "restored": True})
             return digest
         if defer:
-            record = {"step": name, "hash": digest, "seconds": (entry or {}).get("seconds"), "deferred": True}
+            seconds = (entry or {}).get("seconds")
+            record = {"step": name, "hash": digest, "seconds": seconds, "reused": False, "deferred": True}
             self.records.append(record)
-            self._deferred[digest] = (name, target, recipe, run, remove_stale, record)
+            self._deferred[digest, str(target)] = (name, target, recipe, run, remove_stale, record)
             log.info("[%s] deferred until a step that builds on it has to run (recipe %s)", name, digest)
             return digest
         self._make_deferred(recipe)
         return self._make(name, target, recipe, run, remove_stale, keep)
 
+    def _made(self, target: Path, recipe: dict, digest: str, entry: dict | None) -> dict | None:
+        """`target`'s stamp if it was made by this recipe, else None. A stamp of the recipe's hash before paths
+        counted from the root (an older step cache) is taken and rewritten; a result restored from the ledger
+        whose entry has since gone (moved aside to recompute) or changed is not taken."""
+        stamp = stamp_of(target)
+        if not (target.exists() and stamp.is_file()):
+            return None
+        done = json.loads(stamp.read_text())
+        if done.get("hash") not in (digest, recipe_hash(recipe)):
+            return None
+        if "restored_from" in done and entry is None:
+            return None
+        if done["hash"] != digest:
+            done["hash"] = digest
+            write_text_atomically(stamp, json.dumps(done, indent=1, default=str) + "\n")
+        return done
+
     def _make_deferred(self, recipe: dict) -> None:
         """Make every deferred step whose recipe hash the recipe names (and, through their recipes, theirs)."""
         text = json.dumps(recipe, sort_keys=True, default=str)
-        for digest in [d for d in self._deferred if d in text]:
-            if digest not in self._deferred:  # made already, as a step the one before needed
+        for key in [k for k in self._deferred if k[0] in text]:
+            if key not in self._deferred:  # made already, as a step the one before needed
                 continue
-            name, target, step_recipe, run, remove_stale, record = self._deferred.pop(digest)
+            name, target, step_recipe, run, remove_stale, record = self._deferred[key]
             self._make_deferred(step_recipe)
-            log.info("[%s] needed now: making the deferred step", name)
-            self._make(name, target, step_recipe, run, remove_stale, keep=False, defer=True)
-            record.update(self.records.pop(), deferred=False)  # the step's record, where it was deferred
+            if self._made(target, step_recipe, key[0], None) is None:  # not made meanwhile by another call
+                log.info("[%s] needed now: making the deferred step", name)
+                self._make(name, target, step_recipe, run, remove_stale, keep=False, defer=True)
+                record.update(self.records.pop(), deferred=False)  # the step's record, where it was deferred
+            del self._deferred[key]
 
     def _make(
         self,
@@ -230,7 +280,7 @@ class Steps:
         keep: bool,
         defer: bool = False,
     ) -> str:
-        digest = recipe_hash(recipe, self.ledger and self.ledger.root)
+        digest = recipe_hash(recipe, self.ledger.root if self.ledger is not None else None)
         stamp = stamp_of(target)
         if target.exists():
             log.info("[%s] %s was made by another recipe: redoing it", name, target)
