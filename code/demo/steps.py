@@ -188,7 +188,7 @@ class Steps:
     def __init__(self, ledger: Ledger | None = None) -> None:
         self.records: list[dict] = []
         self.ledger = ledger
-        self._deferred: dict[str, tuple] = {}  # recipe hash -> the deferred step's arguments and its record
+        self._deferred: dict[tuple[str, str], tuple] = {}  # (hash, target) -> the step's arguments and record
 
     def __call__(
         self,
