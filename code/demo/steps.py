@@ -237,7 +237,7 @@ class Steps:
             log.info("[%s] deferred until a step that builds on it has to run (recipe %s)", name, digest)
             return digest
         self._make_deferred(recipe)
-        return self._make(name, target, recipe, run, remove_stale, keep)
+        return self._make(name, target, recipe, digest, run, remove_stale, keep)
 
     def _made(self, target: Path, recipe: dict, digest: str, entry: dict | None) -> dict | None:
         """`target`'s stamp if it was made by this recipe, else None. A stamp of the recipe's hash before paths
@@ -266,7 +266,7 @@ class Steps:
             self._make_deferred(step_recipe)
             if self._made(target, step_recipe, key[0], None) is None:  # not made meanwhile by another call
                 log.info("[%s] needed now: making the deferred step", name)
-                self._make(name, target, step_recipe, run, remove_stale, keep=False, defer=True)
+                self._make(name, target, step_recipe, key[0], run, remove_stale, keep=False, defer=True)
                 record.update(self.records.pop(), deferred=False)  # the step's record, where it was deferred
             del self._deferred[key]
 
@@ -275,12 +275,14 @@ class Steps:
         name: str,
         target: Path,
         recipe: dict,
+        digest: str,
         run: Callable[[], dict | None],
         remove_stale: bool,
         keep: bool,
         defer: bool = False,
     ) -> str:
-        digest = recipe_hash(recipe, self.ledger.root if self.ledger is not None else None)
+        """Run a step whose result is not there (its recipe's hash: `digest`), stamp it and, if kept or deferred,
+        enter it in the ledger."""
         stamp = stamp_of(target)
         if target.exists():
             log.info("[%s] %s was made by another recipe: redoing it", name, target)
